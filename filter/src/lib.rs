@@ -1,0 +1,1 @@
+//! `surge-filter`: placeholder, replaced by the filter work.

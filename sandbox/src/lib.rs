@@ -1,0 +1,1 @@
+//! `surge-sandbox`: placeholder, replaced by the sandbox work.

@@ -1,0 +1,2 @@
+//! The `surge-sandbox` binary (placeholder).
+fn main() {}

@@ -1,0 +1,1 @@
+//! `surge-scaler`: placeholder, replaced by the scaler work.

@@ -1,0 +1,2 @@
+//! The `surge-scaler` binary (placeholder).
+fn main() {}

@@ -1,0 +1,1 @@
+//! `surge-e2e`: shared harness for Surge's end-to-end tests (placeholder).

@@ -1,0 +1,405 @@
+//! Validation of a decoded [`Report`]: bounds on every size, count and string, so that a report
+//! that passes can be stored without further checks and a hostile one cannot grow the receiver.
+
+use std::fmt;
+
+use crate::{Report, VERSION};
+
+/// Bounds a valid report stays within. [`Limits::default`] is what the scaler enforces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest accepted body, in bytes (checked by the receiver before decoding).
+    pub max_body_bytes: usize,
+    /// Most route entries in one report.
+    pub max_routes: usize,
+    /// Longest `proxy.namespace` (a Kubernetes namespace is a DNS label).
+    pub max_namespace_len: usize,
+    /// Longest `proxy.workload` and `proxy.pod` (Kubernetes object names).
+    pub max_name_len: usize,
+    /// Longest `proxy.owner`.
+    pub max_owner_len: usize,
+    /// Longest `instance`.
+    pub max_instance_len: usize,
+    /// Longest `routes[].route`.
+    pub max_route_len: usize,
+    /// Longest `routes[].cluster`.
+    pub max_cluster_len: usize,
+    /// Largest `routes[].inflight`; anything above is not a real proxy's in-flight count.
+    pub max_inflight: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 256 * 1024,
+            max_routes: 256,
+            max_namespace_len: 63,
+            max_name_len: 253,
+            max_owner_len: 512,
+            max_instance_len: 128,
+            max_route_len: 256,
+            max_cluster_len: 512,
+            max_inflight: 1_000_000,
+        }
+    }
+}
+
+/// Why a report was refused. Every variant names the field, as a path such as `routes[3].cluster`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ValidationError {
+    /// `version` is not [`VERSION`].
+    UnsupportedVersion {
+        /// The version the report claimed.
+        found: u32,
+    },
+    /// A required string is empty.
+    Empty {
+        /// The field.
+        field: String,
+    },
+    /// A string is longer than its limit.
+    TooLong {
+        /// The field.
+        field: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A string holds a control character (or, for identity fields, whitespace).
+    BadCharacter {
+        /// The field.
+        field: String,
+    },
+    /// More route entries than the limit.
+    TooManyRoutes {
+        /// How many the report had.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The same (route, cluster) appears twice, so the counters would be ambiguous.
+    DuplicateRoute {
+        /// The field of the second occurrence, e.g. `routes[7]`.
+        field: String,
+    },
+    /// `errors_total` exceeds `requests_total` for a route.
+    ErrorsExceedRequests {
+        /// The field.
+        field: String,
+    },
+    /// `inflight` is above the limit.
+    InflightTooLarge {
+        /// The field.
+        field: String,
+        /// The value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnsupportedVersion { found } => {
+                write!(
+                    f,
+                    "version: unsupported version {found}, expected {VERSION}"
+                )
+            }
+            Self::Empty { field } => write!(f, "{field}: must not be empty"),
+            Self::TooLong { field, len, max } => {
+                write!(f, "{field}: {len} bytes, longer than the limit of {max}")
+            }
+            Self::BadCharacter { field } => {
+                write!(f, "{field}: contains a control or whitespace character")
+            }
+            Self::TooManyRoutes { count, max } => {
+                write!(f, "routes: {count} entries, more than the limit of {max}")
+            }
+            Self::DuplicateRoute { field } => {
+                write!(f, "{field}: repeats an earlier (route, cluster) pair")
+            }
+            Self::ErrorsExceedRequests { field } => {
+                write!(f, "{field}.errors_total: larger than requests_total")
+            }
+            Self::InflightTooLarge { field, value, max } => {
+                write!(f, "{field}.inflight: {value} is above the limit of {max}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+/// Identity strings are Kubernetes names: no whitespace or control characters at all.
+fn identity(field: &str, value: &str, max: usize, required: bool) -> Result<(), ValidationError> {
+    if required && value.is_empty() {
+        return Err(ValidationError::Empty {
+            field: field.to_owned(),
+        });
+    }
+    if value.len() > max {
+        return Err(ValidationError::TooLong {
+            field: field.to_owned(),
+            len: value.len(),
+            max,
+        });
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(ValidationError::BadCharacter {
+            field: field.to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Route and cluster names come from user configuration (VirtualService names): spaces are
+/// tolerated, control characters are not.
+fn label(field: impl Fn() -> String, value: &str, max: usize) -> Result<(), ValidationError> {
+    if value.len() > max {
+        return Err(ValidationError::TooLong {
+            field: field(),
+            len: value.len(),
+            max,
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ValidationError::BadCharacter { field: field() });
+    }
+    Ok(())
+}
+
+pub(crate) fn report(report: &Report, limits: &Limits) -> Result<(), ValidationError> {
+    if report.version != VERSION {
+        return Err(ValidationError::UnsupportedVersion {
+            found: report.version,
+        });
+    }
+    let proxy = &report.proxy;
+    identity(
+        "proxy.namespace",
+        &proxy.namespace,
+        limits.max_namespace_len,
+        true,
+    )?;
+    identity("proxy.workload", &proxy.workload, limits.max_name_len, true)?;
+    identity("proxy.pod", &proxy.pod, limits.max_name_len, true)?;
+    identity("proxy.owner", &proxy.owner, limits.max_owner_len, false)?;
+    identity("instance", &report.instance, limits.max_instance_len, true)?;
+
+    if report.routes.len() > limits.max_routes {
+        return Err(ValidationError::TooManyRoutes {
+            count: report.routes.len(),
+            max: limits.max_routes,
+        });
+    }
+    for (i, r) in report.routes.iter().enumerate() {
+        label(
+            || format!("routes[{i}].route"),
+            &r.route,
+            limits.max_route_len,
+        )?;
+        label(
+            || format!("routes[{i}].cluster"),
+            &r.cluster,
+            limits.max_cluster_len,
+        )?;
+        if r.errors_total > r.requests_total {
+            return Err(ValidationError::ErrorsExceedRequests {
+                field: format!("routes[{i}]"),
+            });
+        }
+        if r.inflight > limits.max_inflight {
+            return Err(ValidationError::InflightTooLarge {
+                field: format!("routes[{i}]"),
+                value: r.inflight,
+                max: limits.max_inflight,
+            });
+        }
+    }
+
+    // Sorting indices keeps this O(n log n) for the largest allowed report.
+    let mut order: Vec<usize> = (0..report.routes.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (ra, rb) = (&report.routes[a], &report.routes[b]);
+        (&ra.route, &ra.cluster, a).cmp(&(&rb.route, &rb.cluster, b))
+    });
+    for pair in order.windows(2) {
+        let (first, second) = (&report.routes[pair[0]], &report.routes[pair[1]]);
+        if first.route == second.route && first.cluster == second.cluster {
+            return Err(ValidationError::DuplicateRoute {
+                field: format!("routes[{}]", pair[0].max(pair[1])),
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Proxy, Role, RouteCounters};
+    use proptest::prelude::*;
+
+    fn route(name: &str) -> RouteCounters {
+        RouteCounters {
+            route: name.into(),
+            cluster: "inbound|8080||".into(),
+            requests_total: 10,
+            errors_total: 1,
+            duration_us_total: 12_345,
+            inflight: 2,
+        }
+    }
+
+    fn sample() -> Report {
+        Report {
+            version: VERSION,
+            proxy: Proxy {
+                namespace: "web".into(),
+                workload: "nginx".into(),
+                pod: "nginx-5d9c7-abcde".into(),
+                owner: "kubernetes://apis/apps/v1/namespaces/web/deployments/nginx".into(),
+                role: Role::Sidecar,
+            },
+            instance: "nginx-5d9c7-abcde/4f1c".into(),
+            seq: 7,
+            time_ms: 1_790_000_000_000,
+            surge: false,
+            routes: vec![route("default"), route("api")],
+        }
+    }
+
+    #[test]
+    fn a_well_formed_report_passes() {
+        assert_eq!(sample().validate(&Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn json_round_trips_with_the_documented_field_names() {
+        let json = serde_json::to_value(sample()).unwrap();
+        assert_eq!(json["proxy"]["role"], "sidecar");
+        assert_eq!(json["routes"][1]["duration_us_total"], 12_345);
+        let back: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_the_decoder() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json["extra"] = 1.into();
+        let err = serde_json::from_value::<Report>(json).unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn each_violation_names_its_field() {
+        let limits = Limits::default();
+        let cases: Vec<(Box<dyn Fn(&mut Report)>, &str)> = vec![
+            (
+                Box::new(|r| r.version = 2),
+                "version: unsupported version 2",
+            ),
+            (
+                Box::new(|r| r.proxy.namespace.clear()),
+                "proxy.namespace: must not be empty",
+            ),
+            (
+                Box::new(|r| r.proxy.namespace = "a".repeat(64)),
+                "proxy.namespace: 64 bytes",
+            ),
+            (
+                Box::new(|r| r.proxy.workload = "a b".into()),
+                "proxy.workload: contains",
+            ),
+            (
+                Box::new(|r| r.proxy.pod.clear()),
+                "proxy.pod: must not be empty",
+            ),
+            (
+                Box::new(|r| r.proxy.owner = "x\n".into()),
+                "proxy.owner: contains",
+            ),
+            (
+                Box::new(|r| r.instance = "i".repeat(129)),
+                "instance: 129 bytes",
+            ),
+            (
+                Box::new(|r| r.routes[1].route = "r\u{7}".into()),
+                "routes[1].route: contains",
+            ),
+            (
+                Box::new(|r| r.routes[0].cluster = "c".repeat(513)),
+                "routes[0].cluster: 513",
+            ),
+            (
+                Box::new(|r| r.routes[1].errors_total = 11),
+                "routes[1].errors_total: larger",
+            ),
+            (
+                Box::new(|r| r.routes[0].inflight = 1_000_001),
+                "routes[0].inflight: 1000001",
+            ),
+            (
+                Box::new(|r| r.routes.push(route("default"))),
+                "routes[2]: repeats",
+            ),
+            (
+                Box::new(|r| r.routes = (0..257).map(|i| route(&i.to_string())).collect()),
+                "routes: 257 entries",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut report = sample();
+            mutate(&mut report);
+            let message = report.validate(&limits).unwrap_err().to_string();
+            assert!(
+                message.starts_with(expected),
+                "{message:?} should start with {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_empty_owner_and_no_routes_are_allowed() {
+        let mut report = sample();
+        report.proxy.owner.clear();
+        report.routes.clear();
+        assert_eq!(report.validate(&Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn the_same_route_on_two_clusters_is_not_a_duplicate() {
+        let mut report = sample();
+        let mut other = route("default");
+        other.cluster = "outbound|80||web.web.svc.cluster.local".into();
+        report.routes.push(other);
+        assert_eq!(report.validate(&Limits::default()), Ok(()));
+    }
+
+    proptest! {
+        #[test]
+        fn validation_never_panics_and_accepts_only_bounded_reports(
+            namespace in "\\PC{0,80}",
+            route_names in proptest::collection::vec("\\PC{0,300}", 0..300),
+            requests in any::<u64>(),
+            errors in any::<u64>(),
+        ) {
+            let mut report = sample();
+            report.proxy.namespace = namespace;
+            report.routes = route_names.iter().map(|n| RouteCounters {
+                route: n.clone(), cluster: String::new(), requests_total: requests,
+                errors_total: errors, duration_us_total: 0, inflight: 0,
+            }).collect();
+            let limits = Limits::default();
+            if report.validate(&limits).is_ok() {
+                prop_assert!(report.routes.len() <= limits.max_routes);
+                prop_assert!(report.routes.iter().all(|r| r.route.len() <= limits.max_route_len));
+                prop_assert!(errors <= requests || report.routes.is_empty());
+                prop_assert!(!report.proxy.namespace.is_empty());
+            }
+        }
+    }
+}
