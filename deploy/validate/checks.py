@@ -1,0 +1,306 @@
+#!/usr/bin/env python3
+"""Checks behind scripts/validate-manifests.sh that no off-the-shelf validator does.
+
+    checks.py split OUTDIR FILE...        split YAML streams into core kinds (for kubernetes-validate)
+                                          and custom resources (for validate-crs), one file per input
+    checks.py kv-output FILE              fail on kubernetes-validate output that hides a problem
+                                          (a core kind without a schema is only a warning there)
+    checks.py wiring CHART_RENDER ISTIO_DIR
+                                          the WasmPlugins, PeerAuthentication and AuthorizationPolicy
+                                          match the chart's Service, ports and labels
+    checks.py dashboard DASHBOARD SCALER_SRC
+                                          the dashboard parses and every metric it queries is
+                                          registered by the scaler
+
+Every failure prints one line naming the file, the object and the field. Exit 1 on any failure.
+Needs PyYAML (the validation venv has it).
+"""
+import glob
+import json
+import os
+import re
+import sys
+
+import yaml
+
+Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+# API groups served by Kubernetes itself: kubernetes-validate knows their schemas.
+CORE_GROUP_SUFFIX = ".k8s.io"
+CORE_GROUPS_WITHOUT_DOT = {"", "v1", "apps", "batch", "autoscaling", "policy"}
+
+# What the shipped istio/ resources must be, per file role.
+FILTER_IMAGE_RE = re.compile(r"^oci://[^@\s]+:[A-Za-z0-9._-]+$")
+SHA256_RE = re.compile(r"^[a-f0-9]{64}$")
+
+
+def load_docs(path):
+    with open(path, encoding="utf-8") as f:
+        return [d for d in yaml.load_all(f, Loader=Loader) if isinstance(d, dict)]
+
+
+def api_group(doc):
+    api = doc.get("apiVersion", "")
+    return api.split("/")[0] if "/" in api else ""
+
+
+def is_core(doc):
+    group = api_group(doc)
+    return group in CORE_GROUPS_WITHOUT_DOT or group.endswith(CORE_GROUP_SUFFIX)
+
+
+def describe(doc):
+    meta = doc.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{doc.get('kind', '?')} {ns + '/' if ns else ''}{meta.get('name', '?')}"
+
+
+def cmd_split(out, files):
+    """One core file and one custom file per input, named after the input's path."""
+    os.makedirs(os.path.join(out, "core"), exist_ok=True)
+    os.makedirs(os.path.join(out, "custom"), exist_ok=True)
+    counts = {"core": 0, "custom": 0}
+    failures = 0
+    for path in files:
+        try:
+            docs = load_docs(path)
+        except yaml.YAMLError as e:
+            print(f"FAIL {path}: not valid YAML: {e}")
+            failures += 1
+            continue
+        if not docs:
+            print(f"FAIL {path}: no Kubernetes object in this file")
+            failures += 1
+            continue
+        name = path.strip("./").replace("/", "__")
+        for part in ("core", "custom"):
+            chosen = [d for d in docs if is_core(d) == (part == "core")]
+            for d in chosen:
+                if not d.get("apiVersion") or not d.get("kind"):
+                    print(f"FAIL {path}: {describe(d)}: apiVersion and kind are required")
+                    failures += 1
+            if chosen:
+                counts[part] += len(chosen)
+                with open(os.path.join(out, part, name), "w", encoding="utf-8") as f:
+                    yaml.safe_dump_all(chosen, f, sort_keys=False)
+    print(f"{counts['core']} core objects, {counts['custom']} custom resources from {len(files)} files")
+    return 1 if failures else 0
+
+
+def cmd_kv_output(path):
+    """kubernetes-validate exits 0 when it has no schema for a kind; for core kinds that is a typo."""
+    bad = 0
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.startswith("ERROR") or "Couldn't find schema" in line:
+                print(f"FAIL {line.rstrip()}")
+                bad += 1
+    return 1 if bad else 0
+
+
+def find(docs, kind, name=None):
+    return [d for d in docs if d.get("kind") == kind and (name is None or d["metadata"]["name"] == name)]
+
+
+def cmd_wiring(chart_render, istio_dir):
+    """The filter reaches the chart's Service; the Istio policies select the chart's pods and ports."""
+    errors = []
+    chart = load_docs(chart_render)
+    services = find(chart, "Service")
+    deployments = find(chart, "Deployment")
+    if len(services) != 1 or len(deployments) != 1:
+        print(f"FAIL {chart_render}: expected one Service and one Deployment, found {len(services)} and {len(deployments)}")
+        return 1
+    svc, dep = services[0], deployments[0]
+    ns = svc["metadata"]["namespace"]
+    http_ports = [p for p in svc["spec"]["ports"] if p.get("name") == "http"]
+    if len(http_ports) != 1:
+        print(f"FAIL {chart_render}: Service {svc['metadata']['name']}: no port named http")
+        return 1
+    expected_cluster = f"outbound|{http_ports[0]['port']}||{svc['metadata']['name']}.{ns}.svc.cluster.local"
+    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
+    container = dep["spec"]["template"]["spec"]["containers"][0]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+
+    plugins = []
+    for path in sorted(glob.glob(os.path.join(istio_dir, "*.yaml"))):
+        for doc in load_docs(path):
+            doc["__file"] = path
+            if doc.get("kind") == "WasmPlugin":
+                plugins.append(doc)
+            elif doc.get("kind") == "PeerAuthentication":
+                where = f"{path}: {describe(doc)}"
+                if doc["metadata"].get("namespace") != ns:
+                    errors.append(f"{where}: metadata.namespace must be the scaler's namespace {ns}")
+                if (doc.get("spec") or {}).get("mtls", {}).get("mode") != "STRICT":
+                    errors.append(f"{where}: spec.mtls.mode must be STRICT")
+            elif doc.get("kind") == "AuthorizationPolicy":
+                where = f"{path}: {describe(doc)}"
+                spec = doc.get("spec") or {}
+                if doc["metadata"].get("namespace") != ns:
+                    errors.append(f"{where}: metadata.namespace must be the scaler's namespace {ns}")
+                for k, v in (spec.get("selector") or {}).get("matchLabels", {}).items():
+                    if pod_labels.get(k) != v:
+                        errors.append(f"{where}: spec.selector.matchLabels.{k}={v} does not select the scaler's pods")
+                ops = [t["operation"] for r in spec.get("rules", []) for t in r.get("to", [])]
+                ports = {p for o in ops for p in o.get("ports", [])}
+                if ports != {str(container_ports.get("http"))}:
+                    errors.append(f"{where}: rules[].to[].operation.ports {sorted(ports)} must be the ingest "
+                                  f"container port [{container_ports.get('http')}]")
+    roles = {}
+    for p in plugins:
+        where = f"{p['__file']}: {describe(p)}"
+        spec = p.get("spec") or {}
+        cfg = spec.get("pluginConfig") or {}
+        cluster = cfg.get("scaler_cluster", cfg.get("cluster"))
+        if cluster != expected_cluster:
+            errors.append(f"{where}: spec.pluginConfig.scaler_cluster is {cluster!r}, but the chart's Service "
+                          f"gives {expected_cluster!r}")
+        if spec.get("failStrategy") != "FAIL_OPEN":
+            errors.append(f"{where}: spec.failStrategy must be FAIL_OPEN (a trapped VM must never fail requests)")
+        if not FILTER_IMAGE_RE.match(spec.get("url", "")):
+            errors.append(f"{where}: spec.url must be oci://<image>:<tag>")
+        if not SHA256_RE.match(spec.get("sha256", "")):
+            errors.append(f"{where}: spec.sha256 must pin the image (64 hex digits)")
+        role = cfg.get("role")
+        modes = {m.get("mode") for m in spec.get("match", [])}
+        want = {"sidecar": {"SERVER"}, "gateway": {"CLIENT"}}.get(role)
+        if want is None:
+            errors.append(f"{where}: spec.pluginConfig.role must be sidecar or gateway, not {role!r}")
+        elif modes != want:
+            errors.append(f"{where}: role {role} needs spec.match[].mode {sorted(want)}, found {sorted(m or 'unset' for m in modes)} "
+                          "(the default covers both directions and counts every request twice)")
+        roles.setdefault(role, []).append(p)
+    for role in ("sidecar", "gateway"):
+        if len(roles.get(role, [])) != 1:
+            errors.append(f"{istio_dir}: expected one WasmPlugin with role {role}, found {len(roles.get(role, []))}")
+    pins = {(p["spec"].get("url"), p["spec"].get("sha256")) for p in plugins}
+    if len(pins) > 1:
+        errors.append(f"{istio_dir}: the WasmPlugins pin different images: {sorted(pins)}")
+    for e in errors:
+        print(f"FAIL {e}")
+    if not errors:
+        print(f"OK   {len(plugins)} WasmPlugins send to {expected_cluster}; Istio policies match the chart")
+    return 1 if errors else 0
+
+
+PROMQL_WORDS = {
+    "sum", "rate", "irate", "increase", "max", "min", "avg", "count", "by", "without", "on", "ignoring",
+    "group_left", "group_right", "histogram_quantile", "le", "clamp_min", "clamp_max", "abs", "time",
+    "timestamp", "changes", "resets", "delta", "deriv", "topk", "bottomk", "and", "or", "unless",
+    "offset", "bool", "vector", "scalar", "label_replace", "max_over_time", "min_over_time",
+    "avg_over_time", "sum_over_time", "count_over_time", "last_over_time", "absent", "sort_desc",
+}
+SUFFIXES = ("_bucket", "_count", "_sum", "_total", "_created")
+
+
+def metric_names(expr):
+    """Metric names in a PromQL expression: identifiers not inside {...} or [...] nor quoted."""
+    stripped = re.sub(r'"[^"]*"', "", expr)
+    stripped = re.sub(r"\{[^}]*\}", "", stripped)
+    stripped = re.sub(r"\[[^\]]*\]", "", stripped)
+    stripped = re.sub(r"\$\w+", "", stripped)
+    names = set()
+    for m in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", stripped):
+        word = m.group(0)
+        after = stripped[m.end():m.end() + 1]
+        if word in PROMQL_WORDS or after == "(":
+            continue
+        if re.fullmatch(r"\d+[smhdw]?", word):
+            continue
+        names.add(word)
+    # `by (a, b)` lists label names, not metrics.
+    for grouping in re.finditer(r"\b(?:by|without|on|ignoring)\s*\(([^)]*)\)", stripped):
+        names -= {w.strip() for w in grouping.group(1).split(",")}
+    return names
+
+
+def registered_names(src_dir):
+    """Names passed to prometheus-client's `register` calls (string literals) in the scaler."""
+    names = set()
+    for path in glob.glob(os.path.join(src_dir, "**", "*.rs"), recursive=True):
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        for m in re.finditer(r"\.register(?:_with_unit)?\s*\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"", text):
+            names.add(m.group(1))
+    return names
+
+
+def base_name(name, registered, prefixes):
+    """Map an exposed series name (prefix + name + suffix) to a registered name, if any."""
+    candidates = {name}
+    for s in SUFFIXES:
+        if name.endswith(s):
+            candidates.add(name[: -len(s)])
+    for c in list(candidates):
+        for p in prefixes:
+            if c.startswith(p):
+                candidates.add(c[len(p):])
+    for c in list(candidates):
+        for unit in ("_seconds", "_bytes"):
+            if c.endswith(unit):
+                candidates.add(c[: -len(unit)])
+    return candidates & registered
+
+
+def cmd_dashboard(dashboard, src_dir):
+    with open(dashboard, encoding="utf-8") as f:
+        try:
+            board = json.load(f)
+        except json.JSONDecodeError as e:
+            print(f"FAIL {dashboard}: not valid JSON: line {e.lineno}: {e.msg}")
+            return 1
+    errors = []
+    panels = board.get("panels") or []
+    exprs = []
+    for panel in panels:
+        for sub in [panel] + (panel.get("panels") or []):
+            for target in sub.get("targets") or []:
+                if target.get("expr"):
+                    exprs.append((sub.get("title", "?"), target["expr"]))
+    for t in (board.get("templating") or {}).get("list", []):
+        q = t.get("query")
+        if isinstance(q, dict):
+            q = q.get("query")
+        if isinstance(q, str) and "(" in q:
+            inner = re.search(r"label_values\(([^,)]*)", q)
+            if inner:
+                exprs.append((f"variable {t.get('name')}", inner.group(1)))
+    if not exprs:
+        errors.append(f"{dashboard}: no PromQL expressions in the dashboard")
+    registered = registered_names(src_dir)
+    if not registered:
+        errors.append(f"{src_dir}: no metric registered with prometheus-client (`.register(\"name\", ...)`)")
+    prefixes = ("surge_", "surge_scaler_")
+    used = set()
+    for title, expr in exprs:
+        for name in metric_names(expr):
+            used.add(name)
+            if registered and not base_name(name, registered, prefixes):
+                errors.append(f"{dashboard}: panel {title!r}: metric {name} is not registered in {src_dir}")
+    for e in errors:
+        print(f"FAIL {e}")
+    if not errors:
+        print(f"OK   {len(exprs)} queries over {len(used)} metrics, all registered by the scaler")
+    return 1 if errors else 0
+
+
+def main(argv):
+    if len(argv) < 2:
+        print(__doc__)
+        return 2
+    cmd, args = argv[1], argv[2:]
+    if cmd == "split" and len(args) >= 2:
+        return cmd_split(args[0], args[1:])
+    if cmd == "kv-output" and len(args) == 1:
+        return cmd_kv_output(args[0])
+    if cmd == "wiring" and len(args) == 2:
+        return cmd_wiring(*args)
+    if cmd == "dashboard" and len(args) == 2:
+        return cmd_dashboard(*args)
+    print(__doc__)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
