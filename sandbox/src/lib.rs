@@ -1,1 +1,4 @@
 //! `surge-sandbox`: placeholder, replaced by the sandbox work.
+
+pub mod envoy;
+pub mod process;
