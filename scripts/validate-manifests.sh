@@ -222,6 +222,10 @@ sed -i 's/surge-scaler\.surge-system\.svc/surge-scaler.default.svc/' "$broken/is
 must_fail "WasmPlugins sending to a cluster the chart does not serve" "scaler_cluster is .*surge-scaler.default.svc" \
   "$py" "$checks" wiring "$work/render/defaults.yaml" "$broken/istio"
 
+# 6. A dashboard querying a metric the scaler does not have: the dashboard check must fail.
+sed 's/surge_panic_mode/surge_no_such_metric/g' deploy/grafana/surge-scaler.json >"$broken/dashboard.json"
+must_fail "dashboard querying a metric the scaler does not register" "surge_no_such_metric is not registered" \
+  "$py" "$checks" dashboard "$broken/dashboard.json" scaler/src
 # ---------------------------------------------------------------------------------------------
 echo
 echo "== summary"
