@@ -1,1 +1,16 @@
-//! `surge-scaler`: placeholder, replaced by the scaler work.
+//! `surge-scaler`: turns the counters that Surge's proxy filters push into replica counts, and
+//! writes them to each target's `scale` subresource.
+//!
+//! ```text
+//!  proxies --POST /v1/reports--> ingest (axum) --> window (per target, 100 ms buckets)
+//!                                       |                 |
+//!                                  notify target          v
+//!                                       '-----> controller: decision (pure) --> PATCH .../scale
+//!  SurgeScalers (watch) -------------------------^            status, Events <--'
+//! ```
+//!
+//! - [`crd`]: the `SurgeScaler` resource.
+//! - [`cli`]: the command line.
+
+pub mod cli;
+pub mod crd;

@@ -1,0 +1,132 @@
+//! The command line: `surge-scaler run` and `surge-scaler crd`. Every `run` flag has an
+//! environment fallback so the Helm chart can configure the scaler through `env:` alone.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Surge's scaler: ingests proxy reports and writes replica counts to scale subresources.
+#[derive(Debug, Parser)]
+#[command(name = "surge-scaler", version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the scaler: ingest listener, admin listener and the controller.
+    Run(RunArgs),
+    /// Print the SurgeScaler CustomResourceDefinition as YAML.
+    Crd,
+}
+
+/// Flags of `surge-scaler run`.
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Address of the report ingest listener (`POST /v1/reports`).
+    #[arg(long, env = "SURGE_INGEST_ADDR", default_value = "0.0.0.0:8080")]
+    pub ingest_addr: SocketAddr,
+    /// Address of the admin listener (`/metrics`, `/healthz`, `/readyz`).
+    #[arg(long, env = "SURGE_ADMIN_ADDR", default_value = "0.0.0.0:9090")]
+    pub admin_addr: SocketAddr,
+    /// File holding the bearer token reports must carry (trailing whitespace ignored).
+    #[arg(long, env = "SURGE_TOKEN_FILE", conflicts_with = "token")]
+    pub token_file: Option<PathBuf>,
+    /// The bearer token reports must carry (prefer --token-file: flags show up in `ps`).
+    #[arg(long, env = "SURGE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Binding of the report's namespace to the SPIFFE identity in `x-forwarded-client-cert`.
+    #[arg(long, env = "SURGE_IDENTITY", value_enum, default_value_t = IdentityMode::WhenPresent)]
+    pub identity: IdentityMode,
+    /// Log format.
+    #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Watch SurgeScalers in this namespace only (all namespaces when unset).
+    #[arg(long, env = "SURGE_WATCH_NAMESPACE")]
+    pub watch_namespace: Option<String>,
+    /// Slow decision tick in milliseconds: how often each target is re-evaluated without new
+    /// reports (scale-down, staleness). Surges are decided on ingest, not on this tick.
+    #[arg(long, env = "SURGE_TICK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    pub tick_ms: u64,
+    /// Timeout of each Kubernetes API request, in milliseconds.
+    #[arg(long, env = "SURGE_KUBE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
+    pub kube_timeout_ms: u64,
+}
+
+impl RunArgs {
+    /// The slow decision tick.
+    pub fn tick(&self) -> Duration {
+        Duration::from_millis(self.tick_ms)
+    }
+}
+
+/// How `x-forwarded-client-cert` binds a report to a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IdentityMode {
+    /// Ignore the header.
+    Off,
+    /// When the header is present, its SPIFFE namespace must equal `proxy.namespace`.
+    WhenPresent,
+    /// The header must be present and its SPIFFE namespace must equal `proxy.namespace`.
+    Required,
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn run_defaults_match_the_team_contract() {
+        let cli = Cli::try_parse_from(["surge-scaler", "run"]).unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.ingest_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.admin_addr.to_string(), "0.0.0.0:9090");
+        assert_eq!(args.identity, IdentityMode::WhenPresent);
+        assert_eq!(args.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn identity_and_log_format_parse_their_documented_spellings() {
+        let cli = Cli::try_parse_from([
+            "surge-scaler",
+            "run",
+            "--identity",
+            "required",
+            "--log-format",
+            "json",
+            "--token",
+            "t",
+        ])
+        .unwrap();
+        let Command::Run(args) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(args.identity, IdentityMode::Required);
+        assert_eq!(args.log_format, LogFormat::Json);
+        assert_eq!(args.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn token_and_token_file_are_exclusive() {
+        let err =
+            Cli::try_parse_from(["surge-scaler", "run", "--token", "a", "--token-file", "/x"])
+                .unwrap_err();
+        assert!(err.to_string().contains("cannot be used with"), "{err}");
+    }
+}
