@@ -204,14 +204,14 @@ echo "== broken copies must fail (test of the test)"
 broken=$work/broken
 mkdir -p "$broken"
 # 1. A misspelled field in a core kind: --strict must reject it.
-sed 's/containerPort: 80/containerPortt: 80/' deploy/examples/nginx/deployment.yaml >"$broken/deployment.yaml"
-must_fail "nginx Deployment with a misspelled field" "'containerPortt' was unexpected" validate_files "$work/v-b1" "$broken/deployment.yaml"
+sed 's/readinessProbe:/readinesProbe:/' deploy/examples/nginx/deployment.yaml >"$broken/deployment.yaml"
+must_fail "nginx Deployment with a misspelled field" "deployment/nginx .*'readinesProbe' was unexpected" validate_files "$work/v-b1" "$broken/deployment.yaml"
 # 2. A SurgeScaler with a misspelled field: Surge's CRD must reject it.
 sed 's/maxReplicas: 10/maxReplica: 10/' deploy/examples/nginx/surgescaler.yaml >"$broken/surgescaler.yaml"
-must_fail "SurgeScaler with a misspelled field" "FAIL .*SurgeScaler web/nginx.*maxReplica" validate_files "$work/v-b2" "$broken/surgescaler.yaml"
+must_fail "SurgeScaler with a misspelled field" "FAIL .*SurgeScaler nginx .*'maxReplica' was unexpected" validate_files "$work/v-b2" "$broken/surgescaler.yaml"
 # 3. A Gateway with a field of the wrong type: Istio's CRD must reject it.
 sed 's/number: 80/number: "eighty"/' deploy/examples/nginx/gateway.yaml >"$broken/gateway.yaml"
-must_fail "Istio Gateway with a port number that is not a number" "FAIL .*Gateway web/nginx.*'eighty' is not of type 'integer'" validate_files "$work/v-b3" "$broken/gateway.yaml"
+must_fail "Istio Gateway with a port number that is not a number" "FAIL .*Gateway nginx .*'eighty' is not of type 'integer'" validate_files "$work/v-b3" "$broken/gateway.yaml"
 # 4. A core kind misspelled: kubernetes-validate only warns; our check must fail.
 sed 's/^kind: Service$/kind: Servic/' deploy/examples/nginx/service.yaml >"$broken/service.yaml"
 must_fail "a misspelled core kind" "Couldn't find schema for kind Servic " validate_files "$work/v-b4" "$broken/service.yaml"
