@@ -1,4 +1,10 @@
-//! `surge-sandbox`: placeholder, replaced by the sandbox work.
+//! `surge-sandbox`: the whole Surge burst path on one machine.
+//!
+//! Real Envoy sidecars running the real filter (V8), the real `surge-scaler` binary over real
+//! HTTP, and an embedded Kubernetes API ([`kubeapi`]) standing in for the cluster, as an
+//! embedded database stands in for a server.
+
+pub mod kubeapi;
 
 pub mod envoy;
 pub mod process;
