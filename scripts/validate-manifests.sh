@@ -219,7 +219,7 @@ must_fail "a misspelled core kind" "Couldn't find schema for kind Servic " valid
 mkdir -p "$broken/istio"
 cp istio/*.yaml "$broken/istio/"
 sed -i 's/surge-scaler\.surge-system\.svc/surge-scaler.default.svc/' "$broken/istio/"wasmplugin-*.yaml
-must_fail "WasmPlugins sending to a cluster the chart does not serve" "scaler_cluster is .*surge-scaler.default.svc" \
+must_fail "WasmPlugins sending to a cluster the chart does not serve" "pluginConfig.cluster is .*surge-scaler.default.svc" \
   "$py" "$checks" wiring "$work/render/defaults.yaml" "$broken/istio"
 
 # 6. A dashboard querying a metric the scaler does not have: the dashboard check must fail.

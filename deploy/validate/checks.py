@@ -32,6 +32,8 @@ CORE_GROUPS_WITHOUT_DOT = {"", "v1", "apps", "batch", "autoscaling", "policy"}
 # What the shipped istio/ resources must be, per file role.
 FILTER_IMAGE_RE = re.compile(r"^oci://[^@\s]+:[A-Za-z0-9._-]+$")
 SHA256_RE = re.compile(r"^[a-f0-9]{64}$")
+# The filter's built-in default for pluginConfig.cluster (filter/src/config.rs, DEFAULT_CLUSTER).
+DEFAULT_FILTER_CLUSTER = "outbound|8080||surge-scaler.surge-system.svc.cluster.local"
 
 
 def load_docs(path):
@@ -152,9 +154,10 @@ def cmd_wiring(chart_render, istio_dir):
         where = f"{p['__file']}: {describe(p)}"
         spec = p.get("spec") or {}
         cfg = spec.get("pluginConfig") or {}
-        cluster = cfg.get("scaler_cluster", cfg.get("cluster"))
+        # The key is the filter's (filter/README.md); an absent key means the filter's default.
+        cluster = cfg.get("cluster", DEFAULT_FILTER_CLUSTER)
         if cluster != expected_cluster:
-            errors.append(f"{where}: spec.pluginConfig.scaler_cluster is {cluster!r}, but the chart's Service "
+            errors.append(f"{where}: spec.pluginConfig.cluster is {cluster!r}, but the chart's Service "
                           f"gives {expected_cluster!r}")
         if spec.get("failStrategy") != "FAIL_OPEN":
             errors.append(f"{where}: spec.failStrategy must be FAIL_OPEN (a trapped VM must never fail requests)")
