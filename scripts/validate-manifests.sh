@@ -181,7 +181,10 @@ if [ ${#kustomizations[@]} -gt 0 ]; then
   run "kustomize output: schemas (Kubernetes ${k8s_versions[*]}, CRDs)" validate_files "$work/v-kust" "$work"/kust/*.yaml
 fi
 
-echo "== wiring and dashboard"
+echo "== wiring, security and dashboard"
+run "scaler and headroom pods meet the restricted Pod Security profile" \
+  "$py" "$checks" restricted "$work/render/defaults.yaml" "$work/render/all-options.yaml" deploy/karpenter/headroom.yaml
+run "RBAC grants exactly the scaler's least-privilege list" "$py" "$checks" rbac "$work/render/defaults.yaml"
 run "filter's scaler cluster, PeerAuthentication and AuthorizationPolicy match the chart" \
   "$py" "$checks" wiring "$work/render/defaults.yaml" istio
 for board in deploy/grafana/*.json; do
@@ -222,7 +225,14 @@ sed -i 's/surge-scaler\.surge-system\.svc/surge-scaler.default.svc/' "$broken/is
 must_fail "WasmPlugins sending to a cluster the chart does not serve" "pluginConfig.cluster is .*surge-scaler.default.svc" \
   "$py" "$checks" wiring "$work/render/defaults.yaml" "$broken/istio"
 
-# 6. A dashboard querying a metric the scaler does not have: the dashboard check must fail.
+# 6. A privileged copy of the chart's pod, and an RBAC rule too broad: the policy checks must fail.
+sed -e 's/allowPrivilegeEscalation: false/allowPrivilegeEscalation: true/' -e 's/verbs: \["get", "patch"\]/verbs: ["get", "patch", "update"]/' \
+  "$work/render/defaults.yaml" >"$broken/chart.yaml"
+must_fail "scaler pod allowing privilege escalation" "allowPrivilegeEscalation must be false" \
+  "$py" "$checks" restricted "$broken/chart.yaml"
+must_fail "ClusterRole granting update on the scale subresource" "deployments/scale grants \['update'\]" \
+  "$py" "$checks" rbac "$broken/chart.yaml"
+# 7. A dashboard querying a metric the scaler does not have: the dashboard check must fail.
 sed 's/surge_panic_mode/surge_no_such_metric/g' deploy/grafana/surge-scaler.json >"$broken/dashboard.json"
 must_fail "dashboard querying a metric the scaler does not register" "surge_no_such_metric is not registered" \
   "$py" "$checks" dashboard "$broken/dashboard.json" scaler/src

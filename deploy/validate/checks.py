@@ -8,6 +8,9 @@
     checks.py wiring CHART_RENDER ISTIO_DIR
                                           the WasmPlugins, PeerAuthentication and AuthorizationPolicy
                                           match the chart's Service, ports and labels
+    checks.py restricted FILE...          every pod template meets the Pod Security Standards'
+                                          `restricted` profile (the fields it requires)
+    checks.py rbac CHART_RENDER           the scaler's RBAC grants nothing beyond its least-privilege list
     checks.py dashboard DASHBOARD SCALER_SRC
                                           the dashboard parses and every metric it queries is
                                           registered by the scaler
@@ -187,6 +190,123 @@ def cmd_wiring(chart_render, istio_dir):
     return 1 if errors else 0
 
 
+POD_OWNERS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
+RESTRICTED_CAPS_ALLOWED = {"NET_BIND_SERVICE"}
+
+
+def pod_spec(doc):
+    if doc.get("kind") == "Pod":
+        return doc.get("spec") or {}
+    if doc.get("kind") in POD_OWNERS:
+        return ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    return None
+
+
+def restricted_violations(spec):
+    """The `restricted` Pod Security Standard's rules (kubernetes.io/docs/concepts/security/pod-security-standards)."""
+    out = []
+    pod_sc = spec.get("securityContext") or {}
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if spec.get(key):
+            out.append(f"spec.{key} must not be true")
+    for v in spec.get("volumes") or []:
+        if "hostPath" in v:
+            out.append(f"volume {v.get('name')}: hostPath is not allowed")
+    containers = [("containers", c) for c in spec.get("containers") or []] + \
+                 [("initContainers", c) for c in spec.get("initContainers") or []]
+    for field, c in containers:
+        sc = c.get("securityContext") or {}
+        where = f"{field}[{c.get('name')}].securityContext"
+        if sc.get("privileged"):
+            out.append(f"{where}.privileged must not be true")
+        if sc.get("allowPrivilegeEscalation") is not False:
+            out.append(f"{where}.allowPrivilegeEscalation must be false")
+        non_root = sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot"))
+        if non_root is not True:
+            out.append(f"{where}.runAsNonRoot (or the pod's) must be true")
+        if sc.get("runAsUser", pod_sc.get("runAsUser")) == 0:
+            out.append(f"{where}.runAsUser must not be 0")
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            out.append(f"{where}.seccompProfile.type (or the pod's) must be RuntimeDefault or Localhost")
+        caps = sc.get("capabilities") or {}
+        if "ALL" not in (caps.get("drop") or []):
+            out.append(f"{where}.capabilities.drop must include ALL")
+        extra = set(caps.get("add") or []) - RESTRICTED_CAPS_ALLOWED
+        if extra:
+            out.append(f"{where}.capabilities.add must not add {sorted(extra)}")
+        # Not part of `restricted`, but promised by Surge's chart and headroom pods.
+        if sc.get("readOnlyRootFilesystem") is not True:
+            out.append(f"{where}.readOnlyRootFilesystem must be true")
+    return out
+
+
+def cmd_restricted(files):
+    errors, pods = [], 0
+    for path in files:
+        for doc in load_docs(path):
+            spec = pod_spec(doc)
+            if spec is None:
+                continue
+            pods += 1
+            errors += [f"{path}: {describe(doc)}: {v}" for v in restricted_violations(spec)]
+    if pods == 0:
+        errors.append(f"no pod template in {files}")
+    for e in errors:
+        print(f"FAIL {e}")
+    if not errors:
+        print(f"OK   {pods} pod templates meet the restricted profile with a read-only root filesystem")
+    return 1 if errors else 0
+
+
+# The least privilege the scaler needs (INSTALL.md, chart README): (apiGroup, resource) -> verbs.
+RBAC_ALLOWED = {
+    ("surge.dev", "surgescalers"): {"get", "list", "watch"},
+    ("surge.dev", "surgescalers/status"): {"update", "patch"},
+    ("apps", "deployments/scale"): {"get", "patch"},
+    ("apps", "statefulsets/scale"): {"get", "patch"},
+    ("autoscaling", "horizontalpodautoscalers"): {"get", "list", "watch"},
+    ("keda.sh", "scaledobjects"): {"get", "list", "watch"},
+    ("", "events"): {"create", "patch"},
+    ("events.k8s.io", "events"): {"create", "patch"},
+}
+RBAC_ALLOWED_NAMESPACED = {
+    ("coordination.k8s.io", "leases"): {"get", "list", "watch", "create", "update", "patch"},
+}
+
+
+def cmd_rbac(chart_render):
+    errors = []
+    docs = load_docs(chart_render)
+    for kind, allowed in (("ClusterRole", RBAC_ALLOWED), ("Role", RBAC_ALLOWED_NAMESPACED)):
+        roles = find(docs, kind)
+        if len(roles) != 1:
+            errors.append(f"expected one {kind}, found {len(roles)}")
+            continue
+        granted = {}
+        for i, rule in enumerate(roles[0].get("rules") or []):
+            where = f"{kind} {roles[0]['metadata']['name']} rules[{i}]"
+            if rule.get("resourceNames") or rule.get("nonResourceURLs"):
+                errors.append(f"{where}: resourceNames/nonResourceURLs are not expected")
+            for g in rule.get("apiGroups") or []:
+                for r in rule.get("resources") or []:
+                    verbs = set(rule.get("verbs") or [])
+                    if "*" in verbs or g == "*" or r == "*":
+                        errors.append(f"{where}: wildcard in {g!r}/{r!r} {sorted(verbs)}")
+                    extra = verbs - allowed.get((g, r), set())
+                    if extra:
+                        errors.append(f"{where}: {g or 'core'}/{r} grants {sorted(extra)} beyond the least-privilege list")
+                    granted.setdefault((g, r), set()).update(verbs)
+        missing = {k: v - granted.get(k, set()) for k, v in allowed.items() if v - granted.get(k, set())}
+        for (g, r), verbs in sorted(missing.items()):
+            errors.append(f"{kind}: {g or 'core'}/{r} lacks {sorted(verbs)}, which the scaler needs")
+    for e in errors:
+        print(f"FAIL {e}")
+    if not errors:
+        print("OK   ClusterRole and Role grant exactly the least-privilege list")
+    return 1 if errors else 0
+
+
 PROMQL_WORDS = {
     "sum", "rate", "irate", "increase", "max", "min", "avg", "count", "by", "without", "on", "ignoring",
     "group_left", "group_right", "histogram_quantile", "le", "clamp_min", "clamp_max", "abs", "time",
@@ -304,6 +424,10 @@ def main(argv):
         return cmd_kv_output(args[0])
     if cmd == "wiring" and len(args) == 2:
         return cmd_wiring(*args)
+    if cmd == "restricted" and args:
+        return cmd_restricted(args)
+    if cmd == "rbac" and len(args) == 1:
+        return cmd_rbac(args[0])
     if cmd == "dashboard" and len(args) == 2:
         return cmd_dashboard(*args)
     print(__doc__)
