@@ -4,6 +4,7 @@
 //! HTTP, and an embedded Kubernetes API ([`kubeapi`]) standing in for the cluster, as an
 //! embedded database stands in for a server.
 
+pub mod compare;
 pub mod kubeapi;
 
 pub mod envoy;
