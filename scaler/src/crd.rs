@@ -169,7 +169,7 @@ pub struct Windows {
     /// Stable window in seconds (default 60): the average that drives normal scaling, and how
     /// long the load must stay below the panic threshold before panic ends.
     #[serde(default = "default_stable_seconds")]
-    #[schemars(range(min = 6, max = 3600))]
+    #[schemars(range(min = 6, max = 600))]
     pub stable_seconds: u32,
     /// Panic window in seconds (default 6).
     #[serde(default = "default_panic_seconds")]
