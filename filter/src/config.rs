@@ -1,0 +1,330 @@
+//! The filter's configuration: the WasmPlugin's `pluginConfig` (a JSON object), parsed once in
+//! `on_configure` into typed values with defaults, and validated so that a bad value is refused
+//! with an error that names the field.
+
+use serde::Deserialize;
+use surge_wire::Role;
+
+/// The scaler's cluster as an Istio sidecar names the `surge-scaler` Service (port 8080, named
+/// `http`) in namespace `surge-system`.
+pub const DEFAULT_CLUSTER: &str = "outbound|8080||surge-scaler.surge-system.svc.cluster.local";
+
+/// The `:authority` of report requests by default (the scaler Service's host).
+pub const DEFAULT_AUTHORITY: &str = "surge-scaler.surge-system.svc.cluster.local";
+
+/// Why a `pluginConfig` was refused.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON, a wrong type or an unknown field (serde's message names the field).
+    #[error("invalid pluginConfig: {0}")]
+    Parse(String),
+    /// A field holds a value outside its range.
+    #[error("invalid pluginConfig: field `{field}`: {reason}")]
+    Invalid {
+        /// The field's path, e.g. `surge.factor`.
+        field: &'static str,
+        /// What is wrong, with the value found.
+        reason: String,
+    },
+}
+
+/// Surge detection settings (`surge` in `pluginConfig`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SurgeConfig {
+    /// Send early when the recent rate exceeds the last reported rate times this factor.
+    pub factor: f64,
+    /// Below this many requests per second no early report is sent (noise at low traffic).
+    pub min_rps: f64,
+    /// How often the reporter checks the recent rate, in milliseconds.
+    pub check_period_ms: u64,
+    /// The span the recent rate is measured over, in milliseconds.
+    pub window_ms: u64,
+    /// Least time between two early reports, in milliseconds, so a surge cannot flood the scaler.
+    pub min_gap_ms: u64,
+}
+
+impl Default for SurgeConfig {
+    fn default() -> Self {
+        Self {
+            factor: 2.0,
+            min_rps: 5.0,
+            check_period_ms: 100,
+            window_ms: 200,
+            min_gap_ms: 250,
+        }
+    }
+}
+
+/// How requests are grouped into route keys (`route_key` in `pluginConfig`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RouteKeyConfig {
+    /// Use the virtual host's name when the route has no name (Istio leaves unnamed
+    /// VirtualService routes empty).
+    pub virtual_host_fallback: bool,
+    /// Keep the upstream cluster in the key; when false every key's cluster is empty.
+    pub include_cluster: bool,
+}
+
+impl Default for RouteKeyConfig {
+    fn default() -> Self {
+        Self {
+            virtual_host_fallback: true,
+            include_cluster: true,
+        }
+    }
+}
+
+/// The whole `pluginConfig`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Envoy cluster of the scaler.
+    pub cluster: String,
+    /// `:authority` of report requests.
+    pub authority: String,
+    /// `:path` of report requests.
+    pub path: String,
+    /// Bearer token sent as `authorization`; none when absent.
+    pub token: Option<String>,
+    /// Periodic report interval, in milliseconds.
+    pub report_interval_ms: u64,
+    /// Timeout of one report request, in milliseconds.
+    pub timeout_ms: u64,
+    /// Surge detection.
+    pub surge: SurgeConfig,
+    /// Route key options.
+    pub route_key: RouteKeyConfig,
+    /// Most distinct route keys per proxy; later ones are counted under `other`.
+    pub max_routes: usize,
+    /// Whether this proxy is a sidecar or a gateway.
+    pub role: Role,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cluster: DEFAULT_CLUSTER.into(),
+            authority: DEFAULT_AUTHORITY.into(),
+            path: surge_wire::REPORTS_PATH.into(),
+            token: None,
+            report_interval_ms: 1000,
+            timeout_ms: 1000,
+            surge: SurgeConfig::default(),
+            route_key: RouteKeyConfig::default(),
+            max_routes: 64,
+            role: Role::Sidecar,
+        }
+    }
+}
+
+/// Most route keys a proxy may track: the report limit minus one entry for `other`.
+pub const MAX_ROUTES_LIMIT: usize = 255;
+
+impl Config {
+    /// Parses and validates `pluginConfig`; empty (or only whitespace) means all defaults.
+    pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
+        let config = if bytes.iter().all(u8::is_ascii_whitespace) {
+            Self::default()
+        } else {
+            serde_json::from_slice(bytes).map_err(|e| ConfigError::Parse(e.to_string()))?
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks every value's range.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(field: &'static str, reason: String) -> Result<(), ConfigError> {
+            Err(ConfigError::Invalid { field, reason })
+        }
+        if self.cluster.is_empty() {
+            return invalid("cluster", "must not be empty".into());
+        }
+        if self.authority.is_empty() {
+            return invalid("authority", "must not be empty".into());
+        }
+        if !self.path.starts_with('/') {
+            return invalid("path", format!("must start with '/' (got {:?})", self.path));
+        }
+        if let Some(token) = &self.token
+            && (token.is_empty() || token.chars().any(|c| c.is_control() || c == ' '))
+        {
+            return invalid(
+                "token",
+                "must be non-empty, without spaces or control characters".into(),
+            );
+        }
+        if !(50..=60_000).contains(&self.report_interval_ms) {
+            return invalid(
+                "report_interval_ms",
+                format!(
+                    "must be within 50..=60000 (got {})",
+                    self.report_interval_ms
+                ),
+            );
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            return invalid(
+                "timeout_ms",
+                format!("must be within 10..=60000 (got {})", self.timeout_ms),
+            );
+        }
+        let surge = &self.surge;
+        if !(surge.factor.is_finite() && surge.factor > 1.0) {
+            return invalid(
+                "surge.factor",
+                format!("must be a number above 1 (got {})", surge.factor),
+            );
+        }
+        if !(surge.min_rps.is_finite() && surge.min_rps >= 0.0) {
+            return invalid(
+                "surge.min_rps",
+                format!("must be a number >= 0 (got {})", surge.min_rps),
+            );
+        }
+        if !(10..=self.report_interval_ms).contains(&surge.check_period_ms) {
+            return invalid(
+                "surge.check_period_ms",
+                format!(
+                    "must be within 10..=report_interval_ms ({}) (got {})",
+                    self.report_interval_ms, surge.check_period_ms
+                ),
+            );
+        }
+        if !(surge.check_period_ms..=60_000).contains(&surge.window_ms) {
+            return invalid(
+                "surge.window_ms",
+                format!(
+                    "must be within check_period_ms ({})..=60000 (got {})",
+                    surge.check_period_ms, surge.window_ms
+                ),
+            );
+        }
+        if surge.min_gap_ms > 60_000 {
+            return invalid(
+                "surge.min_gap_ms",
+                format!("must be at most 60000 (got {})", surge.min_gap_ms),
+            );
+        }
+        if !(1..=MAX_ROUTES_LIMIT).contains(&self.max_routes) {
+            return invalid(
+                "max_routes",
+                format!(
+                    "must be within 1..={MAX_ROUTES_LIMIT} (got {})",
+                    self.max_routes
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    /// How long a reporter's lease lasts without renewal: long enough to ride out a few missed
+    /// ticks, short enough that another VM takes over within about a second.
+    pub fn lease_ms(&self) -> u64 {
+        (self.surge.check_period_ms * 10).max(1000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_config_means_defaults() {
+        assert_eq!(Config::parse(b"").unwrap(), Config::default());
+        assert_eq!(Config::parse(b"  \n").unwrap(), Config::default());
+        assert_eq!(Config::parse(b"{}").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn defaults_report_every_second_to_the_istio_named_scaler_cluster() {
+        let config = Config::default();
+        assert_eq!(config.report_interval_ms, 1000);
+        assert_eq!(config.cluster, DEFAULT_CLUSTER);
+        assert_eq!(config.path, "/v1/reports");
+        assert_eq!(config.role, Role::Sidecar);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn every_field_can_be_set() {
+        let config = Config::parse(
+            br#"{"cluster":"c","authority":"a","path":"/p","token":"t","report_interval_ms":500,
+                "timeout_ms":300,"surge":{"factor":3,"min_rps":1,"check_period_ms":50,
+                "window_ms":100,"min_gap_ms":0},
+                "route_key":{"virtual_host_fallback":false,"include_cluster":false},
+                "max_routes":8,"role":"gateway"}"#,
+        )
+        .unwrap();
+        assert_eq!(config.cluster, "c");
+        assert_eq!(config.token.as_deref(), Some("t"));
+        assert_eq!(config.surge.factor, 3.0);
+        assert!(!config.route_key.include_cluster);
+        assert_eq!(config.max_routes, 8);
+        assert_eq!(config.role, Role::Gateway);
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_by_name() {
+        let err = Config::parse(br#"{"report_interval":5}"#).unwrap_err();
+        assert!(err.to_string().contains("report_interval"), "{err}");
+    }
+
+    #[test]
+    fn wrong_types_are_refused_by_name() {
+        let err = Config::parse(br#"{"surge":{"factor":"big"}}"#).unwrap_err();
+        assert!(err.to_string().contains("invalid type"), "{err}");
+        let err = Config::parse(br#"{"role":"mesh"}"#).unwrap_err();
+        assert!(err.to_string().contains("mesh"), "{err}");
+    }
+
+    #[test]
+    fn non_json_is_refused() {
+        assert!(matches!(
+            Config::parse(b"interval: 1s"),
+            Err(ConfigError::Parse(_))
+        ));
+    }
+
+    #[test]
+    fn out_of_range_values_name_their_field() {
+        let cases: &[(&str, &str)] = &[
+            (r#"{"cluster":""}"#, "cluster"),
+            (r#"{"authority":""}"#, "authority"),
+            (r#"{"path":"v1"}"#, "path"),
+            (r#"{"token":"a b"}"#, "token"),
+            (r#"{"report_interval_ms":10}"#, "report_interval_ms"),
+            (r#"{"timeout_ms":0}"#, "timeout_ms"),
+            (r#"{"surge":{"factor":1.0}}"#, "surge.factor"),
+            (r#"{"surge":{"min_rps":-1}}"#, "surge.min_rps"),
+            (
+                r#"{"surge":{"check_period_ms":5}}"#,
+                "surge.check_period_ms",
+            ),
+            (
+                r#"{"report_interval_ms":100,"surge":{"check_period_ms":200}}"#,
+                "surge.check_period_ms",
+            ),
+            (r#"{"surge":{"window_ms":50}}"#, "surge.window_ms"),
+            (r#"{"surge":{"min_gap_ms":100000}}"#, "surge.min_gap_ms"),
+            (r#"{"max_routes":0}"#, "max_routes"),
+            (r#"{"max_routes":1000}"#, "max_routes"),
+        ];
+        for (json, field) in cases {
+            match Config::parse(json.as_bytes()) {
+                Err(ConfigError::Invalid { field: found, .. }) => {
+                    assert_eq!(found, *field, "{json}")
+                }
+                other => panic!("{json}: expected an error naming {field}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn lease_outlives_several_missed_checks() {
+        let config = Config::default();
+        assert!(config.lease_ms() >= 5 * config.surge.check_period_ms);
+    }
+}

@@ -1,0 +1,111 @@
+//! Host calls wrapped so that no failure can panic: the SDK's context helpers unwrap, so the
+//! filter only uses `proxy_wasm::hostcalls` and turns errors into `None`/`false`.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{LogLevel, MetricType, Status};
+
+/// A property's raw value; `None` when absent or unreadable.
+pub(crate) fn property(path: Vec<&str>) -> Option<Vec<u8>> {
+    hostcalls::get_property(path).ok().flatten()
+}
+
+/// Milliseconds since the Unix epoch on the proxy's clock (0 if unavailable).
+pub(crate) fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+/// A shared-data value and its CAS version.
+pub(crate) fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+    hostcalls::get_shared_data(key).unwrap_or((None, None))
+}
+
+/// Writes shared data under CAS; false on a CAS mismatch (another VM wrote first).
+pub(crate) fn shared_set(key: &str, value: &[u8], cas: Option<u32>) -> bool {
+    hostcalls::set_shared_data(key, Some(value), cas).is_ok()
+}
+
+/// Stores `value` under `key` unless some value is there already; returns what is stored.
+pub(crate) fn shared_init(key: &str, value: &[u8]) -> Option<Vec<u8>> {
+    let (current, _) = shared_get(key);
+    if let Some(current) = current.filter(|v| !v.is_empty()) {
+        return Some(current);
+    }
+    shared_set(key, value, None);
+    shared_get(key).0
+}
+
+/// Defines (or finds) a process-wide counter.
+pub(crate) fn counter(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Counter, name).ok()
+}
+
+/// Defines (or finds) a process-wide gauge.
+pub(crate) fn gauge(name: &str) -> Option<u32> {
+    hostcalls::define_metric(MetricType::Gauge, name).ok()
+}
+
+/// Adds to a metric (counters refuse offsets <= 0, so callers skip those).
+pub(crate) fn add(metric: Option<u32>, offset: i64) {
+    if let Some(id) = metric
+        && offset != 0
+    {
+        let _ = hostcalls::increment_metric(id, offset);
+    }
+}
+
+/// A metric's process-wide value.
+pub(crate) fn read(metric: Option<u32>) -> u64 {
+    metric.map_or(0, |id| hostcalls::get_metric(id).unwrap_or(0))
+}
+
+/// Logs at `level`; a failed log call has nowhere to be reported.
+pub(crate) fn log(level: LogLevel, message: &str) {
+    let _ = hostcalls::log(level, message);
+}
+
+/// The plugin configuration bytes.
+pub(crate) fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// `:status` of the current call response.
+pub(crate) fn call_response_status() -> Option<String> {
+    hostcalls::get_map_value(
+        proxy_wasm::types::MapType::HttpCallResponseHeaders,
+        ":status",
+    )
+    .ok()
+    .flatten()
+}
+
+/// Sends a report; `Err` when Envoy refuses the call (unknown cluster, bad headers).
+pub(crate) fn dispatch(
+    cluster: &str,
+    headers: Vec<(&str, &str)>,
+    body: &[u8],
+    timeout_ms: u64,
+) -> Result<u32, Status> {
+    hostcalls::dispatch_http_call(
+        cluster,
+        headers,
+        Some(body),
+        Vec::new(),
+        std::time::Duration::from_millis(timeout_ms),
+    )
+}
+
+/// 64 random bits, from the WASI random source that seeds std's hasher.
+pub(crate) fn random_u64() -> u64 {
+    use std::hash::BuildHasher;
+    std::collections::hash_map::RandomState::new().hash_one(now_ms())
+}

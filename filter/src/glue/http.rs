@@ -1,0 +1,80 @@
+//! Per-request context: counts the request under its route key.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+
+use crate::report::{duration_us, is_error};
+use crate::route::RouteKey;
+
+use super::host;
+use super::root::VmState;
+use super::routes::RouteMetrics;
+
+/// One request.
+pub(crate) struct SurgeHttp {
+    vm: Rc<RefCell<VmState>>,
+    /// Set when this context raised the in-flight gauge, so only it lowers it again.
+    started: Option<RouteMetrics>,
+}
+
+impl SurgeHttp {
+    pub(crate) fn new(vm: Rc<RefCell<VmState>>) -> Self {
+        Self { vm, started: None }
+    }
+
+    fn route_metrics(&self) -> Option<RouteMetrics> {
+        let mut vm = self.vm.borrow_mut();
+        let config = vm.config.clone()?;
+        let options = &config.route_key;
+        let route = host::property(vec!["xds", "route_name"]);
+        let virtual_host = match &route {
+            Some(name) if !name.is_empty() => None,
+            _ if options.virtual_host_fallback => host::property(vec!["xds", "virtual_host_name"]),
+            _ => None,
+        };
+        let cluster = if options.include_cluster {
+            host::property(vec!["xds", "cluster_name"])
+        } else {
+            None
+        };
+        let key = RouteKey::from_properties(
+            route.as_deref(),
+            virtual_host.as_deref(),
+            cluster.as_deref(),
+            options,
+        );
+        Some(vm.routes.metrics_for(key, &config))
+    }
+}
+
+impl Context for SurgeHttp {}
+
+impl HttpContext for SurgeHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(metrics) = self.route_metrics() {
+            metrics.start();
+            self.started = Some(metrics);
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Envoy runs on_log for requests an earlier filter rejected too (the context is then
+        // created lazily and headers never ran): key them now.
+        let metrics = match self.started.take() {
+            Some(metrics) => {
+                metrics.end();
+                Some(metrics)
+            }
+            None => self.route_metrics(),
+        };
+        if let Some(metrics) = metrics {
+            let code = host::property(vec!["response", "code"]);
+            let duration = host::property(vec!["request", "duration"]);
+            metrics.complete(is_error(code.as_deref()), duration_us(duration.as_deref()));
+        }
+    }
+}

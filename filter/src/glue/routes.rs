@@ -1,0 +1,157 @@
+//! Per-VM cache of route keys and their host metrics, backed by the process-wide route table in
+//! shared data.
+
+use std::collections::HashMap;
+
+use crate::config::Config;
+use crate::lease::ROUTES_KEY;
+use crate::report::{Counters, gauge_value};
+use crate::route::{Registration, RouteKey, RouteTable, Slot};
+
+use super::host;
+
+/// The host metrics of one route key (ids are per VM; the stats are process-wide).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RouteMetrics {
+    requests: Option<u32>,
+    errors: Option<u32>,
+    duration_us: Option<u32>,
+    inflight: Option<u32>,
+}
+
+impl RouteMetrics {
+    fn define(slot: Slot) -> Self {
+        let base = match slot {
+            Slot::Index(i) => format!("surge.route.{i}"),
+            Slot::Other => "surge.route.other".to_string(),
+        };
+        Self {
+            requests: host::counter(&format!("{base}.requests_total")),
+            errors: host::counter(&format!("{base}.errors_total")),
+            duration_us: host::counter(&format!("{base}.duration_us_total")),
+            inflight: host::gauge(&format!("{base}.inflight")),
+        }
+    }
+
+    /// A request started.
+    pub(crate) fn start(&self) {
+        host::add(self.inflight, 1);
+    }
+
+    /// A request this VM counted as started has ended.
+    pub(crate) fn end(&self) {
+        host::add(self.inflight, -1);
+    }
+
+    /// A request completed. Requests before errors: the reporter reads errors first, so it never
+    /// sees more errors than requests.
+    pub(crate) fn complete(&self, error: bool, duration_us: u64) {
+        host::add(self.requests, 1);
+        if error {
+            host::add(self.errors, 1);
+        }
+        host::add(
+            self.duration_us,
+            i64::try_from(duration_us).unwrap_or(i64::MAX),
+        );
+    }
+
+    /// The process-wide counters.
+    pub(crate) fn read(&self) -> Counters {
+        let errors = host::read(self.errors);
+        let duration_us = host::read(self.duration_us);
+        let inflight = gauge_value(host::read(self.inflight));
+        let requests = host::read(self.requests);
+        Counters {
+            requests,
+            errors,
+            duration_us,
+            inflight,
+        }
+    }
+}
+
+/// Route keys this VM has seen, with their slots and metrics.
+#[derive(Debug, Default)]
+pub(crate) struct RouteCache {
+    slots: HashMap<RouteKey, Slot>,
+    metrics: HashMap<Slot, RouteMetrics>,
+    table: RouteTable,
+    overflow_logged: bool,
+}
+
+/// CAS retries when several VMs register keys at once.
+const REGISTER_ATTEMPTS: usize = 4;
+
+impl RouteCache {
+    /// The metrics `key` is counted under, registering the key process-wide on first sight.
+    pub(crate) fn metrics_for(&mut self, key: RouteKey, config: &Config) -> RouteMetrics {
+        let slot = match self.slots.get(&key) {
+            Some(slot) => *slot,
+            None => {
+                let slot = self.register(&key, config.max_routes);
+                if slot == Slot::Other && !key.is_other() && !self.overflow_logged {
+                    self.overflow_logged = true;
+                    host::log(
+                        proxy_wasm::types::LogLevel::Warn,
+                        &format!(
+                            "surge: more than max_routes ({}) route keys; further keys are \
+                             counted under \"other\" (first: route {:?} cluster {:?})",
+                            config.max_routes, key.route, key.cluster
+                        ),
+                    );
+                }
+                // Overflowing keys are cached too (so a hot one does not hit shared data on
+                // every request), up to a bound that keeps the map from growing with traffic.
+                if self.slots.len() < config.max_routes.saturating_mul(4) {
+                    self.slots.insert(key, slot);
+                }
+                slot
+            }
+        };
+        self.metrics_of(slot)
+    }
+
+    fn metrics_of(&mut self, slot: Slot) -> RouteMetrics {
+        *self
+            .metrics
+            .entry(slot)
+            .or_insert_with(|| RouteMetrics::define(slot))
+    }
+
+    fn register(&mut self, key: &RouteKey, cap: usize) -> Slot {
+        for _ in 0..REGISTER_ATTEMPTS {
+            let (stored, cas) = host::shared_get(ROUTES_KEY);
+            self.table = RouteTable::decode(&stored.unwrap_or_default());
+            match self.table.register(key, cap) {
+                Registration::Existing(slot) => return slot,
+                Registration::Appended { slot, encoded } => {
+                    if host::shared_set(ROUTES_KEY, &encoded, cas) {
+                        return slot;
+                    }
+                }
+            }
+        }
+        // Lost every race: count this request under `other` rather than block or drop it.
+        Slot::Other
+    }
+
+    /// Every known key (from the shared table) with its process-wide counters, plus `other`.
+    pub(crate) fn read_all(&mut self) -> Vec<(String, String, Counters)> {
+        let (stored, _) = host::shared_get(ROUTES_KEY);
+        self.table = RouteTable::decode(&stored.unwrap_or_default());
+        let keys: Vec<RouteKey> = self.table.keys().to_vec();
+        let mut out = Vec::with_capacity(keys.len() + 1);
+        for (i, key) in keys.into_iter().enumerate() {
+            let counters = self.metrics_of(Slot::Index(i)).read();
+            out.push((key.route, key.cluster, counters));
+        }
+        let other = RouteKey::other();
+        out.push((
+            other.route,
+            other.cluster,
+            self.metrics_of(Slot::Other).read(),
+        ));
+        out
+    }
+}
