@@ -15,3 +15,4 @@
 pub mod cli;
 pub mod crd;
 pub mod decision;
+pub mod window;
