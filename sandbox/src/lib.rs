@@ -4,8 +4,17 @@
 //! HTTP, and an embedded Kubernetes API ([`kubeapi`]) standing in for the cluster, as an
 //! embedded database stands in for a server.
 
+pub mod app;
+pub mod bench;
+pub mod chart;
 pub mod compare;
 pub mod kubeapi;
+pub mod load;
+pub mod pods;
+pub mod report;
+pub mod run;
+pub mod scaler;
+pub mod scenario;
 
 pub mod envoy;
 pub mod process;

@@ -1,2 +1,175 @@
-//! The `surge-sandbox` binary (placeholder).
-fn main() {}
+//! `surge-sandbox`: run the whole Surge burst path on this machine.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use surge_sandbox::bench::{BenchOptions, bench_reaction};
+use surge_sandbox::run::{RunOptions, run};
+use surge_sandbox::scenario::{DEFAULT_SCENARIO, Scenario};
+
+/// The whole Surge burst path on one machine: real Envoy sidecars with the filter, the real
+/// surge-scaler, an embedded Kubernetes API.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Play a scenario (default: the 10x burst) and report.
+    Run {
+        /// Scenario file (YAML); the built-in burst scenario when absent.
+        scenario: Option<PathBuf>,
+        /// Output directory (result.json, chart.svg, logs).
+        #[arg(long, default_value = "sandbox-out")]
+        out: PathBuf,
+        /// No per-second progress lines.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Measure the time from a 10x load step to the first scale PATCH over many runs.
+    BenchReaction {
+        /// Number of load steps measured.
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
+        /// Scenario providing the pods' model and the SurgeScaler (default: the burst).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Base load before each step (rps).
+        #[arg(long, default_value_t = 30.0)]
+        base_rps: f64,
+        /// Load after each step (rps).
+        #[arg(long, default_value_t = 300.0)]
+        step_rps: f64,
+        /// Output directory.
+        #[arg(long, default_value = "sandbox-out")]
+        out: PathBuf,
+    },
+    /// Check a scenario file and print it back as read.
+    Check {
+        /// Scenario file (YAML).
+        scenario: PathBuf,
+    },
+}
+
+fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, String> {
+    match path {
+        Some(path) => Scenario::from_file(path).map_err(|e| e.to_string()),
+        None => Scenario::parse(DEFAULT_SCENARIO).map_err(|e| format!("built-in scenario: {e}")),
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    eprintln!("stopping (signal received)...");
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("SURGE_SANDBOX_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
+            println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
+        }),
+        Command::Run {
+            scenario,
+            out,
+            quiet,
+        } => match load_scenario(scenario.as_ref()) {
+            Err(e) => Err(e),
+            Ok(scenario) => {
+                let options = RunOptions {
+                    out_dir: out.clone(),
+                    live: !quiet,
+                };
+                match run(&scenario, &options, shutdown_signal()).await {
+                    Ok(result) => {
+                        println!("\n{}", surge_sandbox::report::summary_text(&result));
+                        println!(
+                            "wrote {0}/result.json and {0}/chart.svg (logs: {0}/scaler.log, {0}/pods/)",
+                            out.display()
+                        );
+                        match &result.failure {
+                            Some(f) => Err(f.clone()),
+                            None if result.interrupted => Err("interrupted".into()),
+                            None => Ok(()),
+                        }
+                    }
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+        },
+        Command::BenchReaction {
+            runs,
+            scenario,
+            base_rps,
+            step_rps,
+            out,
+        } => match load_scenario(scenario.as_ref()) {
+            Err(e) => Err(e),
+            Ok(scenario) => {
+                let options = BenchOptions {
+                    runs,
+                    base_rps,
+                    step_rps,
+                    base_seconds: 5.0,
+                    step_seconds: 3.0,
+                };
+                tokio::select! {
+                    r = bench_reaction(&scenario, &options, &out) => match r {
+                        Ok(result) => {
+                            println!(
+                                "step {base_rps} -> {step_rps} rps, {} runs: p50 {} ms, p99 {} ms, min {} ms, max {} ms, missed {}",
+                                result.runs_ms.len(),
+                                fmt(result.p50_ms), fmt(result.p99_ms), fmt(result.min_ms), fmt(result.max_ms),
+                                result.missed
+                            );
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    },
+                    () = shutdown_signal() => Err("interrupted".into()),
+                }
+            }
+        },
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("surge-sandbox: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn fmt(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.0}"))
+}

@@ -34,7 +34,7 @@ use tokio::task::JoinHandle;
 pub use patch::{PatchError, json_patch, merge_patch};
 pub use resources::ResourceType;
 pub use status::ApiError;
-pub use store::{Change, ChangeKind, Part, Store, scale_view};
+pub use store::{Change, ChangeKind, Part, Store, default_from_schema, scale_view};
 
 /// Settings of the embedded API.
 #[derive(Debug, Clone)]
@@ -138,6 +138,37 @@ impl KubeApi {
             }
         });
         Ok(Self { shared, task })
+    }
+
+    /// Serves a CustomResourceDefinition's schema defaults (YAML of the CRD, e.g.
+    /// `deploy/crds/surgescaler.yaml`) for the type it defines, if that type is served here.
+    pub fn register_crd(&self, crd_yaml: &str) -> Result<(), String> {
+        let crd: Value = serde_yaml::from_str(crd_yaml).map_err(|e| format!("CRD: {e}"))?;
+        let group = crd
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let plural = crd
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let versions = crd
+            .pointer("/spec/versions")
+            .and_then(Value::as_array)
+            .ok_or("CRD: spec.versions missing")?;
+        for version in versions {
+            let name = version
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            if let (Some(ty), Some(schema)) = (
+                resources::find(group, name, plural),
+                version.pointer("/schema/openAPIV3Schema"),
+            ) {
+                self.store().register_schema(ty, schema.clone());
+            }
+        }
+        Ok(())
     }
 
     /// The address the API listens on.

@@ -68,6 +68,8 @@ pub enum Part {
 
 #[derive(Default)]
 struct Inner {
+    /// Structural schemas of custom resources by `plural.group`, for defaulting.
+    schemas: BTreeMap<String, Value>,
     rv: u64,
     uid_seq: u64,
     objects: BTreeMap<(String, String, String), Value>,
@@ -202,6 +204,18 @@ impl Store {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Registers a custom resource's OpenAPI v3 schema; its `default`s are then applied on every
+    /// write, as the real API server does for structural schemas.
+    pub fn register_schema(&self, ty: &'static ResourceType, schema: Value) {
+        self.lock().schemas.insert(ty.qualified(), schema);
+    }
+
+    fn apply_defaults(inner: &Inner, ty: &ResourceType, obj: &mut Value) {
+        if let Some(schema) = inner.schemas.get(&ty.qualified()) {
+            default_from_schema(schema, obj);
+        }
+    }
+
     /// The latest resourceVersion; changes whenever the store does.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.rv_tx.subscribe()
@@ -320,6 +334,7 @@ impl Store {
         if inner.objects.contains_key(&k) {
             return Err(ApiError::already_exists(ty, &name));
         }
+        Self::apply_defaults(&inner, ty, &mut obj);
         validate(ty, &name, &obj)?;
         inner.rv += 1;
         inner.uid_seq += 1;
@@ -456,6 +471,7 @@ impl Store {
                 }
             }
         }
+        Self::apply_defaults(&inner, ty, &mut next);
         validate(ty, name, &next)?;
         if ty.has_generation && generation_view(ty, &next) != generation_view(ty, &latest) {
             let generation = latest
@@ -516,6 +532,34 @@ impl Store {
     }
 }
 
+/// Fills missing properties that have a `default` in `schema`, recursively (objects and array
+/// items), as structural-schema defaulting does. `metadata` is left alone.
+pub fn default_from_schema(schema: &Value, obj: &mut Value) {
+    if let (Some(props), Value::Object(map)) = (
+        schema.get("properties").and_then(Value::as_object),
+        &mut *obj,
+    ) {
+        for (key, prop) in props {
+            if key == "metadata" {
+                continue;
+            }
+            if !map.contains_key(key)
+                && let Some(default) = prop.get("default")
+            {
+                map.insert(key.clone(), default.clone());
+            }
+            if let Some(child) = map.get_mut(key) {
+                default_from_schema(prop, child);
+            }
+        }
+    }
+    if let (Some(items), Value::Array(list)) = (schema.get("items"), obj) {
+        for item in list {
+            default_from_schema(items, item);
+        }
+    }
+}
+
 /// The few validation rules of the real API that Surge can trip over.
 fn validate(ty: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> {
     if ty.scale_subresource
@@ -549,6 +593,21 @@ fn validate(ty: &ResourceType, name: &str, obj: &Value) -> Result<(), ApiError> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_defaults_fill_missing_fields_recursively() {
+        let schema = json!({"properties": {"spec": {"properties": {
+            "min": {"default": 1},
+            "windows": {"default": {}, "properties": {"panic": {"default": 6}}},
+            "list": {"items": {"properties": {"x": {"default": true}}}}
+        }}}});
+        let mut obj = json!({"spec": {"min": 3, "list": [{}, {"x": false}]}});
+        default_from_schema(&schema, &mut obj);
+        assert_eq!(
+            obj,
+            json!({"spec": {"min": 3, "windows": {"panic": 6}, "list": [{"x": true}, {"x": false}]}})
+        );
+    }
 
     #[test]
     fn rfc3339_formats_known_instants() {

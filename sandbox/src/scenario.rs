@@ -1,0 +1,547 @@
+//! Scenario files: the load to play, the pods' capacity and start-up, the SurgeScaler to apply
+//! and the faults to inject. YAML, validated while it is read, so every error names the field
+//! and the line (serde_yaml reports the path and position of the value that failed).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a scenario file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// The file could not be read.
+    #[error("cannot read scenario {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The file is not a valid scenario; the message names the field and line.
+    #[error("invalid scenario {path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// serde_yaml's message: `field.path: what is wrong at line L column C`.
+        message: String,
+    },
+}
+
+/// A number of requests per second, at least 0 and at most 5000 (what one machine's sandbox
+/// can offer without measuring itself).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Rps(f64);
+
+impl Rps {
+    /// The value.
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl From<Rps> for f64 {
+    fn from(r: Rps) -> f64 {
+        r.0
+    }
+}
+
+impl TryFrom<f64> for Rps {
+    type Error = String;
+    fn try_from(v: f64) -> Result<Self, String> {
+        if v.is_finite() && (0.0..=5000.0).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!(
+                "requests per second must be within 0..=5000, got {v}"
+            ))
+        }
+    }
+}
+
+/// A duration in whole seconds, 1..=3600.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "u64", into = "u64")]
+pub struct Seconds(u64);
+
+impl Seconds {
+    /// The value.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl From<Seconds> for u64 {
+    fn from(s: Seconds) -> u64 {
+        s.0
+    }
+}
+
+impl TryFrom<u64> for Seconds {
+    type Error = String;
+    fn try_from(v: u64) -> Result<Self, String> {
+        if (1..=3600).contains(&v) {
+            Ok(Self(v))
+        } else {
+            Err(format!("seconds must be within 1..=3600, got {v}"))
+        }
+    }
+}
+
+/// One phase of the load, played in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Phase {
+    /// A constant rate.
+    Steady {
+        /// Requests per second.
+        rps: Rps,
+        /// How long.
+        seconds: Seconds,
+    },
+    /// A linear change of rate.
+    Ramp {
+        /// Rate at the start.
+        from: Rps,
+        /// Rate at the end.
+        to: Rps,
+        /// How long.
+        seconds: Seconds,
+    },
+    /// `base`, then `peak` for `peak_seconds` in the middle, then `base` again.
+    Spike {
+        /// Rate around the peak.
+        base: Rps,
+        /// Rate during the peak.
+        peak: Rps,
+        /// Length of the whole phase.
+        seconds: Seconds,
+        /// Length of the peak (less than `seconds`).
+        peak_seconds: Seconds,
+    },
+    /// Replay of a per-second trace: one rate per second.
+    Trace {
+        /// The rates, one per second (at most 3600).
+        rps: Vec<Rps>,
+    },
+}
+
+impl Phase {
+    /// Length in seconds.
+    pub fn seconds(&self) -> f64 {
+        match self {
+            Phase::Steady { seconds, .. }
+            | Phase::Ramp { seconds, .. }
+            | Phase::Spike { seconds, .. } => seconds.get() as f64,
+            Phase::Trace { rps } => rps.len() as f64,
+        }
+    }
+
+    /// The rate `t` seconds into the phase.
+    pub fn rate_at(&self, t: f64) -> f64 {
+        match self {
+            Phase::Steady { rps, .. } => rps.get(),
+            Phase::Ramp { from, to, seconds } => {
+                let f = (t / seconds.get() as f64).clamp(0.0, 1.0);
+                from.get() + (to.get() - from.get()) * f
+            }
+            Phase::Spike {
+                base,
+                peak,
+                seconds,
+                peak_seconds,
+            } => {
+                let start = (seconds.get() - peak_seconds.get()) as f64 / 2.0;
+                if t >= start && t < start + peak_seconds.get() as f64 {
+                    peak.get()
+                } else {
+                    base.get()
+                }
+            }
+            Phase::Trace { rps } => rps
+                .get(t.max(0.0) as usize)
+                .or(rps.last())
+                .map_or(0.0, |r| r.get()),
+        }
+    }
+}
+
+/// The pods' model: each replica is an Envoy sidecar in front of an app with finite capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pods {
+    /// Time from a pod's creation until it is ready (image pull, app start), in milliseconds.
+    pub startup_delay_ms: u64,
+    /// Requests the app serves at once.
+    pub concurrency: u32,
+    /// Time the app spends per request, in milliseconds.
+    pub service_time_ms: u64,
+    /// Requests waiting for a slot beyond which the app answers 503.
+    pub queue: u32,
+    /// Pods created after this many (counting the initial ones) never become ready, as a crash
+    /// loop would; `null` means every pod starts.
+    pub fail_after: Option<u32>,
+    /// Envoy worker threads per pod (at least 2 exercises the filter's multi-VM path).
+    pub envoy_concurrency: u32,
+}
+
+impl Default for Pods {
+    fn default() -> Self {
+        Self {
+            startup_delay_ms: 2000,
+            concurrency: 4,
+            service_time_ms: 40,
+            queue: 200,
+            fail_after: None,
+            envoy_concurrency: 2,
+        }
+    }
+}
+
+impl Pods {
+    /// Requests per second one ready pod serves at most.
+    pub fn capacity_rps(&self) -> f64 {
+        f64::from(self.concurrency) * 1000.0 / self.service_time_ms as f64
+    }
+}
+
+/// How the scaler is reached by the proxies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Reachability {
+    /// Proxies report to the scaler.
+    #[default]
+    Reachable,
+    /// The scaler's address refuses connections.
+    Refused,
+    /// The scaler's address accepts connections and never answers.
+    Hanging,
+}
+
+/// The SurgeScaler applied for the run, and how the scaler runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Scaler {
+    /// `spec.minReplicas`.
+    pub min_replicas: u32,
+    /// `spec.maxReplicas`.
+    pub max_replicas: u32,
+    /// `spec.metric.type`: `rps` or `concurrency`.
+    pub metric: String,
+    /// `spec.metric.target` per replica.
+    pub target: f64,
+    /// Whether the proxies can reach the scaler.
+    pub reachability: Reachability,
+}
+
+impl Default for Scaler {
+    fn default() -> Self {
+        Self {
+            min_replicas: 1,
+            max_replicas: 10,
+            metric: "rps".into(),
+            target: 70.0,
+            reachability: Reachability::Reachable,
+        }
+    }
+}
+
+/// A fault injected during the run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Fault {
+    /// Kill the scaler (SIGKILL) `at_s` seconds into the load and start it again
+    /// `restart_after_s` later.
+    KillScaler {
+        /// When, in seconds from the start of the load.
+        at_s: f64,
+        /// Downtime in seconds.
+        restart_after_s: f64,
+    },
+}
+
+/// A whole scenario file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Name shown in the report.
+    pub name: String,
+    /// Latency objective in milliseconds (the summary counts requests over it).
+    #[serde(default = "default_slo_ms")]
+    pub slo_ms: u64,
+    /// Seconds of load played before `load` starts, so the scaler sees steady reports first.
+    #[serde(default)]
+    pub warmup_s: u64,
+    /// Seconds the run continues after the last phase (watching scale-down, draining).
+    #[serde(default)]
+    pub cooldown_s: u64,
+    /// The pods' model.
+    #[serde(default)]
+    pub pods: Pods,
+    /// The SurgeScaler and the scaler's reachability.
+    #[serde(default)]
+    pub scaler: Scaler,
+    /// The load, phase by phase (`- steady: {...}`: each phase a one-key map).
+    #[serde(with = "serde_yaml::with::singleton_map_recursive")]
+    pub load: Vec<Phase>,
+    /// Faults to inject.
+    #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
+    pub faults: Vec<Fault>,
+}
+
+fn default_slo_ms() -> u64 {
+    250
+}
+
+/// The default burst scenario (a 10x step), as shipped in `sandbox/scenarios/burst.yaml`.
+pub const DEFAULT_SCENARIO: &str = include_str!("../scenarios/burst.yaml");
+
+impl Scenario {
+    /// Reads and validates a scenario file.
+    pub fn from_file(path: &Path) -> Result<Self, ScenarioError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ScenarioError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses and validates scenario YAML; the error names the field and the line.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let scenario: Scenario = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        scenario
+            .check()
+            .map_err(|(field, reason)| format!("{field}: {reason}{}", line_of(text, &field)))?;
+        Ok(scenario)
+    }
+
+    /// Cross-field rules serde cannot see; answers the field's path and the reason.
+    fn check(&self) -> Result<(), (String, String)> {
+        let fail = |field: &str, reason: String| Err((field.to_string(), reason));
+        if self.load.is_empty() {
+            return fail("load", "at least one phase is needed".into());
+        }
+        for (i, phase) in self.load.iter().enumerate() {
+            match phase {
+                Phase::Spike {
+                    seconds,
+                    peak_seconds,
+                    ..
+                } if peak_seconds.get() >= seconds.get() => {
+                    return fail(
+                        &format!("load[{i}].spike.peak_seconds"),
+                        format!("must be less than seconds ({})", seconds.get()),
+                    );
+                }
+                Phase::Trace { rps } if rps.is_empty() || rps.len() > 3600 => {
+                    return fail(
+                        &format!("load[{i}].trace.rps"),
+                        format!("needs 1..=3600 values, got {}", rps.len()),
+                    );
+                }
+                _ => {}
+            }
+        }
+        let pods = &self.pods;
+        if pods.concurrency == 0 || pods.concurrency > 1000 {
+            return fail(
+                "pods.concurrency",
+                format!("must be within 1..=1000, got {}", pods.concurrency),
+            );
+        }
+        if pods.service_time_ms == 0 || pods.service_time_ms > 60_000 {
+            return fail(
+                "pods.service_time_ms",
+                format!("must be within 1..=60000, got {}", pods.service_time_ms),
+            );
+        }
+        if pods.startup_delay_ms > 600_000 {
+            return fail(
+                "pods.startup_delay_ms",
+                format!("must be at most 600000, got {}", pods.startup_delay_ms),
+            );
+        }
+        if !(1..=16).contains(&pods.envoy_concurrency) {
+            return fail(
+                "pods.envoy_concurrency",
+                format!("must be within 1..=16, got {}", pods.envoy_concurrency),
+            );
+        }
+        let scaler = &self.scaler;
+        if scaler.max_replicas == 0 || scaler.max_replicas > 20 {
+            return fail(
+                "scaler.max_replicas",
+                format!(
+                    "must be within 1..=20 (each replica is a real Envoy), got {}",
+                    scaler.max_replicas
+                ),
+            );
+        }
+        if scaler.min_replicas == 0 || scaler.min_replicas > scaler.max_replicas {
+            return fail(
+                "scaler.min_replicas",
+                format!(
+                    "must be within 1..=max_replicas ({}), got {}",
+                    scaler.max_replicas, scaler.min_replicas
+                ),
+            );
+        }
+        if scaler.metric != "rps" && scaler.metric != "concurrency" {
+            return fail(
+                "scaler.metric",
+                format!("must be `rps` or `concurrency`, got {:?}", scaler.metric),
+            );
+        }
+        if !(scaler.target.is_finite() && scaler.target > 0.0) {
+            return fail(
+                "scaler.target",
+                format!("must be a positive number, got {}", scaler.target),
+            );
+        }
+        if self.slo_ms == 0 {
+            return fail("slo_ms", "must be positive".into());
+        }
+        let total = self.load_seconds();
+        for (i, fault) in self.faults.iter().enumerate() {
+            let Fault::KillScaler {
+                at_s,
+                restart_after_s,
+            } = fault;
+            if !(at_s.is_finite() && *at_s >= 0.0 && *at_s < total) {
+                return fail(
+                    &format!("faults[{i}].kill_scaler.at_s"),
+                    format!("must be within the load (0..{total} s), got {at_s}"),
+                );
+            }
+            if !(restart_after_s.is_finite() && *restart_after_s >= 0.0) {
+                return fail(
+                    &format!("faults[{i}].kill_scaler.restart_after_s"),
+                    format!("must be a non-negative number, got {restart_after_s}"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Seconds of load after the warm-up.
+    pub fn load_seconds(&self) -> f64 {
+        self.load.iter().map(Phase::seconds).sum()
+    }
+
+    /// The offered rate `t` seconds after the warm-up began (the warm-up plays the first
+    /// phase's starting rate).
+    pub fn rate_at(&self, t: f64) -> f64 {
+        let mut t = t - self.warmup_s as f64;
+        if t < 0.0 {
+            return self.load.first().map_or(0.0, |p| p.rate_at(0.0));
+        }
+        for phase in &self.load {
+            if t < phase.seconds() {
+                return phase.rate_at(t);
+            }
+            t -= phase.seconds();
+        }
+        0.0
+    }
+
+    /// Whole run length in seconds: warm-up, load, cool-down.
+    pub fn total_seconds(&self) -> f64 {
+        self.warmup_s as f64 + self.load_seconds() + self.cooldown_s as f64
+    }
+
+    /// The load step the summary measures from: the first instant (seconds from the run's
+    /// start, sampled every 10 ms) where the rate at least doubles against the rate 1 s before.
+    pub fn step_at(&self) -> Option<f64> {
+        let end = self.warmup_s as f64 + self.load_seconds();
+        let mut t = 1.0;
+        while t < end {
+            let before = self.rate_at(t - 1.0);
+            let now = self.rate_at(t);
+            if now >= 2.0 * before.max(1.0) {
+                // Walk back to where the rise began within the last second.
+                let mut s = t;
+                while s - 0.01 > t - 1.0 && self.rate_at(s - 0.01) >= 2.0 * before.max(1.0) {
+                    s -= 0.01;
+                }
+                return Some((s * 100.0).round() / 100.0);
+            }
+            t += 0.01;
+        }
+        None
+    }
+}
+
+/// ` (line N)` for the first line that mentions the last key of `field`, to point at it.
+fn line_of(text: &str, field: &str) -> String {
+    let key = field
+        .rsplit('.')
+        .next()
+        .unwrap_or(field)
+        .split('[')
+        .next()
+        .unwrap_or(field);
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start().trim_start_matches("- ");
+            l.starts_with(&format!("{key}:"))
+                || l.contains(&format!(" {key}:"))
+                || l.contains(&format!("{{{key}:"))
+        })
+        .map(|n| format!(" at line {}", n + 1))
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_scenario_is_valid_and_has_a_tenfold_step() {
+        let s = Scenario::parse(DEFAULT_SCENARIO).unwrap();
+        let step = s.step_at().unwrap();
+        let before = s.rate_at(step - 0.5);
+        let after = s.rate_at(step + 0.5);
+        assert!((after / before - 10.0).abs() < 1e-9, "{before} -> {after}");
+    }
+
+    #[test]
+    fn unknown_field_is_named_with_its_line() {
+        let err = Scenario::parse("name: x\nload:\n  - steady: {rps: 10, seconds: 5}\n  - steady: {rpz: 10, seconds: 5}\n")
+            .unwrap_err();
+        assert!(err.contains("rpz") && err.contains("line 4"), "{err}");
+    }
+
+    #[test]
+    fn out_of_range_value_is_named_with_its_line() {
+        let err = Scenario::parse("name: x\nload:\n  - steady:\n      rps: -3\n      seconds: 5\n")
+            .unwrap_err();
+        assert!(
+            err.contains("load[0].steady") && err.contains("-3") && err.contains("line 4"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cross_field_rule_names_the_field_and_line() {
+        let text = "name: x\nscaler:\n  min_replicas: 5\n  max_replicas: 3\nload:\n  - steady: {rps: 10, seconds: 5}\n";
+        let err = Scenario::parse(text).unwrap_err();
+        assert!(
+            err.contains("scaler.min_replicas") && err.contains("line 3"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn ramp_spike_and_trace_rates() {
+        let text = "name: x\nload:\n  - ramp: {from: 0, to: 100, seconds: 10}\n  - spike: {base: 10, peak: 50, seconds: 10, peak_seconds: 2}\n  - trace: {rps: [1, 2, 3]}\n";
+        let s = Scenario::parse(text).unwrap();
+        assert!((s.rate_at(5.0) - 50.0).abs() < 1e-9);
+        assert_eq!(s.rate_at(10.0 + 3.0), 10.0);
+        assert_eq!(s.rate_at(10.0 + 4.5), 50.0);
+        assert_eq!(s.rate_at(21.5), 2.0);
+        assert_eq!(s.rate_at(30.0), 0.0);
+    }
+}
