@@ -15,4 +15,5 @@
 pub mod cli;
 pub mod crd;
 pub mod decision;
+pub mod hub;
 pub mod window;

@@ -1,0 +1,368 @@
+//! The meeting point of ingest and controller: the per-instance counters, the targets the
+//! controller registered (with their selectors and windows), and a wake-up per target.
+//!
+//! ```text
+//!  ingest: report --> Counters (deltas) --> targets matching the report --> TargetWindow
+//!                                                       '--> Notify (if the answer can move)
+//!  controller: register/unregister targets, observe(target, now) before each decision
+//! ```
+//!
+//! One mutex guards it all: an ingest holds it for a few microseconds (no I/O, no allocation on
+//! the steady path), far below what two cores can contend on at the target report rates.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use surge_wire::{Report, Role};
+use tokio::sync::Notify;
+
+use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
+use crate::decision::{Millis, Observation};
+use crate::window::{Applied, Change, Counters, RouteDelta, TargetWindow, WindowConfig};
+
+/// A SurgeScaler's identity: namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TargetKey {
+    /// Namespace.
+    pub namespace: String,
+    /// SurgeScaler name.
+    pub name: String,
+}
+
+impl std::fmt::Display for TargetKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Which reports (and which of their routes) count for a target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    /// Namespace of the SurgeScaler and its target.
+    pub namespace: String,
+    /// Kind of the target.
+    pub kind: TargetKind,
+    /// Name of the target workload.
+    pub workload: String,
+    /// Route names to count; empty counts all.
+    pub routes: Vec<String>,
+    /// Count the target's own sidecars.
+    pub sidecars: bool,
+    /// Count gateway routes whose cluster's host is this (`<svc>.<ns>.svc.cluster.local`).
+    pub gateway_host: Option<String>,
+    /// ...and whose cluster's port is this (any when `None`).
+    pub gateway_port: Option<u16>,
+}
+
+impl Selector {
+    /// The selector a SurgeScaler in `namespace` describes.
+    pub fn from_spec(namespace: &str, spec: &SurgeScalerSpec) -> Self {
+        Self {
+            namespace: namespace.to_owned(),
+            kind: spec.scale_target_ref.kind,
+            workload: spec.scale_target_ref.name.clone(),
+            routes: spec.routes.clone(),
+            sidecars: spec.sources.sidecars,
+            gateway_host: spec
+                .sources
+                .gateway
+                .as_ref()
+                .map(|g| format!("{}.{namespace}.svc.cluster.local", g.service)),
+            gateway_port: spec.sources.gateway.as_ref().and_then(|g| g.port),
+        }
+    }
+
+    fn route_selected(&self, route: &str) -> bool {
+        self.routes.is_empty() || self.routes.iter().any(|r| r == route)
+    }
+
+    /// Whether a sidecar report comes from one of the target's own pods: same namespace, and
+    /// an owner naming the target (Istio's `OWNER`) or, failing that, the workload name.
+    fn owns_sidecar(&self, report: &Report) -> bool {
+        let proxy = &report.proxy;
+        if !self.sidecars || proxy.role != Role::Sidecar || proxy.namespace != self.namespace {
+            return false;
+        }
+        match owner_name(&proxy.owner) {
+            Some((namespace, plural, name)) => {
+                namespace == self.namespace && plural == self.kind.plural() && name == self.workload
+            }
+            None => proxy.workload == self.workload,
+        }
+    }
+
+    fn gateway_cluster_selected(&self, cluster: &str) -> bool {
+        let Some(host) = &self.gateway_host else {
+            return false;
+        };
+        match parse_outbound_cluster(cluster) {
+            Some((port, cluster_host)) => {
+                cluster_host == host && self.gateway_port.is_none_or(|p| p == port)
+            }
+            None => false,
+        }
+    }
+}
+
+/// `kubernetes://apis/apps/v1/namespaces/{ns}/{plural}/{name}` -> (ns, plural, name).
+fn owner_name(owner: &str) -> Option<(&str, &str, &str)> {
+    let rest = owner.strip_prefix("kubernetes://apis/")?;
+    let mut parts = rest.rsplit('/');
+    let name = parts.next()?;
+    let plural = parts.next()?;
+    let namespace = parts.next()?;
+    (parts.next()? == "namespaces").then_some((namespace, plural, name))
+}
+
+/// `outbound|<port>|<subset>|<host>` -> (port, host).
+fn parse_outbound_cluster(cluster: &str) -> Option<(u16, &str)> {
+    let mut parts = cluster.split('|');
+    if parts.next()? != "outbound" {
+        return None;
+    }
+    let port = parts.next()?.parse().ok()?;
+    let _subset = parts.next()?;
+    let host = parts.next()?;
+    parts.next().is_none().then_some((port, host))
+}
+
+struct TargetEntry {
+    selector: Selector,
+    metric: MetricType,
+    window: TargetWindow,
+    notify: Arc<Notify>,
+}
+
+#[derive(Default)]
+struct State {
+    counters: Counters,
+    targets: HashMap<TargetKey, TargetEntry>,
+    /// namespace -> workload name -> targets whose sidecars those are (nested so a lookup
+    /// borrows the report's strings instead of allocating a key).
+    by_workload: HashMap<String, HashMap<String, Vec<TargetKey>>>,
+    /// Service host -> targets fed by gateways for it.
+    by_host: HashMap<String, Vec<TargetKey>>,
+}
+
+/// What an ingested report did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// New traffic counted for this many targets (0: no SurgeScaler selects the report).
+    Counted {
+        /// Targets it fed.
+        targets: usize,
+    },
+    /// A first report or a counter reset: a new baseline.
+    Baseline,
+    /// `seq` not above the last one: nothing changed.
+    Duplicate,
+}
+
+/// Shared state between ingest and controller.
+#[derive(Default)]
+pub struct Hub {
+    state: Mutex<State>,
+}
+
+impl Hub {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way that
+        // matters more than losing the process would; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Registers (or updates) a target; returns its wake-up. The window is kept when the
+    /// selector and window settings did not change, so a status update does not lose history.
+    pub fn register(
+        &self,
+        key: &TargetKey,
+        selector: Selector,
+        metric: MetricType,
+        config: WindowConfig,
+    ) -> Arc<Notify> {
+        let mut state = self.lock();
+        if let Some(entry) = state.targets.get_mut(key)
+            && entry.selector == selector
+            && entry.window.config() == config
+        {
+            entry.metric = metric;
+            return Arc::clone(&entry.notify);
+        }
+        let notify = state
+            .targets
+            .get(key)
+            .map_or_else(|| Arc::new(Notify::new()), |e| Arc::clone(&e.notify));
+        unindex(&mut state, key);
+        state
+            .by_workload
+            .entry(selector.namespace.clone())
+            .or_default()
+            .entry(selector.workload.clone())
+            .or_default()
+            .push(key.clone());
+        if let Some(host) = &selector.gateway_host {
+            state
+                .by_host
+                .entry(host.clone())
+                .or_default()
+                .push(key.clone());
+        }
+        state.targets.insert(
+            key.clone(),
+            TargetEntry {
+                selector,
+                metric,
+                window: TargetWindow::new(config),
+                notify: Arc::clone(&notify),
+            },
+        );
+        notify
+    }
+
+    /// Forgets a target.
+    pub fn unregister(&self, key: &TargetKey) {
+        let mut state = self.lock();
+        unindex(&mut state, key);
+        state.targets.remove(key);
+    }
+
+    /// Counts a validated report received at `now`.
+    pub fn ingest(&self, report: &Report, now: Millis) -> Ingested {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let (instance, applied) = state.counters.apply(report, now);
+        let (interval_ms, deltas) = match &applied {
+            Applied::Duplicate => return Ingested::Duplicate,
+            Applied::Baseline => (0, None),
+            Applied::Deltas {
+                interval_ms,
+                routes,
+            } => (*interval_ms, Some(routes.as_slice())),
+        };
+
+        let mut candidates: Vec<&TargetKey> = Vec::new();
+        match report.proxy.role {
+            Role::Sidecar => {
+                if let Some(workloads) = state.by_workload.get(&report.proxy.namespace) {
+                    if let Some(keys) = workloads.get(&report.proxy.workload) {
+                        candidates.extend(keys);
+                    }
+                    if let Some((_, _, name)) = owner_name(&report.proxy.owner)
+                        && name != report.proxy.workload
+                        && let Some(keys) = workloads.get(name)
+                    {
+                        candidates.extend(keys);
+                    }
+                }
+            }
+            Role::Gateway => {
+                for route in &report.routes {
+                    if let Some((_, host)) = parse_outbound_cluster(&route.cluster)
+                        && let Some(keys) = state.by_host.get(host)
+                    {
+                        candidates.extend(keys);
+                    }
+                }
+            }
+        }
+        candidates.sort();
+        candidates.dedup();
+
+        let mut counted = 0;
+        for key in candidates {
+            let Some(entry) = state.targets.get_mut(key) else {
+                continue;
+            };
+            let sidecar = entry.selector.owns_sidecar(report);
+            let mut total = RouteDelta::default();
+            let mut inflight = 0u64;
+            let mut selected = 0usize;
+            for (i, route) in report.routes.iter().enumerate() {
+                let from_source = sidecar
+                    || (report.proxy.role == Role::Gateway
+                        && entry.selector.gateway_cluster_selected(&route.cluster));
+                if !from_source || !entry.selector.route_selected(&route.route) {
+                    continue;
+                }
+                selected += 1;
+                inflight = inflight.saturating_add(route.inflight);
+                if let Some(d) = deltas.and_then(|d| d.get(i)) {
+                    total.requests = total.requests.saturating_add(d.requests);
+                    total.busy_us = total.busy_us.saturating_add(d.busy_us);
+                }
+            }
+            // A sidecar is a source even when its selected routes saw no traffic (that is real
+            // zero load); a gateway only when it forwards to the target's Service.
+            if !sidecar && selected == 0 {
+                continue;
+            }
+            let delta = deltas.map(|_| (total, interval_ms));
+            if entry
+                .window
+                .record(now, &instance, delta, inflight, report.surge)
+                == Change::Significant
+            {
+                entry.notify.notify_one();
+            }
+            counted += 1;
+        }
+        match applied {
+            Applied::Baseline => Ingested::Baseline,
+            _ => Ingested::Counted { targets: counted },
+        }
+    }
+
+    /// The metric of a target at `now`, with the number of sources; `None` when unknown.
+    pub fn observe(&self, key: &TargetKey, now: Millis) -> Option<(Observation, usize)> {
+        let mut state = self.lock();
+        let entry = state.targets.get_mut(key)?;
+        let observation = entry.window.observe(now, entry.metric);
+        Some((observation, entry.window.sources()))
+    }
+
+    /// Drops per-instance counters not refreshed for `ttl_ms`.
+    pub fn expire(&self, now: Millis, ttl_ms: Millis) {
+        self.lock().counters.expire(now, ttl_ms);
+    }
+
+    /// (instances, instance routes, targets) tracked, for metrics and benchmarks.
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        let state = self.lock();
+        (
+            state.counters.instances(),
+            state.counters.routes(),
+            state.targets.len(),
+        )
+    }
+}
+
+fn unindex(state: &mut State, key: &TargetKey) {
+    let Some(entry) = state.targets.get(key) else {
+        return;
+    };
+    let namespace = entry.selector.namespace.clone();
+    let workload = entry.selector.workload.clone();
+    let host = entry.selector.gateway_host.clone();
+    if let Some(workloads) = state.by_workload.get_mut(&namespace) {
+        if let Some(keys) = workloads.get_mut(&workload) {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                workloads.remove(&workload);
+            }
+        }
+        if workloads.is_empty() {
+            state.by_workload.remove(&namespace);
+        }
+    }
+    if let Some(host) = host
+        && let Some(keys) = state.by_host.get_mut(&host)
+    {
+        keys.retain(|k| k != key);
+        if keys.is_empty() {
+            state.by_host.remove(&host);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
