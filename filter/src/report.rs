@@ -154,19 +154,19 @@ impl DeliveryLog {
         }
         Some(match outcome {
             Outcome::Delivered if previous.is_none() => {
-                format!("surge: reporting to cluster {cluster}")
+                format!("reporting to cluster {cluster}")
             }
-            Outcome::Delivered => format!("surge: reports delivered again to cluster {cluster}"),
+            Outcome::Delivered => format!("reports delivered again to cluster {cluster}"),
             Outcome::DispatchFailed => format!(
-                "surge: cannot send reports: Envoy refused the call to cluster {cluster} \
+                "cannot send reports: Envoy refused the call to cluster {cluster} \
                  (unknown cluster?); traffic is unaffected, retrying every interval"
             ),
             Outcome::Status(code) => format!(
-                "surge: scaler at cluster {cluster} answered {code}; traffic is unaffected, \
+                "scaler at cluster {cluster} answered {code}; traffic is unaffected, \
                  retrying every interval"
             ),
             Outcome::Reset => format!(
-                "surge: scaler at cluster {cluster} unreachable (connection failed or reset); \
+                "scaler at cluster {cluster} unreachable (connection failed or reset); \
                  traffic is unaffected, retrying every interval"
             ),
         })

@@ -221,7 +221,7 @@ impl RootContext for SurgeRoot {
         let config = match Config::parse(&host::plugin_configuration()) {
             Ok(config) => config,
             Err(e) => {
-                host::log(LogLevel::Error, &format!("surge: {e}"));
+                host::log(LogLevel::Error, &format!("{e}"));
                 return false;
             }
         };
@@ -235,7 +235,7 @@ impl RootContext for SurgeRoot {
             host::log(
                 LogLevel::Warn,
                 &format!(
-                    "surge: node metadata lacks {}; reports say \"{}\" instead",
+                    "node metadata lacks {}; reports say \"{}\" instead",
                     missing.join(", "),
                     identity::UNKNOWN
                 ),

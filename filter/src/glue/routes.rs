@@ -95,7 +95,7 @@ impl RouteCache {
                     host::log(
                         proxy_wasm::types::LogLevel::Warn,
                         &format!(
-                            "surge: more than max_routes ({}) route keys; further keys are \
+                            "more than max_routes ({}) route keys; further keys are \
                              counted under \"other\" (first: route {:?} cluster {:?})",
                             config.max_routes, key.route, key.cluster
                         ),
