@@ -12,8 +12,12 @@
 //! - [`crd`]: the `SurgeScaler` resource.
 //! - [`cli`]: the command line.
 
+pub mod admin;
 pub mod cli;
+pub mod clock;
 pub mod crd;
 pub mod decision;
 pub mod hub;
+pub mod ingest;
+pub mod metrics;
 pub mod window;

@@ -1,0 +1,316 @@
+//! `POST /v1/reports`: authenticate, bound, decode, validate, bind identity, count.
+//!
+//! ```text
+//!  token? (401) -> content-length / body limit (413) -> JSON decode (400) -> validate (422)
+//!    -> SPIFFE namespace of x-forwarded-client-cert == proxy.namespace? (401/403) -> Hub
+//! ```
+//!
+//! Every refusal is a JSON body `{"error": "...", "field": "..."}` naming the field when there
+//! is one; nothing a client sends can make the handler panic.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use http_body_util::BodyExt;
+use serde::Serialize;
+use surge_wire::{Limits, Report, ValidationError};
+
+use crate::cli::IdentityMode;
+use crate::clock::Clock;
+use crate::hub::{Hub, Ingested};
+use crate::metrics::{Metrics, Outcome};
+
+/// What the ingest handler needs.
+#[derive(Clone)]
+pub struct IngestState {
+    /// Where reports go.
+    pub hub: Arc<Hub>,
+    /// The scaler's monotonic clock.
+    pub clock: Clock,
+    /// The bearer token reports must carry, if any.
+    pub token: Option<Arc<str>>,
+    /// How `x-forwarded-client-cert` binds the report's namespace.
+    pub identity: IdentityMode,
+    /// Size limits (the body limit and `surge-wire` validation).
+    pub limits: Arc<Limits>,
+    /// Counters by outcome.
+    pub metrics: Arc<Metrics>,
+}
+
+/// The ingest router: `POST /v1/reports`.
+pub fn router(state: IngestState) -> Router {
+    Router::new()
+        .route(surge_wire::REPORTS_PATH, post(receive))
+        .with_state(state)
+}
+
+/// A refused report.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// Missing or wrong bearer token.
+    #[error("authorization: missing or wrong bearer token")]
+    Unauthorized,
+    /// Identity required but `x-forwarded-client-cert` missing or without a SPIFFE URI.
+    #[error("x-forwarded-client-cert: a SPIFFE identity is required")]
+    IdentityMissing,
+    /// The SPIFFE namespace differs from `proxy.namespace`.
+    #[error("proxy.namespace: {claimed:?} does not match the caller's SPIFFE namespace {actual:?}")]
+    NamespaceMismatch {
+        /// The report's namespace.
+        claimed: String,
+        /// The namespace in the client certificate.
+        actual: String,
+    },
+    /// Body over the limit.
+    #[error("body: larger than the limit of {limit} bytes")]
+    TooLarge {
+        /// The limit.
+        limit: usize,
+    },
+    /// The body could not be read.
+    #[error("body: {0}")]
+    Body(String),
+    /// Not a JSON report.
+    #[error("{field}: {message}")]
+    Malformed {
+        /// Path of the offending field (`.` for the whole body).
+        field: String,
+        /// The decoder's message.
+        message: String,
+    },
+    /// Values outside the limits.
+    #[error("{0}")]
+    Invalid(ValidationError),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl IngestError {
+    fn status(&self) -> StatusCode {
+        match self {
+            Self::Unauthorized | Self::IdentityMissing => StatusCode::UNAUTHORIZED,
+            Self::NamespaceMismatch { .. } => StatusCode::FORBIDDEN,
+            Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
+            Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        }
+    }
+
+    fn outcome(&self) -> Outcome {
+        match self {
+            Self::Unauthorized | Self::IdentityMissing => Outcome::unauthorized,
+            Self::NamespaceMismatch { .. } => Outcome::forbidden,
+            Self::TooLarge { .. } => Outcome::too_large,
+            Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
+            Self::Invalid(_) => Outcome::invalid,
+        }
+    }
+
+    fn field(&self) -> Option<String> {
+        match self {
+            Self::Unauthorized => Some("authorization".into()),
+            Self::IdentityMissing => Some("x-forwarded-client-cert".into()),
+            Self::NamespaceMismatch { .. } => Some("proxy.namespace".into()),
+            Self::TooLarge { .. } | Self::Body(_) => Some("body".into()),
+            Self::Malformed { field, .. } => Some(field.clone()),
+            Self::Invalid(e) => Some(validation_field(e)),
+        }
+    }
+}
+
+fn validation_field(error: &ValidationError) -> String {
+    match error {
+        ValidationError::UnsupportedVersion { .. } => "version".into(),
+        ValidationError::TooManyRoutes { .. } => "routes".into(),
+        ValidationError::Empty { field }
+        | ValidationError::TooLong { field, .. }
+        | ValidationError::BadCharacter { field }
+        | ValidationError::DuplicateRoute { field } => field.clone(),
+        ValidationError::ErrorsExceedRequests { field } => format!("{field}.errors_total"),
+        ValidationError::InflightTooLarge { field, .. } => format!("{field}.inflight"),
+    }
+}
+
+impl IntoResponse for IngestError {
+    fn into_response(self) -> Response {
+        let field = self.field();
+        let body = ErrorBody {
+            error: self.to_string(),
+            field: field.as_deref(),
+        };
+        (self.status(), axum::Json(body)).into_response()
+    }
+}
+
+#[derive(Serialize)]
+struct Accepted {
+    outcome: &'static str,
+    targets: usize,
+}
+
+async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
+    match receive_inner(&state, &headers, body).await {
+        Ok((outcome, targets)) => {
+            state.metrics.ingest(outcome);
+            let name = match outcome {
+                Outcome::accepted => "accepted",
+                Outcome::baseline => "baseline",
+                Outcome::duplicate => "duplicate",
+                _ => "unmatched",
+            };
+            (
+                StatusCode::OK,
+                axum::Json(Accepted {
+                    outcome: name,
+                    targets,
+                }),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            state.metrics.ingest(error.outcome());
+            tracing::debug!(%error, "report refused");
+            error.into_response()
+        }
+    }
+}
+
+async fn receive_inner(
+    state: &IngestState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Outcome, usize), IngestError> {
+    if let Some(token) = &state.token {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(presented.as_bytes(), token.as_bytes()) {
+            return Err(IngestError::Unauthorized);
+        }
+    }
+    let limit = state.limits.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(IngestError::TooLarge { limit });
+    }
+    let bytes = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                IngestError::TooLarge { limit }
+            } else {
+                IngestError::Body(e.to_string())
+            }
+        })?
+        .to_bytes();
+
+    let mut decoder = serde_json::Deserializer::from_slice(&bytes);
+    let report: Report = serde_path_to_error::deserialize(&mut decoder).map_err(|e| {
+        let path = e.path().to_string();
+        IngestError::Malformed {
+            field: path,
+            message: e.into_inner().to_string(),
+        }
+    })?;
+    decoder.end().map_err(|e| IngestError::Malformed {
+        field: ".".into(),
+        message: e.to_string(),
+    })?;
+    report
+        .validate(&state.limits)
+        .map_err(IngestError::Invalid)?;
+
+    if state.identity != IdentityMode::Off {
+        let xfcc = headers
+            .get("x-forwarded-client-cert")
+            .and_then(|v| v.to_str().ok());
+        match xfcc.and_then(spiffe_namespace) {
+            Some(actual) if actual == report.proxy.namespace => {}
+            Some(actual) => {
+                return Err(IngestError::NamespaceMismatch {
+                    claimed: report.proxy.namespace.clone(),
+                    actual: actual.to_owned(),
+                });
+            }
+            None if xfcc.is_some() || state.identity == IdentityMode::Required => {
+                return Err(IngestError::IdentityMissing);
+            }
+            None => {}
+        }
+    }
+
+    Ok(match state.hub.ingest(&report, state.clock.now()) {
+        Ingested::Counted { targets: 0 } => (Outcome::unmatched, 0),
+        Ingested::Counted { targets } => (Outcome::accepted, targets),
+        Ingested::Baseline => (Outcome::baseline, 0),
+        Ingested::Duplicate => (Outcome::duplicate, 0),
+    })
+}
+
+/// Compares in time independent of where the inputs differ (the length still shows).
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The namespace of the SPIFFE URI of the client closest to us in `x-forwarded-client-cert`
+/// (Envoy appends one element per hop, comma-separated; the last is the direct peer).
+fn spiffe_namespace(xfcc: &str) -> Option<&str> {
+    let element = split_unquoted(xfcc, ',').last()?;
+    let uri = split_unquoted(element, ';').find_map(|pair| {
+        let (key, value) = pair.split_once('=')?;
+        key.trim()
+            .eq_ignore_ascii_case("URI")
+            .then(|| value.trim().trim_matches('"'))
+    })?;
+    // spiffe://<trust domain>/ns/<namespace>/sa/<service account>
+    let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
+    let mut parts = path.split('/');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some("ns"), Some(namespace), Some("sa")) if !namespace.is_empty() => Some(namespace),
+        _ => None,
+    }
+}
+
+/// Splits on `separator` outside double quotes (XFCC quotes values holding `,` `;` `=`).
+fn split_unquoted(text: &str, separator: char) -> impl Iterator<Item = &str> {
+    let mut parts = Vec::new();
+    let mut start = 0;
+    let mut quoted = false;
+    let mut escaped = false;
+    for (i, c) in text.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == separator && !quoted => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts.into_iter()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,276 @@
+use super::*;
+use crate::crd::MetricType;
+use crate::hub::{Selector, TargetKey};
+use crate::window::WindowConfig;
+use axum::http::Request;
+use tower::ServiceExt;
+
+fn state(token: Option<&str>, identity: IdentityMode) -> IngestState {
+    IngestState {
+        hub: Arc::new(Hub::default()),
+        clock: Clock::default(),
+        token: token.map(Arc::from),
+        identity,
+        limits: Arc::new(Limits::default()),
+        metrics: Arc::new(Metrics::default()),
+    }
+}
+
+fn report(seq: u64) -> serde_json::Value {
+    serde_json::json!({
+        "version": 1,
+        "proxy": {"namespace": "web", "workload": "api", "pod": "api-1",
+                  "owner": "", "role": "sidecar"},
+        "instance": "api-1/1",
+        "seq": seq,
+        "time_ms": 1000 * seq,
+        "surge": false,
+        "routes": [{"route": "r", "cluster": "inbound|80||", "requests_total": 10 * seq,
+                    "errors_total": 0, "duration_us_total": 0, "inflight": 1}]
+    })
+}
+
+async fn post(
+    state: &IngestState,
+    body: impl Into<Body>,
+    headers: &[(&str, &str)],
+) -> (StatusCode, serde_json::Value) {
+    let mut request = Request::post(surge_wire::REPORTS_PATH)
+        .header(header::CONTENT_TYPE, surge_wire::CONTENT_TYPE);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = router(state.clone())
+        .oneshot(request.body(body.into()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| panic!("not JSON: {:?}", String::from_utf8_lossy(&bytes)));
+    (status, json)
+}
+
+fn json(value: &serde_json::Value) -> String {
+    value.to_string()
+}
+
+#[tokio::test]
+async fn a_valid_report_is_accepted_and_counted_for_its_target() {
+    let state = state(None, IdentityMode::Off);
+    let key = TargetKey {
+        namespace: "web".into(),
+        name: "api".into(),
+    };
+    let spec = serde_json::from_value(serde_json::json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": "api"},
+        "maxReplicas": 5, "metric": {"type": "rps", "target": 10}
+    }))
+    .unwrap();
+    state.hub.register(
+        &key,
+        Selector::from_spec("web", &spec),
+        MetricType::Rps,
+        WindowConfig {
+            stable_ms: 60_000,
+            panic_ms: 6_000,
+            stale_ms: 10_000,
+        },
+    );
+    let (status, body) = post(&state, json(&report(1)), &[]).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("baseline"))
+    );
+    let (status, body) = post(&state, json(&report(2)), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({"outcome": "accepted", "targets": 1})
+    );
+    let (_, body) = post(&state, json(&report(2)), &[]).await;
+    assert_eq!(body["outcome"], "duplicate");
+    let text = state.metrics.encode();
+    assert!(
+        text.contains("surge_ingest_reports_total{outcome=\"accepted\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("surge_ingest_reports_total{outcome=\"duplicate\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn malformed_json_is_a_400_naming_the_field() {
+    let state = state(None, IdentityMode::Off);
+    let mut bad_type = report(1);
+    bad_type["seq"] = "seven".into();
+    let (status, body) = post(&state, json(&bad_type), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "seq", "{body}");
+
+    let mut nested = report(1);
+    nested["routes"][0]["inflight"] = (-1).into();
+    let (status, body) = post(&state, json(&nested), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "routes[0].inflight", "{body}");
+
+    let mut unknown = report(1);
+    unknown["extra"] = 1.into();
+    let (status, body) = post(&state, json(&unknown), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body["error"].as_str().unwrap().contains("extra"), "{body}");
+
+    let (status, _) = post(&state, "{not json", &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = post(&state, format!("{} {{}}", json(&report(1))), &[]).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "trailing data");
+}
+
+#[tokio::test]
+async fn invalid_values_are_a_422_naming_the_field() {
+    let state = state(None, IdentityMode::Off);
+    let mut bad = report(1);
+    bad["routes"][0]["errors_total"] = 11.into();
+    let (status, body) = post(&state, json(&bad), &[]).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(body["field"], "routes[0].errors_total", "{body}");
+    let mut bad = report(1);
+    bad["version"] = 9.into();
+    let (status, body) = post(&state, json(&bad), &[]).await;
+    assert_eq!(
+        (status, body["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("version"))
+    );
+}
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_a_413_with_or_without_content_length() {
+    let mut state = state(None, IdentityMode::Off);
+    state.limits = Arc::new(Limits {
+        max_body_bytes: 100,
+        ..Limits::default()
+    });
+    let big = json(&report(1));
+    assert!(big.len() > 100);
+    let (status, body) = post(&state, big.clone(), &[]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["field"], "body");
+    // Streamed without a content-length: the limit still holds while reading.
+    let stream = futures::stream::iter(
+        big.into_bytes()
+            .chunks(10)
+            .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+            .collect::<Vec<_>>(),
+    );
+    let (status, _) = post(&state, Body::from_stream(stream), &[]).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+}
+
+#[tokio::test]
+async fn a_configured_token_is_required_and_checked() {
+    let state = state(Some("s3cret"), IdentityMode::Off);
+    let body = json(&report(1));
+    let (status, err) = post(&state, body.clone(), &[]).await;
+    assert_eq!(
+        (status, err["field"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("authorization"))
+    );
+    let (status, _) = post(&state, body.clone(), &[("authorization", "Bearer s3creT")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = post(&state, body.clone(), &[("authorization", "s3cret")]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let (status, _) = post(&state, body, &[("authorization", "Bearer s3cret")]).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+const XFCC_WEB: &str = "By=spiffe://cluster.local/ns/surge-system/sa/surge-scaler;\
+    Hash=abc;Subject=\"\";URI=spiffe://cluster.local/ns/web/sa/api";
+const XFCC_EVIL: &str = "By=spiffe://cluster.local/ns/surge-system/sa/surge-scaler;\
+    Hash=abc;Subject=\"CN=a,O=b\";URI=spiffe://cluster.local/ns/evil/sa/default";
+
+#[tokio::test]
+async fn the_spiffe_namespace_must_match_the_report_when_present() {
+    let state = state(None, IdentityMode::WhenPresent);
+    let (status, _) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", XFCC_WEB)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = post(
+        &state,
+        json(&report(2)),
+        &[("x-forwarded-client-cert", XFCC_EVIL)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["field"], "proxy.namespace");
+    assert!(
+        body["error"].as_str().unwrap().contains("\"evil\""),
+        "{body}"
+    );
+    let (status, _) = post(&state, json(&report(3)), &[]).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "absent header is fine in when-present mode"
+    );
+    let (status, _) = post(
+        &state,
+        json(&report(4)),
+        &[("x-forwarded-client-cert", "Hash=abc")],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::UNAUTHORIZED,
+        "a header without a SPIFFE URI"
+    );
+}
+
+#[tokio::test]
+async fn required_identity_refuses_reports_without_the_header() {
+    let state = state(None, IdentityMode::Required);
+    let (status, body) = post(&state, json(&report(1)), &[]).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(body["field"], "x-forwarded-client-cert");
+    let (status, _) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", XFCC_WEB)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn identity_off_ignores_the_header() {
+    let state = state(None, IdentityMode::Off);
+    let (status, _) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", XFCC_EVIL)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[test]
+fn the_direct_peer_is_the_last_xfcc_element() {
+    let chained = format!("URI=spiffe://cluster.local/ns/other/sa/x,{XFCC_WEB}");
+    assert_eq!(spiffe_namespace(&chained), Some("web"));
+    assert_eq!(spiffe_namespace(XFCC_EVIL), Some("evil"));
+    assert_eq!(spiffe_namespace("URI=\"spiffe://td/ns/q/sa/s\""), Some("q"));
+    assert_eq!(spiffe_namespace("URI=https://example.com/ns/q/sa/s"), None);
+    assert_eq!(spiffe_namespace(""), None);
+}
+
+#[test]
+fn token_comparison_checks_every_byte() {
+    assert!(constant_time_eq(b"abc", b"abc"));
+    assert!(!constant_time_eq(b"abc", b"abd"));
+    assert!(!constant_time_eq(b"abc", b"abcd"));
+}

@@ -1,0 +1,326 @@
+//! The scaler's own metrics, served as OpenMetrics text on the admin listener. Label values are
+//! bounded: outcomes and operations are enums, targets are the SurgeScalers that exist (their
+//! series are removed when the resource goes away).
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+use crate::hub::TargetKey;
+
+/// The outcome of one `POST /v1/reports`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    /// Counted for at least one target.
+    accepted,
+    /// Valid, but no SurgeScaler selects it.
+    unmatched,
+    /// First report of an instance or a counter reset.
+    baseline,
+    /// `seq` not above the last one.
+    duplicate,
+    /// Not JSON or not a report (400).
+    malformed,
+    /// Missing or wrong token, or a required identity missing (401).
+    unauthorized,
+    /// SPIFFE namespace differs from the report's namespace (403).
+    forbidden,
+    /// Body over the limit (413).
+    too_large,
+    /// Values outside the limits (422).
+    invalid,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: Outcome,
+}
+
+/// Labels of per-target series.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct TargetLabels {
+    /// SurgeScaler namespace.
+    pub namespace: String,
+    /// SurgeScaler name.
+    pub name: String,
+}
+
+impl From<&TargetKey> for TargetLabels {
+    fn from(key: &TargetKey) -> Self {
+        Self {
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ObservedLabels {
+    namespace: String,
+    name: String,
+    metric: &'static str,
+    window: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PatchLabels {
+    namespace: String,
+    name: String,
+    direction: &'static str,
+}
+
+/// A Kubernetes API call the scaler makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Operation {
+    /// GET of a scale subresource.
+    get_scale,
+    /// PATCH of a scale subresource.
+    patch_scale,
+    /// PATCH of a SurgeScaler's status.
+    patch_status,
+    /// Creating an Event.
+    create_event,
+    /// Listing HPAs / ScaledObjects to detect conflicts.
+    list_conflicts,
+    /// The SurgeScaler watch.
+    watch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ApiErrorLabels {
+    operation: Operation,
+    code: String,
+}
+
+/// All metrics of the scaler.
+pub struct Metrics {
+    registry: Registry,
+    ingest: Family<OutcomeLabels, Counter>,
+    observed: Family<ObservedLabels, Gauge<f64, AtomicU64>>,
+    desired: Family<TargetLabels, Gauge>,
+    current: Family<TargetLabels, Gauge>,
+    panic: Family<TargetLabels, Gauge>,
+    sources: Family<TargetLabels, Gauge>,
+    patches: Family<PatchLabels, Counter>,
+    decision_latency: Histogram,
+    api_errors: Family<ApiErrorLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::default();
+        let ingest = Family::default();
+        registry.register(
+            "surge_ingest_reports",
+            "Reports received, by outcome",
+            ingest.clone(),
+        );
+        let observed = Family::default();
+        registry.register(
+            "surge_observed_metric",
+            "Observed metric of a target (rps or concurrency), summed over its sources, per window",
+            observed.clone(),
+        );
+        let desired = Family::default();
+        registry.register(
+            "surge_desired_replicas",
+            "Replicas the last decision asked for",
+            desired.clone(),
+        );
+        let current = Family::default();
+        registry.register(
+            "surge_current_replicas",
+            "Replicas of the target's scale when last read",
+            current.clone(),
+        );
+        let panic = Family::default();
+        registry.register(
+            "surge_panic_mode",
+            "1 while a target is in panic mode (no scale-down)",
+            panic.clone(),
+        );
+        let sources = Family::default();
+        registry.register(
+            "surge_tracked_sources",
+            "Proxies currently reporting for a target",
+            sources.clone(),
+        );
+        let patches = Family::default();
+        registry.register(
+            "surge_scale_patches",
+            "Scale subresource patches written, by direction",
+            patches.clone(),
+        );
+        // 10 us .. ~80 ms.
+        let decision_latency = Histogram::new(exponential_buckets(0.000_01, 2.0, 14));
+        registry.register(
+            "surge_decision_latency_seconds",
+            "Time from a wake-up to the decision (window read + decide), excluding API calls",
+            decision_latency.clone(),
+        );
+        let api_errors = Family::default();
+        registry.register(
+            "surge_kube_api_errors",
+            "Failed Kubernetes API calls, by operation and status code",
+            api_errors.clone(),
+        );
+        Self {
+            registry,
+            ingest,
+            observed,
+            desired,
+            current,
+            panic,
+            sources,
+            patches,
+            decision_latency,
+            api_errors,
+        }
+    }
+}
+
+impl Metrics {
+    /// Counts one report outcome.
+    pub fn ingest(&self, outcome: Outcome) {
+        self.ingest.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Records a target's state after a decision.
+    #[allow(clippy::too_many_arguments)]
+    pub fn target(
+        &self,
+        key: &TargetKey,
+        metric: &'static str,
+        stable: f64,
+        panic_value: f64,
+        current: i32,
+        desired: i32,
+        panicking: bool,
+        sources: usize,
+    ) {
+        let labels = TargetLabels::from(key);
+        for (window, value) in [("stable", stable), ("panic", panic_value)] {
+            self.observed
+                .get_or_create(&ObservedLabels {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    metric,
+                    window,
+                })
+                .set(value);
+        }
+        self.current.get_or_create(&labels).set(i64::from(current));
+        self.desired.get_or_create(&labels).set(i64::from(desired));
+        self.panic.get_or_create(&labels).set(i64::from(panicking));
+        self.sources
+            .get_or_create(&labels)
+            .set(i64::try_from(sources).unwrap_or(i64::MAX));
+    }
+
+    /// Removes a deleted target's series.
+    pub fn forget(&self, key: &TargetKey) {
+        let labels = TargetLabels::from(key);
+        for metric in ["rps", "concurrency"] {
+            for window in ["stable", "panic"] {
+                self.observed.remove(&ObservedLabels {
+                    namespace: key.namespace.clone(),
+                    name: key.name.clone(),
+                    metric,
+                    window,
+                });
+            }
+        }
+        for family in [&self.current, &self.desired, &self.panic, &self.sources] {
+            family.remove(&labels);
+        }
+        for direction in ["up", "down"] {
+            self.patches.remove(&PatchLabels {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                direction,
+            });
+        }
+    }
+
+    /// Counts a scale patch.
+    pub fn patched(&self, key: &TargetKey, up: bool) {
+        self.patches
+            .get_or_create(&PatchLabels {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+                direction: if up { "up" } else { "down" },
+            })
+            .inc();
+    }
+
+    /// Records how long a decision took.
+    pub fn decision_seconds(&self, seconds: f64) {
+        self.decision_latency.observe(seconds);
+    }
+
+    /// Counts a failed API call; `code` is the HTTP status or a short cause (`timeout`).
+    pub fn api_error(&self, operation: Operation, code: &str) {
+        self.api_errors
+            .get_or_create(&ApiErrorLabels {
+                operation,
+                code: code.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// The content type of [`Metrics::encode`].
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_exposition_has_the_documented_names_and_bounded_labels() {
+        let metrics = Metrics::default();
+        let key = TargetKey {
+            namespace: "web".into(),
+            name: "api".into(),
+        };
+        metrics.ingest(Outcome::accepted);
+        metrics.ingest(Outcome::too_large);
+        metrics.target(&key, "rps", 120.0, 300.0, 2, 3, true, 4);
+        metrics.patched(&key, true);
+        metrics.decision_seconds(0.0001);
+        metrics.api_error(Operation::patch_scale, "409");
+        let text = metrics.encode();
+        for expected in [
+            "surge_ingest_reports_total{outcome=\"accepted\"} 1",
+            "surge_ingest_reports_total{outcome=\"too_large\"} 1",
+            "surge_observed_metric{namespace=\"web\",name=\"api\",metric=\"rps\",window=\"panic\"} 300.0",
+            "surge_desired_replicas{namespace=\"web\",name=\"api\"} 3",
+            "surge_current_replicas{namespace=\"web\",name=\"api\"} 2",
+            "surge_panic_mode{namespace=\"web\",name=\"api\"} 1",
+            "surge_tracked_sources{namespace=\"web\",name=\"api\"} 4",
+            "surge_scale_patches_total{namespace=\"web\",name=\"api\",direction=\"up\"} 1",
+            "surge_decision_latency_seconds_count 1",
+            "surge_kube_api_errors_total{operation=\"patch_scale\",code=\"409\"} 1",
+            "# EOF",
+        ] {
+            assert!(text.contains(expected), "missing {expected:?} in\n{text}");
+        }
+        metrics.forget(&key);
+        assert!(!metrics.encode().contains("name=\"api\""));
+    }
+}
