@@ -162,6 +162,9 @@ run "chart crds/surgescaler.yaml is a regular file equal to deploy/crds/surgesca
   bash -c '[ -f "$0" ] || { echo "missing $0 (the scaler generates it: make crd)"; exit 1; }
            [ -f "$1" ] && [ ! -L "$1" ] || { echo "$1 must be a copy, not a symlink or missing (run $2 --update)"; exit 1; }
            diff -u "$0" "$1" || { echo "differs: run $2 --update"; exit 1; }' "$crd" "$chart_crd" "scripts/validate-manifests.sh"
+run "helm package carries the CRD as a regular file" \
+  bash -c '"$0" package -d "$1" "$2" >/dev/null && tar -xzOf "$1"/surge-*.tgz surge/crds/surgescaler.yaml | diff -q - "$3"' \
+  "$helm" "$work/package" "$chart" "$crd"
 run "deploy/manifests/surge.yaml equals helm template" \
   bash -c '"$0" template "$1" "$2" "${@:5}" >"$3" && diff -u "$4" "$3" || { echo "differs: run scripts/validate-manifests.sh --update"; exit 1; }' \
   "$helm" "$release" "$chart" "$work/manifest.yaml" "$manifest" "${manifest_args[@]}"
