@@ -96,7 +96,7 @@ impl RouteCache {
                         proxy_wasm::types::LogLevel::Warn,
                         &format!(
                             "more than max_routes ({}) route keys; further keys are \
-                             counted under \"other\" (first: route {:?} cluster {:?})",
+                             counted under \"other\" (first: route \"{}\" cluster \"{}\")",
                             config.max_routes, key.route, key.cluster
                         ),
                     );
