@@ -48,6 +48,19 @@ enum Command {
         #[arg(long, default_value = "sandbox-out")]
         out: PathBuf,
     },
+    /// Replay the comparison: the classic Prometheus+KEDA+HPA chain, the tutorial's counter
+    /// variant, Knative's KPA and Surge's own decision code, simulated on the same traces;
+    /// writes compare.md, compare.json and one SVG chart per scenario.
+    Compare {
+        /// Scenario files (YAML); the built-in comparison set when none.
+        scenarios: Vec<PathBuf>,
+        /// Output directory.
+        #[arg(long, default_value = "sandbox-out/compare")]
+        out: PathBuf,
+        /// Loop-phase seeds per system and scenario (the table shows medians).
+        #[arg(long, default_value_t = surge_sandbox::compare::DEFAULT_SEEDS)]
+        seeds: u64,
+    },
     /// Check a scenario file and print it back as read.
     Check {
         /// Scenario file (YAML).
@@ -96,6 +109,17 @@ async fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let outcome = match cli.command {
+        Command::Compare {
+            scenarios,
+            out,
+            seeds,
+        } => surge_sandbox::compare::load_traces(&scenarios)
+            .and_then(|traces| surge_sandbox::compare::compare(&traces, seeds, &out))
+            .map(|(comparison, written)| {
+                print!("{}", surge_sandbox::compare::report::markdown(&comparison));
+                println!("wrote {} files to {}", written.len(), out.display());
+            })
+            .map_err(|e| e.to_string()),
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
         }),

@@ -108,7 +108,8 @@ fn grid(svg: &mut String, axes: &Axes, y_label: &str, y_step: f64) {
 }
 
 /// The SVG chart of one scenario.
-pub fn svg(result: &ScenarioResult, capacity_per_pod: f64) -> String {
+pub fn svg(result: &ScenarioResult) -> String {
+    let capacity_per_pod = result.pod.capacity_rps;
     let x_max = result.offered_rps.len().max(1) as f64;
     let peak_offered = result.offered_rps.iter().copied().fold(0.0, f64::max);
     let peak_capacity = f64::from(result.target.max_replicas) * capacity_per_pod;
@@ -252,8 +253,7 @@ pub fn svg(result: &ScenarioResult, capacity_per_pod: f64) -> String {
 mod tests {
     use super::super::models::anchors;
     use super::super::report::run;
-    use super::super::scenarios::step;
-    use super::super::sim::PodModel;
+    use super::super::scenarios::standard_set;
     use super::*;
 
     #[test]
@@ -266,11 +266,11 @@ mod tests {
 
     #[test]
     fn chart_is_one_svg_with_a_line_pair_per_system_and_escaped_text() {
-        let pod = PodModel::default();
-        let mut comparison = run(&[step(10)], &pod, &[1], &|t, p, s| anchors(t, p, s));
+        let traces: Vec<_> = standard_set().unwrap().into_iter().take(1).collect();
+        let mut comparison = run(&traces, &[1], &|t, p, s| Ok(anchors(t, p, s))).unwrap();
         let result = &mut comparison.scenarios[0];
         result.description = "a < b & c".into();
-        let chart = svg(result, pod.capacity_rps);
+        let chart = svg(result);
         assert!(chart.starts_with("<svg"));
         assert!(chart.trim_end().ends_with("</svg>"));
         assert!(chart.contains("a &lt; b &amp; c"));

@@ -28,3 +28,65 @@ pub mod report;
 pub mod rng;
 pub mod scenarios;
 pub mod sim;
+
+use std::path::{Path, PathBuf};
+
+use report::Comparison;
+use scenarios::Trace;
+
+/// Phase seeds the table is computed over by default: enough for a stable median of the
+/// classic chain's phase-dependent answers, and still well under a second in a release build.
+pub const DEFAULT_SEEDS: u64 = 21;
+
+/// Why a comparison could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// A scenario file was refused (the message names the field and line).
+    #[error(transparent)]
+    Scenario(#[from] crate::scenario::ScenarioError),
+    /// A built-in scenario did not parse (a defect: the tests parse them all).
+    #[error("built-in scenario: {0}")]
+    Builtin(String),
+    /// A system could not be built (a defect: the tests build them all).
+    #[error("cannot build the systems: {0}")]
+    Systems(String),
+    /// The output could not be written.
+    #[error("cannot write the comparison to {dir}: {source}")]
+    Write {
+        /// The output directory.
+        dir: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The traces of `files`, or the standard set when `files` is empty.
+pub fn load_traces(files: &[PathBuf]) -> Result<Vec<Trace>, CompareError> {
+    if files.is_empty() {
+        return scenarios::standard_set().map_err(CompareError::Builtin);
+    }
+    files
+        .iter()
+        .map(|path| {
+            crate::scenario::Scenario::from_file(path)
+                .map(|s| Trace::from_scenario(&s))
+                .map_err(CompareError::from)
+        })
+        .collect()
+}
+
+/// Runs every modelled system over `traces` with seeds `1..=seeds` and writes the table
+/// (`compare.md`, `compare.json`) and one SVG chart per scenario into `out_dir`.
+pub fn compare(
+    traces: &[Trace],
+    seeds: u64,
+    out_dir: &Path,
+) -> Result<(Comparison, Vec<PathBuf>), CompareError> {
+    let seeds: Vec<u64> = (1..=seeds.max(1)).collect();
+    let comparison = report::run(traces, &seeds, &models::all).map_err(CompareError::Systems)?;
+    let written = report::write(&comparison, out_dir).map_err(|source| CompareError::Write {
+        dir: out_dir.to_path_buf(),
+        source,
+    })?;
+    Ok((comparison, written))
+}

@@ -4,18 +4,25 @@
 //! falls between its unsynchronised scrape and loop phases, so the table gives the median over
 //! the seeds (and the range of the first scale-up); the series and charts are the first seed's.
 
+use std::path::{Path, PathBuf};
+
 use serde::{Deserialize, Serialize};
 
 use super::models::ScaleTarget;
-use super::scenarios::Scenario;
+use super::scenarios::Trace;
 use super::sim::{Autoscaler, Metrics, PodModel, SecondSample, SimConfig, simulate};
 
-/// Seconds of warm-up at the trace's first value: fills the 60 s windows of Prometheus' rate and
-/// KPA with room to spare (see `sim`).
+/// Seconds of warm-up: fills the 60 s windows of Prometheus' rate and KPA with room to spare
+/// (see `sim`).
 pub const WARMUP_S: u32 = 120;
 
+/// The warm-up plays the mean of the trace's first seconds (up to this many), so that a noisy
+/// first second does not set the starting scale.
+pub const WARMUP_BASIS_S: usize = 30;
+
 /// Builds the systems to compare for one run.
-pub type SystemFactory<'a> = dyn Fn(ScaleTarget, &PodModel, u64) -> Vec<Box<dyn Autoscaler>> + 'a;
+pub type SystemFactory<'a> =
+    dyn Fn(ScaleTarget, &PodModel, u64) -> Result<Vec<Box<dyn Autoscaler>>, String> + 'a;
 
 /// One system over one scenario, across the phase seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +50,8 @@ pub struct ScenarioResult {
     pub event_s: f64,
     /// The shared bounds and target.
     pub target: ScaleTarget,
+    /// The pod model shared by the systems.
+    pub pod: PodModel,
     /// Offered load, per second.
     pub offered_rps: Vec<f64>,
     /// One entry per system.
@@ -52,8 +61,6 @@ pub struct ScenarioResult {
 /// The whole comparison.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Comparison {
-    /// The pod model shared by all systems.
-    pub pod: PodModel,
     /// Phase seeds used.
     pub seeds: Vec<u64>,
     /// Warm-up before each scenario, seconds.
@@ -62,9 +69,24 @@ pub struct Comparison {
     pub scenarios: Vec<ScenarioResult>,
 }
 
-/// Ready pods a scenario starts with: what its first second needs at the target, within bounds.
-pub fn initial_replicas(scenario: &Scenario, target: &ScaleTarget) -> u32 {
-    let first = scenario.rps.first().copied().unwrap_or(0.0);
+/// The load the warm-up plays: the mean of the first [`WARMUP_BASIS_S`] seconds, or of those
+/// before the scenario's event if it comes sooner.
+pub fn warmup_rps(scenario: &Trace) -> f64 {
+    let until = (scenario.event_s.floor() as usize)
+        .clamp(0, WARMUP_BASIS_S)
+        .max(1)
+        .min(scenario.rps.len());
+    let head = &scenario.rps[..until];
+    if head.is_empty() {
+        0.0
+    } else {
+        head.iter().sum::<f64>() / head.len() as f64
+    }
+}
+
+/// Ready pods a scenario starts with: what its warm-up load needs at the target, within bounds.
+pub fn initial_replicas(scenario: &Trace, target: &ScaleTarget) -> u32 {
+    let first = warmup_rps(scenario);
     let needed = if target.target_rps_per_pod > 0.0 {
         (first / target.target_rps_per_pod).ceil() as u32
     } else {
@@ -117,6 +139,7 @@ fn summarize(runs: &[Metrics]) -> Metrics {
         ),
         overloaded_s: f(|m| m.overloaded_s),
         over_objective: f(|m| m.over_objective),
+        refused: f(|m| m.refused),
         pod_seconds: f(|m| m.pod_seconds),
         scale_events: median_u32(runs.iter().map(|m| m.scale_events)),
         reversals: median_u32(runs.iter().map(|m| m.reversals)),
@@ -125,24 +148,30 @@ fn summarize(runs: &[Metrics]) -> Metrics {
     }
 }
 
-/// Runs the systems built by `systems` over each scenario, once per seed.
+/// Runs the systems built by `systems` over each scenario, once per seed; fails only if a
+/// system cannot be built.
 pub fn run(
-    scenarios: &[Scenario],
-    pod: &PodModel,
+    scenarios: &[Trace],
     seeds: &[u64],
     systems: &SystemFactory<'_>,
-) -> Comparison {
+) -> Result<Comparison, String> {
     let mut results = Vec::with_capacity(scenarios.len());
     for scenario in scenarios {
-        let target = ScaleTarget::for_pod(pod, scenario.min_replicas, scenario.max_replicas);
+        let pod = &scenario.pod;
+        let target = ScaleTarget {
+            min_replicas: scenario.min_replicas,
+            max_replicas: scenario.max_replicas,
+            target_rps_per_pod: scenario.target_rps_per_pod,
+        };
         let config = SimConfig {
             pod: *pod,
             warmup_s: WARMUP_S,
+            warmup_rps: Some(warmup_rps(scenario)),
             initial_replicas: initial_replicas(scenario, &target),
         };
         let mut per_system: Vec<(String, Vec<Metrics>, Vec<SecondSample>)> = Vec::new();
         for (i, &seed) in seeds.iter().enumerate() {
-            for (j, mut system) in systems(target, pod, seed).into_iter().enumerate() {
+            for (j, mut system) in systems(target, pod, seed)?.into_iter().enumerate() {
                 let outcome = simulate(&scenario.rps, scenario.event_s, &config, system.as_mut());
                 if i == 0 {
                     per_system.push((outcome.system, vec![outcome.metrics], outcome.series));
@@ -174,16 +203,16 @@ pub fn run(
             description: scenario.description.clone(),
             event_s: scenario.event_s,
             target,
+            pod: *pod,
             offered_rps: scenario.rps.clone(),
             systems,
         });
     }
-    Comparison {
-        pod: *pod,
+    Ok(Comparison {
         seeds: seeds.to_vec(),
         warmup_s: WARMUP_S,
         scenarios: results,
-    }
+    })
 }
 
 fn seconds(value: Option<f64>) -> String {
@@ -192,24 +221,36 @@ fn seconds(value: Option<f64>) -> String {
 
 /// The comparison as a markdown table (one row per scenario and system).
 pub fn markdown(comparison: &Comparison) -> String {
-    let pod = &comparison.pod;
     let mut out = String::new();
+    let mut pods: Vec<(PodModel, f64)> = Vec::new();
+    for s in &comparison.scenarios {
+        if !pods.contains(&(s.pod, s.target.target_rps_per_pod)) {
+            pods.push((s.pod, s.target.target_rps_per_pod));
+        }
+    }
+    for (pod, target) in pods {
+        out.push_str(&format!(
+            "Pods: ready {:.1} s after creation, {:.0} rps capacity, {:.0} ms service time, \
+             {} waiting at most, latency objective {:.0} ms; target {:.0} rps per pod for every \
+             system.\n",
+            pod.startup_delay_s,
+            pod.capacity_rps,
+            pod.service_time_ms,
+            pod.queue_per_pod
+                .map_or_else(|| "unbounded".to_string(), |q| format!("{q:.0}")),
+            pod.latency_objective_ms,
+            target,
+        ));
+    }
     out.push_str(&format!(
-        "Pod: ready {:.1} s after creation, {:.0} rps capacity, {:.0} ms service time, \
-         latency objective {:.0} ms. Target {:.0} rps per pod for every system. \
-         Medians over {} phase seeds (first scale-up: median [min-max]).\n\n",
-        pod.startup_delay_s,
-        pod.capacity_rps,
-        pod.service_time_ms,
-        pod.latency_objective_ms,
-        pod.capacity_rps * super::models::kpa::TARGET_UTILIZATION,
-        comparison.seeds.len(),
+        "Medians over {} phase seeds; first scale-up as median [min-max].\n\n",
+        comparison.seeds.len()
     ));
     out.push_str(
         "| scenario | system | first scale-up (s) | enough capacity (s) | overloaded (s) \
-         | over objective | pod-seconds | scale events | reversals | peak |\n",
+         | over objective | refused | pod-seconds | scale events | reversals | peak |\n",
     );
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for scenario in &comparison.scenarios {
         for system in &scenario.systems {
             let m = &system.median;
@@ -220,13 +261,14 @@ pub fn markdown(comparison: &Comparison) -> String {
                 (value, _) => seconds(value),
             };
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {:.1} | {:.1} % | {:.0} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {:.1} | {:.1} % | {:.1} % | {:.0} | {} | {} | {} |\n",
                 scenario.scenario,
                 system.system,
                 first,
                 seconds(m.enough_capacity_s),
                 m.overloaded_s,
                 m.over_objective * 100.0,
+                m.refused * 100.0,
                 m.pod_seconds,
                 m.scale_events,
                 m.reversals,
@@ -242,11 +284,38 @@ pub fn json(comparison: &Comparison) -> Result<String, serde_json::Error> {
     serde_json::to_string_pretty(comparison)
 }
 
+/// Writes `compare.md` (the table), `compare.json` and one `<scenario>.svg` per scenario into
+/// `dir` (created if missing); returns the paths written.
+pub fn write(comparison: &Comparison, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut written = Vec::new();
+    let table = dir.join("compare.md");
+    std::fs::write(&table, markdown(comparison))?;
+    written.push(table);
+    let data = dir.join("compare.json");
+    std::fs::write(&data, json(comparison).map_err(std::io::Error::other)?)?;
+    written.push(data);
+    for scenario in &comparison.scenarios {
+        let chart = dir.join(format!("{}.svg", scenario.scenario));
+        std::fs::write(&chart, super::chart::svg(scenario))?;
+        written.push(chart);
+    }
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::models::anchors;
-    use super::super::scenarios::{spike, step};
+    use super::super::scenarios::standard_set;
     use super::*;
+
+    fn two_scenarios() -> Vec<Trace> {
+        standard_set()
+            .unwrap()
+            .into_iter()
+            .filter(|t| t.name == "step-10x" || t.name == "spike-20s")
+            .collect()
+    }
 
     #[test]
     fn medians_treat_never_as_larger_than_any_value() {
@@ -259,10 +328,10 @@ mod tests {
 
     #[test]
     fn table_has_a_row_per_scenario_and_system_and_json_round_trips() {
-        let pod = PodModel::default();
-        let comparison = run(&[step(10), spike()], &pod, &[1, 2, 3], &|t, p, s| {
-            anchors(t, p, s)
-        });
+        let comparison = run(&two_scenarios(), &[1, 2, 3], &|t, p, s| {
+            Ok(anchors(t, p, s))
+        })
+        .unwrap();
         let table = markdown(&comparison);
         let rows = table
             .lines()
@@ -283,12 +352,15 @@ mod tests {
 
     #[test]
     fn initial_replicas_fit_the_first_second_within_bounds() {
-        let pod = PodModel::default();
-        let s = step(10);
-        let t = ScaleTarget::for_pod(&pod, 1, 10);
+        let s = two_scenarios().remove(0);
+        let t = ScaleTarget {
+            min_replicas: 1,
+            max_replicas: 10,
+            target_rps_per_pod: 70.0,
+        };
         assert_eq!(initial_replicas(&s, &t), 1);
         let mut big = s.clone();
-        big.rps[0] = 10_000.0;
+        big.rps[..30].fill(10_000.0);
         assert_eq!(initial_replicas(&big, &t), 10);
     }
 }

@@ -5,7 +5,8 @@
 //! 1. pods whose start-up delay has elapsed are ready; ready capacity = ready pods x capacity;
 //! 2. the step's requests arrive (open loop: the offered load does not depend on latency) and are
 //!    counted at once by the sidecars (see [`Observation::requests_total`]);
-//! 3. a fluid FIFO queue serves `min(backlog + arrivals, capacity x 100 ms)`;
+//! 3. a fluid FIFO queue serves `min(backlog + arrivals, capacity x 100 ms)`; what would wait
+//!    beyond the ready pods' queues (`queue_per_pod` each) is refused (a 503);
 //! 4. the autoscaler sees an [`Observation`] at the end of the step and returns the desired
 //!    replicas; new pods are created at once (no API latency) and become ready after the
 //!    start-up delay; removed pods go at once, starting ones first, then the youngest ready ones
@@ -18,8 +19,9 @@
 //! over the objective is computed exactly for that linear backlog. The fluid model ignores the
 //! random queueing that real traffic sees just below 100 % utilisation, for every system alike.
 //!
-//! Before `t = 0` the simulation runs a warm-up at the trace's first value, so windows and
-//! counters are filled and each system sits in its steady state when the scenario starts.
+//! Before `t = 0` the simulation runs a warm-up at a steady load (by default the trace's first
+//! value), so windows and counters are filled and each system sits in its steady state when the
+//! scenario starts.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +39,9 @@ pub struct PodModel {
     pub service_time_ms: f64,
     /// Latency objective, in milliseconds: requests slower than this count as over it.
     pub latency_objective_ms: f64,
+    /// Requests one ready pod lets wait beyond those it serves; arrivals finding the queue full
+    /// are refused (503), as the sandbox's app does. `None`: unbounded.
+    pub queue_per_pod: Option<f64>,
 }
 
 impl Default for PodModel {
@@ -45,9 +50,12 @@ impl Default for PodModel {
             // Kubernetes' pod start-up SLO: p99 <= 5 s with the image already pulled
             // (shared/reference/autoscalers.md, "Nodes").
             startup_delay_s: 5.0,
+            // The sandbox's default pod (sandbox/scenarios/burst.yaml): concurrency 4 at 40 ms
+            // per request is 100 rps, 200 requests may wait, objective 250 ms.
             capacity_rps: 100.0,
-            service_time_ms: 20.0,
+            service_time_ms: 40.0,
             latency_objective_ms: 250.0,
+            queue_per_pod: Some(200.0),
         }
     }
 }
@@ -87,8 +95,10 @@ pub trait Autoscaler {
 pub struct SimConfig {
     /// The pod model shared by all systems.
     pub pod: PodModel,
-    /// Seconds simulated at the trace's first value before `t = 0`.
+    /// Seconds simulated before `t = 0`.
     pub warmup_s: u32,
+    /// Offered load during the warm-up; `None`: the trace's first value.
+    pub warmup_rps: Option<f64>,
     /// Ready pods at the start of the warm-up.
     pub initial_replicas: u32,
 }
@@ -126,8 +136,11 @@ pub struct Metrics {
     pub enough_capacity_s: Option<f64>,
     /// Seconds with offered load above ready capacity or with a backlog.
     pub overloaded_s: f64,
-    /// Share (0..=1) of the requests whose approximate latency is over the objective.
+    /// Share (0..=1) of the requests whose approximate latency is over the objective, refused
+    /// ones included.
     pub over_objective: f64,
+    /// Share (0..=1) of the requests refused because the ready pods' queues were full.
+    pub refused: f64,
     /// Integral of the pods that exist (ready or starting: both are paid for), pod-seconds.
     pub pod_seconds: f64,
     /// Changes of the desired replicas (each one a scale write).
@@ -151,11 +164,14 @@ pub struct Outcome {
     pub series: Vec<SecondSample>,
 }
 
-/// Offered load at `t_ms`: the trace's value for that second, its first value before the start
-/// and zero after its end.
-pub fn offered_at(trace: &[f64], t_ms: i64) -> f64 {
+/// Offered load at `t_ms`: the trace's value for that second, `warmup_rps` (else its first
+/// value) before the start and zero after its end.
+pub fn offered_at(trace: &[f64], warmup_rps: Option<f64>, t_ms: i64) -> f64 {
     if t_ms < 0 {
-        return trace.first().copied().unwrap_or(0.0).max(0.0);
+        return warmup_rps
+            .or(trace.first().copied())
+            .unwrap_or(0.0)
+            .max(0.0);
     }
     trace
         .get((t_ms / 1000) as usize)
@@ -215,6 +231,7 @@ pub fn simulate(
         enough_capacity_s: None,
         overloaded_s: 0.0,
         over_objective: 0.0,
+        refused: 0.0,
         pod_seconds: 0.0,
         scale_events: 0,
         reversals: 0,
@@ -222,6 +239,7 @@ pub fn simulate(
         requests: 0.0,
     };
     let mut over_requests = 0.0_f64;
+    let mut refused_requests = 0.0_f64;
     let mut replicas_at_event: Option<u32> = None;
     let mut short_since_event = false;
     let mut last_direction: i8 = 0;
@@ -240,7 +258,7 @@ pub fn simulate(
     for k in -warmup_steps..steps {
         let t = k * STEP_MS;
         let measured = t >= 0;
-        let offered = offered_at(trace, t);
+        let offered = offered_at(trace, config.warmup_rps, t);
         let ready = ready_at(&pods, t);
         let capacity_rps = f64::from(ready) * pod.capacity_rps;
         if measured && t >= event_ms && replicas_at_event.is_none() {
@@ -271,11 +289,19 @@ pub fn simulate(
         let served = (backlog + arrivals).min(capacity_rps * dt);
         let overloaded = offered > capacity_rps || backlog + arrivals - served > 1e-9;
         backlog = (backlog + arrivals - served).max(0.0);
+        // What does not fit in the ready pods' queues is refused at once.
+        let queue_limit = pod
+            .queue_per_pod
+            .map_or(f64::INFINITY, |q| q * f64::from(ready));
+        let refused = (backlog - queue_limit).max(0.0);
+        backlog -= refused;
         requests_total += arrivals;
 
         if measured {
             metrics.requests += arrivals;
-            over_requests += over_share * arrivals;
+            refused_requests += refused;
+            // A refused request is over the objective too; count each request once.
+            over_requests += (over_share * arrivals).max(refused);
             metrics.pod_seconds += pods.len() as f64 * dt;
             if overloaded {
                 metrics.overloaded_s += dt;
@@ -345,11 +371,10 @@ pub fn simulate(
     if !short_since_event {
         metrics.enough_capacity_s = Some(0.0);
     }
-    metrics.over_objective = if metrics.requests > 0.0 {
-        over_requests / metrics.requests
-    } else {
-        0.0
-    };
+    if metrics.requests > 0.0 {
+        metrics.over_objective = (over_requests / metrics.requests).min(1.0);
+        metrics.refused = refused_requests / metrics.requests;
+    }
     Outcome {
         system: scaler.name().to_string(),
         metrics,
@@ -383,8 +408,12 @@ mod tests {
 
     fn config(replicas: u32) -> SimConfig {
         SimConfig {
-            pod: PodModel::default(),
+            pod: PodModel {
+                queue_per_pod: None,
+                ..PodModel::default()
+            },
             warmup_s: 0,
+            warmup_rps: None,
             initial_replicas: replicas,
         }
     }
@@ -456,6 +485,26 @@ mod tests {
         let out = simulate(&trace, 0.0, &config(0), &mut fixed);
         assert!((out.metrics.over_objective - 1.0).abs() < 1e-9);
         assert_eq!(out.metrics.enough_capacity_s, None);
+    }
+
+    #[test]
+    fn full_queues_refuse_the_excess() {
+        // 1 pod (100 rps, 200 may wait) offered 300 rps for 10 s: the queue fills in 1 s, then
+        // 200 rps are refused.
+        let trace = vec![300.0; 10];
+        let mut fixed = Fixed {
+            schedule: vec![],
+            current: 1,
+        };
+        let config = SimConfig {
+            pod: PodModel::default(),
+            ..config(1)
+        };
+        let out = simulate(&trace, 0.0, &config, &mut fixed);
+        let refused = out.metrics.refused * out.metrics.requests;
+        assert!((refused - 200.0 * 9.0).abs() < 1e-6, "{refused}");
+        assert!(out.series.iter().all(|s| s.backlog <= 200.0 + 1e-9));
+        assert!(out.metrics.over_objective >= out.metrics.refused);
     }
 
     #[test]

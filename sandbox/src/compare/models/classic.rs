@@ -195,6 +195,7 @@ mod tests {
         SimConfig {
             pod: PodModel::default(),
             warmup_s: 120,
+            warmup_rps: None,
             initial_replicas: initial,
         }
     }

@@ -51,7 +51,7 @@ pub struct Decision {
 #[derive(Debug, Clone)]
 pub struct Kpa {
     target: ScaleTarget,
-    /// RPS per pod the decider divides by: the per-pod target x utilization.
+    /// RPS per pod the decider divides by: Knative's per-pod target x utilization.
     target_per_pod: f64,
     stats_phase_ms: i64,
     tick_phase_ms: i64,
@@ -63,14 +63,15 @@ pub struct Kpa {
 }
 
 impl Kpa {
-    /// A KPA whose per-pod RPS target is `capacity_rps` (the pod's capacity, as Knative's target
-    /// is the per-pod load to plan for) and which plans for 70 % of it; `target`'s bounds apply
-    /// (its per-pod value is not used). Phases drawn from `seed`.
-    pub fn new(target: ScaleTarget, capacity_rps: f64, seed: u64) -> Self {
+    /// A KPA planning for `target.target_rps_per_pod` per pod: Knative's per-pod target times
+    /// its target utilization (70 %), so a revision whose target is the pod's capacity (100 rps)
+    /// plans for 70 rps, the load every system in the comparison plans for. Phases drawn from
+    /// `seed`.
+    pub fn new(target: ScaleTarget, seed: u64) -> Self {
         let mut rng = SplitMix64::new(seed ^ 0x4b50_4100);
         Self {
             target,
-            target_per_pod: capacity_rps * TARGET_UTILIZATION,
+            target_per_pod: target.target_rps_per_pod,
             stats_phase_ms: rng.phase_ms(STATS_PERIOD_MS, STEP_MS),
             tick_phase_ms: rng.phase_ms(TICK_MS, STEP_MS),
             last_total: None,
@@ -198,14 +199,13 @@ mod tests {
     use proptest::prelude::*;
 
     fn kpa(min: u32, max: u32) -> Kpa {
-        // Capacity 100 rps -> 70 rps per pod planned.
+        // Target 100 rps x 70 % utilization: 70 rps per pod planned.
         Kpa::new(
             ScaleTarget {
                 min_replicas: min,
                 max_replicas: max,
-                target_rps_per_pod: 70.0,
+                target_rps_per_pod: 100.0 * TARGET_UTILIZATION,
             },
-            100.0,
             1,
         )
     }
@@ -261,12 +261,12 @@ mod tests {
                     max_replicas: 10,
                     target_rps_per_pod: 70.0,
                 },
-                100.0,
                 seed,
             );
             let config = SimConfig {
                 pod: PodModel::default(),
                 warmup_s: 90,
+                warmup_rps: None,
                 initial_replicas: 1,
             };
             let out = simulate(&trace, 30.0, &config, &mut k);
@@ -289,6 +289,7 @@ mod tests {
         let config = SimConfig {
             pod: PodModel::default(),
             warmup_s: 90,
+            warmup_rps: None,
             initial_replicas: 1,
         };
         let mut k = kpa(0, 10);

@@ -1,0 +1,428 @@
+//! Surge, replayed through the simulation: each ready pod's sidecar sends reports (real
+//! [`surge_wire::Report`] values) when the filter would, and they go through the scaler's own
+//! code: its counters and per-target window ([`surge_scaler::window`]) and its pure decision
+//! ([`surge_scaler::decision::decide`]), with the policy the scaler derives from a SurgeScaler
+//! that sets only min, max and the target (every other field defaulted by the CRD's own serde
+//! defaults).
+//!
+//! What is modelled here rather than run from Surge's code:
+//! - the filter's report timing ([`ReportScheduler`]): the filter is a `cdylib` for
+//!   wasm32-wasip1, not a library the sandbox can link, so its scheduler's rules are restated
+//!   from `filter/src/surge.rs` with the defaults of `filter/src/config.rs`;
+//! - the wiring: a report reaches the scaler at once, the deltas of its routes are summed, and
+//!   the decision runs on every report that can move the answer and on a slow tick;
+//! - the sidecar's counting: requests counted as they arrive, spread evenly over the ready pods,
+//!   as for every model (see `sim`); the sidecar starts reporting when its pod is ready.
+
+use std::collections::VecDeque;
+
+use surge_scaler::crd::{MetricType, SurgeScalerSpec};
+use surge_scaler::decision::{self, DecisionState, Input, Policy};
+use surge_scaler::window::{Applied, Change, Counters, RouteDelta, TargetWindow, WindowConfig};
+use surge_wire::{Proxy, Report, Role, RouteCounters};
+
+use super::super::sim::{Autoscaler, Observation};
+use super::ScaleTarget;
+
+/// Added to the simulation's clock (negative during the warm-up) so that the filter's and the
+/// scaler's unsigned millisecond clocks stay positive.
+const CLOCK_OFFSET_MS: i64 = 1_000_000_000;
+
+/// The decision's slow tick, for scale-down when no report moves the answer. The scaler's
+/// controller is not written yet; 1 s is assumed (issue 3: "on a slow tick for scale-down").
+pub const SLOW_TICK_MS: i64 = 1_000;
+
+/// The filter's periodic report interval (`report_interval_ms`, filter/src/config.rs: 1000).
+pub const REPORT_INTERVAL_MS: u64 = 1_000;
+/// How often the filter checks the recent rate (`surge.check_period_ms`: 100).
+pub const CHECK_PERIOD_MS: u64 = 100;
+/// The span the recent rate is measured over (`surge.window_ms`: 200).
+pub const SURGE_WINDOW_MS: u64 = 200;
+/// An early report goes out when the recent rate exceeds the last reported one times this
+/// (`surge.factor`: 2).
+pub const SURGE_FACTOR: f64 = 2.0;
+/// No early report below this rate (`surge.min_rps`: 5).
+pub const SURGE_MIN_RPS: f64 = 5.0;
+/// Least time between two early reports (`surge.min_gap_ms`: 250).
+pub const SURGE_MIN_GAP_MS: u64 = 250;
+
+/// Why a report goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    /// The report interval has passed.
+    Periodic,
+    /// The recent rate surged past the last reported rate.
+    Surge,
+}
+
+/// When the filter sends a report, restated from `filter/src/surge.rs`: every check period it
+/// samples the proxy's request total; a report is due when the interval has passed since the
+/// last one, or early when the rate over the recent window is at least the minimum and above
+/// the last reported rate times the factor, early reports at least the minimum gap apart. The
+/// rate a report "carries" is the rate over the interval it closes (periodic) or the recent
+/// rate that triggered it (early).
+#[derive(Debug, Clone, Default)]
+pub struct ReportScheduler {
+    samples: VecDeque<(u64, u64)>,
+    last_report: Option<(u64, u64)>,
+    last_reported_rate: Option<f64>,
+    last_early_ms: Option<u64>,
+}
+
+fn rate_between(from: (u64, u64), to: (u64, u64)) -> Option<f64> {
+    let dt = to.0.checked_sub(from.0).filter(|&dt| dt > 0)?;
+    Some(to.1.saturating_sub(from.1) as f64 * 1000.0 / dt as f64)
+}
+
+impl ReportScheduler {
+    /// Records the request total at `now_ms` (one sample per check period).
+    pub fn observe(&mut self, now_ms: u64, total: u64) {
+        if self.samples.back().is_some_and(|&(t, _)| now_ms <= t) {
+            return;
+        }
+        self.samples.push_back((now_ms, total));
+        let horizon = now_ms.saturating_sub(SURGE_WINDOW_MS * 4);
+        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t, _)| t < horizon) {
+            self.samples.pop_front();
+        }
+    }
+
+    /// Requests per second over the recent window.
+    pub fn recent_rate(&self) -> Option<f64> {
+        let last = *self.samples.back()?;
+        let start = last.0.saturating_sub(SURGE_WINDOW_MS);
+        let base = self
+            .samples
+            .iter()
+            .rev()
+            .find(|&&(t, _)| t <= start)
+            .or_else(|| self.samples.front())?;
+        rate_between(*base, last)
+    }
+
+    /// Whether a report is due at `now_ms`.
+    pub fn due(&self, now_ms: u64) -> Option<Trigger> {
+        let periodic = self
+            .last_report
+            .is_none_or(|(sent, _)| now_ms.saturating_sub(sent) >= REPORT_INTERVAL_MS);
+        if periodic {
+            return Some(Trigger::Periodic);
+        }
+        if self
+            .last_early_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) < SURGE_MIN_GAP_MS)
+        {
+            return None;
+        }
+        let baseline = self.last_reported_rate?;
+        let recent = self.recent_rate()?;
+        (recent >= SURGE_MIN_RPS && recent > baseline * SURGE_FACTOR).then_some(Trigger::Surge)
+    }
+
+    /// Records that a report went out at `now_ms` with `total` requests.
+    pub fn sent(&mut self, now_ms: u64, total: u64, trigger: Trigger) {
+        let now = (now_ms, total);
+        self.last_reported_rate = match trigger {
+            Trigger::Surge => self.recent_rate(),
+            Trigger::Periodic => self
+                .last_report
+                .and_then(|prev| rate_between(prev, now))
+                .or_else(|| self.recent_rate()),
+        };
+        if trigger == Trigger::Surge {
+            self.last_early_ms = Some(now_ms);
+        }
+        self.last_report = Some(now);
+    }
+}
+
+/// One ready pod's sidecar: its report scheduler and the proxy's cumulative counters.
+#[derive(Debug)]
+struct Sidecar {
+    instance: String,
+    scheduler: ReportScheduler,
+    requests: f64,
+    busy_us: f64,
+    seq: u64,
+}
+
+/// Surge's filter and scaler code, stepped by the simulation.
+#[derive(Debug)]
+pub struct SurgeReplay {
+    sidecars: Vec<Sidecar>,
+    started: u64,
+    counters: Counters,
+    window: TargetWindow,
+    policy: Policy,
+    metric: MetricType,
+    state: Option<DecisionState>,
+    last_decision_ms: Option<i64>,
+    service_time_us: f64,
+}
+
+/// The SurgeScaler spec a user writes for `target`: min, max and an RPS target, the rest
+/// defaulted by the CRD's serde defaults (windows 60 s / 6 s, panic threshold 2, tolerance 0.1,
+/// scale-down stabilization 300 s, ...).
+pub fn default_spec(target: &ScaleTarget) -> Result<SurgeScalerSpec, serde_json::Error> {
+    serde_json::from_value(serde_json::json!({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+        "minReplicas": target.min_replicas,
+        "maxReplicas": target.max_replicas,
+        "metric": {"type": "rps", "target": target.target_rps_per_pod},
+    }))
+}
+
+impl SurgeReplay {
+    /// A replay for `target`, with the filter's default timing and `service_time_ms` per
+    /// request for the reported busy time.
+    pub fn new(target: &ScaleTarget, service_time_ms: f64) -> Result<Self, serde_json::Error> {
+        let spec = default_spec(target)?;
+        let window = TargetWindow::new(WindowConfig {
+            stable_ms: u64::from(spec.windows.stable_seconds) * 1000,
+            panic_ms: u64::from(spec.windows.panic_seconds) * 1000,
+            stale_ms: u64::from(spec.stale_after_seconds) * 1000,
+        });
+        Ok(Self {
+            sidecars: Vec::new(),
+            started: 0,
+            counters: Counters::default(),
+            window,
+            policy: Policy::from_spec(&spec),
+            metric: spec.metric.type_,
+            state: None,
+            last_decision_ms: None,
+            service_time_us: service_time_ms * 1000.0,
+        })
+    }
+
+    /// Sends `sidecar`'s report if its scheduler says one is due; returns what it changed in
+    /// the target's window.
+    fn report(&mut self, index: usize, now: u64) -> Option<Change> {
+        let sidecar = self.sidecars.get_mut(index)?;
+        let requests = sidecar.requests.floor() as u64;
+        sidecar.scheduler.observe(now, requests);
+        let trigger = sidecar.scheduler.due(now)?;
+        sidecar.seq += 1;
+        sidecar.scheduler.sent(now, requests, trigger);
+        let report = Report {
+            version: surge_wire::VERSION,
+            proxy: Proxy {
+                namespace: "default".into(),
+                workload: "app".into(),
+                pod: sidecar.instance.clone(),
+                owner: "app".into(),
+                role: Role::Sidecar,
+            },
+            instance: sidecar.instance.clone(),
+            seq: sidecar.seq,
+            time_ms: now,
+            surge: trigger == Trigger::Surge,
+            routes: vec![RouteCounters {
+                route: "default".into(),
+                cluster: "inbound|8080||".into(),
+                requests_total: requests,
+                errors_total: 0,
+                duration_us_total: sidecar.busy_us.floor() as u64,
+                inflight: 0,
+            }],
+        };
+        let (source, applied) = self.counters.apply(&report, now);
+        let inflight: u64 = report.routes.iter().map(|r| r.inflight).sum();
+        let change = match applied {
+            Applied::Duplicate => Change::Minor,
+            Applied::Baseline => self
+                .window
+                .record(now, &source, None, inflight, report.surge),
+            Applied::Deltas {
+                interval_ms,
+                routes,
+            } => {
+                let sum = routes
+                    .iter()
+                    .fold(RouteDelta::default(), |acc, r| RouteDelta {
+                        requests: acc.requests.saturating_add(r.requests),
+                        busy_us: acc.busy_us.saturating_add(r.busy_us),
+                    });
+                self.window.record(
+                    now,
+                    &source,
+                    Some((sum, interval_ms)),
+                    inflight,
+                    report.surge,
+                )
+            }
+        };
+        Some(change)
+    }
+}
+
+impl Autoscaler for SurgeReplay {
+    fn name(&self) -> &str {
+        "Surge (replayed decisions)"
+    }
+
+    fn observe(&mut self, o: &Observation) -> u32 {
+        let now = (o.now_ms + CLOCK_OFFSET_MS).max(0) as u64;
+        // One sidecar per ready pod; the youngest go first, as the simulation removes them.
+        let ready = o.ready_pods as usize;
+        while self.sidecars.len() < ready {
+            self.started += 1;
+            self.sidecars.push(Sidecar {
+                instance: format!("app-{}", self.started),
+                scheduler: ReportScheduler::default(),
+                requests: 0.0,
+                busy_us: 0.0,
+                seq: 0,
+            });
+        }
+        self.sidecars.truncate(ready);
+        if ready > 0 {
+            let share = o.step_requests / ready as f64;
+            for sidecar in &mut self.sidecars {
+                sidecar.requests += share;
+                sidecar.busy_us += share * self.service_time_us;
+            }
+        }
+        let mut significant = false;
+        for index in 0..self.sidecars.len() {
+            if self.report(index, now) == Some(Change::Significant) {
+                significant = true;
+            }
+        }
+
+        let tick_due = self
+            .last_decision_ms
+            .is_none_or(|t| o.now_ms - t >= SLOW_TICK_MS);
+        if !(significant || tick_due) {
+            return o.replicas;
+        }
+        self.last_decision_ms = Some(o.now_ms);
+        let observation = self.window.observe(now, self.metric);
+        let current = i32::try_from(o.replicas).unwrap_or(i32::MAX);
+        let input = Input {
+            current,
+            ready: i32::try_from(o.ready_pods).unwrap_or(i32::MAX),
+            observation,
+        };
+        let state = self
+            .state
+            .get_or_insert_with(|| DecisionState::after_restart(now));
+        let decision = decision::decide(&self.policy, state, &input, now);
+        if decision.desired != current {
+            state.record_scale(now, current, decision.desired);
+        }
+        u32::try_from(decision.desired.max(0)).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::sim::{PodModel, SimConfig, simulate};
+    use super::*;
+
+    fn target() -> ScaleTarget {
+        ScaleTarget {
+            min_replicas: 1,
+            max_replicas: 10,
+            target_rps_per_pod: 70.0,
+        }
+    }
+
+    fn run(trace: &[f64], event_s: f64, initial: u32) -> super::super::super::sim::Outcome {
+        let mut surge = SurgeReplay::new(&target(), 40.0).unwrap();
+        let config = SimConfig {
+            pod: PodModel::default(),
+            warmup_s: 120,
+            warmup_rps: None,
+            initial_replicas: initial,
+        };
+        simulate(trace, event_s, &config, &mut surge)
+    }
+
+    /// Feeds `rps` from `t` for `ms` in check periods; returns the triggers with their times.
+    fn feed(
+        s: &mut ReportScheduler,
+        t: &mut u64,
+        total: &mut f64,
+        rps: f64,
+        ms: u64,
+    ) -> Vec<(u64, Trigger)> {
+        let mut sent = Vec::new();
+        for _ in 0..ms / CHECK_PERIOD_MS {
+            *t += CHECK_PERIOD_MS;
+            *total += rps * CHECK_PERIOD_MS as f64 / 1000.0;
+            s.observe(*t, *total as u64);
+            if let Some(trigger) = s.due(*t) {
+                s.sent(*t, *total as u64, trigger);
+                sent.push((*t, trigger));
+            }
+        }
+        sent
+    }
+
+    #[test]
+    fn the_filter_reports_once_a_second_on_steady_load_and_early_on_a_10x_step() {
+        let mut s = ReportScheduler::default();
+        let (mut t, mut total) = (0, 0.0);
+        let steady = feed(&mut s, &mut t, &mut total, 60.0, 5_000);
+        assert!(steady.iter().all(|&(_, k)| k == Trigger::Periodic));
+        assert_eq!(steady.len(), 5, "{steady:?}");
+        let step = feed(&mut s, &mut t, &mut total, 600.0, 1_000);
+        // Early within two check periods of the step (unless a periodic one falls first), and
+        // no flood: the gap holds.
+        assert!(
+            step.iter()
+                .any(|&(at, k)| at - 5_000 <= 200 && k == Trigger::Surge),
+            "{step:?}"
+        );
+        let early: Vec<u64> = step
+            .iter()
+            .filter(|&&(_, k)| k == Trigger::Surge)
+            .map(|&(at, _)| at)
+            .collect();
+        assert!(
+            early.windows(2).all(|w| w[1] - w[0] >= SURGE_MIN_GAP_MS),
+            "{early:?}"
+        );
+    }
+
+    #[test]
+    fn a_2x_step_is_not_a_surge_for_the_filter() {
+        // The filter's rule is "above factor x last reported": exactly 2x is not above it.
+        let mut s = ReportScheduler::default();
+        let (mut t, mut total) = (0, 0.0);
+        feed(&mut s, &mut t, &mut total, 60.0, 5_000);
+        let step = feed(&mut s, &mut t, &mut total, 120.0, 3_000);
+        assert!(
+            step.iter().all(|&(_, k)| k == Trigger::Periodic),
+            "{step:?}"
+        );
+    }
+
+    #[test]
+    fn the_default_spec_is_what_the_crd_defaults_give() {
+        let spec = default_spec(&target()).unwrap();
+        assert_eq!(spec.min_replicas, 1);
+        assert_eq!(spec.max_replicas, 10);
+        assert_eq!(spec.windows.stable_seconds, 60);
+        assert_eq!(spec.windows.panic_seconds, 6);
+    }
+
+    #[test]
+    fn steady_load_holds_the_scale() {
+        let out = run(&[60.0; 300], 0.0, 1);
+        assert_eq!(out.metrics.scale_events, 0, "{:?}", out.metrics);
+    }
+
+    #[test]
+    fn a_10x_step_is_acted_on_within_a_report_check_period_or_two() {
+        let trace: Vec<f64> = (0..120)
+            .map(|s| if s < 30 { 60.0 } else { 600.0 })
+            .collect();
+        let out = run(&trace, 30.0, 1);
+        let first = out.metrics.first_scale_up_s;
+        // The filter checks every 100 ms and reports early on a 2x rise over its 200 ms window.
+        assert!(first.is_some_and(|s| s <= 0.5), "{first:?}");
+        assert!(out.metrics.peak_replicas >= 9, "{:?}", out.metrics);
+    }
+}
