@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# Filter benchmark: requests/s and p50/p99 latency through one Envoy (V8) with no filter, with an
+# empty proxy-wasm filter and with surge-filter, measured side by side in one run.
+#
+#   filter/bench/run.sh            # defaults: 5 rounds of 10 s each, interleaved
+#   ROUNDS=3 DURATION=5 filter/bench/run.sh
+#
+# Layout (2 cores): the Envoy under test runs on core $ENVOY_CPU with one worker (--concurrency
+# 1); wrk and the upstream (an Envoy answering 200 from a direct_response, which also accepts
+# the filter's reports with 202) share core $LOAD_CPU. The three Envoys under test run at the
+# same time but only the one under load is busy; rounds interleave the variants so drift on a
+# noisy machine hits all three alike. Medians over the rounds are printed as a Markdown table
+# and written to target/bench/filter/results.md.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/../.." && pwd)
+envoy=${SURGE_ENVOY:-$repo/.tools/envoy/bin/envoy}
+surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm32-wasip1/release/surge_filter.wasm}
+empty_wasm=${SURGE_EMPTY_WASM:-$repo/target/wasm32-wasip1/release/examples/empty_filter.wasm}
+rounds=${ROUNDS:-5}
+duration=${DURATION:-10}
+connections=${CONNECTIONS:-32}
+envoy_cpu=${ENVOY_CPU:-0}
+load_cpu=${LOAD_CPU:-1}
+out=$repo/target/bench/filter
+mkdir -p "$out"
+
+for f in "$envoy" "$surge_wasm" "$empty_wasm"; do
+  if [ ! -f "$f" ]; then
+    echo "bench: missing $f (run \`make wasm\` / \`make tools\`, or \`make bench-filter\`)" >&2
+    exit 1
+  fi
+done
+command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install -y wrk)" >&2; exit 1; }
+
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+http_get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$1"; }
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# Writes an Envoy bootstrap (JSON) for one variant: none | empty | surge | upstream.
+bootstrap() {
+  python3 - "$@" <<'PY'
+import json, sys
+variant, listen, admin, upstream, surge_wasm, empty_wasm = sys.argv[1:7]
+listen, admin, upstream = int(listen), int(admin), int(upstream)
+def sock(port): return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
+def cluster(name, port):
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                {"endpoint": {"address": sock(port)}}]}]}}
+router = {"name": "envoy.filters.http.router", "typed_config": {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+def wasm(path, root_id, config):
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": root_id, "root_id": root_id, "failure_policy": "FAIL_OPEN",
+                   "vm_config": {"vm_id": "", "runtime": "envoy.wasm.runtime.v8",
+                                 "code": {"local": {"filename": path}}},
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
+                                     "value": config}}}}
+if variant == "upstream":
+    routes = [{"name": "reports", "match": {"prefix": "/v1/reports"},
+               "direct_response": {"status": 202}},
+              {"name": "ok", "match": {"prefix": "/"},
+               "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+    filters, clusters = [router], []
+else:
+    routes = [{"name": "bench", "match": {"prefix": "/"},
+               "route": {"cluster": "inbound|8080||"}}]
+    clusters = [cluster("inbound|8080||", upstream),
+                cluster("outbound|8080||surge-scaler.surge-system.svc.cluster.local", upstream)]
+    filters = {"none": [], "empty": [wasm(empty_wasm, "empty", "")],
+               "surge": [wasm(surge_wasm, "surge", "{}")]}[variant] + [router]
+print(json.dumps({
+    "node": {"id": "sidecar~127.0.0.1~bench-0.bench~bench.svc.cluster.local", "cluster": "bench",
+             "metadata": {"NAME": "bench-0", "NAMESPACE": "bench", "WORKLOAD_NAME": "bench",
+                          "OWNER": "kubernetes://apis/apps/v1/namespaces/bench/deployments/bench"}},
+    "admin": {"address": sock(admin)},
+    "static_resources": {"listeners": [{"name": "main", "address": sock(listen),
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "bench", "http_filters": filters,
+                "route_config": {"virtual_hosts": [{"name": "bench", "domains": ["*"],
+                                                    "routes": routes}]}}}]}]}],
+        "clusters": clusters}}, indent=1))
+PY
+}
+
+start_envoy() { # name cpu listen admin concurrency
+  local name=$1 cpu=$2 listen=$3 admin=$4 conc=$5
+  bootstrap "$name" "$listen" "$admin" "$upstream_port" "$surge_wasm" "$empty_wasm" >"$out/$name.json"
+  taskset -c "$cpu" "$envoy" -c "$out/$name.json" --concurrency "$conc" --use-dynamic-base-id \
+    -l warning >"$out/$name.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 200); do
+    if http_get "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; then return 0; fi
+    sleep 0.05
+  done
+  echo "bench: envoy $name not ready; log:" >&2; tail -20 "$out/$name.log" >&2; exit 1
+}
+
+upstream_port=$(free_port)
+start_envoy upstream "$load_cpu" "$upstream_port" "$(free_port)" 1
+declare -A port
+for v in none empty surge; do
+  port[$v]=$(free_port)
+  start_envoy "$v" "$envoy_cpu" "${port[$v]}" "$(free_port)" 1
+done
+
+: >"$out/raw.tsv"
+for v in none empty surge; do  # warm-up: JIT, connection pools
+  taskset -c "$load_cpu" wrk -t1 -c"$connections" -d2s "http://127.0.0.1:${port[$v]}/" >/dev/null
+done
+for r in $(seq 1 "$rounds"); do
+  for v in none empty surge; do
+    taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${duration}s" --latency \
+      "http://127.0.0.1:${port[$v]}/" >"$out/wrk-$v-$r.txt"
+    python3 - "$v" "$r" "$out/wrk-$v-$r.txt" >>"$out/raw.tsv" <<'PY'
+import re, sys
+variant, rnd, path = sys.argv[1:4]
+text = open(path).read()
+def ms(s):
+    m = re.match(r"([\d.]+)(us|ms|s)", s)
+    v, u = float(m.group(1)), m.group(2)
+    return v / 1000 if u == "us" else v * 1000 if u == "s" else v
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+errors = re.search(r"Socket errors:.*", text)
+print(f"{variant}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{non2xx.group(1) if non2xx else 0}\t{errors.group(0) if errors else ''}")
+PY
+    tail -1 "$out/raw.tsv" >&2
+  done
+done
+
+reports=$(http_get "http://127.0.0.1:$(python3 -c "import json;print(json.load(open('$out/surge.json'))['admin']['address']['socket_address']['port_value'])")/stats" | grep -E 'surge\.reports_(sent|delivered)_total' || true)
+
+python3 - "$out/raw.tsv" "$rounds" "$duration" "$connections" "$surge_wasm" "$empty_wasm" >"$out/results.md" <<'PY'
+import os, statistics, sys
+path, rounds, duration, conns, surge_wasm, empty_wasm = sys.argv[1:7]
+rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
+by = {}
+for v, r, rps, p50, p99, non2xx, err in rows:
+    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(non2xx), err))
+med = {v: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs),
+           statistics.median(x[2] for x in xs)) for v, xs in by.items()}
+print(f"| variant | requests/s (median of {rounds}) | p50 ms | p99 ms | vs no filter | vs empty filter | all rounds req/s |")
+print("|---|---|---|---|---|---|---|")
+for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"), ("surge", "surge-filter")]:
+    rps, p50, p99 = med[v]
+    rounds_rps = ", ".join(f"{x[0]:.0f}" for x in by[v])
+    print(f"| {label} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {rps / med['none'][0]:.1%} | "
+          f"{rps / med['empty'][0]:.1%} | {rounds_rps} |")
+bad = sum(x[3] for xs in by.values() for x in xs)
+print()
+print(f"surge/empty throughput ratio (medians): **{med['surge'][0] / med['empty'][0]:.1%}**; "
+      f"non-2xx responses over all runs: {bad}")
+print(f"surge_filter.wasm: {os.path.getsize(surge_wasm)} bytes "
+      f"({os.path.getsize(surge_wasm) / 1024:.1f} KiB); empty_filter.wasm: "
+      f"{os.path.getsize(empty_wasm)} bytes")
+print(f"wrk -t1 -c{conns} -d{duration}s --latency, {rounds} interleaved rounds")
+PY
+{ echo; echo "surge-filter's own counters after the run:"; echo "$reports"; } >>"$out/results.md"
+cat "$out/results.md"
