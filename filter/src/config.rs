@@ -352,6 +352,23 @@ mod tests {
         assert!(err.to_string().ends_with("(got 0.5)"), "{err}");
     }
 
+    /// The shipped WasmPlugins must carry a pluginConfig this filter accepts.
+    #[test]
+    fn the_shipped_wasmplugins_configs_are_valid() {
+        for file in ["wasmplugin-sidecar.yaml", "wasmplugin-gateway.yaml"] {
+            let path = format!("{}/../istio/{file}", env!("CARGO_MANIFEST_DIR"));
+            let Ok(text) = std::fs::read_to_string(&path) else {
+                // The gateway plugin belongs to the install work and may not exist yet.
+                assert_ne!(file, "wasmplugin-sidecar.yaml", "{path} missing");
+                continue;
+            };
+            let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+            let plugin_config = serde_json::to_vec(&yaml["spec"]["pluginConfig"]).unwrap();
+            let config = Config::parse(&plugin_config).unwrap_or_else(|e| panic!("{file}: {e}"));
+            assert_eq!(config.cluster, DEFAULT_CLUSTER, "{file}");
+        }
+    }
+
     #[test]
     fn lease_outlives_several_missed_checks() {
         let config = Config::default();
