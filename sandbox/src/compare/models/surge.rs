@@ -1,25 +1,32 @@
 //! Surge, replayed through the simulation: each ready pod's sidecar sends reports (real
 //! [`surge_wire::Report`] values) when the filter would, and they go through the scaler's own
-//! code: its counters and per-target window ([`surge_scaler::window`]) and its pure decision
-//! ([`surge_scaler::decision::decide`]), with the policy the scaler derives from a SurgeScaler
-//! that sets only min, max and the target (every other field defaulted by the CRD's own serde
-//! defaults).
+//! code: its ingest hub ([`surge_scaler::hub::Hub`]: counters, target selection by the
+//! sidecar's owner, per-target window and the wake-up on a change that can move the answer)
+//! and its pure decision ([`surge_scaler::decision::decide`]), with the policy the scaler
+//! derives from a SurgeScaler that sets only min, max and the target (every other field
+//! defaulted by the CRD's own serde defaults).
 //!
 //! What is modelled here rather than run from Surge's code:
 //! - the filter's report timing ([`ReportScheduler`]): the filter is a `cdylib` for
 //!   wasm32-wasip1, not a library the sandbox can link, so its scheduler's rules are restated
 //!   from `filter/src/surge.rs` with the defaults of `filter/src/config.rs`;
-//! - the wiring: a report reaches the scaler at once, the deltas of its routes are summed, and
-//!   the decision runs on every report that can move the answer and on a slow tick;
+//! - the controller loop (not written yet when this was): a report reaches the scaler at once;
+//!   the decision runs at once when the hub signals a change that can move the answer, and on
+//!   the scaler's slow tick (`--tick-ms`, default 1000); the scale is written at once;
 //! - the sidecar's counting: requests counted as they arrive, spread evenly over the ready pods,
 //!   as for every model (see `sim`); the sidecar starts reporting when its pod is ready.
 
 use std::collections::VecDeque;
 
-use surge_scaler::crd::{MetricType, SurgeScalerSpec};
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+use surge_scaler::crd::SurgeScalerSpec;
 use surge_scaler::decision::{self, DecisionState, Input, Policy};
-use surge_scaler::window::{Applied, Change, Counters, RouteDelta, TargetWindow, WindowConfig};
+use surge_scaler::hub::{Hub, Selector, TargetKey};
+use surge_scaler::window::WindowConfig;
 use surge_wire::{Proxy, Report, Role, RouteCounters};
+use tokio::sync::Notify;
 
 use super::super::sim::{Autoscaler, Observation};
 use super::ScaleTarget;
@@ -28,9 +35,12 @@ use super::ScaleTarget;
 /// scaler's unsigned millisecond clocks stay positive.
 const CLOCK_OFFSET_MS: i64 = 1_000_000_000;
 
-/// The decision's slow tick, for scale-down when no report moves the answer. The scaler's
-/// controller is not written yet; 1 s is assumed (issue 3: "on a slow tick for scale-down").
+/// The decision's slow tick, for scale-down when no report moves the answer: the scaler's
+/// `--tick-ms` default (scaler/src/cli.rs: 1000).
 pub const SLOW_TICK_MS: i64 = 1_000;
+/// Namespace and names of the replayed workload.
+const NAMESPACE: &str = "default";
+const WORKLOAD: &str = "app";
 
 /// The filter's periodic report interval (`report_interval_ms`, filter/src/config.rs: 1000).
 pub const REPORT_INTERVAL_MS: u64 = 1_000;
@@ -146,15 +156,15 @@ struct Sidecar {
     seq: u64,
 }
 
-/// Surge's filter and scaler code, stepped by the simulation.
-#[derive(Debug)]
+/// Surge's scaler code fed with reports timed as the filter times them, stepped by the
+/// simulation.
 pub struct SurgeReplay {
     sidecars: Vec<Sidecar>,
     started: u64,
-    counters: Counters,
-    window: TargetWindow,
+    hub: Hub,
+    key: TargetKey,
+    wake: Arc<Notify>,
     policy: Policy,
-    metric: MetricType,
     state: Option<DecisionState>,
     last_decision_ms: Option<i64>,
     service_time_us: f64,
@@ -165,7 +175,7 @@ pub struct SurgeReplay {
 /// scale-down stabilization 300 s, ...).
 pub fn default_spec(target: &ScaleTarget) -> Result<SurgeScalerSpec, serde_json::Error> {
     serde_json::from_value(serde_json::json!({
-        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "app"},
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKLOAD},
         "minReplicas": target.min_replicas,
         "maxReplicas": target.max_replicas,
         "metric": {"type": "rps", "target": target.target_rps_per_pod},
@@ -177,40 +187,56 @@ impl SurgeReplay {
     /// request for the reported busy time.
     pub fn new(target: &ScaleTarget, service_time_ms: f64) -> Result<Self, serde_json::Error> {
         let spec = default_spec(target)?;
-        let window = TargetWindow::new(WindowConfig {
-            stable_ms: u64::from(spec.windows.stable_seconds) * 1000,
-            panic_ms: u64::from(spec.windows.panic_seconds) * 1000,
-            stale_ms: u64::from(spec.stale_after_seconds) * 1000,
-        });
+        let hub = Hub::default();
+        let key = TargetKey {
+            namespace: NAMESPACE.into(),
+            name: WORKLOAD.into(),
+        };
+        let wake = hub.register(
+            &key,
+            Selector::from_spec(NAMESPACE, &spec),
+            spec.metric.type_,
+            WindowConfig {
+                stable_ms: u64::from(spec.windows.stable_seconds) * 1000,
+                panic_ms: u64::from(spec.windows.panic_seconds) * 1000,
+                stale_ms: u64::from(spec.stale_after_seconds) * 1000,
+            },
+        );
         Ok(Self {
             sidecars: Vec::new(),
             started: 0,
-            counters: Counters::default(),
-            window,
+            hub,
+            key,
+            wake,
             policy: Policy::from_spec(&spec),
-            metric: spec.metric.type_,
             state: None,
             last_decision_ms: None,
             service_time_us: service_time_ms * 1000.0,
         })
     }
 
-    /// Sends `sidecar`'s report if its scheduler says one is due; returns what it changed in
-    /// the target's window.
-    fn report(&mut self, index: usize, now: u64) -> Option<Change> {
-        let sidecar = self.sidecars.get_mut(index)?;
+    /// Sends the sidecar's report if its scheduler says one is due, into the scaler's hub.
+    fn report(&mut self, index: usize, now: u64) {
+        let Some(sidecar) = self.sidecars.get_mut(index) else {
+            return;
+        };
         let requests = sidecar.requests.floor() as u64;
         sidecar.scheduler.observe(now, requests);
-        let trigger = sidecar.scheduler.due(now)?;
+        let Some(trigger) = sidecar.scheduler.due(now) else {
+            return;
+        };
         sidecar.seq += 1;
         sidecar.scheduler.sent(now, requests, trigger);
         let report = Report {
             version: surge_wire::VERSION,
             proxy: Proxy {
-                namespace: "default".into(),
-                workload: "app".into(),
+                namespace: NAMESPACE.into(),
+                workload: WORKLOAD.into(),
                 pod: sidecar.instance.clone(),
-                owner: "app".into(),
+                // Istio's OWNER node metadata for a Deployment's pod.
+                owner: format!(
+                    "kubernetes://apis/apps/v1/namespaces/{NAMESPACE}/deployments/{WORKLOAD}"
+                ),
                 role: Role::Sidecar,
             },
             instance: sidecar.instance.clone(),
@@ -219,40 +245,14 @@ impl SurgeReplay {
             surge: trigger == Trigger::Surge,
             routes: vec![RouteCounters {
                 route: "default".into(),
-                cluster: "inbound|8080||".into(),
+                cluster: format!("inbound|8080||{WORKLOAD}.{NAMESPACE}.svc.cluster.local"),
                 requests_total: requests,
                 errors_total: 0,
                 duration_us_total: sidecar.busy_us.floor() as u64,
                 inflight: 0,
             }],
         };
-        let (source, applied) = self.counters.apply(&report, now);
-        let inflight: u64 = report.routes.iter().map(|r| r.inflight).sum();
-        let change = match applied {
-            Applied::Duplicate => Change::Minor,
-            Applied::Baseline => self
-                .window
-                .record(now, &source, None, inflight, report.surge),
-            Applied::Deltas {
-                interval_ms,
-                routes,
-            } => {
-                let sum = routes
-                    .iter()
-                    .fold(RouteDelta::default(), |acc, r| RouteDelta {
-                        requests: acc.requests.saturating_add(r.requests),
-                        busy_us: acc.busy_us.saturating_add(r.busy_us),
-                    });
-                self.window.record(
-                    now,
-                    &source,
-                    Some((sum, interval_ms)),
-                    inflight,
-                    report.surge,
-                )
-            }
-        };
-        Some(change)
+        self.hub.ingest(&report, now);
     }
 }
 
@@ -283,12 +283,11 @@ impl Autoscaler for SurgeReplay {
                 sidecar.busy_us += share * self.service_time_us;
             }
         }
-        let mut significant = false;
         for index in 0..self.sidecars.len() {
-            if self.report(index, now) == Some(Change::Significant) {
-                significant = true;
-            }
+            self.report(index, now);
         }
+        // The hub's wake-up: a permit stored by a report that can move the answer.
+        let significant = self.wake.notified().now_or_never().is_some();
 
         let tick_due = self
             .last_decision_ms
@@ -297,7 +296,9 @@ impl Autoscaler for SurgeReplay {
             return o.replicas;
         }
         self.last_decision_ms = Some(o.now_ms);
-        let observation = self.window.observe(now, self.metric);
+        let Some((observation, _sources)) = self.hub.observe(&self.key, now) else {
+            return o.replicas;
+        };
         let current = i32::try_from(o.replicas).unwrap_or(i32::MAX);
         let input = Input {
             current,
@@ -396,6 +397,30 @@ mod tests {
         assert!(
             step.iter().all(|&(_, k)| k == Trigger::Periodic),
             "{step:?}"
+        );
+    }
+
+    #[test]
+    fn reports_reach_the_target_through_the_hub() {
+        let mut surge = SurgeReplay::new(&target(), 40.0).unwrap();
+        let mut o = Observation {
+            now_ms: 0,
+            requests_total: 0.0,
+            step_requests: 6.0,
+            ready_pods: 1,
+            replicas: 1,
+            inflight: 0.0,
+        };
+        for k in 1..=30 {
+            o.now_ms = k * 100;
+            surge.observe(&o);
+        }
+        let seen = surge
+            .hub
+            .observe(&surge.key, (3_000 + CLOCK_OFFSET_MS) as u64);
+        assert!(
+            seen.is_some_and(|(obs, sources)| sources == 1 && obs.panic > 0.0),
+            "{seen:?}"
         );
     }
 
