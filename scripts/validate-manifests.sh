@@ -205,6 +205,19 @@ else
     python3 deploy/image/test_build_filter_image.py
 fi
 
+# Informational, not a check: the .wasm embeds toolchain and CARGO_HOME paths, so a build on
+# another machine differs from the release build the WasmPlugins pin.
+pin_note="filter image pin: no local .wasm to compare"
+if [ -f "$wasm" ]; then
+  pinned=$(sed -n 's/^ *sha256: *\([a-f0-9]\{64\}\).*/\1/p' istio/wasmplugin-sidecar.yaml | head -n 1)
+  local_digest=$(python3 deploy/image/build_filter_image.py --wasm "$wasm" --out "$work/oci" | sed -n 's/^WasmPlugin spec.sha256: //p')
+  if [ "$pinned" = "$local_digest" ]; then
+    pin_note="filter image pin: istio/ pins sha256 $pinned, the image of this .wasm"
+  else
+    pin_note="filter image pin: istio/ pins $pinned; this .wasm gives $local_digest (re-pin for a release: istio/README.md)"
+  fi
+fi
+
 # ---------------------------------------------------------------------------------------------
 echo "== broken copies must fail (test of the test)"
 broken=$work/broken
@@ -244,6 +257,7 @@ echo
 echo "== summary"
 printf '%s\n' "${results[@]}"
 total=${#results[@]}
+echo "NOTE  $pin_note"
 echo "$((total - failed)) of $total checks passed"
 if [ "$failed" -ne 0 ]; then
   echo "validate-manifests: $failed FAILED"
