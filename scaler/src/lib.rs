@@ -15,9 +15,11 @@
 pub mod admin;
 pub mod cli;
 pub mod clock;
+pub mod controller;
 pub mod crd;
 pub mod decision;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod server;
 pub mod window;

@@ -2,12 +2,11 @@
 use clap::Parser;
 use surge_scaler::cli::{Cli, Command};
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
-        Command::Crd => {
-            print!("{}", surge_scaler::crd::crd_yaml()?);
-            Ok(())
-        }
-        Command::Run(_args) => anyhow::bail!("`run` is not implemented yet in this build"),
+        Command::Crd => print!("{}", surge_scaler::crd::crd_yaml()?),
+        Command::Run(args) => surge_scaler::server::run(args).await?,
     }
+    Ok(())
 }

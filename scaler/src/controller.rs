@@ -1,0 +1,934 @@
+//! The Kubernetes side: watch SurgeScalers, and for each one run a loop that reads the target's
+//! `scale`, decides, writes `spec.replicas` through the scale subresource, and reports in
+//! `status` and Events.
+//!
+//! ```text
+//!  watcher(SurgeScaler) --apply--> register in Hub, start/update TargetLoop
+//!                       --delete-> stop TargetLoop, unregister
+//!  TargetLoop: wake on (report that can move the answer | slow tick | spec change)
+//!     conflict check (HPA / KEDA ScaledObject on the same target: refuse)
+//!     scale known? else GET .../scale
+//!     Hub::observe -> decision::decide -> PATCH .../scale {"spec":{"replicas":N}}
+//!     Event SuccessfulRescale, PATCH .../surgescalers/x/status
+//! ```
+//!
+//! A loop never writes the whole Deployment, only its scale, under the field manager
+//! `surge-scaler`. API failures are counted and retried on the next wake-up with a fresh
+//! decision rather than by replaying an old one.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+use k8s_openapi::api::autoscaling::v1::Scale;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{
+    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
+};
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::clock::Clock;
+use crate::crd::{
+    MetricType, ObservedMetric, SurgeScaler, SurgeScalerStatus, TargetKind, condition,
+};
+use crate::decision::{self, Decision, DecisionState, Freshness, Input, Limit, Policy, Reason};
+use crate::hub::{Hub, Selector, TargetKey};
+use crate::metrics::{Metrics, Operation};
+use crate::window::WindowConfig;
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "surge-scaler";
+
+/// How often a loop re-checks for a conflicting HPA or ScaledObject.
+const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
+/// How often a loop re-reads the target's scale (someone else may have changed it).
+const SCALE_REFRESH: Duration = Duration::from_secs(5);
+/// Status is rewritten at least this often while values change (observed metric).
+const STATUS_REFRESH: Duration = Duration::from_secs(10);
+
+/// A Kubernetes API call that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The API answered with an error status.
+    #[error("{operation:?}: HTTP {code}: {message}")]
+    Status {
+        /// The call.
+        operation: Operation,
+        /// HTTP status.
+        code: u16,
+        /// The API's message.
+        message: String,
+    },
+    /// No answer within the timeout.
+    #[error("{operation:?}: no answer within {timeout:?}")]
+    Timeout {
+        /// The call.
+        operation: Operation,
+        /// The timeout.
+        timeout: Duration,
+    },
+    /// Transport or decoding failure.
+    #[error("{operation:?}: {message}")]
+    Other {
+        /// The call.
+        operation: Operation,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+impl ApiError {
+    fn code_label(&self) -> String {
+        match self {
+            Self::Status { code, .. } => code.to_string(),
+            Self::Timeout { .. } => "timeout".into(),
+            Self::Other { .. } => "error".into(),
+        }
+    }
+
+    fn operation(&self) -> Operation {
+        match self {
+            Self::Status { operation, .. }
+            | Self::Timeout { operation, .. }
+            | Self::Other { operation, .. } => *operation,
+        }
+    }
+
+    fn code(&self) -> Option<u16> {
+        match self {
+            Self::Status { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+}
+
+/// Everything the loops share.
+pub struct Context {
+    /// The Kubernetes client.
+    pub client: Client,
+    /// Reports, windows and wake-ups.
+    pub hub: Arc<Hub>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// The monotonic clock.
+    pub clock: Clock,
+    /// Publishes Events.
+    pub recorder: Recorder,
+    /// Timeout of each API call.
+    pub api_timeout: Duration,
+    /// Slow decision tick.
+    pub tick: Duration,
+}
+
+impl Context {
+    /// A context with an Event recorder reporting as `surge-scaler`.
+    pub fn new(
+        client: Client,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        clock: Clock,
+        api_timeout: Duration,
+        tick: Duration,
+    ) -> Self {
+        let recorder = Recorder::new(client.clone(), FIELD_MANAGER.to_owned().into());
+        Self {
+            client,
+            hub,
+            metrics,
+            clock,
+            recorder,
+            api_timeout,
+            tick,
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        operation: Operation,
+        future: impl Future<Output = Result<T, kube::Error>>,
+    ) -> Result<T, ApiError> {
+        let result = match tokio::time::timeout(self.api_timeout, future).await {
+            Err(_) => Err(ApiError::Timeout {
+                operation,
+                timeout: self.api_timeout,
+            }),
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(kube::Error::Api(status))) => Err(ApiError::Status {
+                operation,
+                code: status.code,
+                message: status.message.clone(),
+            }),
+            Ok(Err(other)) => Err(ApiError::Other {
+                operation,
+                message: other.to_string(),
+            }),
+        };
+        if let Err(error) = &result {
+            self.metrics
+                .api_error(error.operation(), &error.code_label());
+        }
+        result
+    }
+}
+
+/// Watches SurgeScalers until `shutdown` turns true, then stops every loop after its in-flight
+/// writes. `ready` is set once the first full list has been seen.
+pub async fn run(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
+    ready: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let api: Api<SurgeScaler> = match &namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let stream = watcher(api, watcher::Config::default()).default_backoff();
+    let mut stream = std::pin::pin!(stream);
+    let mut loops: HashMap<TargetKey, LoopHandle> = HashMap::new();
+    let mut listed: HashSet<TargetKey> = HashSet::new();
+    loop {
+        let event = tokio::select! {
+            _ = shutdown.changed() => break,
+            event = stream.next() => event,
+        };
+        match event {
+            Some(Ok(watcher::Event::Apply(scaler))) => {
+                upsert(&ctx, &mut loops, scaler, &shutdown);
+            }
+            Some(Ok(watcher::Event::InitApply(scaler))) => {
+                if let Some(key) = key_of(&scaler) {
+                    listed.insert(key);
+                }
+                upsert(&ctx, &mut loops, scaler, &shutdown);
+            }
+            Some(Ok(watcher::Event::Delete(scaler))) => {
+                if let Some(key) = key_of(&scaler) {
+                    remove(&ctx, &mut loops, &key);
+                }
+            }
+            Some(Ok(watcher::Event::Init)) => listed.clear(),
+            Some(Ok(watcher::Event::InitDone)) => {
+                // Anything not in the fresh list was deleted while the watch was down.
+                let gone: Vec<TargetKey> = loops
+                    .keys()
+                    .filter(|k| !listed.contains(k))
+                    .cloned()
+                    .collect();
+                for key in gone {
+                    remove(&ctx, &mut loops, &key);
+                }
+                ready.store(true, Ordering::Release);
+            }
+            Some(Err(error)) => {
+                ctx.metrics.api_error(Operation::watch, "error");
+                tracing::warn!(%error, "SurgeScaler watch failed; retrying with backoff");
+            }
+            None => break,
+        }
+    }
+    // Loops see the same shutdown signal; wait for each to finish its in-flight writes.
+    for (_, handle) in loops.drain() {
+        let _ = handle.join.await;
+    }
+}
+
+struct LoopHandle {
+    spec: watch::Sender<Arc<SurgeScaler>>,
+    join: JoinHandle<()>,
+}
+
+fn key_of(scaler: &SurgeScaler) -> Option<TargetKey> {
+    Some(TargetKey {
+        namespace: scaler.namespace()?,
+        name: scaler.name_any(),
+    })
+}
+
+fn window_config(scaler: &SurgeScaler) -> WindowConfig {
+    let spec = &scaler.spec;
+    WindowConfig {
+        stable_ms: u64::from(spec.windows.stable_seconds.clamp(1, 600)) * 1000,
+        panic_ms: u64::from(spec.windows.panic_seconds.clamp(1, 600)) * 1000,
+        stale_ms: u64::from(spec.stale_after_seconds.max(1)) * 1000,
+    }
+}
+
+fn upsert(
+    ctx: &Arc<Context>,
+    loops: &mut HashMap<TargetKey, LoopHandle>,
+    scaler: SurgeScaler,
+    shutdown: &watch::Receiver<bool>,
+) {
+    let Some(key) = key_of(&scaler) else {
+        return;
+    };
+    let notify = ctx.hub.register(
+        &key,
+        Selector::from_spec(&key.namespace, &scaler.spec),
+        scaler.spec.metric.type_,
+        window_config(&scaler),
+    );
+    let scaler = Arc::new(scaler);
+    if let Some(handle) = loops.get(&key)
+        && !handle.join.is_finished()
+    {
+        handle.spec.send_replace(scaler);
+        notify.notify_one();
+        return;
+    }
+    let (spec_tx, spec_rx) = watch::channel(Arc::clone(&scaler));
+    let target = TargetLoop::new(Arc::clone(ctx), key.clone(), scaler, notify);
+    let join = tokio::spawn(target.run(spec_rx, shutdown.clone()));
+    loops.insert(
+        key,
+        LoopHandle {
+            spec: spec_tx,
+            join,
+        },
+    );
+}
+
+fn remove(ctx: &Context, loops: &mut HashMap<TargetKey, LoopHandle>, key: &TargetKey) {
+    if let Some(handle) = loops.remove(key) {
+        // Dropping the sender ends the loop after its current step.
+        drop(handle.spec);
+    }
+    ctx.hub.unregister(key);
+    ctx.metrics.forget(key);
+}
+
+/// The target's scale as last read or written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ScaleView {
+    /// `spec.replicas`.
+    pub replicas: i32,
+    /// `status.replicas`.
+    pub ready: i32,
+}
+
+impl ScaleView {
+    fn from_scale(scale: &Scale) -> Self {
+        let replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+        let ready = scale.status.as_ref().map_or(replicas, |s| s.replicas);
+        Self { replicas, ready }
+    }
+}
+
+/// One SurgeScaler's decision loop.
+pub struct TargetLoop {
+    ctx: Arc<Context>,
+    key: TargetKey,
+    scaler: Arc<SurgeScaler>,
+    policy: Policy,
+    notify: Arc<Notify>,
+    state: DecisionState,
+    scale: Option<ScaleView>,
+    scale_read_at: Option<Instant>,
+    conflict: Option<String>,
+    conflict_checked_at: Option<Instant>,
+    target_missing: Option<String>,
+    last_status: Option<SurgeScalerStatus>,
+    status_written_at: Option<Instant>,
+    last_scale_time: Option<Time>,
+    stale_announced: bool,
+    last_decision: Option<Decision>,
+}
+
+impl TargetLoop {
+    /// A loop for `scaler`, starting fail-static (in panic, holding the current scale).
+    pub fn new(
+        ctx: Arc<Context>,
+        key: TargetKey,
+        scaler: Arc<SurgeScaler>,
+        notify: Arc<Notify>,
+    ) -> Self {
+        let now = ctx.clock.now();
+        let last_scale_time = scaler
+            .status
+            .as_ref()
+            .and_then(|s| s.last_scale_time.clone());
+        Self {
+            policy: Policy::from_spec(&scaler.spec),
+            ctx,
+            key,
+            scaler,
+            notify,
+            state: DecisionState::after_restart(now),
+            scale: None,
+            scale_read_at: None,
+            conflict: None,
+            conflict_checked_at: None,
+            target_missing: None,
+            last_status: None,
+            status_written_at: None,
+            last_scale_time,
+            stale_announced: false,
+            last_decision: None,
+        }
+    }
+
+    /// Runs until the spec channel closes (resource deleted) or `shutdown` turns true.
+    pub async fn run(
+        mut self,
+        mut spec: watch::Receiver<Arc<SurgeScaler>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut tick = tokio::time::interval(self.ctx.tick);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let notify = Arc::clone(&self.notify);
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break,
+                changed = spec.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let scaler = Arc::clone(&spec.borrow_and_update());
+                    self.update_spec(scaler);
+                }
+                () = notify.notified() => {}
+                _ = tick.tick() => {}
+            }
+            // A step is never cancelled half-way: a PATCH in flight completes before the loop
+            // looks at the shutdown signal again.
+            self.step().await;
+        }
+    }
+
+    fn update_spec(&mut self, scaler: Arc<SurgeScaler>) {
+        let generation_changed = scaler.metadata.generation != self.scaler.metadata.generation;
+        self.policy = Policy::from_spec(&scaler.spec);
+        if generation_changed || scaler.spec.scale_target_ref != self.scaler.spec.scale_target_ref {
+            self.conflict_checked_at = None;
+            self.scale = None;
+            self.target_missing = None;
+        }
+        self.scaler = scaler;
+    }
+
+    fn scale_api_path(&self) -> (TargetKind, &str) {
+        let target = &self.scaler.spec.scale_target_ref;
+        (target.kind, target.name.as_str())
+    }
+
+    async fn get_scale(&self) -> Result<Scale, ApiError> {
+        let (kind, name) = self.scale_api_path();
+        let client = self.ctx.client.clone();
+        let ns = &self.key.namespace;
+        match kind {
+            TargetKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(client, ns);
+                self.ctx
+                    .call(Operation::get_scale, api.get_scale(name))
+                    .await
+            }
+            TargetKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(client, ns);
+                self.ctx
+                    .call(Operation::get_scale, api.get_scale(name))
+                    .await
+            }
+        }
+    }
+
+    async fn patch_scale(&self, replicas: i32) -> Result<Scale, ApiError> {
+        let (kind, name) = self.scale_api_path();
+        let client = self.ctx.client.clone();
+        let ns = &self.key.namespace;
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
+        match kind {
+            TargetKind::Deployment => {
+                let api: Api<Deployment> = Api::namespaced(client, ns);
+                self.ctx
+                    .call(
+                        Operation::patch_scale,
+                        api.patch_scale(name, &params, &patch),
+                    )
+                    .await
+            }
+            TargetKind::StatefulSet => {
+                let api: Api<StatefulSet> = Api::namespaced(client, ns);
+                self.ctx
+                    .call(
+                        Operation::patch_scale,
+                        api.patch_scale(name, &params, &patch),
+                    )
+                    .await
+            }
+        }
+    }
+
+    /// Looks for an HPA or a KEDA ScaledObject driving the same target.
+    async fn find_conflict(&self) -> Result<Option<String>, ApiError> {
+        let target = &self.scaler.spec.scale_target_ref;
+        let kind = match target.kind {
+            TargetKind::Deployment => "Deployment",
+            TargetKind::StatefulSet => "StatefulSet",
+        };
+        let hpas: Api<HorizontalPodAutoscaler> =
+            Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        let list = self
+            .ctx
+            .call(Operation::list_conflicts, hpas.list(&ListParams::default()))
+            .await?;
+        for hpa in list {
+            let driven = hpa.spec.as_ref().is_some_and(|s| {
+                s.scale_target_ref.kind == kind && s.scale_target_ref.name == target.name
+            });
+            if driven {
+                return Ok(Some(format!(
+                    "HorizontalPodAutoscaler {} already scales {kind} {}",
+                    hpa.name_any(),
+                    target.name
+                )));
+            }
+        }
+        let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+        let resource = ApiResource::from_gvk_with_plural(&gvk, "scaledobjects");
+        let scaled: Api<DynamicObject> =
+            Api::namespaced_with(self.ctx.client.clone(), &self.key.namespace, &resource);
+        match self
+            .ctx
+            .call(
+                Operation::list_conflicts,
+                scaled.list(&ListParams::default()),
+            )
+            .await
+        {
+            Ok(list) => {
+                for object in list {
+                    let reference = &object.data["spec"]["scaleTargetRef"];
+                    let object_kind = reference["kind"].as_str().unwrap_or("Deployment");
+                    if object_kind == kind && reference["name"].as_str() == Some(&target.name) {
+                        return Ok(Some(format!(
+                            "KEDA ScaledObject {} already scales {kind} {}",
+                            object.name_any(),
+                            target.name
+                        )));
+                    }
+                }
+            }
+            // KEDA not installed: nothing can conflict from there.
+            Err(error) if error.code() == Some(404) => {}
+            Err(error) => return Err(error),
+        }
+        Ok(None)
+    }
+
+    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        let reference = self.scaler.object_ref(&());
+        let event = Event {
+            type_,
+            reason: reason.to_owned(),
+            note: Some(note),
+            action: action.to_owned(),
+            secondary: None,
+        };
+        let _ = self
+            .ctx
+            .call(
+                Operation::create_event,
+                self.ctx.recorder.publish(&event, &reference),
+            )
+            .await;
+    }
+
+    /// One pass: conflicts, scale, decision, patch, events, status.
+    pub async fn step(&mut self) {
+        // Conflicts first: a target driven by another autoscaler is never written.
+        if self
+            .conflict_checked_at
+            .is_none_or(|t| t.elapsed() >= CONFLICT_RECHECK)
+        {
+            match self.find_conflict().await {
+                Ok(found) => {
+                    self.conflict_checked_at = Some(Instant::now());
+                    if found.is_some() && found != self.conflict {
+                        let note = found.clone().unwrap_or_default();
+                        tracing::warn!(target = %self.key, %note, "refusing a target another autoscaler drives");
+                        self.publish(EventType::Warning, "ConflictingAutoscaler", "Refuse", note)
+                            .await;
+                    }
+                    self.conflict = found;
+                }
+                Err(error) => {
+                    tracing::warn!(target = %self.key, %error, "could not check for conflicting autoscalers");
+                    if self.conflict_checked_at.is_none() {
+                        // Never written before a check succeeded once.
+                        return;
+                    }
+                }
+            }
+        }
+        if self.conflict.is_some() {
+            self.write_status(None).await;
+            return;
+        }
+
+        if self.scale.is_none()
+            || self
+                .scale_read_at
+                .is_none_or(|t| t.elapsed() >= SCALE_REFRESH)
+        {
+            match self.get_scale().await {
+                Ok(scale) => {
+                    self.scale = Some(ScaleView::from_scale(&scale));
+                    self.scale_read_at = Some(Instant::now());
+                    self.target_missing = None;
+                }
+                Err(error) => {
+                    tracing::warn!(target = %self.key, %error, "could not read the target's scale");
+                    if error.code() == Some(404) {
+                        let (kind, name) = self.scale_api_path();
+                        self.target_missing = Some(format!("{kind:?} {name} not found"));
+                        self.scale = None;
+                        self.write_status(None).await;
+                    }
+                    if self.scale.is_none() {
+                        return;
+                    }
+                }
+            }
+        }
+        let Some(scale) = self.scale else {
+            return;
+        };
+
+        let started = Instant::now();
+        let now = self.ctx.clock.now();
+        let (observation, sources) = self.ctx.hub.observe(&self.key, now).unwrap_or((
+            decision::Observation {
+                stable: 0.0,
+                panic: 0.0,
+                burst: None,
+                freshness: Freshness::Stale,
+            },
+            0,
+        ));
+        let input = Input {
+            current: scale.replicas,
+            ready: scale.ready,
+            observation,
+        };
+        let decision = decision::decide(&self.policy, &mut self.state, &input, now);
+        self.ctx
+            .metrics
+            .decision_seconds(started.elapsed().as_secs_f64());
+        self.last_decision = Some(decision);
+        self.ctx.metrics.target(
+            &self.key,
+            metric_name(self.scaler.spec.metric.type_),
+            observation.stable,
+            observation.panic,
+            scale.replicas,
+            decision.desired,
+            decision.panic,
+            sources,
+        );
+
+        if decision.reason == Reason::MetricsStale {
+            if !self.stale_announced {
+                self.stale_announced = true;
+                self.publish(
+                    EventType::Warning,
+                    "MetricsStale",
+                    "Hold",
+                    format!(
+                        "no fresh reports from any source; holding {} replicas",
+                        decision.desired
+                    ),
+                )
+                .await;
+            }
+        } else {
+            self.stale_announced = false;
+        }
+
+        if decision.desired != scale.replicas {
+            match self.patch_scale(decision.desired).await {
+                Ok(reply) => {
+                    let after = ScaleView::from_scale(&reply);
+                    self.state
+                        .record_scale(now, scale.replicas, decision.desired);
+                    self.scale = Some(ScaleView {
+                        replicas: decision.desired,
+                        ready: after.ready,
+                    });
+                    self.last_scale_time = Some(Time(Timestamp::now()));
+                    self.ctx
+                        .metrics
+                        .patched(&self.key, decision.desired > scale.replicas);
+                    let why = rescale_reason(
+                        &decision,
+                        &observation,
+                        &self.policy,
+                        self.scaler.spec.metric.type_,
+                    );
+                    tracing::info!(target = %self.key, from = scale.replicas, to = decision.desired, %why, "rescaled");
+                    self.publish(
+                        EventType::Normal,
+                        "SuccessfulRescale",
+                        "Scale",
+                        format!("New size: {}; reason: {why}", decision.desired),
+                    )
+                    .await;
+                }
+                Err(error) => {
+                    tracing::warn!(target = %self.key, %error, desired = decision.desired, "scale patch failed");
+                    // Re-read the scale before the next attempt (409: someone else wrote it).
+                    self.scale = None;
+                    if error.code() == Some(409) {
+                        self.notify.notify_one();
+                    }
+                }
+            }
+        }
+        self.write_status(Some((observation, sources))).await;
+    }
+
+    fn conditions(&self, previous: &[Condition]) -> Vec<Condition> {
+        let generation = self.scaler.metadata.generation;
+        let mut wanted: Vec<(&str, bool, String, String)> = Vec::new();
+        if let Some(conflict) = &self.conflict {
+            wanted.push((
+                condition::READY,
+                false,
+                "ConflictingAutoscaler".into(),
+                conflict.clone(),
+            ));
+        } else if let Some(missing) = &self.target_missing {
+            wanted.push((
+                condition::READY,
+                false,
+                "TargetNotFound".into(),
+                missing.clone(),
+            ));
+        } else {
+            wanted.push((
+                condition::READY,
+                true,
+                "ScaleTargetFound".into(),
+                "the target's scale can be read and written".into(),
+            ));
+        }
+        if let Some(decision) = &self.last_decision {
+            let stale = decision.reason == Reason::MetricsStale;
+            wanted.push((
+                condition::ACTIVE,
+                !stale,
+                if stale {
+                    "NoFreshMetrics"
+                } else {
+                    "ValidMetricFound"
+                }
+                .into(),
+                if stale {
+                    "no fresh reports: holding the scale".into()
+                } else {
+                    "computing the scale from fresh reports".into()
+                },
+            ));
+            wanted.push((
+                condition::METRICS_STALE,
+                stale,
+                if stale {
+                    "NoFreshReports"
+                } else {
+                    "FreshReports"
+                }
+                .into(),
+                if stale {
+                    format!(
+                        "no source reported within {} s; the scale is held",
+                        self.scaler.spec.stale_after_seconds
+                    )
+                } else {
+                    "reports are fresh".into()
+                },
+            ));
+            let (limited, reason, message) = match decision.limit {
+                Some(Limit::TooManyReplicas) => (
+                    true,
+                    "TooManyReplicas",
+                    "the desired count is more than maxReplicas",
+                ),
+                Some(Limit::TooFewReplicas) => (
+                    true,
+                    "TooFewReplicas",
+                    "the desired count is less than minReplicas",
+                ),
+                Some(Limit::ScaleUpLimit) => {
+                    (true, "ScaleUpLimit", "a scale-up policy limits the change")
+                }
+                Some(Limit::ScaleDownLimit) => (
+                    true,
+                    "ScaleDownLimit",
+                    "a scale-down policy limits the change",
+                ),
+                None => (
+                    false,
+                    "DesiredWithinRange",
+                    "the desired count is within the acceptable range",
+                ),
+            };
+            wanted.push((
+                condition::SCALING_LIMITED,
+                limited,
+                reason.into(),
+                message.into(),
+            ));
+        }
+        wanted
+            .into_iter()
+            .map(|(type_, status, reason, message)| {
+                let status = if status { "True" } else { "False" }.to_owned();
+                let last_transition_time = previous
+                    .iter()
+                    .find(|c| c.type_ == type_ && c.status == status)
+                    .map_or_else(
+                        || Time(Timestamp::now()),
+                        |c| c.last_transition_time.clone(),
+                    );
+                Condition {
+                    type_: type_.to_owned(),
+                    status,
+                    reason,
+                    message,
+                    observed_generation: generation,
+                    last_transition_time,
+                }
+            })
+            .collect()
+    }
+
+    async fn write_status(&mut self, observed: Option<(decision::Observation, usize)>) {
+        let previous = self
+            .last_status
+            .clone()
+            .or_else(|| self.scaler.status.clone())
+            .unwrap_or_default();
+        let metric = self.scaler.spec.metric.type_;
+        let status = SurgeScalerStatus {
+            current_replicas: self.scale.map(|s| s.replicas).or(previous.current_replicas),
+            desired_replicas: self
+                .last_decision
+                .map(|d| d.desired)
+                .or(previous.desired_replicas),
+            observed_metric: observed
+                .map(|(o, sources)| ObservedMetric {
+                    stable: round2(o.stable),
+                    panic: round2(o.panic),
+                    sources: u32::try_from(sources).unwrap_or(u32::MAX),
+                    summary: format!(
+                        "{:.1}{}/{}",
+                        o.stable,
+                        metric_name(metric),
+                        self.scaler.spec.metric.target
+                    ),
+                })
+                .or(previous.observed_metric.clone()),
+            panic: self.last_decision.is_some_and(|d| d.panic),
+            last_scale_time: self.last_scale_time.clone(),
+            conditions: self.conditions(&previous.conditions),
+            observed_generation: self.scaler.metadata.generation,
+        };
+        let same_shape = self.last_status.as_ref().is_some_and(|last| {
+            last.current_replicas == status.current_replicas
+                && last.desired_replicas == status.desired_replicas
+                && last.panic == status.panic
+                && last.last_scale_time == status.last_scale_time
+                && last.conditions == status.conditions
+                && last.observed_generation == status.observed_generation
+        });
+        let fresh_enough = self
+            .status_written_at
+            .is_some_and(|t| t.elapsed() < STATUS_REFRESH);
+        if same_shape && (fresh_enough || self.last_status.as_ref() == Some(&status)) {
+            return;
+        }
+        let api: Api<SurgeScaler> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.to_owned()),
+            ..PatchParams::default()
+        };
+        let patch = Patch::Merge(json!({ "status": status }));
+        match self
+            .ctx
+            .call(
+                Operation::patch_status,
+                api.patch_status(&self.key.name, &params, &patch),
+            )
+            .await
+        {
+            Ok(_) => {
+                self.last_status = Some(status);
+                self.status_written_at = Some(Instant::now());
+            }
+            Err(error) => {
+                tracing::debug!(target = %self.key, %error, "status write failed");
+            }
+        }
+    }
+}
+
+fn round2(value: f64) -> f64 {
+    (value * 100.0).round() / 100.0
+}
+
+fn metric_name(metric: MetricType) -> &'static str {
+    match metric {
+        MetricType::Rps => "rps",
+        MetricType::Concurrency => "concurrency",
+    }
+}
+
+/// The reason part of a SuccessfulRescale message, in the HPA's words where they fit.
+fn rescale_reason(
+    decision: &Decision,
+    observation: &decision::Observation,
+    policy: &Policy,
+    metric: MetricType,
+) -> String {
+    let name = metric_name(metric);
+    let (value, window) = match (decision.panic, observation.burst) {
+        (true, Some(burst)) if burst >= observation.panic => (burst, "surge burst estimate"),
+        (true, _) => (observation.panic, "panic window"),
+        (false, _) => (observation.stable, "stable window"),
+    };
+    let direction = if decision.reason == Reason::ScaleDown {
+        "below"
+    } else {
+        "above"
+    };
+    let mut reason = format!(
+        "{name} {value:.1} ({window}) {direction} target {} per replica",
+        policy.target
+    );
+    match decision.limit {
+        Some(Limit::TooManyReplicas) => reason.push_str("; capped at maxReplicas"),
+        Some(Limit::TooFewReplicas) => reason.push_str("; raised to minReplicas"),
+        Some(Limit::ScaleUpLimit) => reason.push_str("; limited by a scale-up policy"),
+        Some(Limit::ScaleDownLimit) => reason.push_str("; limited by a scale-down policy"),
+        None => {}
+    }
+    reason
+}
+
+#[cfg(test)]
+mod tests;

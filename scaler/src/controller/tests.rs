@@ -1,0 +1,544 @@
+//! The controller's API calls, asserted request by request against tower-test's mock service
+//! (method, path, query, content type, body), including conflicts, errors and timeouts.
+
+use super::*;
+use crate::crd::SurgeScalerSpec;
+use http::{Request, Response};
+use kube::client::Body;
+use serde_json::Value;
+use surge_wire::{Proxy, Report, Role, RouteCounters, VERSION};
+
+type Handle = tower_test::mock::Handle<Request<Body>, Response<Body>>;
+
+/// One expected request and the reply to send.
+struct Expect {
+    method: &'static str,
+    path_and_query: &'static str,
+    status: u16,
+    reply: Value,
+}
+
+fn expect(method: &'static str, path_and_query: &'static str, status: u16, reply: Value) -> Expect {
+    Expect {
+        method,
+        path_and_query,
+        status,
+        reply,
+    }
+}
+
+/// A request as the mock saw it.
+#[derive(Debug)]
+struct Seen {
+    content_type: Option<String>,
+    body: Value,
+}
+
+/// Answers the expected requests in order; returns what it saw. A `reply` of `Value::Null`
+/// with status 200 means "echo the request body".
+async fn serve(mut handle: Handle, script: Vec<Expect>) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    for step in script {
+        let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+            .await
+            .unwrap_or_else(|_| panic!("expected {} {}", step.method, step.path_and_query))
+            .expect("the client went away");
+        let uri = request.uri().path_and_query().unwrap().to_string();
+        assert_eq!(
+            (request.method().as_str(), uri.as_str()),
+            (step.method, step.path_and_query)
+        );
+        let content_type = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_owned());
+        let bytes = request.into_body().collect_bytes().await.unwrap();
+        let body: Value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap()
+        };
+        let reply = if step.reply.is_null() {
+            body.clone()
+        } else {
+            step.reply
+        };
+        seen.push(Seen { content_type, body });
+        if step.status == 0 {
+            // Never answer: the caller must time out. Keep the responder alive meanwhile.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            drop(send);
+            continue;
+        }
+        send.send_response(
+            Response::builder()
+                .status(step.status)
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+                .unwrap(),
+        );
+    }
+    // Nothing else may be asked.
+    if let Ok(Some((request, _))) =
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await
+    {
+        panic!("unexpected request {} {}", request.method(), request.uri());
+    }
+    seen
+}
+
+fn scaler() -> SurgeScaler {
+    let spec: SurgeScalerSpec = serde_json::from_value(serde_json::json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": "api"},
+        "minReplicas": 1, "maxReplicas": 10,
+        "metric": {"type": "rps", "target": 100}
+    }))
+    .unwrap();
+    let mut scaler = SurgeScaler::new("api", spec);
+    scaler.metadata.namespace = Some("web".into());
+    scaler.metadata.uid = Some("0b8c1f0e-7a4e-4f43-9d0a-3f1f3d0d2c11".into());
+    scaler.metadata.generation = Some(3);
+    scaler.metadata.resource_version = Some("41".into());
+    scaler
+}
+
+fn key() -> TargetKey {
+    TargetKey {
+        namespace: "web".into(),
+        name: "api".into(),
+    }
+}
+
+fn setup(timeout: Duration) -> (TargetLoop, Handle, Arc<Context>) {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, "default");
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::new(Hub::default()),
+        Arc::new(Metrics::default()),
+        Clock::default(),
+        timeout,
+        Duration::from_secs(1),
+    ));
+    let scaler = scaler();
+    let notify = ctx.hub.register(
+        &key(),
+        Selector::from_spec("web", &scaler.spec),
+        MetricType::Rps,
+        window_config(&scaler),
+    );
+    let target = TargetLoop::new(Arc::clone(&ctx), key(), Arc::new(scaler), notify);
+    (target, handle, ctx)
+}
+
+/// Two reports from one sidecar of `api`: the second, marked as a surge, carries `rps` for 1 s.
+fn surge(ctx: &Context, rps: u64) {
+    let report = |seq: u64, total: u64, surge: bool| Report {
+        version: VERSION,
+        proxy: Proxy {
+            namespace: "web".into(),
+            workload: "api".into(),
+            pod: "api-1".into(),
+            owner: "kubernetes://apis/apps/v1/namespaces/web/deployments/api".into(),
+            role: Role::Sidecar,
+        },
+        instance: "api-1/1".into(),
+        seq,
+        time_ms: 1_000 * seq,
+        surge,
+        routes: vec![RouteCounters {
+            route: "default".into(),
+            cluster: "inbound|8080||".into(),
+            requests_total: total,
+            errors_total: 0,
+            duration_us_total: 0,
+            inflight: 0,
+        }],
+    };
+    ctx.hub.ingest(&report(1, 0, false), ctx.clock.now());
+    ctx.hub.ingest(&report(2, rps, true), ctx.clock.now());
+}
+
+fn scale(replicas: i32) -> Value {
+    serde_json::json!({
+        "apiVersion": "autoscaling/v1", "kind": "Scale",
+        "metadata": {"name": "api", "namespace": "web", "resourceVersion": "7"},
+        "spec": {"replicas": replicas}, "status": {"replicas": replicas}
+    })
+}
+
+fn empty_hpas() -> Value {
+    serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList",
+                       "metadata": {"resourceVersion": "1"}, "items": []})
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    serde_json::json!({"apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                       "message": format!("{reason} (test)"), "reason": reason, "code": code})
+}
+
+const HPAS: &str = "/apis/autoscaling/v2/namespaces/web/horizontalpodautoscalers?";
+const SCALED_OBJECTS: &str = "/apis/keda.sh/v1alpha1/namespaces/web/scaledobjects?";
+const SCALE: &str = "/apis/apps/v1/namespaces/web/deployments/api/scale";
+const PATCH_SCALE: &str =
+    "/apis/apps/v1/namespaces/web/deployments/api/scale?&fieldManager=surge-scaler";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/web/events?";
+const STATUS: &str =
+    "/apis/surge.dev/v1alpha1/namespaces/web/surgescalers/api/status?&fieldManager=surge-scaler";
+
+fn no_conflicts() -> Vec<Expect> {
+    vec![
+        expect("GET", HPAS, 200, empty_hpas()),
+        expect("GET", SCALED_OBJECTS, 404, status(404, "NotFound")),
+    ]
+}
+
+fn condition<'a>(status_patch: &'a Value, type_: &str) -> &'a Value {
+    status_patch["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap_or_else(|| panic!("no {type_} condition in {status_patch}"))
+}
+
+#[tokio::test]
+async fn a_surge_patches_only_the_scale_subresource_under_the_field_manager() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let mut script = no_conflicts();
+    script.extend([
+        expect("GET", SCALE, 200, scale(1)),
+        expect("PATCH", PATCH_SCALE, 200, scale(8)),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+
+    let patch = &seen[3];
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    assert_eq!(patch.body, serde_json::json!({"spec": {"replicas": 8}}));
+
+    let event = &seen[4].body;
+    assert_eq!(event["reason"], "SuccessfulRescale");
+    assert_eq!(event["type"], "Normal");
+    assert_eq!(event["regarding"]["kind"], "SurgeScaler");
+    assert_eq!(event["regarding"]["name"], "api");
+    let note = event["note"].as_str().unwrap();
+    assert!(
+        note.starts_with("New size: 8; reason: rps 800.0 (surge burst estimate)"),
+        "{note}"
+    );
+
+    let status_patch = &seen[5];
+    assert_eq!(
+        status_patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    let s = &status_patch.body["status"];
+    assert_eq!(
+        (s["currentReplicas"].as_i64(), s["desiredReplicas"].as_i64()),
+        (Some(8), Some(8))
+    );
+    assert_eq!(s["panic"], true);
+    assert_eq!(s["observedGeneration"], 3);
+    assert!(s["lastScaleTime"].is_string());
+    assert_eq!(condition(&status_patch.body, "Ready")["status"], "True");
+    assert_eq!(condition(&status_patch.body, "Active")["status"], "True");
+    assert_eq!(
+        condition(&status_patch.body, "MetricsStale")["status"],
+        "False"
+    );
+    let text = ctx.metrics.encode();
+    assert!(
+        text.contains(
+            "surge_scale_patches_total{namespace=\"web\",name=\"api\",direction=\"up\"} 1"
+        ),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_target_driven_by_an_hpa_is_refused_with_a_condition_and_an_event() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let hpa = serde_json::json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscalerList", "metadata": {},
+        "items": [{"metadata": {"name": "api-hpa", "namespace": "web"},
+                   "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
+                            "minReplicas": 1, "maxReplicas": 5}}]
+    });
+    let script = vec![
+        expect("GET", HPAS, 200, hpa),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[1].body["reason"], "ConflictingAutoscaler");
+    assert_eq!(seen[1].body["type"], "Warning");
+    let ready = condition(&seen[2].body, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ConflictingAutoscaler"))
+    );
+    assert!(ready["message"].as_str().unwrap().contains("api-hpa"));
+}
+
+#[tokio::test]
+async fn a_target_driven_by_a_keda_scaledobject_is_refused() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let scaled = serde_json::json!({
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObjectList", "metadata": {},
+        "items": [{"apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+                   "metadata": {"name": "api-so", "namespace": "web"},
+                   "spec": {"scaleTargetRef": {"name": "api"}}}]
+    });
+    let script = vec![
+        expect("GET", HPAS, 200, empty_hpas()),
+        expect("GET", SCALED_OBJECTS, 200, scaled),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ];
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert!(
+        seen[2].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("KEDA ScaledObject api-so")
+    );
+}
+
+#[tokio::test]
+async fn a_409_on_the_scale_patch_re_reads_the_scale_and_retries() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let mut script = no_conflicts();
+    script.extend([
+        expect("GET", SCALE, 200, scale(1)),
+        expect("PATCH", PATCH_SCALE, 409, status(409, "Conflict")),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+        // Second step: someone else set 3 meanwhile; Surge reads it and still goes to 8.
+        expect("GET", SCALE, 200, scale(3)),
+        expect("PATCH", PATCH_SCALE, 200, scale(8)),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    // The 409 left a wake-up pending so the retry does not wait for the slow tick.
+    tokio::time::timeout(Duration::from_millis(50), target.notify.notified())
+        .await
+        .expect("a 409 must wake the loop again");
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[6].body, serde_json::json!({"spec": {"replicas": 8}}));
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("surge_kube_api_errors_total{operation=\"patch_scale\",code=\"409\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn server_errors_and_throttling_are_counted_and_retried_with_a_fresh_read() {
+    for code in [500u16, 429] {
+        let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+        surge(&ctx, 500);
+        let mut script = no_conflicts();
+        script.extend([
+            expect("GET", SCALE, 200, scale(2)),
+            expect("PATCH", PATCH_SCALE, code, status(code, "Failed")),
+            expect(
+                "PATCH",
+                STATUS,
+                200,
+                serde_json::to_value(scaler()).unwrap(),
+            ),
+            expect("GET", SCALE, 200, scale(2)),
+            expect("PATCH", PATCH_SCALE, 200, scale(5)),
+            expect("POST", EVENTS, 201, Value::Null),
+            expect(
+                "PATCH",
+                STATUS,
+                200,
+                serde_json::to_value(scaler()).unwrap(),
+            ),
+        ]);
+        let server = tokio::spawn(serve(handle, script));
+        target.step().await;
+        target.step().await;
+        let seen = server.await.unwrap();
+        assert_eq!(
+            seen[6].body,
+            serde_json::json!({"spec": {"replicas": 5}}),
+            "after {code}"
+        );
+        let expected =
+            format!("surge_kube_api_errors_total{{operation=\"patch_scale\",code=\"{code}\"}} 1");
+        assert!(ctx.metrics.encode().contains(&expected), "after {code}");
+    }
+}
+
+#[tokio::test]
+async fn a_hanging_api_server_times_out_and_the_loop_carries_on() {
+    let (mut target, handle, ctx) = setup(Duration::from_millis(200));
+    surge(&ctx, 800);
+    let mut script = no_conflicts();
+    script.extend([
+        expect("GET", SCALE, 200, scale(1)),
+        expect("PATCH", PATCH_SCALE, 0, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    let started = Instant::now();
+    target.step().await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "step took {elapsed:?}"
+    );
+    let _ = server.await.unwrap();
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("surge_kube_api_errors_total{operation=\"patch_scale\",code=\"timeout\"} 1")
+    );
+}
+
+#[tokio::test]
+async fn without_reports_the_scale_is_held_and_the_status_and_an_event_say_so() {
+    let (mut target, handle, _ctx) = setup(Duration::from_secs(2));
+    let mut script = no_conflicts();
+    script.extend([
+        expect("GET", SCALE, 200, scale(4)),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[3].body["reason"], "MetricsStale");
+    assert!(
+        seen[3].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("holding 4 replicas")
+    );
+    let patch = &seen[4].body;
+    assert_eq!(patch["status"]["desiredReplicas"], 4);
+    assert_eq!(condition(patch, "MetricsStale")["status"], "True");
+    assert_eq!(condition(patch, "Active")["status"], "False");
+}
+
+#[tokio::test]
+async fn a_statefulset_target_is_scaled_through_its_own_scale_subresource() {
+    let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let ctx = Arc::new(Context::new(
+        Client::new(service, "default"),
+        Arc::new(Hub::default()),
+        Arc::new(Metrics::default()),
+        Clock::default(),
+        Duration::from_secs(2),
+        Duration::from_secs(1),
+    ));
+    let mut scaler = scaler();
+    scaler.spec.scale_target_ref.kind = TargetKind::StatefulSet;
+    let notify = ctx.hub.register(
+        &key(),
+        Selector::from_spec("web", &scaler.spec),
+        MetricType::Rps,
+        window_config(&scaler),
+    );
+    let mut target = TargetLoop::new(Arc::clone(&ctx), key(), Arc::new(scaler.clone()), notify);
+    // Sidecars of a StatefulSet carry its owner reference.
+    let report = |seq: u64, total: u64| Report {
+        version: VERSION,
+        proxy: Proxy {
+            namespace: "web".into(),
+            workload: "api".into(),
+            pod: "api-0".into(),
+            owner: "kubernetes://apis/apps/v1/namespaces/web/statefulsets/api".into(),
+            role: Role::Sidecar,
+        },
+        instance: "api-0/1".into(),
+        seq,
+        time_ms: seq * 1000,
+        surge: seq > 1,
+        routes: vec![RouteCounters {
+            route: "r".into(),
+            cluster: "inbound|80||".into(),
+            requests_total: total,
+            errors_total: 0,
+            duration_us_total: 0,
+            inflight: 0,
+        }],
+    };
+    ctx.hub.ingest(&report(1, 0), ctx.clock.now());
+    ctx.hub.ingest(&report(2, 300), ctx.clock.now());
+    let mut script = no_conflicts();
+    script.extend([
+        expect(
+            "GET",
+            "/apis/apps/v1/namespaces/web/statefulsets/api/scale",
+            200,
+            scale(1),
+        ),
+        expect(
+            "PATCH",
+            "/apis/apps/v1/namespaces/web/statefulsets/api/scale?&fieldManager=surge-scaler",
+            200,
+            scale(3),
+        ),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect("PATCH", STATUS, 200, serde_json::to_value(scaler).unwrap()),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[3].body, serde_json::json!({"spec": {"replicas": 3}}));
+}

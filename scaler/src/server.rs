@@ -1,0 +1,223 @@
+//! `surge-scaler run`: wires the listeners, the hub and the controller together and stops them
+//! on one shutdown signal (Ctrl-C or SIGTERM), letting in-flight writes finish.
+
+use std::future::IntoFuture;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use surge_wire::Limits;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::admin::{self, AdminState};
+use crate::cli::{LogFormat, RunArgs};
+use crate::clock::Clock;
+use crate::controller::{self, Context};
+use crate::hub::Hub;
+use crate::ingest::{self, IngestState};
+use crate::metrics::Metrics;
+
+/// Per-instance counters are forgotten after this long without a report.
+const INSTANCE_TTL_MS: u64 = 120_000;
+
+/// Why the scaler could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The token file could not be read.
+    #[error("--token-file {path}: {source}")]
+    TokenFile {
+        /// The path.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The token is empty.
+    #[error("--token/--token-file: the token is empty")]
+    EmptyToken,
+    /// No Kubernetes configuration found.
+    #[error("kubernetes configuration (KUBECONFIG or in-cluster): {0}")]
+    KubeConfig(#[from] kube::config::InferConfigError),
+    /// The client could not be built.
+    #[error("kubernetes client: {0}")]
+    KubeClient(#[from] kube::Error),
+    /// A listener could not bind.
+    #[error("listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A server stopped with an error.
+    #[error("serve: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Sets up tracing in the chosen format (`RUST_LOG` filters, default `info`).
+pub fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn load_token(args: &RunArgs) -> Result<Option<Arc<str>>, RunError> {
+    let token = match (&args.token_file, &args.token) {
+        (Some(path), _) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| RunError::TokenFile {
+                    path: path.display().to_string(),
+                    source,
+                })?,
+            )
+        }
+        (None, Some(token)) => Some(token.clone()),
+        (None, None) => None,
+    };
+    match token {
+        Some(token) if token.trim().is_empty() => Err(RunError::EmptyToken),
+        Some(token) => Ok(Some(Arc::from(token.trim_end()))),
+        None => Ok(None),
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| RunError::Bind { addr, source })
+}
+
+/// Resolves when Ctrl-C or SIGTERM arrives.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}
+
+/// Runs the scaler until a shutdown signal.
+pub async fn run(args: RunArgs) -> Result<(), RunError> {
+    init_logging(args.log_format);
+    let token = load_token(&args)?;
+    let ingest_listener = bind(args.ingest_addr).await?;
+    let admin_listener = bind(args.admin_addr).await?;
+
+    let mut config = kube::Config::infer().await?;
+    // Retries are ours: a failed write is retried with a fresh decision at the next wake-up,
+    // not replayed up to 15 times while the load moves on.
+    config.default_retry = false;
+    let timeout = Duration::from_millis(args.kube_timeout_ms);
+    config.read_timeout = Some(timeout);
+    config.write_timeout = Some(timeout);
+    config.connect_timeout = Some(timeout);
+    let client = kube::Client::try_from(config)?;
+
+    let hub = Arc::new(Hub::default());
+    let metrics = Arc::new(Metrics::default());
+    let clock = Clock::default();
+    let ready = Arc::new(AtomicBool::new(false));
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+    let ingest_app = ingest::router(IngestState {
+        hub: Arc::clone(&hub),
+        clock,
+        token,
+        identity: args.identity,
+        limits: Arc::new(Limits::default()),
+        metrics: Arc::clone(&metrics),
+    });
+    let admin_app = admin::router(AdminState {
+        metrics: Arc::clone(&metrics),
+        ready: Arc::clone(&ready),
+    });
+    tracing::info!(
+        ingest = %args.ingest_addr,
+        admin = %args.admin_addr,
+        identity = ?args.identity,
+        token = token_state(&args),
+        "surge-scaler starting"
+    );
+
+    let wait = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let ingest_server = tokio::spawn(
+        axum::serve(ingest_listener, ingest_app)
+            .with_graceful_shutdown(wait(shutdown_rx.clone()))
+            .into_future(),
+    );
+    let admin_server = tokio::spawn(
+        axum::serve(admin_listener, admin_app)
+            .with_graceful_shutdown(wait(shutdown_rx.clone()))
+            .into_future(),
+    );
+    let expiry = {
+        let hub = Arc::clone(&hub);
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(10));
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    _ = every.tick() => hub.expire(clock.now(), INSTANCE_TTL_MS),
+                }
+            }
+        })
+    };
+    let ctx = Arc::new(Context::new(
+        client,
+        Arc::clone(&hub),
+        Arc::clone(&metrics),
+        clock,
+        timeout,
+        args.tick(),
+    ));
+    let controller = tokio::spawn(controller::run(
+        ctx,
+        args.watch_namespace.clone(),
+        ready,
+        shutdown_rx,
+    ));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight writes");
+    let _ = shutdown_tx.send(true);
+    let _ = controller.await;
+    let _ = expiry.await;
+    for server in [ingest_server, admin_server] {
+        if let Ok(Err(error)) = server.await {
+            return Err(RunError::Serve(error));
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn token_state(args: &RunArgs) -> &'static str {
+    if args.token_file.is_some() || args.token.is_some() {
+        "required"
+    } else {
+        "none"
+    }
+}
