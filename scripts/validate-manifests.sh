@@ -151,10 +151,12 @@ render all-options --include-crds --set namespace.create=true --set serviceMonit
   --set priorityClassName=system-cluster-critical
 render no-token --set token.enabled=false --set networkPolicy.egress.enabled=false --set podDisruptionBudget.enabled=false
 render existing-secret --set token.existingSecret=my-token --set scaler.identity=required
-must_fail "helm template refuses replicaCount=2 (no leader election yet)" "replicaCount must be 1" \
+must_fail "helm template refuses replicaCount=2 (no leader election yet)" "replicaCount (must be 1|does not match)" \
   "$helm" template "$release" "$chart" --namespace "$namespace" --set replicaCount=2
 must_fail "helm template refuses scaler.identity=sometimes" "scaler.identity must be" \
   "$helm" template "$release" "$chart" --namespace "$namespace" --set scaler.identity=sometimes
+must_fail "helm template refuses a misspelled value (values.schema.json)" "Additional property replicaCont is not allowed" \
+  "$helm" template "$release" "$chart" --namespace "$namespace" --set replicaCont=1
 run "chart renders: schemas (Kubernetes ${k8s_versions[*]}, CRDs)" validate_files "$work/v-chart" "$work"/render/*.yaml
 
 echo "== generated files in sync"
