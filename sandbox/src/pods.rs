@@ -79,10 +79,25 @@ enum Phase {
     Failed,
 }
 
+/// A started pod. Its Envoy lives on a dedicated thread that owns it: Envoy sets
+/// `PR_SET_PDEATHSIG` (SIGTERM when the *thread* that spawned it exits), so it must not be
+/// spawned from a pooled thread that may retire while the pod runs (tokio's blocking threads
+/// retire after 10 s idle). Dropping the runtime stops that thread, which kills the Envoy.
 struct PodRuntime {
     app: App,
-    // Held for its kill-on-drop guard.
-    envoy: Envoy,
+    listener: SocketAddr,
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for PodRuntime {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            // Killing and reaping Envoy takes milliseconds.
+            let _ = thread.join();
+        }
+    }
 }
 
 struct Pod {
@@ -193,11 +208,33 @@ fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<PodRuntime
             ready_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
         };
-        let envoy = tokio::task::spawn_blocking(move || Envoy::start(&bootstrap, &options))
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<SocketAddr, String>>();
+        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name(format!("envoy-{name}"))
+            .spawn(move || match Envoy::start(&bootstrap, &options) {
+                Ok(envoy) => {
+                    let _ = ready_tx.send(Ok(envoy.listener_addr()));
+                    // Park until the pod is stopped (sender dropped), then kill Envoy.
+                    let _ = stop_rx.recv();
+                    drop(envoy);
+                }
+                Err(error) => {
+                    let _ = ready_tx.send(Err(error.to_string()));
+                }
+            })
+            .map_err(|e| format!("thread for {name}: {e}"))?;
+        let mut runtime = PodRuntime {
+            app,
+            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        };
+        runtime.listener = ready_rx
             .await
-            .map_err(|e| format!("envoy of {name}: {e}"))?
+            .map_err(|_| format!("envoy of {name}: start thread ended"))?
             .map_err(|e| format!("envoy of {name}: {e}"))?;
-        Ok(PodRuntime { app, envoy })
+        Ok(runtime)
     })
 }
 
@@ -294,7 +331,7 @@ async fn control(
                     .unwrap_or_else(|e| e.into_inner())
                     .push(Endpoint {
                         pod: pod.name.clone(),
-                        addr: runtime.envoy.listener_addr(),
+                        addr: runtime.listener,
                     });
             }
         }

@@ -187,6 +187,18 @@ impl Sandbox {
     /// Creates the SurgeScaler for the Deployment from the scenario (as `kubectl apply` would).
     fn apply_surgescaler(&self, scenario: &Scenario) -> Result<(), RunError> {
         let s = &scenario.scaler;
+        let mut spec = json!({
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKLOAD},
+            "minReplicas": s.min_replicas,
+            "maxReplicas": s.max_replicas,
+            "metric": {"type": s.metric, "target": s.target},
+        });
+        if let Some(stable) = s.stable_window_s {
+            spec["windows"] = json!({"stableSeconds": stable});
+        }
+        if let Some(window) = s.scale_down_stabilization_s {
+            spec["behavior"] = json!({"scaleDown": {"stabilizationWindowSeconds": window}});
+        }
         self.api
             .store()
             .create(
@@ -196,12 +208,7 @@ impl Sandbox {
                     "apiVersion": "surge.dev/v1alpha1",
                     "kind": "SurgeScaler",
                     "metadata": {"name": WORKLOAD, "namespace": NAMESPACE},
-                    "spec": {
-                        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKLOAD},
-                        "minReplicas": s.min_replicas,
-                        "maxReplicas": s.max_replicas,
-                        "metric": {"type": s.metric, "target": s.target},
-                    },
+                    "spec": spec,
                 }),
             )
             .map(|_| ())

@@ -232,6 +232,10 @@ pub struct Scaler {
     pub target: f64,
     /// Whether the proxies can reach the scaler.
     pub reachability: Reachability,
+    /// `spec.windows.stableSeconds` (6..=3600); the CRD's default (60) when absent.
+    pub stable_window_s: Option<u32>,
+    /// `spec.behavior.scaleDown.stabilizationWindowSeconds`; the CRD's default (300) when absent.
+    pub scale_down_stabilization_s: Option<u32>,
 }
 
 impl Default for Scaler {
@@ -242,6 +246,8 @@ impl Default for Scaler {
             metric: "rps".into(),
             target: 70.0,
             reachability: Reachability::Reachable,
+            stable_window_s: None,
+            scale_down_stabilization_s: None,
         }
     }
 }
@@ -399,6 +405,22 @@ impl Scenario {
             return fail(
                 "scaler.target",
                 format!("must be a positive number, got {}", scaler.target),
+            );
+        }
+        if let Some(w) = scaler.stable_window_s
+            && !(6..=3600).contains(&w)
+        {
+            return fail(
+                "scaler.stable_window_s",
+                format!("must be within 6..=3600, got {w}"),
+            );
+        }
+        if let Some(w) = scaler.scale_down_stabilization_s
+            && w > 3600
+        {
+            return fail(
+                "scaler.scale_down_stabilization_s",
+                format!("must be at most 3600, got {w}"),
             );
         }
         if self.slo_ms == 0 {
