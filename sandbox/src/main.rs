@@ -117,6 +117,7 @@ async fn main() -> ExitCode {
             .and_then(|traces| surge_sandbox::compare::compare(&traces, seeds, &out))
             .map(|(comparison, written)| {
                 print!("{}", surge_sandbox::compare::report::markdown(&comparison));
+                print!("\n{}", surge_sandbox::compare::report::goals(&comparison));
                 println!("wrote {} files to {}", written.len(), out.display());
             })
             .map_err(|e| e.to_string()),

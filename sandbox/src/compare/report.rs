@@ -279,9 +279,70 @@ pub fn markdown(comparison: &Comparison) -> String {
     out
 }
 
-/// The comparison as pretty JSON (metrics, every run, and the first seed's series).
+/// The comparison as JSON (metrics, every run, and the first seed's series); compact, as the
+/// series make it large.
 pub fn json(comparison: &Comparison) -> Result<String, serde_json::Error> {
-    serde_json::to_string_pretty(comparison)
+    serde_json::to_string(comparison)
+}
+
+/// The system of `scenario` whose name starts with `prefix`.
+fn system<'a>(scenario: &'a ScenarioResult, prefix: &str) -> Option<&'a SystemResult> {
+    scenario
+        .systems
+        .iter()
+        .find(|s| s.system.starts_with(prefix))
+}
+
+/// Issue 5's goals, checked on this comparison's medians: on the 10x step, Surge's first
+/// scale-up against the classic chain's (>= 30x sooner) and KPA's (>= 5x sooner), its
+/// overloaded seconds against the classic chain's (<= 1/10) at <= 1.2x its pod-seconds; on the
+/// noisy curve, no more scale events than KPA. Lines only for what the comparison holds.
+pub fn goals(comparison: &Comparison) -> String {
+    let mut out = String::new();
+    let find = |name: &str| comparison.scenarios.iter().find(|s| s.scenario == name);
+    let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
+    if let Some(step) = find("step-10x")
+        && let (Some(surge), Some(classic), Some(kpa)) = (
+            system(step, "Surge"),
+            system(step, "classic"),
+            system(step, "Knative"),
+        )
+    {
+        let (s, c, k) = (&surge.median, &classic.median, &kpa.median);
+        if let (Some(sf), Some(cf), Some(kf)) =
+            (s.first_scale_up_s, c.first_scale_up_s, k.first_scale_up_s)
+        {
+            let vs_classic = cf / sf.max(1e-9);
+            let vs_kpa = kf / sf.max(1e-9);
+            out.push_str(&format!(
+                "- step-10x, first scale-up: {sf:.1} s vs classic {cf:.1} s = {vs_classic:.0}x \
+                 sooner (goal >= 30x: {}); vs KPA {kf:.1} s = {vs_kpa:.1}x sooner \
+                 (goal >= 5x: {})\n",
+                verdict(vs_classic >= 30.0),
+                verdict(vs_kpa >= 5.0),
+            ));
+        }
+        let overload = s.overloaded_s / c.overloaded_s.max(1e-9);
+        let cost = s.pod_seconds / c.pod_seconds.max(1e-9);
+        out.push_str(&format!(
+            "- step-10x, overloaded: {:.1} s vs classic {:.1} s = {overload:.3} of it (goal <= \
+             0.1: {}), at {cost:.2}x its pod-seconds (goal <= 1.2x: {})\n",
+            s.overloaded_s,
+            c.overloaded_s,
+            verdict(overload <= 0.1),
+            verdict(cost <= 1.2),
+        ));
+    }
+    if let Some(noisy) = find("diurnal-noisy")
+        && let (Some(surge), Some(kpa)) = (system(noisy, "Surge"), system(noisy, "Knative"))
+    {
+        let (s, k) = (surge.median.scale_events, kpa.median.scale_events);
+        out.push_str(&format!(
+            "- diurnal-noisy, scale events: Surge {s} vs KPA {k} (goal: no more than KPA: {})\n",
+            verdict(s <= k),
+        ));
+    }
+    out
 }
 
 /// Writes `compare.md` (the table), `compare.json` and one `<scenario>.svg` per scenario into
@@ -290,7 +351,16 @@ pub fn write(comparison: &Comparison, dir: &Path) -> std::io::Result<Vec<PathBuf
     std::fs::create_dir_all(dir)?;
     let mut written = Vec::new();
     let table = dir.join("compare.md");
-    std::fs::write(&table, markdown(comparison))?;
+    let goals = goals(comparison);
+    let text = if goals.is_empty() {
+        markdown(comparison)
+    } else {
+        format!(
+            "{}\nGoals (issue 5), on these medians:\n\n{goals}",
+            markdown(comparison)
+        )
+    };
+    std::fs::write(&table, text)?;
     written.push(table);
     let data = dir.join("compare.json");
     std::fs::write(&data, json(comparison).map_err(std::io::Error::other)?)?;
@@ -347,6 +417,91 @@ mod tests {
         assert_eq!(
             classic.series.len(),
             comparison.scenarios[0].offered_rps.len()
+        );
+    }
+
+    fn result(
+        system: &str,
+        first: f64,
+        overloaded: f64,
+        pod_seconds: f64,
+        events: u32,
+    ) -> SystemResult {
+        let metrics = Metrics {
+            first_scale_up_s: Some(first),
+            enough_capacity_s: Some(first),
+            overloaded_s: overloaded,
+            over_objective: 0.0,
+            refused: 0.0,
+            pod_seconds,
+            scale_events: events,
+            reversals: 0,
+            peak_replicas: 9,
+            requests: 1.0,
+        };
+        SystemResult {
+            system: system.into(),
+            median: metrics,
+            first_scale_up_range_s: None,
+            runs: vec![metrics],
+            series: vec![],
+        }
+    }
+
+    #[test]
+    fn goals_are_checked_against_the_medians() {
+        let scenario = |name: &str, systems: Vec<SystemResult>| ScenarioResult {
+            scenario: name.into(),
+            description: String::new(),
+            event_s: 30.0,
+            target: ScaleTarget {
+                min_replicas: 1,
+                max_replicas: 10,
+                target_rps_per_pod: 70.0,
+            },
+            pod: PodModel::default(),
+            offered_rps: vec![],
+            systems,
+        };
+        let comparison = Comparison {
+            seeds: vec![1],
+            warmup_s: WARMUP_S,
+            scenarios: vec![
+                scenario(
+                    "step-10x",
+                    vec![
+                        result("classic (x)", 15.0, 60.0, 1000.0, 5),
+                        result("Knative KPA", 2.0, 10.0, 900.0, 5),
+                        result("Surge (x)", 0.5, 5.0, 1300.0, 5),
+                    ],
+                ),
+                scenario(
+                    "diurnal-noisy",
+                    vec![
+                        result("Knative KPA", 1.0, 0.0, 1.0, 4),
+                        result("Surge (x)", 1.0, 0.0, 1.0, 6),
+                    ],
+                ),
+            ],
+        };
+        let text = goals(&comparison);
+        assert!(text.contains("30x sooner (goal >= 30x: met)"), "{text}");
+        assert!(text.contains("4.0x sooner (goal >= 5x: NOT met)"), "{text}");
+        assert!(text.contains("0.083 of it (goal <= 0.1: met)"), "{text}");
+        assert!(
+            text.contains("1.30x its pod-seconds (goal <= 1.2x: NOT met)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("Surge 6 vs KPA 4 (goal: no more than KPA: NOT met)"),
+            "{text}"
+        );
+        assert!(
+            goals(&Comparison {
+                scenarios: vec![],
+                ..comparison
+            })
+            .is_empty()
         );
     }
 
