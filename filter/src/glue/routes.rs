@@ -1,8 +1,6 @@
 //! Per-VM cache of route keys and their host metrics, backed by the process-wide route table in
 //! shared data.
 
-use std::collections::HashMap;
-
 use crate::config::Config;
 use crate::lease::ROUTES_KEY;
 use crate::report::{Counters, gauge_value};
@@ -72,10 +70,14 @@ impl RouteMetrics {
 }
 
 /// Route keys this VM has seen, with their slots and metrics.
+///
+/// Plain vectors rather than hash maps: a proxy sees a handful of route keys, a linear scan of
+/// a few short strings is as fast as hashing them, and hashbrown would add ~10 KB to the module.
 #[derive(Debug, Default)]
 pub(crate) struct RouteCache {
-    slots: HashMap<RouteKey, Slot>,
-    metrics: HashMap<Slot, RouteMetrics>,
+    slots: Vec<(RouteKey, Slot)>,
+    metrics: Vec<Option<RouteMetrics>>,
+    other: Option<RouteMetrics>,
     table: RouteTable,
     overflow_logged: bool,
 }
@@ -86,8 +88,9 @@ const REGISTER_ATTEMPTS: usize = 4;
 impl RouteCache {
     /// The metrics `key` is counted under, registering the key process-wide on first sight.
     pub(crate) fn metrics_for(&mut self, key: RouteKey, config: &Config) -> RouteMetrics {
-        let slot = match self.slots.get(&key) {
-            Some(slot) => *slot,
+        let known = self.slots.iter().find(|(k, _)| *k == key).map(|(_, s)| *s);
+        let slot = match known {
+            Some(slot) => slot,
             None => {
                 let slot = self.register(&key, config.max_routes);
                 if slot == Slot::Other && !key.is_other() && !self.overflow_logged {
@@ -104,7 +107,7 @@ impl RouteCache {
                 // Overflowing keys are cached too (so a hot one does not hit shared data on
                 // every request), up to a bound that keeps the map from growing with traffic.
                 if self.slots.len() < config.max_routes.saturating_mul(4) {
-                    self.slots.insert(key, slot);
+                    self.slots.push((key, slot));
                 }
                 slot
             }
@@ -113,10 +116,20 @@ impl RouteCache {
     }
 
     fn metrics_of(&mut self, slot: Slot) -> RouteMetrics {
-        *self
-            .metrics
-            .entry(slot)
-            .or_insert_with(|| RouteMetrics::define(slot))
+        let entry = match slot {
+            Slot::Other => &mut self.other,
+            Slot::Index(i) => {
+                if self.metrics.len() <= i {
+                    self.metrics.resize(i + 1, None);
+                }
+                match self.metrics.get_mut(i) {
+                    Some(entry) => entry,
+                    // Unreachable after the resize; define without caching rather than panic.
+                    None => return RouteMetrics::define(slot),
+                }
+            }
+        };
+        *entry.get_or_insert_with(|| RouteMetrics::define(slot))
     }
 
     fn register(&mut self, key: &RouteKey, cap: usize) -> Slot {
