@@ -1,0 +1,267 @@
+//! The real `surge-scaler` binary, reports over real HTTP, and the sandbox's embedded Kubernetes
+//! API on loopback: a surge report must reach a PATCH of the Deployment's scale subresource at
+//! once (ingest-driven, not on a tick), and SIGTERM must stop the scaler cleanly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use surge_sandbox::kubeapi::{KubeApi, Options, resources};
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scaler_bin() -> PathBuf {
+    let path = std::env::var_os("SURGE_SCALER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/surge-scaler"));
+    assert!(
+        path.exists(),
+        "surge-scaler binary not found at {}: run `make test` (or `cargo build -p surge-scaler`), \
+         or set SURGE_SCALER_BIN",
+        path.display()
+    );
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The scaler process; killed on drop whatever happens in the test.
+struct Scaler(Child);
+
+impl Drop for Scaler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", "Bearer e2e-token");
+    let body = match body {
+        Some(json) => {
+            builder = builder.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(json).unwrap()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let response = client.request(builder.body(body).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn report(seq: u64, time_ms: u64, requests_total: u64, surge: bool) -> Value {
+    json!({
+        "version": 1,
+        "proxy": {"namespace": "web", "workload": "api", "pod": "api-7d9f-abcde",
+                  "owner": "kubernetes://apis/apps/v1/namespaces/web/deployments/api",
+                  "role": "sidecar"},
+        "instance": "api-7d9f-abcde/e2e",
+        "seq": seq,
+        "time_ms": time_ms,
+        "surge": surge,
+        "routes": [{"route": "default", "cluster": "inbound|8080||",
+                    "requests_total": requests_total, "errors_total": 0,
+                    "duration_us_total": requests_total * 2_000, "inflight": 3}]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly() {
+    let bin = scaler_bin();
+    let api = KubeApi::start(Options::default()).await.unwrap();
+    let crd = std::fs::read_to_string(workspace().join("deploy/crds/surgescaler.yaml")).unwrap();
+    api.register_crd(&crd).unwrap();
+    api.create_deployment("web", "api", 1).unwrap();
+    api.set_deployment_status("web", "api", 1, 1).unwrap();
+    api.store()
+        .create(
+            resources::SURGESCALERS,
+            "web",
+            json!({
+                "apiVersion": "surge.dev/v1alpha1", "kind": "SurgeScaler",
+                "metadata": {"name": "api", "namespace": "web"},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
+                         "minReplicas": 1, "maxReplicas": 10,
+                         "metric": {"type": "rps", "target": 100}}
+            }),
+        )
+        .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("surge-scaler-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "web").unwrap();
+    let (ingest, admin) = (free_addr(), free_addr());
+    let child = Command::new(&bin)
+        .args(["run", "--identity", "off", "--token", "e2e-token"])
+        .args([
+            "--ingest-addr",
+            &ingest.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+        ])
+        // A one-minute tick: any PATCH within the bound below was driven by the report.
+        .args(["--tick-ms", "60000"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut scaler = Scaler(child);
+
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let ready_url = format!("http://{admin}/readyz");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Ok(response)) = tokio::time::timeout(
+            Duration::from_millis(500),
+            client.request(
+                http::Request::get(&ready_url)
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            ),
+        )
+        .await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scaler did not become ready within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
+    // Calm: 50 rps for one second, half a replica's worth. No scale change.
+    let (status, body) = request(&client, "POST", &url, Some(&report(1, 10_000, 0, false))).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = request(&client, "POST", &url, Some(&report(2, 11_000, 50, false))).await;
+    assert_eq!(
+        (status, body.contains("\"accepted\"")),
+        (200, true),
+        "{body}"
+    );
+    // A wrong token is refused with a JSON error naming the field.
+    let bad = client
+        .request(
+            http::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(
+                    serde_json::to_vec(&report(3, 11_050, 55, false)).unwrap(),
+                )))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 401);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !api.requests().iter().any(|r| r.is_scale_write()),
+        "no scale write expected under calm load"
+    );
+
+    // Surge: 80 requests in the next 100 ms (800 rps), sent early with surge: true.
+    let sent = Instant::now();
+    let (status, body) = request(&client, "POST", &url, Some(&report(3, 11_100, 130, true))).await;
+    assert_eq!(status, 200, "{body}");
+    let patch = api
+        .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
+        .await
+        .expect("no PATCH of the scale subresource within 3 s of the surge report");
+    let latency = patch.received.saturating_duration_since(sent);
+    println!("surge report -> scale PATCH at the API: {latency:?}");
+    assert_eq!(patch.method, "PATCH");
+    assert_eq!(
+        patch.path,
+        "/apis/apps/v1/namespaces/web/deployments/api/scale"
+    );
+    assert_eq!(patch.field_manager.as_deref(), Some("surge-scaler"));
+    assert_eq!(
+        patch.content_type.as_deref(),
+        Some("application/merge-patch+json")
+    );
+    let patched: Value = serde_json::from_str(patch.body.as_deref().unwrap()).unwrap();
+    assert_eq!(patched, json!({"spec": {"replicas": 8}}));
+    // Acted on the burst estimate at once, not after a 6 s panic average or a tick.
+    assert!(latency < Duration::from_secs(2), "took {latency:?}");
+    assert_eq!(api.desired_replicas("web", "api").unwrap(), 8);
+    // Only the scale subresource was written, never the Deployment itself.
+    assert!(!api.requests().iter().any(|r| {
+        (r.method == "PATCH" || r.method == "PUT")
+            && r.path == "/apis/apps/v1/namespaces/web/deployments/api"
+    }));
+
+    let event = api
+        .wait_for_request(Duration::from_secs(3), |r| {
+            r.method == "POST"
+                && r.path.ends_with("/events")
+                && r.body
+                    .as_deref()
+                    .is_some_and(|b| b.contains("SuccessfulRescale"))
+        })
+        .await;
+    assert!(event.is_some(), "no SuccessfulRescale event");
+    let status_write = api
+        .wait_for_request(Duration::from_secs(3), |r| {
+            r.path.ends_with("/surgescalers/api/status")
+                && r.body
+                    .as_deref()
+                    .is_some_and(|b| b.contains("\"desiredReplicas\":8"))
+        })
+        .await;
+    assert!(
+        status_write.is_some(),
+        "no status write with desiredReplicas 8"
+    );
+
+    let (_, metrics) = request(&client, "GET", &format!("http://{admin}/metrics"), None).await;
+    assert!(
+        metrics.contains(
+            "surge_scale_patches_total{namespace=\"web\",name=\"api\",direction=\"up\"} 1"
+        ),
+        "{metrics}"
+    );
+
+    // SIGTERM: the scaler stops on its own, with success.
+    let pid = scaler.0.id().to_string();
+    let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let exit = loop {
+        if let Some(status) = scaler.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scaler ignored SIGTERM for 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
