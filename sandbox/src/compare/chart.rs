@@ -1,6 +1,8 @@
 //! One hand-written SVG chart per scenario: on top, offered load (grey area) against each
-//! system's ready capacity; below, each system's desired replicas. One line per system, a shared
-//! time axis, and a dashed marker at the scenario's event.
+//! system's ready capacity; below, each system's desired replicas, drawn at the exact times of
+//! its scale writes (so a 0.2 s reaction is not rounded to a second). One line per system, a
+//! shared time axis, a dashed marker at the scenario's event, and an optional time window to
+//! zoom on the reaction.
 
 use std::fmt::Write as _;
 
@@ -40,6 +42,7 @@ fn escape(text: &str) -> String {
 }
 
 struct Axes {
+    x_min: f64,
     x_max: f64,
     y_max: f64,
     top: f64,
@@ -48,18 +51,28 @@ struct Axes {
 
 impl Axes {
     fn x(&self, t: f64) -> f64 {
-        LEFT + (WIDTH - LEFT - RIGHT) * t / self.x_max
+        let t = t.clamp(self.x_min, self.x_max);
+        LEFT + (WIDTH - LEFT - RIGHT) * (t - self.x_min) / (self.x_max - self.x_min)
     }
     fn y(&self, v: f64) -> f64 {
         self.bottom - (self.bottom - self.top) * (v / self.y_max).min(1.05)
     }
 }
 
-/// A step path through `(t, value)` points: each value holds until the next point's time.
+/// A step path through `(t, value)` points (time-ordered): each value holds until the next
+/// point's time; points before the window only set the starting value.
 fn step_path(axes: &Axes, points: &[(f64, f64)]) -> String {
     let mut d = String::new();
     let mut previous: Option<f64> = None;
-    for &(t, v) in points {
+    let start = points
+        .iter()
+        .rposition(|&(t, _)| t <= axes.x_min)
+        .unwrap_or(0);
+    for &(t, v) in points.iter().skip(start) {
+        if t > axes.x_max {
+            break;
+        }
+        let t = t.max(axes.x_min);
         let (x, y) = (axes.x(t), axes.y(v));
         match previous {
             None => {
@@ -73,7 +86,7 @@ fn step_path(axes: &Axes, points: &[(f64, f64)]) -> String {
         }
         previous = Some(v);
     }
-    if let Some(&(_, v)) = points.last() {
+    if let Some(v) = previous {
         let _ = write!(d, "H{:.1}V{:.1}", axes.x(axes.x_max), axes.y(v));
     }
     d
@@ -107,14 +120,20 @@ fn grid(svg: &mut String, axes: &Axes, y_label: &str, y_step: f64) {
     );
 }
 
-/// The SVG chart of one scenario.
-pub fn svg(result: &ScenarioResult) -> String {
+/// The SVG chart of one scenario, over its whole length or over `window` (seconds).
+pub fn svg(result: &ScenarioResult, window: Option<(f64, f64)>) -> String {
     let capacity_per_pod = result.pod.capacity_rps;
-    let x_max = result.offered_rps.len().max(1) as f64;
+    let length = result.offered_rps.len().max(1) as f64;
+    let (x_min, x_max) = match window {
+        Some((a, b)) if b > a => (a.max(0.0), b.min(length)),
+        _ => (0.0, length),
+    };
+    let x_max = if x_max > x_min { x_max } else { x_min + 1.0 };
     let peak_offered = result.offered_rps.iter().copied().fold(0.0, f64::max);
     let peak_capacity = f64::from(result.target.max_replicas) * capacity_per_pod;
     let rps_step = tick_step(peak_offered.max(peak_capacity), 5.0);
     let rps_axes = Axes {
+        x_min,
         x_max,
         y_max: (peak_offered.max(peak_capacity) / rps_step).ceil() * rps_step,
         top: TOP_PANEL.0,
@@ -123,13 +142,19 @@ pub fn svg(result: &ScenarioResult) -> String {
     let peak_replicas = result
         .systems
         .iter()
-        .flat_map(|s| s.series.iter().map(|p| p.desired))
+        .flat_map(|s| {
+            s.writes
+                .iter()
+                .map(|w| w.replicas)
+                .chain([s.initial_replicas])
+        })
         .max()
         .unwrap_or(1)
         .max(result.target.max_replicas)
         .max(1);
     let replica_step = tick_step(f64::from(peak_replicas), 4.0).max(1.0);
     let replica_axes = Axes {
+        x_min,
         x_max,
         y_max: (f64::from(peak_replicas) / replica_step).ceil() * replica_step,
         top: BOTTOM_PANEL.0,
@@ -142,11 +167,17 @@ pub fn svg(result: &ScenarioResult) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{HEIGHT}" viewBox="0 0 {WIDTH} {HEIGHT}" font-family="sans-serif">"#
     );
     let _ = writeln!(svg, r#"<rect width="100%" height="100%" fill="white"/>"#);
+    let zoom = if window.is_some() {
+        format!(" (seconds {x_min:.0} to {x_max:.0})")
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         svg,
-        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}: {}</text>"#,
+        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}: {}{}</text>"#,
         escape(&result.scenario),
-        escape(&result.description)
+        escape(&result.description),
+        escape(&zoom)
     );
     grid(
         &mut svg,
@@ -157,8 +188,8 @@ pub fn svg(result: &ScenarioResult) -> String {
     grid(&mut svg, &replica_axes, "desired replicas", replica_step);
 
     // Time axis, under the bottom panel.
-    let t_step = tick_step(x_max, 8.0);
-    let mut t = 0.0;
+    let t_step = tick_step(x_max - x_min, 8.0);
+    let mut t = (x_min / t_step).ceil() * t_step;
     while t <= x_max + 1e-9 {
         let x = rps_axes.x(t);
         let _ = writeln!(
@@ -190,7 +221,7 @@ pub fn svg(result: &ScenarioResult) -> String {
         step_path(&rps_axes, &offered),
         rps_axes.x(x_max),
         rps_axes.y(0.0),
-        rps_axes.x(0.0)
+        rps_axes.x(x_min)
     );
 
     // The event marker.
@@ -211,10 +242,8 @@ pub fn svg(result: &ScenarioResult) -> String {
             .iter()
             .map(|p| (f64::from(p.t_s), p.capacity_rps))
             .collect();
-        let replicas: Vec<(f64, f64)> = system
-            .series
-            .iter()
-            .map(|p| (f64::from(p.t_s), f64::from(p.desired)))
+        let replicas: Vec<(f64, f64)> = std::iter::once((0.0, f64::from(system.initial_replicas)))
+            .chain(system.writes.iter().map(|w| (w.t_s, f64::from(w.replicas))))
             .collect();
         // Offsets of a pixel keep overlapping lines distinguishable.
         let offset = i as f64 * 1.2;
@@ -270,12 +299,37 @@ mod tests {
         let mut comparison = run(&traces, &[1], &|t, p, s| Ok(anchors(t, p, s))).unwrap();
         let result = &mut comparison.scenarios[0];
         result.description = "a < b & c".into();
-        let chart = svg(result);
+        let chart = svg(result, None);
         assert!(chart.starts_with("<svg"));
         assert!(chart.trim_end().ends_with("</svg>"));
         assert!(chart.contains("a &lt; b &amp; c"));
         // Two paths per system (capacity, replicas) plus the offered area.
         assert_eq!(chart.matches("<path").count(), 2 * result.systems.len() + 1);
         assert!(!chart.contains("NaN") && !chart.contains("inf"));
+        let zoomed = svg(result, Some((20.0, 80.0)));
+        assert!(zoomed.contains("seconds 20 to 80"));
+        assert!(!zoomed.contains("NaN") && !zoomed.contains("inf"));
+    }
+
+    #[test]
+    fn step_paths_start_from_the_value_before_the_window() {
+        let axes = Axes {
+            x_min: 10.0,
+            x_max: 20.0,
+            top: 0.0,
+            bottom: 100.0,
+            y_max: 10.0,
+        };
+        // Value 5 from t=0, 8 from t=15, 9 from t=30 (outside).
+        let d = step_path(&axes, &[(0.0, 5.0), (15.0, 8.0), (30.0, 9.0)]);
+        assert!(
+            d.starts_with(&format!("M{:.1},{:.1}", axes.x(10.0), axes.y(5.0))),
+            "{d}"
+        );
+        assert!(
+            d.contains(&format!("H{:.1}V{:.1}", axes.x(15.0), axes.y(8.0))),
+            "{d}"
+        );
+        assert!(!d.contains(&format!("V{:.1}", axes.y(9.0))), "{d}");
     }
 }

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use super::models::ScaleTarget;
 use super::scenarios::Trace;
-use super::sim::{Autoscaler, Metrics, PodModel, SecondSample, SimConfig, simulate};
+use super::sim::{
+    Autoscaler, Metrics, Outcome, PodModel, ScaleWrite, SecondSample, SimConfig, simulate,
+};
 
 /// Seconds of warm-up: fills the 60 s windows of Prometheus' rate and KPA with room to spare
 /// (see `sim`).
@@ -37,6 +39,10 @@ pub struct SystemResult {
     pub runs: Vec<Metrics>,
     /// The first seed's per-second series.
     pub series: Vec<SecondSample>,
+    /// The first seed's replicas at the start.
+    pub initial_replicas: u32,
+    /// The first seed's scale writes, at their exact times.
+    pub writes: Vec<ScaleWrite>,
 }
 
 /// All systems over one scenario.
@@ -169,12 +175,13 @@ pub fn run(
             warmup_rps: Some(warmup_rps(scenario)),
             initial_replicas: initial_replicas(scenario, &target),
         };
-        let mut per_system: Vec<(String, Vec<Metrics>, Vec<SecondSample>)> = Vec::new();
+        let mut per_system: Vec<(Outcome, Vec<Metrics>)> = Vec::new();
         for (i, &seed) in seeds.iter().enumerate() {
             for (j, mut system) in systems(target, pod, seed)?.into_iter().enumerate() {
                 let outcome = simulate(&scenario.rps, scenario.event_s, &config, system.as_mut());
                 if i == 0 {
-                    per_system.push((outcome.system, vec![outcome.metrics], outcome.series));
+                    let metrics = outcome.metrics;
+                    per_system.push((outcome, vec![metrics]));
                 } else if let Some(entry) = per_system.get_mut(j) {
                     entry.1.push(outcome.metrics);
                 }
@@ -182,7 +189,7 @@ pub fn run(
         }
         let systems = per_system
             .into_iter()
-            .map(|(system, runs, series)| {
+            .map(|(first, runs)| {
                 let firsts: Option<Vec<f64>> = runs.iter().map(|m| m.first_scale_up_s).collect();
                 let first_scale_up_range_s = firsts.filter(|v| !v.is_empty()).map(|v| {
                     let min = v.iter().copied().fold(f64::INFINITY, f64::min);
@@ -190,11 +197,13 @@ pub fn run(
                     (min, max)
                 });
                 SystemResult {
-                    system,
+                    system: first.system,
                     median: summarize(&runs),
                     first_scale_up_range_s,
                     runs,
-                    series,
+                    series: first.series,
+                    initial_replicas: first.initial_replicas,
+                    writes: first.writes,
                 }
             })
             .collect();
@@ -367,8 +376,16 @@ pub fn write(comparison: &Comparison, dir: &Path) -> std::io::Result<Vec<PathBuf
     written.push(data);
     for scenario in &comparison.scenarios {
         let chart = dir.join(format!("{}.svg", scenario.scenario));
-        std::fs::write(&chart, super::chart::svg(scenario))?;
+        std::fs::write(&chart, super::chart::svg(scenario, None))?;
         written.push(chart);
+        // The first minute after the event, where sub-second and 15 s loops differ.
+        let start = (scenario.event_s - 10.0).max(0.0);
+        let end = (start + 70.0).min(scenario.offered_rps.len() as f64);
+        if end - start >= 10.0 {
+            let chart = dir.join(format!("{}-reaction.svg", scenario.scenario));
+            std::fs::write(&chart, super::chart::svg(scenario, Some((start, end))))?;
+            written.push(chart);
+        }
     }
     Ok(written)
 }
@@ -445,6 +462,8 @@ mod tests {
             first_scale_up_range_s: None,
             runs: vec![metrics],
             series: vec![],
+            initial_replicas: 1,
+            writes: vec![],
         }
     }
 

@@ -162,6 +162,19 @@ pub struct Outcome {
     pub metrics: Metrics,
     /// Per-second series.
     pub series: Vec<SecondSample>,
+    /// Replicas at the scenario's start.
+    pub initial_replicas: u32,
+    /// Every change of the desired replicas after the start, at its exact time.
+    pub writes: Vec<ScaleWrite>,
+}
+
+/// A change of the desired replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ScaleWrite {
+    /// Seconds since the scenario start.
+    pub t_s: f64,
+    /// The replicas written.
+    pub replicas: u32,
 }
 
 /// Offered load at `t_ms`: the trace's value for that second, `warmup_rps` (else its first
@@ -243,6 +256,8 @@ pub fn simulate(
     let mut replicas_at_event: Option<u32> = None;
     let mut short_since_event = false;
     let mut last_direction: i8 = 0;
+    let mut initial_replicas = config.initial_replicas;
+    let mut writes = Vec::new();
     let mut series = Vec::with_capacity(trace.len());
     let mut second = SecondSample {
         t_s: 0,
@@ -258,6 +273,9 @@ pub fn simulate(
     for k in -warmup_steps..steps {
         let t = k * STEP_MS;
         let measured = t >= 0;
+        if t == 0 {
+            initial_replicas = pods.len() as u32;
+        }
         let offered = offered_at(trace, config.warmup_rps, t);
         let ready = ready_at(&pods, t);
         let capacity_rps = f64::from(ready) * pod.capacity_rps;
@@ -324,6 +342,10 @@ pub fn simulate(
         let current = pods.len() as u32;
         if desired != current && measured {
             metrics.scale_events += 1;
+            writes.push(ScaleWrite {
+                t_s: now as f64 / 1000.0,
+                replicas: desired,
+            });
             let direction: i8 = if desired > current { 1 } else { -1 };
             if last_direction != 0 && direction != last_direction {
                 metrics.reversals += 1;
@@ -379,6 +401,8 @@ pub fn simulate(
         system: scaler.name().to_string(),
         metrics,
         series,
+        initial_replicas,
+        writes,
     }
 }
 
