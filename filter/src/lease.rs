@@ -4,7 +4,7 @@
 //! * The lease (`holder`, `expires_ms`) elects one reporting VM per proxy. The holder renews it
 //!   on every check; any VM takes it over once it has expired, so reporting resumes when the
 //!   holder's thread stalls or its VM is replaced.
-//! * The sequence record (`seq`, `last_sent_ms`) lives outside any VM, so `seq` keeps
+//! * The sequence record (`seq`, `schedule_ms`) lives outside any VM, so `seq` keeps
 //!   increasing and the report schedule holds across a change of reporter.
 //!
 //! Pure: the glue does the shared-data I/O and passes `now` in.
@@ -74,12 +74,13 @@ pub fn lease_step(current: Option<Lease>, me: u64, now_ms: u64, ttl_ms: u64) -> 
 pub struct SeqRecord {
     /// The `seq` of the last report sent (0: none yet).
     pub seq: u64,
-    /// When it was sent (ms since the Unix epoch), if ever.
-    pub last_sent_ms: Option<u64>,
+    /// Nominal time of the last periodic report (ms since the Unix epoch), if any; see
+    /// [`crate::surge::Scheduler::next_schedule`].
+    pub schedule_ms: Option<u64>,
 }
 
 impl SeqRecord {
-    /// Decodes `seq:last_sent_ms` (`last_sent_ms` 0 when never); garbage reads as a fresh record.
+    /// Decodes `seq:schedule_ms` (`schedule_ms` 0 when none); garbage reads as a fresh record.
     pub fn decode(bytes: &[u8]) -> Self {
         let parsed = std::str::from_utf8(bytes).ok().and_then(|text| {
             let (seq, sent) = text.split_once(':')?;
@@ -88,7 +89,7 @@ impl SeqRecord {
         match parsed {
             Some((seq, sent)) => Self {
                 seq,
-                last_sent_ms: (sent > 0).then_some(sent),
+                schedule_ms: (sent > 0).then_some(sent),
             },
             None => Self::default(),
         }
@@ -96,14 +97,14 @@ impl SeqRecord {
 
     /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
-        format!("{}:{}", self.seq, self.last_sent_ms.unwrap_or(0)).into_bytes()
+        format!("{}:{}", self.seq, self.schedule_ms.unwrap_or(0)).into_bytes()
     }
 
-    /// The record after sending one more report at `now_ms`.
-    pub fn next(&self, now_ms: u64) -> Self {
+    /// The record after sending one more report, with the new schedule.
+    pub fn next(&self, schedule_ms: u64) -> Self {
         Self {
             seq: self.seq.saturating_add(1),
-            last_sent_ms: Some(now_ms),
+            schedule_ms: Some(schedule_ms),
         }
     }
 }
@@ -176,12 +177,12 @@ mod tests {
     }
 
     #[test]
-    fn seq_increases_and_remembers_the_send_time() {
+    fn seq_increases_and_remembers_the_schedule() {
         let first = SeqRecord::decode(b"");
         assert_eq!(first, SeqRecord::default());
         let next = first.next(1_000);
         assert_eq!(next.seq, 1);
-        assert_eq!(next.last_sent_ms, Some(1_000));
+        assert_eq!(next.schedule_ms, Some(1_000));
         assert_eq!(SeqRecord::decode(&next.encode()), next);
         assert_eq!(next.next(2_000).seq, 2);
     }

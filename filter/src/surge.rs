@@ -88,12 +88,13 @@ impl Scheduler {
         rate(*base, *last)
     }
 
-    /// Whether a report is due at `now_ms`. `last_sent_ms` is when any VM of this proxy last
-    /// sent one (from shared data), so a new reporter keeps the schedule.
-    pub fn due(&self, now_ms: u64, last_sent_ms: Option<u64>) -> Option<Trigger> {
-        let periodic = match last_sent_ms {
+    /// Whether a report is due at `now_ms`. `schedule_ms` is the nominal time of the proxy's
+    /// last periodic report (from shared data, whichever VM sent it), so a new reporter keeps
+    /// the schedule.
+    pub fn due(&self, now_ms: u64, schedule_ms: Option<u64>) -> Option<Trigger> {
+        let periodic = match schedule_ms {
             None => true,
-            Some(sent) => now_ms.saturating_sub(sent) >= self.interval_ms,
+            Some(at) => now_ms >= at.saturating_add(self.interval_ms),
         };
         if periodic {
             return Some(Trigger::Periodic);
@@ -110,6 +111,25 @@ impl Scheduler {
             Some(Trigger::Surge)
         } else {
             None
+        }
+    }
+
+    /// The schedule to store after sending a report triggered by `trigger` at `now_ms`.
+    ///
+    /// Periodic reports advance the nominal time by exactly one interval, so that reports go
+    /// out every interval on average even when it is not a multiple of the check period (a
+    /// report always waits for the next check); after a long gap (no reporter for a while) the
+    /// schedule restarts from now instead of catching up in a burst. Early reports leave the
+    /// periodic schedule alone.
+    pub fn next_schedule(&self, now_ms: u64, schedule_ms: Option<u64>, trigger: Trigger) -> u64 {
+        match (trigger, schedule_ms) {
+            (Trigger::Surge, Some(at)) => at,
+            (Trigger::Periodic, Some(at))
+                if now_ms < at.saturating_add(self.interval_ms.saturating_mul(2)) =>
+            {
+                at.saturating_add(self.interval_ms)
+            }
+            _ => now_ms,
         }
     }
 
@@ -159,7 +179,7 @@ mod tests {
     /// reports that fall due; returns the new (t, total) and the triggers seen with their times.
     fn run(
         s: &mut Scheduler,
-        last_sent: &mut Option<u64>,
+        schedule: &mut Option<u64>,
         mut t: u64,
         mut total: u64,
         rps: u64,
@@ -171,13 +191,39 @@ mod tests {
             t += 100;
             total += rps / 10;
             s.observe(t, total);
-            if let Some(trigger) = s.due(t, *last_sent) {
+            if let Some(trigger) = s.due(t, *schedule) {
                 s.sent(t, total, trigger);
-                *last_sent = Some(t);
+                *schedule = Some(s.next_schedule(t, *schedule, trigger));
                 sent.push((t, trigger));
             }
         }
         (t, total, sent)
+    }
+
+    #[test]
+    fn an_interval_off_the_check_grid_holds_on_average() {
+        let config = Config {
+            report_interval_ms: 250,
+            surge: SurgeConfig {
+                min_rps: 1e9,
+                ..SurgeConfig::default()
+            },
+            ..Config::default()
+        };
+        let mut s = Scheduler::new(&config);
+        let mut schedule = None;
+        let (_, _, sent) = run(&mut s, &mut schedule, 0, 0, 100, 10_000);
+        // 10 s / 250 ms = 40 reports, although each one waits for a 100 ms check.
+        assert!((39..=41).contains(&sent.len()), "{}", sent.len());
+    }
+
+    #[test]
+    fn after_a_long_gap_the_schedule_restarts_instead_of_catching_up() {
+        let s = scheduler();
+        assert_eq!(s.next_schedule(1_100, Some(0), Trigger::Periodic), 1_000);
+        assert_eq!(s.next_schedule(9_000, Some(0), Trigger::Periodic), 9_000);
+        assert_eq!(s.next_schedule(1_500, Some(1_000), Trigger::Surge), 1_000);
+        assert_eq!(s.next_schedule(1_500, None, Trigger::Periodic), 1_500);
     }
 
     #[test]

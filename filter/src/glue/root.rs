@@ -132,10 +132,10 @@ impl SurgeRoot {
 
         let (stored, cas) = host::shared_get(SEQ_KEY);
         let record = SeqRecord::decode(&stored.unwrap_or_default());
-        let Some(trigger) = scheduler.due(now_ms, record.last_sent_ms) else {
+        let Some(trigger) = scheduler.due(now_ms, record.schedule_ms) else {
             return;
         };
-        let next = record.next(now_ms);
+        let next = record.next(scheduler.next_schedule(now_ms, record.schedule_ms, trigger));
         if !host::shared_set(SEQ_KEY, &next.encode(), cas) {
             // Another VM reported in between (a lease hand-over): try again next tick.
             return;
