@@ -15,6 +15,7 @@ pub mod report;
 pub mod run;
 pub mod scaler;
 pub mod scenario;
+pub mod tap;
 
 pub mod envoy;
 pub mod process;

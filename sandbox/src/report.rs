@@ -11,6 +11,7 @@ use crate::kubeapi::RequestRecord;
 use crate::load::{SecondStats, quantile_us};
 use crate::pods::PodCounts;
 use crate::scenario::Scenario;
+use crate::tap::ReportSeen;
 
 /// One second of the run (by scheduled send time).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +81,10 @@ pub struct Summary {
     pub step_rps: Option<f64>,
     /// Ready pods the step needs (step rate / one pod's capacity, rounded up).
     pub pods_needed: Option<u32>,
+    /// From the step to the first early (surge) report reaching the scaler, in milliseconds.
+    pub first_surge_report_ms: Option<f64>,
+    /// From the step to the first report of any kind reaching the scaler, in milliseconds.
+    pub first_report_ms: Option<f64>,
     /// From the step to the first scale write accepted by the API, in milliseconds.
     pub first_scale_patch_ms: Option<f64>,
     /// From the step until enough pods were ready, in milliseconds.
@@ -145,6 +150,8 @@ pub struct Collected<'a> {
     pub pods: &'a [PodCounts],
     /// The embedded API's request log.
     pub requests: &'a [RequestRecord],
+    /// Reports seen between the proxies and the scaler.
+    pub reports: &'a [ReportSeen],
     /// Whether the run was cut short, and why.
     pub failure: Option<String>,
     /// Whether it was interrupted.
@@ -264,6 +271,15 @@ pub fn build(c: &Collected<'_>) -> RunResult {
             .find(|p| p.t >= s && p.ready >= needed)
             .map(|p| (p.t - s) * 1000.0)
     });
+    let report_after = |surge_only: bool| {
+        step_at.and_then(|s| {
+            c.reports
+                .iter()
+                .map(|r| (since(c.start, r.at), r.surge))
+                .find(|(t, surge)| *t >= s && (*surge || !surge_only))
+                .map(|(t, _)| (t - s) * 1000.0)
+        })
+    };
     let all: Vec<u64> = c
         .seconds
         .iter()
@@ -289,6 +305,8 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         step_at_s: step_at,
         step_rps,
         pods_needed,
+        first_surge_report_ms: report_after(true),
+        first_report_ms: report_after(false),
         first_scale_patch_ms,
         enough_capacity_ms,
         overloaded_seconds: rows
@@ -364,6 +382,11 @@ pub fn summary_text(result: &RunResult) -> String {
             result.capacity_per_pod_rps
         ));
     }
+    out.push_str(&format!(
+        "step -> first report / surge report at the scaler: {} / {}\n",
+        ms(s.first_report_ms),
+        ms(s.first_surge_report_ms)
+    ));
     out.push_str(&format!(
         "step -> first scale PATCH:      {}\n",
         ms(s.first_scale_patch_ms)

@@ -28,6 +28,7 @@ use crate::pods::{PodTemplate, Pods};
 use crate::report::{self, Collected, RunResult};
 use crate::scaler::{Scaler, ScalerError, ScalerOptions, free_port, locate_scaler};
 use crate::scenario::{Fault, Reachability, Scenario};
+use crate::tap::{ReportSeen, Tap};
 
 /// The SurgeScaler CRD the scaler engineer generates; its schema defaults are applied by the
 /// embedded API as a real API server would.
@@ -85,6 +86,7 @@ pub struct Sandbox {
     pub pods: Option<Pods>,
     scaler: Option<Scaler>,
     scaler_options: ScalerOptions,
+    tap: Option<Tap>,
     _hanging: Option<JoinHandle<()>>,
 }
 
@@ -130,8 +132,16 @@ impl Sandbox {
 
         let ingest = free_port().map_err(io("pick the scaler's ingest port"))?;
         let admin = free_port().map_err(io("pick the scaler's admin port"))?;
+        let mut tap = None;
         let (report_to, hanging) = match scenario.scaler.reachability {
-            Reachability::Reachable => (ingest, None),
+            Reachability::Reachable => {
+                let started = Tap::start(ingest)
+                    .await
+                    .map_err(io("start the report tap"))?;
+                let addr = started.addr();
+                tap = Some(started);
+                (addr, None)
+            }
             Reachability::Refused => (free_port().map_err(io("pick a closed port"))?, None),
             Reachability::Hanging => {
                 let (addr, task) = hanging_listener()
@@ -172,6 +182,7 @@ impl Sandbox {
                 admin,
                 log: scaler_log,
             },
+            tap,
             _hanging: hanging,
         };
         sandbox.apply_surgescaler(scenario)?;
@@ -260,6 +271,11 @@ impl Sandbox {
     /// The scaler's admin address (`/metrics`, `/healthz`, `/readyz`).
     pub fn scaler_admin(&self) -> SocketAddr {
         self.scaler_options.admin
+    }
+
+    /// Reports that passed from the proxies to the scaler so far.
+    pub fn reports(&self) -> Vec<ReportSeen> {
+        self.tap.as_ref().map(Tap::seen).unwrap_or_default()
     }
 
     /// Stops the scaler and every pod.
@@ -370,6 +386,7 @@ pub async fn run(
     };
     let history = sandbox.pods.as_ref().map(Pods::history).unwrap_or_default();
     let requests = sandbox.api.requests();
+    let reports = sandbox.reports();
     sandbox.shutdown().await;
 
     let seconds = recorder.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -380,6 +397,7 @@ pub async fn run(
         seconds: &seconds,
         pods: &history,
         requests: &requests,
+        reports: &reports,
         failure,
         interrupted,
     });

@@ -1,0 +1,152 @@
+//! A pass-through between the proxies and the scaler that notes when each report arrives and
+//! whether it was an early (surge) report, so the sandbox can split its reaction time into
+//! "load step -> first surge report" and "report -> scale PATCH". It forwards every request
+//! unchanged and answers with the scaler's answer (502 when the scaler cannot be reached,
+//! which the filter treats like any other failed report).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::StatusCode;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use serde_json::Value;
+use tokio::task::JoinHandle;
+
+/// One report as it passed.
+#[derive(Debug, Clone)]
+pub struct ReportSeen {
+    /// When it arrived.
+    pub at: Instant,
+    /// The sending pod (`proxy.pod`).
+    pub pod: String,
+    /// Whether the proxy sent it early because of a surge.
+    pub surge: bool,
+    /// Status the scaler answered (502: unreachable).
+    pub status: u16,
+}
+
+struct TapState {
+    scaler: SocketAddr,
+    client: Client<HttpConnector, Full<Bytes>>,
+    seen: Mutex<Vec<ReportSeen>>,
+}
+
+/// A running tap; dropping it stops it.
+pub struct Tap {
+    addr: SocketAddr,
+    state: Arc<TapState>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn forward(State(state): State<Arc<TapState>>, request: Request) -> Response {
+    let at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let report: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut upstream = http::Request::builder()
+        .method(parts.method.clone())
+        .uri(format!(
+            "http://{}{}",
+            state.scaler,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str())
+        ));
+    for (name, value) in &parts.headers {
+        upstream = upstream.header(name, value);
+    }
+    let reply = match upstream.body(Full::new(body)) {
+        Ok(req) => {
+            match tokio::time::timeout(Duration::from_secs(5), state.client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let (parts, body) = resp.into_parts();
+                    let bytes = body
+                        .collect()
+                        .await
+                        .map(|b| b.to_bytes())
+                        .unwrap_or_default();
+                    Response::from_parts(parts, Body::from(bytes))
+                }
+                _ => status_only(StatusCode::BAD_GATEWAY),
+            }
+        }
+        Err(_) => status_only(StatusCode::BAD_REQUEST),
+    };
+    state
+        .seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(ReportSeen {
+            at,
+            pod: report
+                .pointer("/proxy/pod")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string(),
+            surge: report
+                .get("surge")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            status: reply.status().as_u16(),
+        });
+    reply
+}
+
+fn status_only(code: StatusCode) -> Response {
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = code;
+    r
+}
+
+impl Tap {
+    /// Starts a tap on 127.0.0.1 forwarding to `scaler`.
+    pub async fn start(scaler: SocketAddr) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let state = Arc::new(TapState {
+            scaler,
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            seen: Mutex::new(Vec::new()),
+        });
+        let router = axum::Router::new()
+            .fallback(forward)
+            .with_state(Arc::clone(&state));
+        let task = tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::warn!(%error, "report tap stopped");
+            }
+        });
+        Ok(Self { addr, state, task })
+    }
+
+    /// Where the proxies should send reports.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Every report so far.
+    pub fn seen(&self) -> Vec<ReportSeen> {
+        self.state
+            .seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
