@@ -16,7 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-/// An upstream answering `200 ok` to every request; stops when dropped.
+/// An upstream answering `200 ok`, except `500` for paths containing `/fail` and `200` after
+/// 800 ms for paths containing `/slow` (requests held in flight); stops when dropped.
 #[derive(Debug)]
 pub struct Upstream {
     addr: SocketAddr,
@@ -31,11 +32,18 @@ impl Upstream {
         let addr = listener.local_addr()?;
         let requests = Arc::new(AtomicU64::new(0));
         let counter = requests.clone();
-        let app = Router::new().fallback(move || {
+        let app = Router::new().fallback(move |uri: http::Uri| {
             let counter = counter.clone();
             async move {
                 counter.fetch_add(1, Ordering::Relaxed);
-                "ok"
+                if uri.path().contains("/slow") {
+                    tokio::time::sleep(Duration::from_millis(800)).await;
+                }
+                if uri.path().contains("/fail") {
+                    (http::StatusCode::INTERNAL_SERVER_ERROR, "failed")
+                } else {
+                    (http::StatusCode::OK, "ok")
+                }
             }
         });
         let task = tokio::spawn(async move {

@@ -185,6 +185,61 @@ async fn reported_totals_equal_requests_sent_per_route_across_workers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_and_requests_in_flight_are_counted_per_route() {
+    let upstream = Upstream::start().await.unwrap();
+    let capture = Capture::start().await.unwrap();
+    let config = json!({"report_interval_ms": 100});
+    let envoy = start_envoy("errors", upstream.addr(), capture.addr(), config, 2)
+        .await
+        .unwrap();
+    let addr = envoy.listener_addr();
+
+    let failing = upstream::send(addr, "/cart/fail", 30, 4).await.unwrap();
+    assert_eq!(failing.failed, 30, "the upstream answers 500");
+    upstream::send(addr, "/cart", 20, 4).await.unwrap();
+    // Six requests held 800 ms by the upstream, on six connections (both workers).
+    let slow = tokio::spawn(upstream::send(addr, "/search/slow", 6, 6));
+
+    let cart_and_search = |r: &Captured| {
+        let route = |name: &str| r.report.routes.iter().find(|c| c.route == name).cloned();
+        (route("cart"), route("search"))
+    };
+    let saw_inflight = capture
+        .wait_until(Duration::from_millis(700), |reports| {
+            reports
+                .last()
+                .and_then(|r| cart_and_search(r).1)
+                .is_some_and(|search| search.inflight == 6)
+        })
+        .await;
+    assert!(
+        saw_inflight,
+        "{:?}",
+        capture.reports().last().map(cart_and_search)
+    );
+    assert_eq!(slow.await.unwrap().unwrap().ok, 6);
+
+    let settled = capture
+        .wait_until(Duration::from_secs(2), |reports| {
+            reports.last().is_some_and(|r| match cart_and_search(r) {
+                (Some(cart), Some(search)) => {
+                    cart.requests_total == 50
+                        && cart.errors_total == 30
+                        && search.requests_total == 6
+                        && search.inflight == 0
+                }
+                _ => false,
+            })
+        })
+        .await;
+    let last = capture.reports().last().map(cart_and_search);
+    assert!(settled, "{last:?}");
+    // The slow requests took at least 800 ms each.
+    let search = last.and_then(|(_, s)| s).unwrap();
+    assert!(search.duration_us_total >= 6 * 800_000, "{search:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_report_per_interval_not_one_per_vm() {
     let upstream = Upstream::start().await.unwrap();
     let capture = Capture::start().await.unwrap();
