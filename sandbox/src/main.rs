@@ -60,6 +60,10 @@ enum Command {
         /// Loop-phase seeds per system and scenario (the table shows medians).
         #[arg(long, default_value_t = surge_sandbox::compare::DEFAULT_SEEDS)]
         seeds: u64,
+        /// Also play each scenario in the live sandbox (as long as the scenario, one after the
+        /// other) and cross-check the replayed decisions against it.
+        #[arg(long)]
+        live: bool,
     },
     /// Check a scenario file and print it back as read.
     Check {
@@ -113,14 +117,30 @@ async fn main() -> ExitCode {
             scenarios,
             out,
             seeds,
-        } => surge_sandbox::compare::load_traces(&scenarios)
-            .and_then(|traces| surge_sandbox::compare::compare(&traces, seeds, &out))
-            .map(|(comparison, written)| {
-                print!("{}", surge_sandbox::compare::report::markdown(&comparison));
-                print!("\n{}", surge_sandbox::compare::report::goals(&comparison));
-                println!("wrote {} files to {}", written.len(), out.display());
-            })
-            .map_err(|e| e.to_string()),
+            live,
+        } => match surge_sandbox::compare::load_scenarios(&scenarios) {
+            Err(e) => Err(e),
+            Ok(scenarios) if live => {
+                surge_sandbox::compare::compare_live(&scenarios, seeds, &out, shutdown_signal).await
+            }
+            Ok(scenarios) => {
+                let traces: Vec<_> = scenarios
+                    .iter()
+                    .map(surge_sandbox::compare::scenarios::Trace::from_scenario)
+                    .collect();
+                surge_sandbox::compare::compare(&traces, seeds, &out)
+            }
+        }
+        .map(|(comparison, written)| {
+            print!("{}", surge_sandbox::compare::report::markdown(&comparison));
+            print!("\n{}", surge_sandbox::compare::report::goals(&comparison));
+            print!(
+                "{}",
+                surge_sandbox::compare::live::markdown(&comparison.cross_checks)
+            );
+            println!("wrote {} files to {}", written.len(), out.display());
+        })
+        .map_err(|e| e.to_string()),
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
         }),

@@ -23,16 +23,21 @@
 //! - [`rng`]: a small seeded generator, so phases and noise are reproducible.
 
 pub mod chart;
+pub mod live;
 pub mod models;
 pub mod report;
 pub mod rng;
 pub mod scenarios;
 pub mod sim;
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 
 use report::Comparison;
 use scenarios::Trace;
+
+use crate::run::{RunOptions, run};
+use crate::scenario::Scenario;
 
 /// Phase seeds the table is computed over by default: enough for a stable median of the
 /// classic chain's phase-dependent answers, and still well under a second in a release build.
@@ -50,6 +55,14 @@ pub enum CompareError {
     /// A system could not be built (a defect: the tests build them all).
     #[error("cannot build the systems: {0}")]
     Systems(String),
+    /// A live sandbox run failed or was interrupted.
+    #[error("live sandbox run of {scenario}: {message}")]
+    Live {
+        /// The scenario.
+        scenario: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The output could not be written.
     #[error("cannot write the comparison to {dir}: {source}")]
     Write {
@@ -60,19 +73,23 @@ pub enum CompareError {
     },
 }
 
-/// The traces of `files`, or the standard set when `files` is empty.
-pub fn load_traces(files: &[PathBuf]) -> Result<Vec<Trace>, CompareError> {
+/// The scenarios of `files`, or the standard set when `files` is empty.
+pub fn load_scenarios(files: &[PathBuf]) -> Result<Vec<Scenario>, CompareError> {
     if files.is_empty() {
-        return scenarios::standard_set().map_err(CompareError::Builtin);
+        return scenarios::standard_scenarios().map_err(CompareError::Builtin);
     }
     files
         .iter()
-        .map(|path| {
-            crate::scenario::Scenario::from_file(path)
-                .map(|s| Trace::from_scenario(&s))
-                .map_err(CompareError::from)
-        })
+        .map(|path| Scenario::from_file(path).map_err(CompareError::from))
         .collect()
+}
+
+/// The traces of `files`, or the standard set when `files` is empty.
+pub fn load_traces(files: &[PathBuf]) -> Result<Vec<Trace>, CompareError> {
+    Ok(load_scenarios(files)?
+        .iter()
+        .map(Trace::from_scenario)
+        .collect())
 }
 
 /// Runs every modelled system over `traces` with seeds `1..=seeds` and writes the table
@@ -84,6 +101,63 @@ pub fn compare(
 ) -> Result<(Comparison, Vec<PathBuf>), CompareError> {
     let seeds: Vec<u64> = (1..=seeds.max(1)).collect();
     let comparison = report::run(traces, &seeds, &models::all).map_err(CompareError::Systems)?;
+    let written = report::write(&comparison, out_dir).map_err(|source| CompareError::Write {
+        dir: out_dir.to_path_buf(),
+        source,
+    })?;
+    Ok((comparison, written))
+}
+
+/// Like [`compare`], and also plays each scenario in the live sandbox (real Envoys with the
+/// filter, the real scaler binary; one scenario after the other, each as long as its trace):
+/// adds a "Surge (live sandbox)" row per scenario and the cross-check of the replayed decisions
+/// against it. `cancel` makes the future that interrupts a run (Ctrl-C).
+pub async fn compare_live<F: Future<Output = ()>>(
+    scenarios: &[Scenario],
+    seeds: u64,
+    out_dir: &Path,
+    cancel: impl Fn() -> F,
+) -> Result<(Comparison, Vec<PathBuf>), CompareError> {
+    let traces: Vec<Trace> = scenarios.iter().map(Trace::from_scenario).collect();
+    let seeds: Vec<u64> = (1..=seeds.max(1)).collect();
+    let mut comparison =
+        report::run(&traces, &seeds, &models::all).map_err(CompareError::Systems)?;
+    for ((scenario, trace), result) in scenarios
+        .iter()
+        .zip(&traces)
+        .zip(comparison.scenarios.iter_mut())
+    {
+        let failed = |message: String| CompareError::Live {
+            scenario: scenario.name.clone(),
+            message,
+        };
+        let options = RunOptions {
+            out_dir: out_dir.join("live").join(&scenario.name),
+            live: false,
+        };
+        let outcome = run(scenario, &options, cancel())
+            .await
+            .map_err(|e| failed(e.to_string()))?;
+        if outcome.interrupted {
+            return Err(failed(
+                outcome.failure.unwrap_or_else(|| "interrupted".into()),
+            ));
+        }
+        let live_row = live::system_result(&outcome, trace.event_s);
+        if let Some(replay) = result
+            .systems
+            .iter()
+            .find(|s| s.system == models::surge::REPLAY_NAME)
+        {
+            comparison.cross_checks.push(live::cross_check(
+                &scenario.name,
+                trace.event_s,
+                replay,
+                &live_row,
+            ));
+        }
+        result.systems.push(live_row);
+    }
     let written = report::write(&comparison, out_dir).map_err(|source| CompareError::Write {
         dir: out_dir.to_path_buf(),
         source,

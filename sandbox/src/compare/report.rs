@@ -73,6 +73,9 @@ pub struct Comparison {
     pub warmup_s: u32,
     /// One entry per scenario.
     pub scenarios: Vec<ScenarioResult>,
+    /// Replayed Surge against the live sandbox, per scenario played live.
+    #[serde(default)]
+    pub cross_checks: Vec<super::live::CrossCheck>,
 }
 
 /// The load the warm-up plays: the mean of the first [`WARMUP_BASIS_S`] seconds, or of those
@@ -221,6 +224,7 @@ pub fn run(
         seeds: seeds.to_vec(),
         warmup_s: WARMUP_S,
         scenarios: results,
+        cross_checks: Vec::new(),
     })
 }
 
@@ -361,14 +365,16 @@ pub fn write(comparison: &Comparison, dir: &Path) -> std::io::Result<Vec<PathBuf
     let mut written = Vec::new();
     let table = dir.join("compare.md");
     let goals = goals(comparison);
-    let text = if goals.is_empty() {
-        markdown(comparison)
-    } else {
-        format!(
-            "{}\nGoals (issue 5), on these medians:\n\n{goals}",
-            markdown(comparison)
-        )
-    };
+    let mut text = markdown(comparison);
+    if !goals.is_empty() {
+        text.push_str(&format!("\nGoals (issue 5), on these medians:\n\n{goals}"));
+    }
+    if !comparison.cross_checks.is_empty() {
+        text.push_str(&format!(
+            "\nReplayed decisions against the live sandbox:\n\n{}",
+            super::live::markdown(&comparison.cross_checks)
+        ));
+    }
     std::fs::write(&table, text)?;
     written.push(table);
     let data = dir.join("compare.json");
@@ -485,6 +491,7 @@ mod tests {
         let comparison = Comparison {
             seeds: vec![1],
             warmup_s: WARMUP_S,
+            cross_checks: vec![],
             scenarios: vec![
                 scenario(
                     "step-10x",

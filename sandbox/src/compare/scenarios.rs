@@ -135,16 +135,20 @@ pub const STANDARD_FILES: [(&str, &str); 7] = [
     ),
 ];
 
-/// The standard set, parsed; an error names the file, field and line.
-pub fn standard_set() -> Result<Vec<Trace>, String> {
+/// The standard set's scenarios, parsed; an error names the file, field and line.
+pub fn standard_scenarios() -> Result<Vec<Scenario>, String> {
     STANDARD_FILES
         .iter()
-        .map(|(file, text)| {
-            Scenario::parse(text)
-                .map(|s| Trace::from_scenario(&s))
-                .map_err(|e| format!("{file}: {e}"))
-        })
+        .map(|(file, text)| Scenario::parse(text).map_err(|e| format!("{file}: {e}")))
         .collect()
+}
+
+/// The standard set's traces.
+pub fn standard_set() -> Result<Vec<Trace>, String> {
+    Ok(standard_scenarios()?
+        .iter()
+        .map(Trace::from_scenario)
+        .collect())
 }
 
 /// A load phase of a generated file.

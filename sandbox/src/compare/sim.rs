@@ -3,10 +3,10 @@
 //!
 //! Each step of 100 ms:
 //! 1. pods whose start-up delay has elapsed are ready; ready capacity = ready pods x capacity;
-//! 2. the step's requests arrive (open loop: the offered load does not depend on latency) and are
-//!    counted at once by the sidecars (see [`Observation::requests_total`]);
+//! 2. the step's requests arrive (open loop: the offered load does not depend on latency);
 //! 3. a fluid FIFO queue serves `min(backlog + arrivals, capacity x 100 ms)`; what would wait
-//!    beyond the ready pods' queues (`queue_per_pod` each) is refused (a 503);
+//!    beyond the ready pods' queues (`queue_per_pod` each) is refused (a 503); served and
+//!    refused requests complete (see [`Observation`] for who counts what);
 //! 4. the autoscaler sees an [`Observation`] at the end of the step and returns the desired
 //!    replicas; new pods are created at once (no API latency) and become ready after the
 //!    start-up delay; removed pods go at once, starting ones first, then the youngest ready ones
@@ -66,13 +66,18 @@ impl Default for PodModel {
 pub struct Observation {
     /// Simulated time at the end of the step, in milliseconds (negative during the warm-up).
     pub now_ms: i64,
-    /// Cumulative requests counted by the sidecars since the simulation started. Every request
-    /// is counted when it arrives, whether it is served at once or queued: the optimistic case
-    /// for every system (a saturated pod's sidecar would otherwise show its throughput, not the
-    /// demand).
+    /// Cumulative requests arrived since the simulation started, counted as they arrive
+    /// (what Knative's queue-proxy counts).
     pub requests_total: f64,
     /// Requests that arrived during this step.
     pub step_requests: f64,
+    /// Cumulative requests completed (served, or refused with a 503) since the simulation
+    /// started: what a sidecar counts when it logs a response (Istio's `istio_requests_total`,
+    /// Surge's filter in `on_log`). Below capacity it equals the arrivals; while a queue fills
+    /// it lags them.
+    pub completed_total: f64,
+    /// Requests completed during this step.
+    pub step_completed: f64,
     /// Pods ready now.
     pub ready_pods: u32,
     /// The workload's replicas (`spec.replicas`: ready and starting pods).
@@ -239,6 +244,7 @@ pub fn simulate(
 
     let mut backlog = 0.0_f64;
     let mut requests_total = 0.0_f64;
+    let mut completed_total = 0.0_f64;
     let mut metrics = Metrics {
         first_scale_up_s: None,
         enough_capacity_s: None,
@@ -314,6 +320,7 @@ pub fn simulate(
         let refused = (backlog - queue_limit).max(0.0);
         backlog -= refused;
         requests_total += arrivals;
+        completed_total += served + refused;
 
         if measured {
             metrics.requests += arrivals;
@@ -334,6 +341,8 @@ pub fn simulate(
             now_ms: now,
             requests_total,
             step_requests: arrivals,
+            completed_total,
+            step_completed: served + refused,
             ready_pods: ready_at(&pods, now),
             replicas: pods.len() as u32,
             inflight: backlog + offered.min(capacity_rps) * pod.service_time_ms / 1000.0,

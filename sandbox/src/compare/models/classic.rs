@@ -143,7 +143,8 @@ impl Autoscaler for ClassicChain {
 
     fn observe(&mut self, o: &Observation) -> u32 {
         let now = o.now_ms;
-        self.counter.observe(now, o.requests_total);
+        // istio_requests_total is recorded when the response is logged.
+        self.counter.observe(now, o.completed_total);
         let mut replicas = o.replicas;
         let last_active = *self.last_active_ms.get_or_insert(now);
 
@@ -203,10 +204,19 @@ mod tests {
     #[test]
     fn first_decision_after_a_10x_step_falls_within_0_to_30_s_for_any_phase() {
         let trace = step_trace(60.0, 10.0, 30, 150);
+        // Pods big enough that nothing queues: the counter then follows the load at once, and
+        // only the chain's own delays (scrape 0-15 s, HPA loop 0-15 s) are left.
+        let roomy = SimConfig {
+            pod: PodModel {
+                capacity_rps: 1_000.0,
+                ..PodModel::default()
+            },
+            ..config(1)
+        };
         let mut seen = Vec::new();
         for seed in 0..60 {
             let mut chain = ClassicChain::new(target(1, 10), seed);
-            let out = simulate(&trace, 30.0, &config(1), &mut chain);
+            let out = simulate(&trace, 30.0, &roomy, &mut chain);
             let first = out.metrics.first_scale_up_s;
             assert!(
                 first.is_some_and(|s| (0.0..=30.0).contains(&s)),

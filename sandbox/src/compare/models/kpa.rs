@@ -161,6 +161,7 @@ impl Autoscaler for Kpa {
 
     fn observe(&mut self, o: &Observation) -> u32 {
         let now = o.now_ms;
+        // The queue-proxy counts a request when it arrives (its request-in event), queued or not.
         if due(now, self.stats_phase_ms, STATS_PERIOD_MS) {
             if let Some(last) = self.last_total {
                 let rps = (o.requests_total - last) * 1000.0 / STATS_PERIOD_MS as f64;

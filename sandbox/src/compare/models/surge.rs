@@ -13,8 +13,8 @@
 //! - the controller loop (not written yet when this was): a report reaches the scaler at once;
 //!   the decision runs at once when the hub signals a change that can move the answer, and on
 //!   the scaler's slow tick (`--tick-ms`, default 1000); the scale is written at once;
-//! - the sidecar's counting: requests counted as they arrive, spread evenly over the ready pods,
-//!   as for every model (see `sim`); the sidecar starts reporting when its pod is ready.
+//! - the sidecar's counting: completed requests (served or refused), spread evenly over the
+//!   ready pods; the sidecar starts reporting when its pod is ready.
 
 use std::collections::VecDeque;
 
@@ -256,9 +256,12 @@ impl SurgeReplay {
     }
 }
 
+/// Name of the replay in tables and charts.
+pub const REPLAY_NAME: &str = "Surge (replayed decisions)";
+
 impl Autoscaler for SurgeReplay {
     fn name(&self) -> &str {
-        "Surge (replayed decisions)"
+        REPLAY_NAME
     }
 
     fn observe(&mut self, o: &Observation) -> u32 {
@@ -277,7 +280,8 @@ impl Autoscaler for SurgeReplay {
         }
         self.sidecars.truncate(ready);
         if ready > 0 {
-            let share = o.step_requests / ready as f64;
+            // The filter counts a request in `on_log`, when it completes.
+            let share = o.step_completed / ready as f64;
             for sidecar in &mut self.sidecars {
                 sidecar.requests += share;
                 sidecar.busy_us += share * self.service_time_us;
@@ -407,6 +411,8 @@ mod tests {
             now_ms: 0,
             requests_total: 0.0,
             step_requests: 6.0,
+            completed_total: 0.0,
+            step_completed: 6.0,
             ready_pods: 1,
             replicas: 1,
             inflight: 0.0,
