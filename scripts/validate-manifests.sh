@@ -31,7 +31,7 @@ chart_crd=$chart/crds/surgescaler.yaml
 manifest=$repo/deploy/manifests/surge.yaml
 # The kubectl manifest: namespace included, token from a Secret the user creates (INSTALL.md), so
 # that the output is deterministic (a generated token would differ on every render).
-manifest_args=(--namespace "$namespace" --include-crds --set namespace.create=true
+manifest_args=(--namespace "$namespace" --include-crds --skip-tests --set namespace.create=true
   --set token.existingSecret=surge-scaler-token)
 
 update=false
