@@ -297,7 +297,8 @@ mod tests {
     #[test]
     fn each_violation_names_its_field() {
         let limits = Limits::default();
-        let cases: Vec<(Box<dyn Fn(&mut Report)>, &str)> = vec![
+        type Mutation = Box<dyn Fn(&mut Report)>;
+        let cases: Vec<(Mutation, &str)> = vec![
             (
                 Box::new(|r| r.version = 2),
                 "version: unsupported version 2",
