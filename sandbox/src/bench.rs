@@ -37,6 +37,10 @@ pub struct BenchOptions {
 pub struct BenchResult {
     /// Reaction of each run in milliseconds (`None`: no PATCH within the step).
     pub runs_ms: Vec<Option<f64>>,
+    /// Per run, from the step to the first surge report reaching the scaler (ms).
+    pub surge_report_ms: Vec<Option<f64>>,
+    /// Median of `surge_report_ms`.
+    pub surge_report_p50_ms: Option<f64>,
     /// Median of the measured runs.
     pub p50_ms: Option<f64>,
     /// 99th percentile (nearest rank; with 20 runs, the slowest).
@@ -61,6 +65,7 @@ pub async fn bench_reaction(
 ) -> Result<BenchResult, RunError> {
     let mut sandbox = Sandbox::start(scenario, out_dir, false).await?;
     let mut runs_ms = Vec::new();
+    let mut surge_report_ms = Vec::new();
     for run in 0..options.runs {
         // Back to one replica, scaler fresh.
         sandbox
@@ -107,13 +112,19 @@ pub async fn bench_reaction(
             })
             .await;
         let reaction = patch.map(|r| (r.received - step_at).as_secs_f64() * 1000.0);
+        let surge_report = sandbox
+            .reports()
+            .iter()
+            .find(|r| r.surge && r.at >= step_at)
+            .map(|r| (r.at - step_at).as_secs_f64() * 1000.0);
+        let show = |v: Option<f64>| v.map_or("none".to_string(), |ms| format!("{ms:.0} ms"));
         println!(
-            "run {:>2}: {}",
+            "run {:>2}: first scale PATCH {} (first surge report at the scaler {})",
             run + 1,
-            reaction.map_or("no scale PATCH during the step".to_string(), |ms| format!(
-                "{ms:.0} ms"
-            ))
+            show(reaction),
+            show(surge_report)
         );
+        surge_report_ms.push(surge_report);
         runs_ms.push(reaction);
         sandbox.kill_scaler();
         let _ = load_task.await;
@@ -125,7 +136,14 @@ pub async fn bench_reaction(
         .map(|ms| (ms * 1000.0) as u64)
         .collect();
     let q = |p: f64| quantile_us(&measured, p).map(|us| us as f64 / 1000.0);
+    let reports: Vec<u64> = surge_report_ms
+        .iter()
+        .flatten()
+        .map(|ms| (ms * 1000.0) as u64)
+        .collect();
     let result = BenchResult {
+        surge_report_p50_ms: quantile_us(&reports, 0.5).map(|us| us as f64 / 1000.0),
+        surge_report_ms,
         p50_ms: q(0.5),
         p99_ms: q(0.99),
         min_ms: q(0.0),

@@ -192,10 +192,10 @@ async fn main() -> ExitCode {
                     r = bench_reaction(&scenario, &options, &out) => match r {
                         Ok(result) => {
                             println!(
-                                "step {base_rps} -> {step_rps} rps, {} runs: p50 {} ms, p99 {} ms, min {} ms, max {} ms, missed {}",
+                                "step {base_rps} -> {step_rps} rps, {} runs: first scale PATCH p50 {} ms, p99 {} ms, min {} ms, max {} ms, missed {}; first surge report p50 {} ms",
                                 result.runs_ms.len(),
                                 fmt(result.p50_ms), fmt(result.p99_ms), fmt(result.min_ms), fmt(result.max_ms),
-                                result.missed
+                                result.missed, fmt(result.surge_report_p50_ms)
                             );
                             Ok(())
                         }
