@@ -99,6 +99,7 @@ pub fn description(name: &str) -> &'static str {
         "ramp" => "60 rps, up to 10x over 120 s, held 120 s, down over 120 s",
         "diurnal-noisy" => "a day in 20 minutes: 60 to 540 rps and back, +-20 % noise per second",
         "drop-to-zero" => "200 rps, silence for 480 s, 200 rps again",
+        "live-step-10x" => "60 rps, a 10x step held 60 s, back to base (for live runs)",
         _ => "",
     }
 }
@@ -346,6 +347,21 @@ mod tests {
         assert_eq!(step.rps[29], 60.0);
         assert_eq!(step.rps[30], 600.0);
         assert_eq!(step.rps.len(), 690);
+    }
+
+    #[test]
+    fn the_live_scenario_is_a_short_10x_step_with_the_same_pods() {
+        let text = include_str!("../../scenarios/compare/live-step-10x.yaml");
+        let trace = Trace::from_scenario(&Scenario::parse(text).unwrap());
+        let standard = standard_set().unwrap();
+        let step = standard.iter().find(|t| t.name == "step-10x").unwrap();
+        assert_eq!(trace.pod, step.pod);
+        assert_eq!(trace.rps.len(), 120);
+        assert_eq!(
+            (trace.rps[29], trace.rps[30], trace.rps[90]),
+            (60.0, 600.0, 60.0)
+        );
+        assert!(!trace.description.is_empty());
     }
 
     #[test]

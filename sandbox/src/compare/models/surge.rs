@@ -154,6 +154,8 @@ struct Sidecar {
     requests: f64,
     busy_us: f64,
     seq: u64,
+    /// Requests in flight through this proxy now.
+    inflight: u64,
 }
 
 /// Surge's scaler code fed with reports timed as the filter times them, stepped by the
@@ -249,7 +251,7 @@ impl SurgeReplay {
                 requests_total: requests,
                 errors_total: 0,
                 duration_us_total: sidecar.busy_us.floor() as u64,
-                inflight: 0,
+                inflight: sidecar.inflight,
             }],
         };
         self.hub.ingest(&report, now);
@@ -276,15 +278,18 @@ impl Autoscaler for SurgeReplay {
                 requests: 0.0,
                 busy_us: 0.0,
                 seq: 0,
+                inflight: 0,
             });
         }
         self.sidecars.truncate(ready);
         if ready > 0 {
             // The filter counts a request in `on_log`, when it completes.
             let share = o.step_completed / ready as f64;
+            let inflight = (o.inflight / ready as f64).round() as u64;
             for sidecar in &mut self.sidecars {
                 sidecar.requests += share;
                 sidecar.busy_us += share * self.service_time_us;
+                sidecar.inflight = inflight;
             }
         }
         for index in 0..self.sidecars.len() {
