@@ -1,6 +1,6 @@
 //! A hand-written SVG chart of a run: offered load and ready capacity (requests per second, left
-//! axis), desired and ready replicas (right axis), with the load step and the first scale PATCH
-//! marked.
+//! axis), desired replicas (right axis, scaled so that one replica sits at one pod's capacity),
+//! with the load step and the first scale PATCH marked.
 
 use std::fmt::Write;
 
@@ -39,13 +39,23 @@ fn steps(points: &[(f64, f64)]) -> Vec<(f64, f64)> {
 /// Renders the chart.
 pub fn render(result: &RunResult) -> String {
     let seconds = result.seconds.len().max(1) as f64;
+    let capacity = result.capacity_per_pod_rps.max(1e-9);
+    // One scale for both axes: a replica is drawn at the height of its capacity, so the ready
+    // capacity line is also the ready replicas line and the desired replicas line shows the
+    // capacity asked for.
     let max_rps = result
         .seconds
         .iter()
-        .map(|s| (s.offered_rps).max(s.ready_capacity_rps))
+        .map(|s| s.offered_rps.max(s.ready_capacity_rps))
+        .chain(
+            result
+                .timeline
+                .iter()
+                .map(|p| f64::from(p.desired) * capacity),
+        )
         .fold(1.0_f64, f64::max)
         * 1.1;
-    let max_replicas = f64::from(result.scenario.scaler.max_replicas.max(1)) + 1.0;
+    let max_replicas = max_rps / capacity;
     let x = |t: f64| LEFT + t / seconds * (W - LEFT - RIGHT);
     let y_rps = |v: f64| H - BOTTOM - v / max_rps * (H - TOP - BOTTOM);
     let y_rep = |v: f64| H - BOTTOM - v / max_replicas * (H - TOP - BOTTOM);
@@ -71,7 +81,8 @@ pub fn render(result: &RunResult) -> String {
             yy + 4.0
         );
     }
-    for r in 0..=(max_replicas as u32) {
+    let rep_step = ((max_replicas / 12.0).ceil() as u32).max(1);
+    for r in (0..=(max_replicas as u32)).step_by(rep_step as usize) {
         let yy = y_rep(f64::from(r));
         let _ = writeln!(
             svg,
@@ -142,9 +153,24 @@ pub fn render(result: &RunResult) -> String {
     let offered: Vec<(f64, f64)> = result
         .seconds
         .iter()
-        .map(|s| (x(s.t as f64 + 0.5), y_rps(s.offered_rps)))
+        .map(|s| (x(s.t as f64), y_rps(s.offered_rps)))
+        .chain(
+            result
+                .seconds
+                .last()
+                .map(|s| (x(s.t as f64 + 1.0), y_rps(s.offered_rps))),
+        )
         .collect();
-    let timeline = &result.timeline;
+    // Counts from before the load started are drawn from t = 0.
+    let timeline: Vec<_> = result
+        .timeline
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            p.t = p.t.max(0.0);
+            p
+        })
+        .collect();
     let capacity: Vec<(f64, f64)> = timeline
         .iter()
         .map(|p| (x(p.t), y_rps(p.ready_capacity_rps)))
@@ -163,29 +189,18 @@ pub fn render(result: &RunResult) -> String {
                 .map(|p| (x(seconds), y_rep(f64::from(p.desired)))),
         )
         .collect();
-    let ready: Vec<(f64, f64)> = timeline
-        .iter()
-        .map(|p| (x(p.t), y_rep(f64::from(p.ready))))
-        .chain(
-            timeline
-                .last()
-                .map(|p| (x(seconds), y_rep(f64::from(p.ready)))),
-        )
-        .collect();
     svg.push_str(&polyline(&steps(&capacity), "#27ae60", "", 2.5));
-    svg.push_str(&polyline(&offered, "#2c7be5", "", 2.0));
+    svg.push_str(&polyline(&steps(&offered), "#2c7be5", "", 2.0));
     svg.push_str(&polyline(&steps(&desired), "#e67e22", "6,4", 1.5));
-    svg.push_str(&polyline(&steps(&ready), "#8e44ad", "2,2", 1.5));
     // Legend.
     let legend = [
         ("#2c7be5", "", "offered load (rps)"),
-        ("#27ae60", "", "ready capacity (rps)"),
+        ("#27ae60", "", "ready capacity = ready replicas"),
         ("#e67e22", "6,4", "desired replicas"),
-        ("#8e44ad", "2,2", "ready replicas"),
         ("#c0392b", "2,3", "first scale PATCH"),
     ];
-    for (i, (color, dash, label)) in legend.iter().enumerate() {
-        let lx = LEFT + 10.0 + i as f64 * 165.0;
+    let mut lx = LEFT + 10.0;
+    for (color, dash, label) in legend {
         let _ = writeln!(
             svg,
             "<line x1=\"{lx}\" x2=\"{}\" y1=\"38\" y2=\"38\" stroke=\"{color}\" stroke-width=\"2\" stroke-dasharray=\"{dash}\"/>\
@@ -193,6 +208,8 @@ pub fn render(result: &RunResult) -> String {
             lx + 24.0,
             lx + 28.0
         );
+        // About 6.5 px per character at 12 px sans-serif.
+        lx += 28.0 + label.len() as f64 * 6.5 + 24.0;
     }
     svg.push_str("</svg>\n");
     svg

@@ -65,6 +65,11 @@ enum Command {
         #[arg(long)]
         live: bool,
     },
+    /// Draw `chart.svg` again from a `result.json`, next to it.
+    Chart {
+        /// A result.json written by `run`.
+        result: PathBuf,
+    },
     /// Check a scenario file and print it back as read.
     Check {
         /// Scenario file (YAML).
@@ -141,6 +146,7 @@ async fn main() -> ExitCode {
             println!("wrote {} files to {}", written.len(), out.display());
         })
         .map_err(|e| e.to_string()),
+        Command::Chart { result } => redraw(&result),
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
         }),
@@ -213,6 +219,18 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn redraw(result_path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(result_path)
+        .map_err(|e| format!("cannot read {}: {e}", result_path.display()))?;
+    let result: surge_sandbox::report::RunResult =
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", result_path.display()))?;
+    let svg = result_path.with_file_name("chart.svg");
+    std::fs::write(&svg, surge_sandbox::chart::render(&result))
+        .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
+    println!("wrote {}", svg.display());
+    Ok(())
 }
 
 fn fmt(v: Option<f64>) -> String {

@@ -405,13 +405,20 @@ pub async fn run(
     Ok(result)
 }
 
-/// Writes `result.json` and `chart.svg`.
+/// Writes `result.json`, `chart.svg` and, when `rsvg-convert` is installed, `chart.png`.
 pub fn write_outputs(result: &RunResult, out_dir: &Path) -> Result<(), RunError> {
     let json = serde_json::to_string_pretty(result)
         .map_err(|e| RunError::Setup(format!("encode the result: {e}")))?;
     std::fs::write(out_dir.join("result.json"), json).map_err(io("write result.json"))?;
-    std::fs::write(out_dir.join("chart.svg"), crate::chart::render(result))
-        .map_err(io("write chart.svg"))?;
+    let svg = out_dir.join("chart.svg");
+    std::fs::write(&svg, crate::chart::render(result)).map_err(io("write chart.svg"))?;
+    // A PNG too when librsvg's converter is installed (Debian: librsvg2-bin); optional.
+    let _ = std::process::Command::new("rsvg-convert")
+        .arg(&svg)
+        .arg("-o")
+        .arg(out_dir.join("chart.png"))
+        .stderr(std::process::Stdio::null())
+        .status();
     Ok(())
 }
 
