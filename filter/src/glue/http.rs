@@ -7,7 +7,6 @@ use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
 use crate::report::{duration_us, is_error};
-use crate::route::RouteKey;
 
 use super::host;
 use super::root::VmState;
@@ -29,24 +28,16 @@ impl SurgeHttp {
         let mut vm = self.vm.borrow_mut();
         let config = vm.config.clone()?;
         let options = &config.route_key;
-        let route = host::property(vec!["xds", "route_name"]);
-        let virtual_host = match &route {
-            Some(name) if !name.is_empty() => None,
-            _ if options.virtual_host_fallback => host::property(vec!["xds", "virtual_host_name"]),
-            _ => None,
-        };
+        let mut route = host::property(vec!["xds", "route_name"]).unwrap_or_default();
+        if route.is_empty() && options.virtual_host_fallback {
+            route = host::property(vec!["xds", "virtual_host_name"]).unwrap_or_default();
+        }
         let cluster = if options.include_cluster {
-            host::property(vec!["xds", "cluster_name"])
+            host::property(vec!["xds", "cluster_name"]).unwrap_or_default()
         } else {
-            None
+            Vec::new()
         };
-        let key = RouteKey::from_properties(
-            route.as_deref(),
-            virtual_host.as_deref(),
-            cluster.as_deref(),
-            options,
-        );
-        Some(vm.routes.metrics_for(key, &config))
+        Some(vm.routes.metrics_for(&route, &cluster, &config))
     }
 }
 

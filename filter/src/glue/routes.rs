@@ -75,7 +75,8 @@ impl RouteMetrics {
 /// a few short strings is as fast as hashing them, and hashbrown would add ~10 KB to the module.
 #[derive(Debug, Default)]
 pub(crate) struct RouteCache {
-    slots: Vec<(RouteKey, Slot)>,
+    /// Keyed by the raw property bytes, so a known key costs no sanitising on the request path.
+    slots: Vec<(Vec<u8>, Vec<u8>, Slot)>,
     metrics: Vec<Option<RouteMetrics>>,
     other: Option<RouteMetrics>,
     table: RouteTable,
@@ -86,12 +87,25 @@ pub(crate) struct RouteCache {
 const REGISTER_ATTEMPTS: usize = 4;
 
 impl RouteCache {
-    /// The metrics `key` is counted under, registering the key process-wide on first sight.
-    pub(crate) fn metrics_for(&mut self, key: RouteKey, config: &Config) -> RouteMetrics {
-        let known = self.slots.iter().find(|(k, _)| *k == key).map(|(_, s)| *s);
+    /// The metrics a request is counted under, from the raw route name (already the virtual
+    /// host when that is the fallback) and cluster, registering the key process-wide on first
+    /// sight.
+    pub(crate) fn metrics_for(
+        &mut self,
+        route: &[u8],
+        cluster: &[u8],
+        config: &Config,
+    ) -> RouteMetrics {
+        let known = self
+            .slots
+            .iter()
+            .find(|(r, c, _)| r == route && c == cluster)
+            .map(|(_, _, s)| *s);
         let slot = match known {
             Some(slot) => slot,
             None => {
+                let key =
+                    RouteKey::from_properties(Some(route), None, Some(cluster), &config.route_key);
                 let slot = self.register(&key, config.max_routes);
                 if slot == Slot::Other && !key.is_other() && !self.overflow_logged {
                     self.overflow_logged = true;
@@ -105,9 +119,9 @@ impl RouteCache {
                     );
                 }
                 // Overflowing keys are cached too (so a hot one does not hit shared data on
-                // every request), up to a bound that keeps the map from growing with traffic.
+                // every request), up to a bound that keeps the cache from growing with traffic.
                 if self.slots.len() < config.max_routes.saturating_mul(4) {
-                    self.slots.push((key, slot));
+                    self.slots.push((route.to_vec(), cluster.to_vec(), slot));
                 }
                 slot
             }
