@@ -99,7 +99,7 @@ pub fn description(name: &str) -> &'static str {
         "ramp" => "60 rps, up to 10x over 120 s, held 120 s, down over 120 s",
         "diurnal-noisy" => "a day in 20 minutes: 60 to 540 rps and back, +-20 % noise per second",
         "drop-to-zero" => "200 rps, silence for 480 s, 200 rps again",
-        "live-step-10x" => "60 rps, a 10x step held 60 s, back to base (for live runs)",
+        "live-step-10x" => "30 rps, a 10x step held 60 s, back to base (for live runs)",
         _ => "",
     }
 }
@@ -359,7 +359,7 @@ mod tests {
         assert_eq!(trace.rps.len(), 120);
         assert_eq!(
             (trace.rps[29], trace.rps[30], trace.rps[90]),
-            (60.0, 600.0, 60.0)
+            (30.0, 300.0, 30.0)
         );
         assert!(!trace.description.is_empty());
     }
