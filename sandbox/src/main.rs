@@ -47,6 +47,10 @@ enum Command {
         /// Output directory.
         #[arg(long, default_value = "sandbox-out")]
         out: PathBuf,
+        /// Start a new scaler for every run (measures the first seconds after a scaler start)
+        /// instead of stepping a running one.
+        #[arg(long)]
+        fresh_scaler: bool,
     },
     /// Replay the comparison: the classic Prometheus+KEDA+HPA chain, the tutorial's counter
     /// variant, Knative's KPA and Surge's own decision code, simulated on the same traces;
@@ -184,6 +188,7 @@ async fn main() -> ExitCode {
             base_rps,
             step_rps,
             out,
+            fresh_scaler,
         } => match load_scenario(scenario.as_ref()) {
             Err(e) => Err(e),
             Ok(scenario) => {
@@ -193,6 +198,7 @@ async fn main() -> ExitCode {
                     step_rps,
                     base_seconds: 5.0,
                     step_seconds: 3.0,
+                    fresh_scaler,
                 };
                 tokio::select! {
                     r = bench_reaction(&scenario, &options, &out) => match r {
