@@ -14,7 +14,8 @@
 //!   the decision runs at once when the hub signals a change that can move the answer, and on
 //!   the scaler's slow tick (`--tick-ms`, default 1000); the scale is written at once;
 //! - the sidecar's counting: completed requests (served or refused), spread evenly over the
-//!   ready pods; the sidecar starts reporting when its pod is ready.
+//!   ready pods; a pod's sidecar reports from its creation, with no traffic until it is ready
+//!   (so its first requests are a surge from zero, as the filter sees them).
 
 use std::collections::VecDeque;
 
@@ -268,9 +269,11 @@ impl Autoscaler for SurgeReplay {
 
     fn observe(&mut self, o: &Observation) -> u32 {
         let now = (o.now_ms + CLOCK_OFFSET_MS).max(0) as u64;
-        // One sidecar per ready pod; the youngest go first, as the simulation removes them.
-        let ready = o.ready_pods as usize;
-        while self.sidecars.len() < ready {
+        // One sidecar per pod: its Envoy starts with the pod and reports (no traffic) until the
+        // pod is ready, as in the sandbox. Pods become ready in creation order and the youngest
+        // go first on scale-down, so the oldest `ready` sidecars are the ready pods'.
+        let pods = o.replicas as usize;
+        while self.sidecars.len() < pods {
             self.started += 1;
             self.sidecars.push(Sidecar {
                 instance: format!("app-{}", self.started),
@@ -281,12 +284,13 @@ impl Autoscaler for SurgeReplay {
                 inflight: 0,
             });
         }
-        self.sidecars.truncate(ready);
+        self.sidecars.truncate(pods);
+        let ready = (o.ready_pods as usize).min(pods);
         if ready > 0 {
             // The filter counts a request in `on_log`, when it completes.
             let share = o.step_completed / ready as f64;
             let inflight = (o.inflight / ready as f64).round() as u64;
-            for sidecar in &mut self.sidecars {
+            for sidecar in self.sidecars.iter_mut().take(ready) {
                 sidecar.requests += share;
                 sidecar.busy_us += share * self.service_time_us;
                 sidecar.inflight = inflight;
