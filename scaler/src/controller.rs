@@ -34,7 +34,7 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
@@ -42,7 +42,7 @@ use crate::crd::{
     MetricType, ObservedMetric, SurgeScaler, SurgeScalerStatus, TargetKind, condition,
 };
 use crate::decision::{self, Decision, DecisionState, Freshness, Input, Limit, Policy, Reason};
-use crate::hub::{Hub, Selector, TargetKey};
+use crate::hub::{Hub, Selector, TargetKey, Wake};
 use crate::metrics::{Metrics, Operation};
 use crate::window::WindowConfig;
 
@@ -53,6 +53,9 @@ pub const FIELD_MANAGER: &str = "surge-scaler";
 const CONFLICT_RECHECK: Duration = Duration::from_secs(30);
 /// How often a loop re-reads the target's scale (someone else may have changed it).
 const SCALE_REFRESH: Duration = Duration::from_secs(5);
+/// Least time between two decisions woken by metric changes (surge reports do not wait):
+/// coalesces the wake-ups of thousands of reports a second into a bounded decision rate.
+const MIN_DECISION_GAP: Duration = Duration::from_millis(10);
 /// Status is rewritten at least this often while values change (observed metric).
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
@@ -273,7 +276,7 @@ fn upsert(
     let Some(key) = key_of(&scaler) else {
         return;
     };
-    let notify = ctx.hub.register(
+    let wake = ctx.hub.register(
         &key,
         Selector::from_spec(&key.namespace, &scaler.spec),
         scaler.spec.metric.type_,
@@ -284,11 +287,10 @@ fn upsert(
         && !handle.join.is_finished()
     {
         handle.spec.send_replace(scaler);
-        notify.notify_one();
         return;
     }
     let (spec_tx, spec_rx) = watch::channel(Arc::clone(&scaler));
-    let target = TargetLoop::new(Arc::clone(ctx), key.clone(), scaler, notify);
+    let target = TargetLoop::new(Arc::clone(ctx), key.clone(), scaler, wake);
     let join = tokio::spawn(target.run(spec_rx, shutdown.clone()));
     loops.insert(
         key,
@@ -331,7 +333,7 @@ pub struct TargetLoop {
     key: TargetKey,
     scaler: Arc<SurgeScaler>,
     policy: Policy,
-    notify: Arc<Notify>,
+    wake: Arc<Wake>,
     state: DecisionState,
     scale: Option<ScaleView>,
     scale_read_at: Option<Instant>,
@@ -351,7 +353,7 @@ impl TargetLoop {
         ctx: Arc<Context>,
         key: TargetKey,
         scaler: Arc<SurgeScaler>,
-        notify: Arc<Notify>,
+        wake: Arc<Wake>,
     ) -> Self {
         let now = ctx.clock.now();
         let last_scale_time = scaler
@@ -363,7 +365,7 @@ impl TargetLoop {
             ctx,
             key,
             scaler,
-            notify,
+            wake,
             state: DecisionState::after_restart(now),
             scale: None,
             scale_read_at: None,
@@ -386,7 +388,8 @@ impl TargetLoop {
     ) {
         let mut tick = tokio::time::interval(self.ctx.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let notify = Arc::clone(&self.notify);
+        let wake = Arc::clone(&self.wake);
+        let mut last_step: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -398,9 +401,20 @@ impl TargetLoop {
                     let scaler = Arc::clone(&spec.borrow_and_update());
                     self.update_spec(scaler);
                 }
-                () = notify.notified() => {}
+                () = wake.surge.notified() => {}
+                () = wake.change.notified() => {
+                    if let Some(due) = last_step.map(|t| t + MIN_DECISION_GAP)
+                        && tokio::time::Instant::now() < due
+                    {
+                        tokio::select! {
+                            () = tokio::time::sleep_until(due) => {}
+                            () = wake.surge.notified() => {}
+                        }
+                    }
+                }
                 _ = tick.tick() => {}
             }
+            last_step = Some(tokio::time::Instant::now());
             // A step is never cancelled half-way: a PATCH in flight completes before the loop
             // looks at the shutdown signal again.
             self.step().await;
@@ -694,7 +708,7 @@ impl TargetLoop {
                     // Re-read the scale before the next attempt (409: someone else wrote it).
                     self.scale = None;
                     if error.code() == Some(409) {
-                        self.notify.notify_one();
+                        self.wake.surge.notify_one();
                     }
                 }
             }

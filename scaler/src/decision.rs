@@ -185,6 +185,7 @@ pub struct DecisionState {
     panic_since: Option<Millis>,
     last_panic_trigger: Millis,
     panic_high_water: i32,
+    /// (last seen, recommendation), consecutive repeats merged.
     recommendations: VecDeque<(Millis, i32)>,
     scale_events: VecDeque<(Millis, i32)>,
 }
@@ -302,8 +303,13 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
     }
 
     // Stabilization (HPA): the lowest recommendation of the scale-up window and the highest of
-    // the scale-down window bound the result.
-    state.recommendations.push_back((now, recommendation));
+    // the scale-down window bound the result. Repeats of one value are kept as one entry
+    // stamped with when it was last seen, which answers "seen within the window" exactly and
+    // keeps the history short however often decisions run.
+    match state.recommendations.back_mut() {
+        Some((seen, value)) if *value == recommendation => *seen = now,
+        _ => state.recommendations.push_back((now, recommendation)),
+    }
     let keep = policy
         .scale_up
         .stabilization_ms

@@ -126,11 +126,20 @@ fn parse_outbound_cluster(cluster: &str) -> Option<(u16, &str)> {
     parts.next().is_none().then_some((port, host))
 }
 
+/// Wake-ups of one target's decision loop.
+#[derive(Debug, Default)]
+pub struct Wake {
+    /// A surge report arrived: decide at once.
+    pub surge: Notify,
+    /// The metric moved: decide soon (the loop debounces these).
+    pub change: Notify,
+}
+
 struct TargetEntry {
     selector: Selector,
     metric: MetricType,
     window: TargetWindow,
-    notify: Arc<Notify>,
+    wake: Arc<Wake>,
 }
 
 #[derive(Default)]
@@ -171,7 +180,7 @@ impl Hub {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Registers (or updates) a target; returns its wake-up. The window is kept when the
+    /// Registers (or updates) a target; returns its wake-ups. The window is kept when the
     /// selector and window settings did not change, so a status update does not lose history.
     pub fn register(
         &self,
@@ -179,19 +188,19 @@ impl Hub {
         selector: Selector,
         metric: MetricType,
         config: WindowConfig,
-    ) -> Arc<Notify> {
+    ) -> Arc<Wake> {
         let mut state = self.lock();
         if let Some(entry) = state.targets.get_mut(key)
             && entry.selector == selector
             && entry.window.config() == config
         {
             entry.metric = metric;
-            return Arc::clone(&entry.notify);
+            return Arc::clone(&entry.wake);
         }
-        let notify = state
+        let wake = state
             .targets
             .get(key)
-            .map_or_else(|| Arc::new(Notify::new()), |e| Arc::clone(&e.notify));
+            .map_or_else(|| Arc::new(Wake::default()), |e| Arc::clone(&e.wake));
         unindex(&mut state, key);
         state
             .by_workload
@@ -213,10 +222,10 @@ impl Hub {
                 selector,
                 metric,
                 window: TargetWindow::new(config),
-                notify: Arc::clone(&notify),
+                wake: Arc::clone(&wake),
             },
         );
-        notify
+        wake
     }
 
     /// Forgets a target.
@@ -297,12 +306,13 @@ impl Hub {
                 continue;
             }
             let delta = deltas.map(|_| (total, interval_ms));
-            if entry
+            match entry
                 .window
                 .record(now, &instance, delta, inflight, report.surge)
-                == Change::Significant
             {
-                entry.notify.notify_one();
+                Change::Surge => entry.wake.surge.notify_one(),
+                Change::Significant => entry.wake.change.notify_one(),
+                Change::Minor => {}
             }
             counted += 1;
         }

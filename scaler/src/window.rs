@@ -250,8 +250,10 @@ pub struct TargetWindow {
 pub enum Change {
     /// Nothing that can move the answer.
     Minor,
-    /// A surge report, a new source, or a source's rate moved by more than 10 %.
+    /// A new source, or a source's rate moved by more than 10 %: decide soon.
     Significant,
+    /// A report sent early because of a surge: decide at once.
+    Surge,
 }
 
 impl TargetWindow {
@@ -283,11 +285,8 @@ impl TargetWindow {
         surge: bool,
     ) -> Change {
         let mut change = Change::Minor;
-        if surge {
-            if self.surge_since.is_none() {
-                self.surge_since = Some(now);
-            }
-            change = Change::Significant;
+        if surge && self.surge_since.is_none() {
+            self.surge_since = Some(now);
         }
         let entry = match self.sources.get_mut(source) {
             Some(entry) => entry,
@@ -306,7 +305,7 @@ impl TargetWindow {
         entry.last_seen = now;
         entry.inflight = inflight;
         let Some((delta, interval_ms)) = delta else {
-            return change;
+            return if surge { Change::Surge } else { change };
         };
         let seconds = interval_ms.max(1) as f64 / 1000.0;
         let rps = delta.requests as f64 / seconds;
@@ -325,7 +324,7 @@ impl TargetWindow {
         let bucket = self.bucket_mut(now);
         bucket.requests = bucket.requests.saturating_add(delta.requests);
         bucket.busy_us = bucket.busy_us.saturating_add(delta.busy_us);
-        change
+        if surge { Change::Surge } else { change }
     }
 
     fn advance(&mut self, now: Millis) {

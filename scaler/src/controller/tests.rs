@@ -121,13 +121,13 @@ fn setup(timeout: Duration) -> (TargetLoop, Handle, Arc<Context>) {
         Duration::from_secs(1),
     ));
     let scaler = scaler();
-    let notify = ctx.hub.register(
+    let wake = ctx.hub.register(
         &key(),
         Selector::from_spec("web", &scaler.spec),
         MetricType::Rps,
         window_config(&scaler),
     );
-    let target = TargetLoop::new(Arc::clone(&ctx), key(), Arc::new(scaler), notify);
+    let target = TargetLoop::new(Arc::clone(&ctx), key(), Arc::new(scaler), wake);
     (target, handle, ctx)
 }
 
@@ -361,7 +361,7 @@ async fn a_409_on_the_scale_patch_re_reads_the_scale_and_retries() {
     let server = tokio::spawn(serve(handle, script));
     target.step().await;
     // The 409 left a wake-up pending so the retry does not wait for the slow tick.
-    tokio::time::timeout(Duration::from_millis(50), target.notify.notified())
+    tokio::time::timeout(Duration::from_millis(50), target.wake.surge.notified())
         .await
         .expect("a 409 must wake the loop again");
     target.step().await;
@@ -488,13 +488,13 @@ async fn a_statefulset_target_is_scaled_through_its_own_scale_subresource() {
     ));
     let mut scaler = scaler();
     scaler.spec.scale_target_ref.kind = TargetKind::StatefulSet;
-    let notify = ctx.hub.register(
+    let wake = ctx.hub.register(
         &key(),
         Selector::from_spec("web", &scaler.spec),
         MetricType::Rps,
         window_config(&scaler),
     );
-    let mut target = TargetLoop::new(Arc::clone(&ctx), key(), Arc::new(scaler.clone()), notify);
+    let mut target = TargetLoop::new(Arc::clone(&ctx), key(), Arc::new(scaler.clone()), wake);
     // Sidecars of a StatefulSet carry its owner reference.
     let report = |seq: u64, total: u64| Report {
         version: VERSION,

@@ -31,7 +31,7 @@ fn config() -> WindowConfig {
     }
 }
 
-fn register(hub: &Hub, name: &str, spec: &SurgeScalerSpec) -> Arc<Notify> {
+fn register(hub: &Hub, name: &str, spec: &SurgeScalerSpec) -> Arc<Wake> {
     hub.register(
         &key(name),
         Selector::from_spec("web", spec),
@@ -202,7 +202,7 @@ fn gateway_reports_count_only_clusters_naming_the_service() {
 #[test]
 fn a_surge_report_wakes_the_target() {
     let hub = Hub::default();
-    let notify = register(&hub, "api", &spec(serde_json::json!({})));
+    let wake = register(&hub, "api", &spec(serde_json::json!({})));
     feed(
         &hub,
         |seq, n| sidecar("api-1", "api", "", seq, &[("r", "inbound|80||", n)]),
@@ -215,12 +215,13 @@ fn a_surge_report_wakes_the_target() {
         .unwrap();
     runtime.block_on(async {
         // Consume the wake-ups of the warm-up reports.
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(10), notify.notified()).await;
+        let _ =
+            tokio::time::timeout(std::time::Duration::from_millis(10), wake.surge.notified()).await;
         // Same rate as before (10/s): only the surge flag makes this report significant.
         let mut report = sidecar("api-1", "api", "", 4, &[("r", "inbound|80||", 40)]);
         report.surge = true;
         assert_eq!(hub.ingest(&report, 3_100), Ingested::Counted { targets: 1 });
-        tokio::time::timeout(std::time::Duration::from_millis(100), notify.notified())
+        tokio::time::timeout(std::time::Duration::from_millis(100), wake.surge.notified())
             .await
             .expect("a surge report must wake the decision");
     });

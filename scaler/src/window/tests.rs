@@ -222,7 +222,7 @@ fn a_surge_report_gives_a_burst_estimate_for_one_panic_window() {
         40,
         true,
     );
-    assert_eq!(change, Change::Significant);
+    assert_eq!(change, Change::Surge);
     let obs = window.observe(t, MetricType::Rps);
     assert_eq!(obs.burst, Some(1200.0));
     assert_eq!(window.observe(t + 6_001, MetricType::Rps).burst, None);
