@@ -10,9 +10,10 @@
 //! - the filter's report timing ([`ReportScheduler`]): the filter is a `cdylib` for
 //!   wasm32-wasip1, not a library the sandbox can link, so its scheduler's rules are restated
 //!   from `filter/src/surge.rs` with the defaults of `filter/src/config.rs`;
-//! - the controller loop (not written yet when this was): a report reaches the scaler at once;
-//!   the decision runs at once when the hub signals a change that can move the answer, and on
-//!   the scaler's slow tick (`--tick-ms`, default 1000); the scale is written at once;
+//! - the controller loop (`scaler/src/controller.rs`, restated): a report reaches the scaler at
+//!   once; the decision runs when the hub wakes the target (a surge report, or a metric that
+//!   moved, at most every 10 ms) and on the slow tick (`--tick-ms`, default 1000); the scale is
+//!   written at once;
 //! - the sidecar's counting: completed requests (served or refused), spread evenly over the
 //!   ready pods; a pod's sidecar reports from its creation, with no traffic until it is ready
 //!   (so its first requests are a surge from zero, as the filter sees them).
@@ -24,10 +25,9 @@ use std::sync::Arc;
 use futures::FutureExt as _;
 use surge_scaler::crd::SurgeScalerSpec;
 use surge_scaler::decision::{self, DecisionState, Input, Policy};
-use surge_scaler::hub::{Hub, Selector, TargetKey};
+use surge_scaler::hub::{Hub, Selector, TargetKey, Wake};
 use surge_scaler::window::WindowConfig;
 use surge_wire::{Proxy, Report, Role, RouteCounters};
-use tokio::sync::Notify;
 
 use super::super::sim::{Autoscaler, Observation};
 use super::ScaleTarget;
@@ -166,7 +166,7 @@ pub struct SurgeReplay {
     started: u64,
     hub: Hub,
     key: TargetKey,
-    wake: Arc<Notify>,
+    wake: Arc<Wake>,
     policy: Policy,
     state: Option<DecisionState>,
     last_decision_ms: Option<i64>,
@@ -299,8 +299,11 @@ impl Autoscaler for SurgeReplay {
         for index in 0..self.sidecars.len() {
             self.report(index, now);
         }
-        // The hub's wake-up: a permit stored by a report that can move the answer.
-        let significant = self.wake.notified().now_or_never().is_some();
+        // The hub's wake-ups (a surge report: decide at once; a moved metric: decide after the
+        // controller's 10 ms gap, within this 100 ms step): permits stored by the reports.
+        let surge = self.wake.surge.notified().now_or_never().is_some();
+        let change = self.wake.change.notified().now_or_never().is_some();
+        let significant = surge || change;
 
         let tick_due = self
             .last_decision_ms
@@ -315,7 +318,9 @@ impl Autoscaler for SurgeReplay {
         let current = i32::try_from(o.replicas).unwrap_or(i32::MAX);
         let input = Input {
             current,
-            ready: i32::try_from(o.ready_pods).unwrap_or(i32::MAX),
+            // What the controller passes: the scale's `status.replicas`, the pods that exist
+            // (starting ones included), which the simulation's pods are as soon as written.
+            ready: current,
             observation,
         };
         let state = self
