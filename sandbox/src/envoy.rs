@@ -444,6 +444,9 @@ pub struct EnvoyOptions {
     pub ready_timeout: Duration,
     /// Extra arguments appended to the command line.
     pub extra_args: Vec<String>,
+    /// Start Envoy under `nice -n <value>` (the sandbox starts new pods at low priority so that
+    /// their start-up does not starve the pods already serving, as it would not on a cluster).
+    pub nice: Option<i32>,
 }
 
 impl EnvoyOptions {
@@ -457,6 +460,7 @@ impl EnvoyOptions {
             log_level: "info".into(),
             ready_timeout: Duration::from_secs(20),
             extra_args: Vec::new(),
+            nice: None,
         })
     }
 }
@@ -498,7 +502,14 @@ impl Envoy {
             source,
         })?;
 
-        let mut command = Command::new(&options.binary);
+        let mut command = match options.nice {
+            Some(niceness) => {
+                let mut c = Command::new("nice");
+                c.arg("-n").arg(niceness.to_string()).arg(&options.binary);
+                c
+            }
+            None => Command::new(&options.binary),
+        };
         command
             .arg("-c")
             .arg(&config_path)

@@ -207,6 +207,10 @@ fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<PodRuntime
             log_level: "warning".into(),
             ready_timeout: Duration::from_secs(30),
             extra_args: Vec::new(),
+            // Start at the lowest priority, serve at the normal one (below): on a cluster a new
+            // pod starts on CPU of its own; here Envoy's start (V8 compiling the filter for
+            // each worker) would otherwise take the cores from the pods already serving.
+            nice: Some(19),
         };
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<SocketAddr, String>>();
         let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
@@ -214,6 +218,13 @@ fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<PodRuntime
             .name(format!("envoy-{name}"))
             .spawn(move || match Envoy::start(&bootstrap, &options) {
                 Ok(envoy) => {
+                    // Back to normal priority once ready (root may lower niceness; elsewhere the
+                    // pod keeps serving at nice 19, like the other pods).
+                    let _ = std::process::Command::new("renice")
+                        .args(["-n", "0", "-p", &envoy.pid().to_string()])
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null())
+                        .status();
                     let _ = ready_tx.send(Ok(envoy.listener_addr()));
                     // Park until the pod is stopped (sender dropped), then kill Envoy.
                     let _ = stop_rx.recv();
