@@ -134,6 +134,40 @@ pub struct RunResult {
     pub timeline: Vec<TimelinePoint>,
     /// Scale writes, in arrival order.
     pub scale_writes: Vec<ScaleWrite>,
+    /// Every request the embedded API received, counted by method, path and status (what the
+    /// scaler asked of "Kubernetes", and whether it got it).
+    pub api_calls: Vec<ApiCalls>,
+}
+
+/// Requests with the same method, path and answer.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiCalls {
+    /// HTTP method.
+    pub method: String,
+    /// Path without the query.
+    pub path: String,
+    /// HTTP status answered.
+    pub status: u16,
+    /// How many.
+    pub count: usize,
+}
+
+fn count_calls(requests: &[RequestRecord]) -> Vec<ApiCalls> {
+    let mut counts: std::collections::BTreeMap<(String, String, u16), usize> = Default::default();
+    for r in requests {
+        *counts
+            .entry((r.method.clone(), r.path.clone(), r.status))
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((method, path, status), count)| ApiCalls {
+            method,
+            path,
+            status,
+            count,
+        })
+        .collect()
 }
 
 /// The inputs collected during a run.
@@ -341,6 +375,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         seconds: rows,
         timeline,
         scale_writes,
+        api_calls: count_calls(c.requests),
     }
 }
 
