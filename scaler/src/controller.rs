@@ -345,6 +345,8 @@ pub struct TargetLoop {
     last_scale_time: Option<Time>,
     stale_announced: bool,
     last_decision: Option<Decision>,
+    writes: tokio::sync::mpsc::Sender<Write>,
+    writer: Option<JoinHandle<()>>,
 }
 
 impl TargetLoop {
@@ -360,6 +362,13 @@ impl TargetLoop {
             .status
             .as_ref()
             .and_then(|s| s.last_scale_time.clone());
+        let (writes, queue) = tokio::sync::mpsc::channel(256);
+        let writer = tokio::spawn(writer(
+            Arc::clone(&ctx),
+            key.clone(),
+            scaler.object_ref(&()),
+            queue,
+        ));
         Self {
             policy: Policy::from_spec(&scaler.spec),
             ctx,
@@ -377,6 +386,8 @@ impl TargetLoop {
             last_scale_time,
             stale_announced: false,
             last_decision: None,
+            writes,
+            writer: Some(writer),
         }
     }
 
@@ -418,6 +429,16 @@ impl TargetLoop {
             // A step is never cancelled half-way: a PATCH in flight completes before the loop
             // looks at the shutdown signal again.
             self.step().await;
+        }
+        self.finish().await;
+    }
+
+    /// Closes the write queue and waits until the queued Events and status are written.
+    pub async fn finish(mut self) {
+        let writer = self.writer.take();
+        drop(self);
+        if let Some(writer) = writer {
+            let _ = writer.await;
         }
     }
 
@@ -545,8 +566,8 @@ impl TargetLoop {
         Ok(None)
     }
 
+    /// Queues an Event for the target's writer; never waits for the API.
     async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
-        let reference = self.scaler.object_ref(&());
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -554,13 +575,9 @@ impl TargetLoop {
             action: action.to_owned(),
             secondary: None,
         };
-        let _ = self
-            .ctx
-            .call(
-                Operation::create_event,
-                self.ctx.recorder.publish(&event, &reference),
-            )
-            .await;
+        if self.writes.try_send(Write::Event(event)).is_err() {
+            tracing::warn!(target = %self.key, "event queue full; dropping an event");
+        }
     }
 
     /// One pass: conflicts, scale, decision, patch, events, status.
@@ -876,26 +893,76 @@ impl TargetLoop {
         if same_shape && (fresh_enough || self.last_status.as_ref() == Some(&status)) {
             return;
         }
-        let api: Api<SurgeScaler> = Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        let patch = Patch::Merge(json!({ "status": status }));
-        match self
-            .ctx
-            .call(
-                Operation::patch_status,
-                api.patch_status(&self.key.name, &params, &patch),
-            )
-            .await
+        if self
+            .writes
+            .try_send(Write::Status(Box::new(status.clone())))
+            .is_err()
         {
-            Ok(_) => {
-                self.last_status = Some(status);
-                self.status_written_at = Some(Instant::now());
+            tracing::warn!(target = %self.key, "status queue full; the next change rewrites it");
+            return;
+        }
+        self.last_status = Some(status);
+        self.status_written_at = Some(Instant::now());
+    }
+}
+
+/// A write that does not decide anything: done off the decision path, so a slow status or
+/// Event write never delays the next scale PATCH.
+enum Write {
+    Event(Event),
+    Status(Box<SurgeScalerStatus>),
+}
+
+/// Writes a target's Events and status in order until the loop drops its sender, then
+/// finishes what is queued (shutdown waits for it).
+async fn writer(
+    ctx: Arc<Context>,
+    key: TargetKey,
+    reference: k8s_openapi::api::core::v1::ObjectReference,
+    mut queue: tokio::sync::mpsc::Receiver<Write>,
+) {
+    let api: Api<SurgeScaler> = Api::namespaced(ctx.client.clone(), &key.namespace);
+    let params = PatchParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PatchParams::default()
+    };
+    while let Some(write) = queue.recv().await {
+        match write {
+            Write::Event(event) => {
+                let _ = ctx
+                    .call(
+                        Operation::create_event,
+                        ctx.recorder.publish(&event, &reference),
+                    )
+                    .await;
             }
-            Err(error) => {
-                tracing::debug!(target = %self.key, %error, "status write failed");
+            Write::Status(mut status) => {
+                // Only the newest status matters: skip to the last one queued.
+                let mut events = Vec::new();
+                while let Ok(next) = queue.try_recv() {
+                    match next {
+                        Write::Status(newer) => status = newer,
+                        Write::Event(event) => events.push(event),
+                    }
+                }
+                let patch = Patch::Merge(json!({ "status": status }));
+                if let Err(error) = ctx
+                    .call(
+                        Operation::patch_status,
+                        api.patch_status(&key.name, &params, &patch),
+                    )
+                    .await
+                {
+                    tracing::debug!(target = %key, %error, "status write failed");
+                }
+                for event in events {
+                    let _ = ctx
+                        .call(
+                            Operation::create_event,
+                            ctx.recorder.publish(&event, &reference),
+                        )
+                        .await;
+                }
             }
         }
     }

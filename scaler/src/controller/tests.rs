@@ -34,20 +34,32 @@ struct Seen {
     body: Value,
 }
 
-/// Answers the expected requests in order; returns what it saw. A `reply` of `Value::Null`
-/// with status 200 means "echo the request body".
+/// Answers the expected requests; returns what it saw, indexed like the script. Requests to
+/// the same method and path are matched in script order; Events and status are written by a
+/// separate task, so their order relative to other calls is not fixed. A `reply` of
+/// `Value::Null` means "echo the request body"; status 0 means "never answer".
 async fn serve(mut handle: Handle, script: Vec<Expect>) -> Vec<Seen> {
-    let mut seen = Vec::new();
-    for step in script {
+    let mut seen: Vec<Option<Seen>> = script.iter().map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..script.len()).collect();
+    while !pending.is_empty() {
         let (request, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
             .await
-            .unwrap_or_else(|_| panic!("expected {} {}", step.method, step.path_and_query))
+            .unwrap_or_else(|_| {
+                let missing: Vec<_> = pending
+                    .iter()
+                    .map(|&i| format!("{} {}", script[i].method, script[i].path_and_query))
+                    .collect();
+                panic!("expected {missing:?}")
+            })
             .expect("the client went away");
         let uri = request.uri().path_and_query().unwrap().to_string();
-        assert_eq!(
-            (request.method().as_str(), uri.as_str()),
-            (step.method, step.path_and_query)
-        );
+        let method = request.method().as_str().to_owned();
+        let position = pending
+            .iter()
+            .position(|&i| script[i].method == method && script[i].path_and_query == uri)
+            .unwrap_or_else(|| panic!("unexpected request {method} {uri}"));
+        let index = pending.remove(position);
+        let step = &script[index];
         let content_type = request
             .headers()
             .get(http::header::CONTENT_TYPE)
@@ -61,13 +73,15 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) -> Vec<Seen> {
         let reply = if step.reply.is_null() {
             body.clone()
         } else {
-            step.reply
+            step.reply.clone()
         };
-        seen.push(Seen { content_type, body });
+        seen[index] = Some(Seen { content_type, body });
         if step.status == 0 {
             // Never answer: the caller must time out. Keep the responder alive meanwhile.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            drop(send);
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                drop(send);
+            });
             continue;
         }
         send.send_response(
@@ -84,7 +98,7 @@ async fn serve(mut handle: Handle, script: Vec<Expect>) -> Vec<Seen> {
     {
         panic!("unexpected request {} {}", request.method(), request.uri());
     }
-    seen
+    seen.into_iter().map(|s| s.unwrap()).collect()
 }
 
 fn scaler() -> SurgeScaler {
