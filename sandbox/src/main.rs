@@ -68,6 +68,10 @@ enum Command {
         /// other) and cross-check the replayed decisions against it.
         #[arg(long)]
         live: bool,
+        /// Pod start-up delay for every scenario, replacing the files' `pods.startup_delay_ms`
+        /// (what-if: faster or slower pods).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
+        startup_delay_ms: Option<u64>,
     },
     /// Draw `chart.svg` again from a `result.json`, next to it.
     Chart {
@@ -127,7 +131,15 @@ async fn main() -> ExitCode {
             out,
             seeds,
             live,
-        } => match surge_sandbox::compare::load_scenarios(&scenarios) {
+            startup_delay_ms,
+        } => match surge_sandbox::compare::load_scenarios(&scenarios).map(|mut all| {
+            if let Some(ms) = startup_delay_ms {
+                for scenario in &mut all {
+                    scenario.pods.startup_delay_ms = ms;
+                }
+            }
+            all
+        }) {
             Err(e) => Err(e),
             Ok(scenarios) if live => {
                 surge_sandbox::compare::compare_live(&scenarios, seeds, &out, shutdown_signal).await
