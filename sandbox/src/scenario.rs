@@ -124,6 +124,13 @@ pub enum Phase {
         /// The rates, one per second (at most 3600).
         rps: Vec<Rps>,
     },
+    /// Replay of a per-second trace from a file: one rate per line (or separated by commas or
+    /// spaces; `#` starts a comment), path relative to the scenario file. Read into a `trace`
+    /// when the scenario is read.
+    TraceFile {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 impl Phase {
@@ -134,6 +141,7 @@ impl Phase {
             | Phase::Ramp { seconds, .. }
             | Phase::Spike { seconds, .. } => seconds.get() as f64,
             Phase::Trace { rps } => rps.len() as f64,
+            Phase::TraceFile { .. } => 0.0,
         }
     }
 
@@ -162,6 +170,7 @@ impl Phase {
                 .get(t.max(0.0) as usize)
                 .or(rps.last())
                 .map_or(0.0, |r| r.get()),
+            Phase::TraceFile { .. } => 0.0,
         }
     }
 }
@@ -309,15 +318,35 @@ impl Scenario {
             path: path.to_path_buf(),
             source,
         })?;
-        Self::parse(&text).map_err(|message| ScenarioError::Invalid {
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::parse_in(&text, base).map_err(|message| ScenarioError::Invalid {
             path: path.to_path_buf(),
             message,
         })
     }
 
-    /// Parses and validates scenario YAML; the error names the field and the line.
+    /// Parses and validates scenario YAML; the error names the field and the line. Trace files
+    /// are read relative to the current directory.
     pub fn parse(text: &str) -> Result<Self, String> {
-        let scenario: Scenario = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        Self::parse_in(text, Path::new("."))
+    }
+
+    /// Like [`Scenario::parse`], reading trace files relative to `base`.
+    pub fn parse_in(text: &str, base: &Path) -> Result<Self, String> {
+        let mut scenario: Scenario = serde_yaml::from_str(text).map_err(|e| e.to_string())?;
+        for (i, phase) in scenario.load.iter_mut().enumerate() {
+            if let Phase::TraceFile { path } = phase {
+                let full = base.join(&*path);
+                let rps = read_trace(&full).map_err(|reason| {
+                    format!(
+                        "load[{i}].trace_file.path: {}: {reason}{}",
+                        full.display(),
+                        line_of(text, "path")
+                    )
+                })?;
+                *phase = Phase::Trace { rps };
+            }
+        }
         scenario
             .check()
             .map_err(|(field, reason)| format!("{field}: {reason}{}", line_of(text, &field)))?;
@@ -496,6 +525,26 @@ impl Scenario {
     }
 }
 
+/// Rates from a trace file; the error names the file's line.
+fn read_trace(path: &Path) -> Result<Vec<Rps>, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let mut rates = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("");
+        for field in line
+            .split([',', ' ', '\t'])
+            .filter(|f| !f.trim().is_empty())
+        {
+            let value: f64 = field
+                .trim()
+                .parse()
+                .map_err(|_| format!("line {}: {field:?} is not a number", n + 1))?;
+            rates.push(Rps::try_from(value).map_err(|e| format!("line {}: {e}", n + 1))?);
+        }
+    }
+    Ok(rates)
+}
+
 /// ` (line N)` for the first line that mentions the last key of `field`, to point at it.
 fn line_of(text: &str, field: &str) -> String {
     let key = field
@@ -554,6 +603,24 @@ mod tests {
             err.contains("scaler.min_replicas") && err.contains("line 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn trace_file_is_read_relative_to_the_scenario_and_checked() {
+        let dir = std::env::temp_dir().join(format!("surge-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("t.csv"), "# rps per second\n10\n20, 30\n").unwrap();
+        let text = "name: x\nload:\n  - trace_file: {path: t.csv}\n";
+        let s = Scenario::parse_in(text, &dir).unwrap();
+        assert_eq!(s.load_seconds(), 3.0);
+        assert_eq!(s.rate_at(2.5), 30.0);
+        std::fs::write(dir.join("t.csv"), "10\nlots\n").unwrap();
+        let err = Scenario::parse_in(text, &dir).unwrap_err();
+        assert!(
+            err.contains("load[0].trace_file.path") && err.contains("line 2"),
+            "{err}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
