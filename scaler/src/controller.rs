@@ -895,7 +895,7 @@ impl TargetLoop {
         }
         if self
             .writes
-            .try_send(Write::Status(Box::new(status.clone())))
+            .try_send(Write::Status(status.clone()))
             .is_err()
         {
             tracing::warn!(target = %self.key, "status queue full; the next change rewrites it");
@@ -910,7 +910,7 @@ impl TargetLoop {
 /// Event write never delays the next scale PATCH.
 enum Write {
     Event(Event),
-    Status(Box<SurgeScalerStatus>),
+    Status(SurgeScalerStatus),
 }
 
 /// Writes a target's Events and status in order until the loop drops its sender, then
