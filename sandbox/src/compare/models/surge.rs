@@ -460,14 +460,32 @@ mod tests {
     }
 
     #[test]
-    fn a_10x_step_is_acted_on_within_a_report_check_period_or_two() {
+    fn a_10x_step_is_acted_on_within_half_a_second() {
         let trace: Vec<f64> = (0..120)
             .map(|s| if s < 30 { 60.0 } else { 600.0 })
             .collect();
         let out = run(&trace, 30.0, 1);
         let first = out.metrics.first_scale_up_s;
-        // The filter checks every 100 ms and reports early on a 2x rise over its 200 ms window.
-        assert!(first.is_some_and(|s| s <= 0.5), "{first:?}");
+        // The one pod completes only its 100 rps until its queue of 200 overflows (0.4 s at
+        // 500 rps too many); then the refusals complete too, the filter's next check (every
+        // 100 ms) sees more than twice the last reported rate and reports early, and the
+        // scaler decides on that report.
+        assert!(first.is_some_and(|s| (0.4..=0.6).contains(&s)), "{first:?}");
         assert!(out.metrics.peak_replicas >= 9, "{:?}", out.metrics);
+    }
+
+    #[test]
+    fn a_2x_step_waits_for_the_stable_window() {
+        // 60 -> 120 rps: not above the filter's 2x (no early report), and 120 / 70 = 1.7 per
+        // pod is under the panic threshold of 2: only the 60 s average can move the answer.
+        let trace: Vec<f64> = (0..120)
+            .map(|s| if s < 30 { 60.0 } else { 120.0 })
+            .collect();
+        let out = run(&trace, 30.0, 1);
+        let first = out.metrics.first_scale_up_s;
+        assert!(
+            first.is_some_and(|s| (10.0..=30.0).contains(&s)),
+            "{first:?}"
+        );
     }
 }
