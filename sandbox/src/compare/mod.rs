@@ -1,25 +1,32 @@
 //! Side by side: Surge against the classic Prometheus + KEDA + HPA chain and Knative's KPA, on the
-//! same per-second load, the same pod start-up time and the same capacity per pod.
+//! same per-second load, the same pod start-up time and the same capacity per pod
+//! (`surge-sandbox compare`; results in `docs/benchmarks/compare.md`).
 //!
-//! Everything here is a pure, deterministic discrete-time simulation (no clock, no I/O):
+//! The models are a pure, deterministic discrete-time simulation (no clock, no I/O); with
+//! `--live` the real sandbox plays the same scenario files next to them:
 //!
 //! ```text
-//!  scenario (per-second offered load)
+//!  scenario file (sandbox format) --> Trace (per-second offered load, pods, bounds, target)
 //!        |
 //!        v
 //!  sim::simulate ── every 100 ms ──> pods (start-up delay, capacity) ──> fluid queue ──> series
 //!        ^                                   |
-//!        |  desired replicas                 | Observation (request counter, ready pods, ...)
+//!        |  desired replicas                 | Observation (counters, ready pods, ...)
 //!        +──────────── models::* <───────────+
+//!                                                  report (table, JSON) + chart (SVG)
+//!  run::run (live sandbox) --> live::system_result --> live::cross_check against the replay
 //! ```
 //!
 //! - [`sim`]: the simulation loop, the pod and queue model and the metrics of one run.
-//! - [`models`]: one [`sim::Autoscaler`] per system (classic chain, the tutorial's counter
-//!   variant, Knative's KPA), each a pure struct whose constants cite
-//!   `shared/reference/autoscalers.md` (the anchors' documented formulas and defaults).
-//! - [`scenarios`]: the scenario set (steps, spike, ramp, noisy diurnal curve, drop to zero).
+//! - [`models`]: one [`sim::Autoscaler`] per system: the classic chain, the tutorial's counter
+//!   variant and Knative's KPA, each a pure struct whose constants cite
+//!   `shared/reference/autoscalers.md`; and Surge, replayed through the scaler's own ingest hub
+//!   and decision code.
+//! - [`scenarios`]: the scenario set (steps, spike, ramp, noisy diurnal curve, drop to zero) and
+//!   the [`scenarios::Trace`] the simulation plays.
 //! - [`report`]: runs every system over every scenario and writes the markdown and JSON table.
-//! - [`chart`]: one hand-written SVG chart per scenario.
+//! - [`chart`]: hand-written SVG charts per scenario.
+//! - [`live`]: a live sandbox run as a row of the table, and the cross-check against the replay.
 //! - [`rng`]: a small seeded generator, so phases and noise are reproducible.
 
 pub mod chart;
