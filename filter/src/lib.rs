@@ -3,7 +3,8 @@
 //! when it sees a surge.
 //!
 //! ```text
-//!  worker VM 1 ─┐ on_log: host metrics surge.route.<i>.*  (process-wide Envoy stats)
+//!  worker VM 1 ─┐ on_log: tally in VM memory, flushed every 10 ms / tick to host metrics
+//!               │         surge.route.<i>.*  (process-wide Envoy stats)
 //!  worker VM 2 ─┤ route key -> index <i>: table in shared data (CAS)
 //!  main VM    ──┘
 //!        every check period, each VM: CAS lease in shared data -> one reporter
@@ -11,8 +12,8 @@
 //!                  -> seq record (CAS) -> surge_wire::Report JSON -> dispatch_http_call
 //! ```
 //!
-//! Pure modules (`config`, `route`, `surge`, `lease`, `report`, `identity`) hold every decision
-//! and are tested natively; only `glue` imports `proxy_wasm`, and only on wasm32.
+//! Pure modules (`config`, `json`, `route`, `surge`, `tally`, `lease`, `report`, `identity`) hold
+//! every decision and are tested natively; only `glue` imports `proxy_wasm`, and only on wasm32.
 
 pub mod config;
 pub mod identity;
@@ -21,6 +22,7 @@ pub mod lease;
 pub mod report;
 pub mod route;
 pub mod surge;
+pub mod tally;
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -13,10 +13,26 @@ use crate::config::{Config, SurgeConfig};
 /// Why a report goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// The report interval has passed.
+    /// The report interval has passed and the rate is not surging.
     Periodic,
-    /// The recent rate surged past the last reported rate.
+    /// The recent rate surged past the last reported rate before the interval passed: an early
+    /// report.
     Surge,
+    /// The interval passed while the rate surges: sent on schedule and flagged as a surge, so
+    /// that a periodic report falling due at the start of a surge does not hide it.
+    PeriodicSurge,
+}
+
+impl Trigger {
+    /// Whether the report is flagged as a surge.
+    pub fn is_surge(self) -> bool {
+        matches!(self, Self::Surge | Self::PeriodicSurge)
+    }
+
+    /// Whether the report is the periodic one (it advances the schedule).
+    pub fn is_periodic(self) -> bool {
+        matches!(self, Self::Periodic | Self::PeriodicSurge)
+    }
 }
 
 /// Most samples kept; at a 10 ms check period this still covers more than the longest window
@@ -96,22 +112,23 @@ impl Scheduler {
             None => true,
             Some(at) => now_ms >= at.saturating_add(self.interval_ms),
         };
+        let surging = match (self.last_reported_rate, self.recent_rate()) {
+            (Some(baseline), Some(recent)) => {
+                recent >= self.surge.min_rps && recent > baseline * self.surge.factor
+            }
+            _ => false,
+        };
         if periodic {
-            return Some(Trigger::Periodic);
+            return Some(if surging {
+                Trigger::PeriodicSurge
+            } else {
+                Trigger::Periodic
+            });
         }
-        if self
+        let gap_ok = self
             .last_early_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) < self.surge.min_gap_ms)
-        {
-            return None;
-        }
-        let baseline = self.last_reported_rate?;
-        let recent = self.recent_rate()?;
-        if recent >= self.surge.min_rps && recent > baseline * self.surge.factor {
-            Some(Trigger::Surge)
-        } else {
-            None
-        }
+            .is_none_or(|t| now_ms.saturating_sub(t) >= self.surge.min_gap_ms);
+        (surging && gap_ok).then_some(Trigger::Surge)
     }
 
     /// The schedule to store after sending a report triggered by `trigger` at `now_ms`.
@@ -122,11 +139,9 @@ impl Scheduler {
     /// schedule restarts from now instead of catching up in a burst. Early reports leave the
     /// periodic schedule alone.
     pub fn next_schedule(&self, now_ms: u64, schedule_ms: Option<u64>, trigger: Trigger) -> u64 {
-        match (trigger, schedule_ms) {
-            (Trigger::Surge, Some(at)) => at,
-            (Trigger::Periodic, Some(at))
-                if now_ms < at.saturating_add(self.interval_ms.saturating_mul(2)) =>
-            {
+        match schedule_ms {
+            Some(at) if !trigger.is_periodic() => at,
+            Some(at) if now_ms < at.saturating_add(self.interval_ms.saturating_mul(2)) => {
                 at.saturating_add(self.interval_ms)
             }
             _ => now_ms,
@@ -139,17 +154,17 @@ impl Scheduler {
             at_ms: now_ms,
             total,
         };
-        self.last_reported_rate = match trigger {
+        self.last_reported_rate = if trigger.is_surge() {
             // The rate that triggered the report is what the scaler now acts on.
-            Trigger::Surge => self.recent_rate(),
+            self.recent_rate()
+        } else {
             // The rate over the interval the report closes (the recent window when this VM
             // has no earlier report, e.g. it just took over).
-            Trigger::Periodic => self
-                .last_report
+            self.last_report
                 .and_then(|prev| rate(prev, now))
-                .or_else(|| self.recent_rate()),
+                .or_else(|| self.recent_rate())
         };
-        if trigger == Trigger::Surge {
+        if trigger.is_surge() {
             self.last_early_ms = Some(now_ms);
         }
         self.last_report = Some(now);
@@ -305,6 +320,17 @@ mod tests {
         assert_eq!(s.last_reported_rate(), None);
         s.observe(200, 100);
         assert_eq!(s.due(200, Some(100)), None);
+    }
+
+    #[test]
+    fn a_surge_when_the_periodic_report_falls_due_is_flagged() {
+        let mut s = scheduler();
+        let mut schedule = None;
+        let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 30, 3_000);
+        // The periodic report is due at the next check (t + 100), just as the load steps up.
+        let (_, _, sent) = run(&mut s, &mut schedule, t, total, 300, 100);
+        assert_eq!(sent, [(t + 100, Trigger::PeriodicSurge)]);
+        assert_eq!(schedule, Some(t + 100), "still advances the schedule");
     }
 
     #[test]

@@ -294,7 +294,9 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
         .unwrap();
     let addr = envoy.listener_addr();
 
-    let baseline = upstream::paced(addr, "/search", 30, Duration::from_millis(3000), 3)
+    // 3.4 s of baseline puts the step between two periodic reports (the first goes out at
+    // start, then every second), so what follows it within 200 ms is an early report.
+    let baseline = upstream::paced(addr, "/search", 30, Duration::from_millis(3400), 3)
         .await
         .unwrap();
     assert_eq!(baseline.failed, 0);
@@ -305,6 +307,18 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
     assert_eq!(step.failed, 0);
 
     let reports = capture.reports();
+    for r in &reports {
+        let total: u64 = r.report.routes.iter().map(|c| c.requests_total).sum();
+        let offset = if r.at >= step_at {
+            (r.at - step_at).as_millis() as i64
+        } else {
+            -((step_at - r.at).as_millis() as i64)
+        };
+        eprintln!(
+            "report seq {} at {offset} ms surge {} total {total}",
+            r.report.seq, r.report.surge
+        );
+    }
     let before_step: Vec<&Captured> = reports.iter().filter(|r| r.at < step_at).collect();
     // The baseline was steady for a while before the step: periodic reports only by then.
     assert!(

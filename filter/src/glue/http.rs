@@ -10,13 +10,13 @@ use crate::report::{duration_us, is_error};
 
 use super::host;
 use super::root::VmState;
-use super::routes::RouteMetrics;
+use crate::route::Slot;
 
 /// One request.
 pub(crate) struct SurgeHttp {
     vm: Rc<RefCell<VmState>>,
     /// Set when this context raised the in-flight gauge, so only it lowers it again.
-    started: Option<RouteMetrics>,
+    started: Option<Slot>,
 }
 
 impl SurgeHttp {
@@ -24,7 +24,7 @@ impl SurgeHttp {
         Self { vm, started: None }
     }
 
-    fn route_metrics(&self) -> Option<RouteMetrics> {
+    fn slot(&self) -> Option<Slot> {
         let mut vm = self.vm.borrow_mut();
         let config = vm.config.clone()?;
         let options = &config.route_key;
@@ -37,7 +37,7 @@ impl SurgeHttp {
         } else {
             Vec::new()
         };
-        Some(vm.routes.metrics_for(&route, &cluster, &config))
+        Some(vm.routes.slot_for(&route, &cluster, &config))
     }
 }
 
@@ -45,9 +45,9 @@ impl Context for SurgeHttp {}
 
 impl HttpContext for SurgeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(metrics) = self.route_metrics() {
-            metrics.start();
-            self.started = Some(metrics);
+        if let Some(slot) = self.slot() {
+            self.vm.borrow_mut().routes.pending(slot).start();
+            self.started = Some(slot);
         }
         Action::Continue
     }
@@ -55,17 +55,20 @@ impl HttpContext for SurgeHttp {
     fn on_log(&mut self) {
         // Envoy runs on_log for requests an earlier filter rejected too (the context is then
         // created lazily and headers never ran): key them now.
-        let metrics = match self.started.take() {
-            Some(metrics) => {
-                metrics.end();
-                Some(metrics)
-            }
-            None => self.route_metrics(),
+        let started = self.started.take();
+        let Some(slot) = started.or_else(|| self.slot()) else {
+            return;
         };
-        if let Some(metrics) = metrics {
-            let code = host::property(vec!["response", "code"]);
-            let duration = host::property(vec!["request", "duration"]);
-            metrics.complete(is_error(code.as_deref()), duration_us(duration.as_deref()));
+        let code = host::property(vec!["response", "code"]);
+        let duration = host::property(vec!["request", "duration"]);
+        let mut vm = self.vm.borrow_mut();
+        let pending = vm.routes.pending(slot);
+        if started.is_some() {
+            pending.end();
+        }
+        pending.complete(is_error(code.as_deref()), duration_us(duration.as_deref()));
+        if vm.flush_clock.due(host::now_ms()) {
+            vm.routes.flush();
         }
     }
 }

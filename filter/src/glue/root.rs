@@ -17,7 +17,8 @@ use crate::config::Config;
 use crate::identity;
 use crate::lease::{INSTANCE_KEY, LEASE_KEY, Lease, LeaseStep, ROUTES_KEY, SEQ_KEY, SeqRecord};
 use crate::report::{self, DeliveryLog, Header, Outcome};
-use crate::surge::{Scheduler, Trigger};
+use crate::surge::Scheduler;
+use crate::tally::FlushClock;
 
 use super::host;
 use super::http::SurgeHttp;
@@ -28,6 +29,7 @@ use super::routes::RouteCache;
 pub(crate) struct VmState {
     pub(crate) config: Option<Rc<Config>>,
     pub(crate) routes: RouteCache,
+    pub(crate) flush_clock: FlushClock,
 }
 
 /// The filter's own counters (process-wide, like the route metrics).
@@ -149,7 +151,7 @@ impl SurgeRoot {
         let Some(proxy) = self.proxy.clone() else {
             return;
         };
-        let surge = trigger == Trigger::Surge;
+        let surge = trigger.is_surge();
         let body = report::encode(&report::build(
             Header {
                 proxy,
@@ -258,6 +260,8 @@ impl RootContext for SurgeRoot {
         let Some(config) = self.config() else {
             return;
         };
+        // Every VM, reporter or not, hands its tallied counts to the process-wide metrics.
+        self.vm.borrow_mut().routes.flush();
         let now_ms = host::now_ms();
         if !self.hold_lease(now_ms, config.lease_ms()) {
             // A follower keeps no history: when it takes over it starts afresh, and the shared

@@ -5,6 +5,7 @@ use crate::config::Config;
 use crate::lease::ROUTES_KEY;
 use crate::report::{Counters, gauge_value};
 use crate::route::{Registration, RouteKey, RouteTable, Slot};
+use crate::tally::Delta;
 
 use super::host;
 
@@ -31,27 +32,19 @@ impl RouteMetrics {
         }
     }
 
-    /// A request started.
-    pub(crate) fn start(&self) {
-        host::add(self.inflight, 1);
-    }
-
-    /// A request this VM counted as started has ended.
-    pub(crate) fn end(&self) {
-        host::add(self.inflight, -1);
-    }
-
-    /// A request completed. Requests before errors: the reporter reads errors first, so it never
-    /// sees more errors than requests.
-    pub(crate) fn complete(&self, error: bool, duration_us: u64) {
-        host::add(self.requests, 1);
-        if error {
-            host::add(self.errors, 1);
-        }
+    /// Adds a VM's tallied counts. Requests before errors: the reporter reads errors first, so
+    /// it never sees more errors than requests.
+    fn apply(&self, delta: Delta) {
+        host::add(
+            self.requests,
+            i64::try_from(delta.requests).unwrap_or(i64::MAX),
+        );
+        host::add(self.errors, i64::try_from(delta.errors).unwrap_or(i64::MAX));
         host::add(
             self.duration_us,
-            i64::try_from(duration_us).unwrap_or(i64::MAX),
+            i64::try_from(delta.duration_us).unwrap_or(i64::MAX),
         );
+        host::add(self.inflight, delta.inflight);
     }
 
     /// The process-wide counters.
@@ -79,6 +72,9 @@ pub(crate) struct RouteCache {
     slots: Vec<(Vec<u8>, Vec<u8>, Slot)>,
     metrics: Vec<Option<RouteMetrics>>,
     other: Option<RouteMetrics>,
+    /// Unflushed counts, by slot index; `other_pending` for the overflow key.
+    pending: Vec<Delta>,
+    other_pending: Delta,
     table: RouteTable,
     overflow_logged: bool,
 }
@@ -87,21 +83,16 @@ pub(crate) struct RouteCache {
 const REGISTER_ATTEMPTS: usize = 4;
 
 impl RouteCache {
-    /// The metrics a request is counted under, from the raw route name (already the virtual
+    /// The slot a request is counted under, from the raw route name (already the virtual
     /// host when that is the fallback) and cluster, registering the key process-wide on first
     /// sight.
-    pub(crate) fn metrics_for(
-        &mut self,
-        route: &[u8],
-        cluster: &[u8],
-        config: &Config,
-    ) -> RouteMetrics {
+    pub(crate) fn slot_for(&mut self, route: &[u8], cluster: &[u8], config: &Config) -> Slot {
         let known = self
             .slots
             .iter()
             .find(|(r, c, _)| r == route && c == cluster)
             .map(|(_, _, s)| *s);
-        let slot = match known {
+        match known {
             Some(slot) => slot,
             None => {
                 let key =
@@ -125,8 +116,37 @@ impl RouteCache {
                 }
                 slot
             }
-        };
-        self.metrics_of(slot)
+        }
+    }
+
+    /// The unflushed counts of `slot`.
+    pub(crate) fn pending(&mut self, slot: Slot) -> &mut Delta {
+        match slot {
+            Slot::Other => &mut self.other_pending,
+            Slot::Index(i) => {
+                if self.pending.len() <= i {
+                    self.pending.resize(i + 1, Delta::default());
+                }
+                match self.pending.get_mut(i) {
+                    Some(delta) => delta,
+                    // Unreachable after the resize; count under `other` rather than panic.
+                    None => &mut self.other_pending,
+                }
+            }
+        }
+    }
+
+    /// Adds every unflushed count to the process-wide metrics.
+    pub(crate) fn flush(&mut self) {
+        for i in 0..self.pending.len() {
+            let delta = self.pending.get_mut(i).and_then(Delta::take);
+            if let Some(delta) = delta {
+                self.metrics_of(Slot::Index(i)).apply(delta);
+            }
+        }
+        if let Some(delta) = self.other_pending.take() {
+            self.metrics_of(Slot::Other).apply(delta);
+        }
     }
 
     fn metrics_of(&mut self, slot: Slot) -> RouteMetrics {
