@@ -17,6 +17,15 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
+/// Microseconds since the Unix epoch on the proxy's clock (0 if unavailable). A clock read is a
+/// much cheaper host call than a property read, which makes the host allocate in the VM.
+pub(crate) fn now_us() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
 /// A shared-data value and its CAS version.
 pub(crate) fn shared_get(key: &str) -> (Option<Vec<u8>>, Option<u32>) {
     hostcalls::get_shared_data(key).unwrap_or((None, None))

@@ -15,8 +15,9 @@ use crate::route::Slot;
 /// One request.
 pub(crate) struct SurgeHttp {
     vm: Rc<RefCell<VmState>>,
-    /// Set when this context raised the in-flight gauge, so only it lowers it again.
-    started: Option<Slot>,
+    /// Set when this context raised the in-flight gauge, so only it lowers it again; with the
+    /// time the request reached the filter.
+    started: Option<(Slot, u64)>,
 }
 
 impl SurgeHttp {
@@ -47,7 +48,7 @@ impl HttpContext for SurgeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
         if let Some(slot) = self.slot() {
             self.vm.borrow_mut().routes.pending(slot).start();
-            self.started = Some(slot);
+            self.started = Some((slot, host::now_us()));
         }
         Action::Continue
     }
@@ -55,19 +56,27 @@ impl HttpContext for SurgeHttp {
     fn on_log(&mut self) {
         // Envoy runs on_log for requests an earlier filter rejected too (the context is then
         // created lazily and headers never ran): key them now.
-        let started = self.started.take();
-        let Some(slot) = started.or_else(|| self.slot()) else {
-            return;
+        let now_us = host::now_us();
+        let (slot, elapsed_us, started) = match self.started.take() {
+            // The duration from the clock: the time since the request headers reached this
+            // filter, which saves a property read on every request.
+            Some((slot, start_us)) => (slot, now_us.saturating_sub(start_us), true),
+            None => match self.slot() {
+                Some(slot) => {
+                    let duration = host::property(vec!["request", "duration"]);
+                    (slot, duration_us(duration.as_deref()), false)
+                }
+                None => return,
+            },
         };
         let code = host::property(vec!["response", "code"]);
-        let duration = host::property(vec!["request", "duration"]);
         let mut vm = self.vm.borrow_mut();
         let pending = vm.routes.pending(slot);
-        if started.is_some() {
+        if started {
             pending.end();
         }
-        pending.complete(is_error(code.as_deref()), duration_us(duration.as_deref()));
-        if vm.flush_clock.due(host::now_ms()) {
+        pending.complete(is_error(code.as_deref()), elapsed_us);
+        if vm.flush_clock.due(now_us / 1000) {
             vm.routes.flush();
         }
     }
