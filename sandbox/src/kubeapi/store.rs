@@ -610,6 +610,52 @@ mod tests {
     }
 
     #[test]
+    fn watch_history_beyond_the_kept_window_is_expired() {
+        let store = Store::new();
+        let ty = super::super::resources::LEASES;
+        store
+            .create(ty, "default", json!({"metadata": {"name": "l"}}))
+            .unwrap();
+        for i in 0..HISTORY_LIMIT + 10 {
+            store
+                .modify(ty, "default", "l", Part::Main, false, |cur| {
+                    let mut obj = cur.unwrap();
+                    obj["spec"] = json!({"n": i});
+                    Ok(obj)
+                })
+                .unwrap();
+        }
+        let err = store.changes_since(ty, Some("default"), 1).unwrap_err();
+        assert_eq!((err.code, err.reason), (410, "Expired"));
+        let latest = store.resource_version();
+        let recent = store
+            .changes_since(ty, Some("default"), latest - 3)
+            .unwrap();
+        assert_eq!(recent.len(), 3);
+    }
+
+    #[test]
+    fn no_op_writes_keep_the_resource_version() {
+        let store = Store::new();
+        let ty = super::super::resources::DEPLOYMENTS;
+        store
+            .create(
+                ty,
+                "default",
+                json!({"metadata": {"name": "app"}, "spec": {"replicas": 2}}),
+            )
+            .unwrap();
+        let before = store.resource_version();
+        let same = store
+            .modify(ty, "default", "app", Part::Scale, false, |_| {
+                Ok(json!({"spec": {"replicas": 2}}))
+            })
+            .unwrap();
+        assert_eq!(store.resource_version(), before);
+        assert_eq!(same["spec"]["replicas"], 2);
+    }
+
+    #[test]
     fn rfc3339_formats_known_instants() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_764_115_200), "2025-11-26T00:00:00Z");
