@@ -24,6 +24,10 @@ use crate::decision::{Freshness, Millis, Observation};
 /// Width of one window bucket.
 pub const BUCKET_MS: Millis = 100;
 
+/// The span over which the filter measures the rate it compares to decide on an early report
+/// (its `surge.window_ms` default); see [`TargetWindow::record`].
+pub const SURGE_WINDOW_MS: Millis = 200;
+
 /// What one report changed, per route, for one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
@@ -219,6 +223,8 @@ struct Source {
     concurrency: f64,
     /// In-flight requests at its last report.
     inflight: u64,
+    /// Estimated arrival rate for the burst estimate (see [`TargetWindow::record`]).
+    arrivals_rps: f64,
     has_rate: bool,
 }
 
@@ -298,11 +304,13 @@ impl TargetWindow {
                     rps: 0.0,
                     concurrency: 0.0,
                     inflight,
+                    arrivals_rps: 0.0,
                     has_rate: false,
                 })
             }
         };
         entry.last_seen = now;
+        let previous_inflight = entry.inflight;
         entry.inflight = inflight;
         let Some((delta, interval_ms)) = delta else {
             return if surge { Change::Surge } else { change };
@@ -313,6 +321,21 @@ impl TargetWindow {
         if !entry.has_rate || (rps - entry.rps).abs() > 0.1 * entry.rps.max(1.0) {
             change = Change::Significant;
         }
+        // Arrivals, not completions: a saturated pod completes at its capacity while its queue
+        // (the in-flight gauge) grows, so arrivals = completions + growth of the queue.
+        let arrivals =
+            (delta.requests as f64 + inflight as f64 - previous_inflight as f64).max(0.0);
+        entry.arrivals_rps = if surge && entry.has_rate && interval_ms > SURGE_WINDOW_MS {
+            // A surge report closes an interval that began at the previous (calm) report: the
+            // filter sends it as soon as its last `SURGE_WINDOW_MS` run at `factor` times the
+            // previous rate, so the traffic above that rate is put in that window rather than
+            // spread over the whole interval, which would dilute a step by interval/window.
+            let window = SURGE_WINDOW_MS as f64 / 1000.0;
+            let before = entry.rps * (seconds - window);
+            ((arrivals - before).max(0.0) / window).max(arrivals / seconds)
+        } else {
+            arrivals / seconds
+        };
         entry.rps = rps;
         entry.concurrency = concurrency;
         entry.last_interval_ms = interval_ms;
@@ -406,7 +429,7 @@ impl TargetWindow {
             self.sources
                 .values()
                 .map(|s| match metric {
-                    MetricType::Rps => s.rps,
+                    MetricType::Rps => s.arrivals_rps,
                     MetricType::Concurrency => s.concurrency.max(s.inflight as f64),
                 })
                 .sum()

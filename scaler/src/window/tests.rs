@@ -207,7 +207,8 @@ fn a_surge_report_gives_a_burst_estimate_for_one_panic_window() {
     let mut window = TargetWindow::new(config());
     let now = steady(&mut window, 1_000, 60);
     let a: Arc<str> = Arc::from("a");
-    // `a` jumps to 1000 rps, reported 100 ms after its last report.
+    // `a` jumps to 1000 rps completed, reported 100 ms after its last report, while its queue
+    // grows from 1 to 40 in flight: 1390 rps arrive.
     let t = now + 100;
     let change = window.record(
         t,
@@ -224,7 +225,7 @@ fn a_surge_report_gives_a_burst_estimate_for_one_panic_window() {
     );
     assert_eq!(change, Change::Surge);
     let obs = window.observe(t, MetricType::Rps);
-    assert_eq!(obs.burst, Some(1200.0));
+    assert_eq!(obs.burst, Some(1590.0));
     assert_eq!(window.observe(t + 6_001, MetricType::Rps).burst, None);
 }
 
@@ -242,4 +243,44 @@ fn buckets_older_than_the_ring_are_never_counted() {
 fn a_tracked_route_costs_little_memory() {
     // The per-(instance, route) record: two boxed strings and two counters.
     assert!(std::mem::size_of::<RouteLast>() <= 48);
+}
+
+#[test]
+fn a_surge_on_a_saturated_pod_is_estimated_from_arrivals_in_the_filter_window() {
+    // One pod at 30 rps reports every second; the load steps to 300 rps 190 ms before the
+    // next (early) report. The pod completes at most ~100 rps, so its queue grows by ~38.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let mut t = 1_000;
+    for _ in 0..10 {
+        t += 1000;
+        window.record(t, &a, delta(30, 0), 0, false);
+    }
+    t += 1090;
+    let surge = Some((
+        RouteDelta {
+            requests: 46,
+            busy_us: 0,
+        },
+        1090,
+    ));
+    window.record(t, &a, surge, 38, true);
+    let burst = window.observe(t, MetricType::Rps).burst.unwrap();
+    // Completions alone over the interval: 42 rps. Arrivals in the last 200 ms: ~285 rps.
+    assert!((250.0..=320.0).contains(&burst), "{burst}");
+}
+
+#[test]
+fn a_periodic_report_during_a_surge_is_not_reattributed() {
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let b: Arc<str> = Arc::from("b");
+    window.record(1_000, &a, delta(100, 0), 0, false);
+    window.record(1_000, &b, delta(100, 0), 0, false);
+    // `a` surges; `b` sends its periodic report at the same rate as before.
+    window.record(2_000, &a, delta(300, 0), 0, true);
+    window.record(2_000, &b, delta(100, 0), 0, false);
+    let burst = window.observe(2_000, MetricType::Rps).burst.unwrap();
+    // a: (300 - 100 * 0.8) / 0.2 = 1100; b: 100.
+    assert!((burst - 1200.0).abs() < 1.0, "{burst}");
 }
