@@ -4,19 +4,24 @@
 #
 #   filter/bench/run.sh            # defaults: 5 rounds of 10 s each, interleaved
 #   ROUNDS=3 DURATION=5 filter/bench/run.sh
+#   SURGE_PLUGIN_CONFIG='{"route_key":{"include_cluster":false}}' filter/bench/run.sh
 #
 # Layout (2 cores): the Envoy under test runs on core $ENVOY_CPU with one worker (--concurrency
 # 1); wrk and the upstream (an Envoy answering 200 from a direct_response, which also accepts
 # the filter's reports with 202) share core $LOAD_CPU. The three Envoys under test run at the
 # same time but only the one under load is busy; rounds interleave the variants so drift on a
-# noisy machine hits all three alike. Medians over the rounds are printed as a Markdown table
-# and written to target/bench/filter/results.md.
+# noisy machine hits all three alike. Besides wrk's requests/s and latency, the script reads the
+# Envoy process's CPU time (utime+stime from /proc) around each run and reports CPU microseconds
+# per request: on a shared machine this is far steadier than throughput, and on a dedicated core
+# throughput is its inverse. Medians over the rounds are printed as a Markdown table and written
+# to target/bench/filter/results.md.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 envoy=${SURGE_ENVOY:-$repo/.tools/envoy/bin/envoy}
 surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm32-wasip1/release/surge_filter.wasm}
 empty_wasm=${SURGE_EMPTY_WASM:-$repo/target/wasm32-wasip1/release/examples/empty_filter.wasm}
+plugin_config=${SURGE_PLUGIN_CONFIG:-'{}'}
 rounds=${ROUNDS:-5}
 duration=${DURATION:-10}
 connections=${CONNECTIONS:-32}
@@ -44,7 +49,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 bootstrap() {
   python3 - "$@" <<'PY'
 import json, sys
-variant, listen, admin, upstream, surge_wasm, empty_wasm = sys.argv[1:7]
+variant, listen, admin, upstream, surge_wasm, empty_wasm, plugin_config = sys.argv[1:8]
 listen, admin, upstream = int(listen), int(admin), int(upstream)
 def sock(port): return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 def cluster(name, port):
@@ -73,7 +78,7 @@ else:
     clusters = [cluster("inbound|8080||", upstream),
                 cluster("outbound|8080||surge-scaler.surge-system.svc.cluster.local", upstream)]
     filters = {"none": [], "empty": [wasm(empty_wasm, "empty", "")],
-               "surge": [wasm(surge_wasm, "surge", "{}")]}[variant] + [router]
+               "surge": [wasm(surge_wasm, "surge", plugin_config)]}[variant] + [router]
 print(json.dumps({
     "node": {"id": "sidecar~127.0.0.1~bench-0.bench~bench.svc.cluster.local", "cluster": "bench",
              "metadata": {"NAME": "bench-0", "NAMESPACE": "bench", "WORKLOAD_NAME": "bench",
@@ -91,10 +96,11 @@ PY
 
 start_envoy() { # name cpu listen admin concurrency
   local name=$1 cpu=$2 listen=$3 admin=$4 conc=$5
-  bootstrap "$name" "$listen" "$admin" "$upstream_port" "$surge_wasm" "$empty_wasm" >"$out/$name.json"
+  bootstrap "$name" "$listen" "$admin" "$upstream_port" "$surge_wasm" "$empty_wasm" "$plugin_config" >"$out/$name.json"
   taskset -c "$cpu" "$envoy" -c "$out/$name.json" --concurrency "$conc" --use-dynamic-base-id \
     -l warning >"$out/$name.log" 2>&1 &
   pids+=($!)
+  envoy_pid[$name]=$!
   for _ in $(seq 1 200); do
     if http_get "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; then return 0; fi
     sleep 0.05
@@ -102,6 +108,9 @@ start_envoy() { # name cpu listen admin concurrency
   echo "bench: envoy $name not ready; log:" >&2; tail -20 "$out/$name.log" >&2; exit 1
 }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+clk_tck=$(getconf CLK_TCK)
+declare -A envoy_pid
 upstream_port=$(free_port)
 start_envoy upstream "$load_cpu" "$upstream_port" "$(free_port)" 1
 declare -A port
@@ -116,11 +125,13 @@ for v in none empty surge; do  # warm-up: JIT, connection pools
 done
 for r in $(seq 1 "$rounds"); do
   for v in none empty surge; do
+    before=$(cpu_ticks "${envoy_pid[$v]}")
     taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${duration}s" --latency \
       "http://127.0.0.1:${port[$v]}/" >"$out/wrk-$v-$r.txt"
-    python3 - "$v" "$r" "$out/wrk-$v-$r.txt" >>"$out/raw.tsv" <<'PY'
+    after=$(cpu_ticks "${envoy_pid[$v]}")
+    python3 - "$v" "$r" "$out/wrk-$v-$r.txt" "$((after - before))" "$clk_tck" >>"$out/raw.tsv" <<'PY'
 import re, sys
-variant, rnd, path = sys.argv[1:4]
+variant, rnd, path, ticks, clk = sys.argv[1:6]
 text = open(path).read()
 def ms(s):
     m = re.match(r"([\d.]+)(us|ms|s)", s)
@@ -131,7 +142,9 @@ p50 = ms(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
 p99 = ms(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
 non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
 errors = re.search(r"Socket errors:.*", text)
-print(f"{variant}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{non2xx.group(1) if non2xx else 0}\t{errors.group(0) if errors else ''}")
+total = int(re.search(r"(\d+) requests in", text).group(1))
+cpu_us = int(ticks) * 1e6 / int(clk) / max(total, 1)
+print(f"{variant}\t{rnd}\t{rps:.0f}\t{p50:.3f}\t{p99:.3f}\t{non2xx.group(1) if non2xx else 0}\t{cpu_us:.2f}\t{errors.group(0) if errors else ''}")
 PY
     tail -1 "$out/raw.tsv" >&2
   done
@@ -144,25 +157,28 @@ import os, statistics, sys
 path, rounds, duration, conns, surge_wasm, empty_wasm = sys.argv[1:7]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 by = {}
-for v, r, rps, p50, p99, non2xx, err in rows:
-    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(non2xx), err))
-med = {v: (statistics.median(x[0] for x in xs), statistics.median(x[1] for x in xs),
-           statistics.median(x[2] for x in xs)) for v, xs in by.items()}
-print(f"| variant | requests/s (median of {rounds}) | p50 ms | p99 ms | vs no filter | vs empty filter | all rounds req/s |")
-print("|---|---|---|---|---|---|---|")
+for v, r, rps, p50, p99, non2xx, cpu, err in rows:
+    by.setdefault(v, []).append((float(rps), float(p50), float(p99), int(non2xx), float(cpu), err))
+med = {v: tuple(statistics.median(x[i] for x in xs) for i in (0, 1, 2, 4)) for v, xs in by.items()}
+print(f"| variant | requests/s (median of {rounds}) | p50 ms | p99 ms | req/s vs empty | "
+      f"Envoy CPU us/request | CPU-based capacity vs empty | all rounds req/s | all rounds CPU us/req |")
+print("|---|---|---|---|---|---|---|---|---|")
 for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"), ("surge", "surge-filter")]:
-    rps, p50, p99 = med[v]
+    rps, p50, p99, cpu = med[v]
     rounds_rps = ", ".join(f"{x[0]:.0f}" for x in by[v])
-    print(f"| {label} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {rps / med['none'][0]:.1%} | "
-          f"{rps / med['empty'][0]:.1%} | {rounds_rps} |")
+    rounds_cpu = ", ".join(f"{x[4]:.1f}" for x in by[v])
+    print(f"| {label} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {rps / med['empty'][0]:.1%} | "
+          f"{cpu:.1f} | {med['empty'][3] / cpu:.1%} | {rounds_rps} | {rounds_cpu} |")
 bad = sum(x[3] for xs in by.values() for x in xs)
 print()
-print(f"surge/empty throughput ratio (medians): **{med['surge'][0] / med['empty'][0]:.1%}**; "
-      f"non-2xx responses over all runs: {bad}")
+print(f"surge/empty, medians: throughput **{med['surge'][0] / med['empty'][0]:.1%}**, "
+      f"CPU-based capacity (empty CPU per request / surge CPU per request) "
+      f"**{med['empty'][3] / med['surge'][3]:.1%}**; non-2xx responses over all runs: {bad}")
 print(f"surge_filter.wasm: {os.path.getsize(surge_wasm)} bytes "
       f"({os.path.getsize(surge_wasm) / 1024:.1f} KiB); empty_filter.wasm: "
       f"{os.path.getsize(empty_wasm)} bytes")
-print(f"wrk -t1 -c{conns} -d{duration}s --latency, {rounds} interleaved rounds")
+print(f"wrk -t1 -c{conns} -d{duration}s --latency, {rounds} interleaved rounds; "
+      f"surge pluginConfig: {os.environ.get('SURGE_PLUGIN_CONFIG', '{}')}")
 PY
 { echo; echo "surge-filter's own counters after the run:"; echo "$reports"; } >>"$out/results.md"
 cat "$out/results.md"
