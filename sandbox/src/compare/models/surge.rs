@@ -60,24 +60,42 @@ pub const SURGE_MIN_GAP_MS: u64 = 250;
 /// Why a report goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
-    /// The report interval has passed.
+    /// The report interval has passed and the rate is not surging.
     Periodic,
-    /// The recent rate surged past the last reported rate.
+    /// The recent rate surged past the last reported rate before the interval passed: an
+    /// early report.
     Surge,
+    /// The interval passed while the rate surges: sent on schedule, flagged as a surge.
+    PeriodicSurge,
+}
+
+impl Trigger {
+    /// Whether the report is flagged as a surge.
+    pub fn is_surge(self) -> bool {
+        matches!(self, Self::Surge | Self::PeriodicSurge)
+    }
+
+    /// Whether the report is the periodic one (it advances the schedule).
+    pub fn is_periodic(self) -> bool {
+        matches!(self, Self::Periodic | Self::PeriodicSurge)
+    }
 }
 
 /// When the filter sends a report, restated from `filter/src/surge.rs`: every check period it
-/// samples the proxy's request total; a report is due when the interval has passed since the
-/// last one, or early when the rate over the recent window is at least the minimum and above
-/// the last reported rate times the factor, early reports at least the minimum gap apart. The
-/// rate a report "carries" is the rate over the interval it closes (periodic) or the recent
-/// rate that triggered it (early).
+/// samples the proxy's request total. The rate is surging when the rate over the recent window
+/// is at least the minimum and above the last reported rate times the factor. A report is due
+/// on schedule (one interval after the previous periodic slot; flagged as a surge if the rate
+/// surges then), or early when the rate surges, early reports at least the minimum gap apart
+/// and leaving the schedule alone. The rate a report "carries" is the recent rate when it is
+/// flagged as a surge, else the rate over the interval it closes.
 #[derive(Debug, Clone, Default)]
 pub struct ReportScheduler {
     samples: VecDeque<(u64, u64)>,
     last_report: Option<(u64, u64)>,
     last_reported_rate: Option<f64>,
     last_early_ms: Option<u64>,
+    /// Nominal time of the last periodic report.
+    schedule_ms: Option<u64>,
 }
 
 fn rate_between(from: (u64, u64), to: (u64, u64)) -> Option<f64> {
@@ -114,34 +132,49 @@ impl ReportScheduler {
     /// Whether a report is due at `now_ms`.
     pub fn due(&self, now_ms: u64) -> Option<Trigger> {
         let periodic = self
-            .last_report
-            .is_none_or(|(sent, _)| now_ms.saturating_sub(sent) >= REPORT_INTERVAL_MS);
+            .schedule_ms
+            .is_none_or(|at| now_ms >= at.saturating_add(REPORT_INTERVAL_MS));
+        let surging = match (self.last_reported_rate, self.recent_rate()) {
+            (Some(baseline), Some(recent)) => {
+                recent >= SURGE_MIN_RPS && recent > baseline * SURGE_FACTOR
+            }
+            _ => false,
+        };
         if periodic {
-            return Some(Trigger::Periodic);
+            return Some(if surging {
+                Trigger::PeriodicSurge
+            } else {
+                Trigger::Periodic
+            });
         }
-        if self
+        let gap_ok = self
             .last_early_ms
-            .is_some_and(|t| now_ms.saturating_sub(t) < SURGE_MIN_GAP_MS)
-        {
-            return None;
-        }
-        let baseline = self.last_reported_rate?;
-        let recent = self.recent_rate()?;
-        (recent >= SURGE_MIN_RPS && recent > baseline * SURGE_FACTOR).then_some(Trigger::Surge)
+            .is_none_or(|t| now_ms.saturating_sub(t) >= SURGE_MIN_GAP_MS);
+        (surging && gap_ok).then_some(Trigger::Surge)
     }
 
     /// Records that a report went out at `now_ms` with `total` requests.
     pub fn sent(&mut self, now_ms: u64, total: u64, trigger: Trigger) {
         let now = (now_ms, total);
-        self.last_reported_rate = match trigger {
-            Trigger::Surge => self.recent_rate(),
-            Trigger::Periodic => self
-                .last_report
+        self.last_reported_rate = if trigger.is_surge() {
+            self.recent_rate()
+        } else {
+            self.last_report
                 .and_then(|prev| rate_between(prev, now))
-                .or_else(|| self.recent_rate()),
+                .or_else(|| self.recent_rate())
         };
-        if trigger == Trigger::Surge {
+        if trigger.is_surge() {
             self.last_early_ms = Some(now_ms);
+        }
+        // Periodic reports advance the schedule by one interval (restarting from now after a
+        // long gap); early ones leave it alone.
+        if trigger.is_periodic() {
+            self.schedule_ms = Some(match self.schedule_ms {
+                Some(at) if now_ms < at.saturating_add(2 * REPORT_INTERVAL_MS) => {
+                    at.saturating_add(REPORT_INTERVAL_MS)
+                }
+                _ => now_ms,
+            });
         }
         self.last_report = Some(now);
     }
@@ -245,7 +278,7 @@ impl SurgeReplay {
             instance: sidecar.instance.clone(),
             seq: sidecar.seq,
             time_ms: now,
-            surge: trigger == Trigger::Surge,
+            surge: trigger.is_surge(),
             routes: vec![RouteCounters {
                 route: "default".into(),
                 cluster: format!("inbound|8080||{WORKLOAD}.{NAMESPACE}.svc.cluster.local"),
@@ -387,21 +420,44 @@ mod tests {
         assert!(steady.iter().all(|&(_, k)| k == Trigger::Periodic));
         assert_eq!(steady.len(), 5, "{steady:?}");
         let step = feed(&mut s, &mut t, &mut total, 600.0, 1_000);
-        // Early within two check periods of the step (unless a periodic one falls first), and
-        // no flood: the gap holds.
+        // A report flagged as a surge within two check periods of the step (here the periodic
+        // one falls due at once and is flagged), and no flood: the gap holds.
         assert!(
             step.iter()
-                .any(|&(at, k)| at - 5_000 <= 200 && k == Trigger::Surge),
+                .any(|&(at, k)| at - 5_000 <= 200 && k.is_surge()),
             "{step:?}"
         );
+        assert_eq!(step.first().map(|&(_, k)| k), Some(Trigger::PeriodicSurge));
         let early: Vec<u64> = step
             .iter()
-            .filter(|&&(_, k)| k == Trigger::Surge)
+            .filter(|&&(_, k)| k.is_surge())
             .map(|&(at, _)| at)
             .collect();
         assert!(
             early.windows(2).all(|w| w[1] - w[0] >= SURGE_MIN_GAP_MS),
             "{early:?}"
+        );
+    }
+
+    #[test]
+    fn a_step_between_periodic_reports_is_reported_early_and_keeps_the_schedule() {
+        let mut s = ReportScheduler::default();
+        let (mut t, mut total) = (0, 0.0);
+        feed(&mut s, &mut t, &mut total, 60.0, 5_500);
+        // Periodic reports at 100, 1100, ... 5100; the step at 5500 is reported early.
+        let step = feed(&mut s, &mut t, &mut total, 600.0, 700);
+        assert_eq!(
+            step.first().map(|&(_, k)| k),
+            Some(Trigger::Surge),
+            "{step:?}"
+        );
+        assert!(step.first().is_some_and(|&(at, _)| at <= 5_700), "{step:?}");
+        // The next periodic report stays on the 100 + n x 1000 grid.
+        assert!(
+            step.iter()
+                .filter(|&&(_, k)| k.is_periodic())
+                .all(|&(at, _)| at == 6_100),
+            "{step:?}"
         );
     }
 
