@@ -78,6 +78,18 @@ pub fn is_error(response_code: Option<&[u8]>) -> bool {
     }
 }
 
+/// Whether a response is an error from its `:status` header value (ASCII digits): a 5xx, or no
+/// status at all.
+pub fn is_error_status(status: Option<&[u8]>) -> bool {
+    let code = status
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.trim().parse::<u16>().ok());
+    match code {
+        Some(code) => code == 0 || code >= 500,
+        None => true,
+    }
+}
+
 fn le_i64(raw: Option<&[u8]>) -> Option<i64> {
     let bytes: [u8; 8] = raw?.get(..8)?.try_into().ok()?;
     Some(i64::from_le_bytes(bytes))
@@ -259,6 +271,16 @@ mod tests {
         assert!(is_error(Some(&code(0))));
         assert!(is_error(None));
         assert!(is_error(Some(b"short")));
+    }
+
+    #[test]
+    fn status_headers_classify_errors() {
+        assert!(!is_error_status(Some(b"200")));
+        assert!(!is_error_status(Some(b"499")));
+        assert!(is_error_status(Some(b"500")));
+        assert!(is_error_status(Some(b"504")));
+        assert!(is_error_status(Some(b"abc")));
+        assert!(is_error_status(None));
     }
 
     #[test]

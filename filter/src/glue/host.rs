@@ -87,6 +87,13 @@ pub(crate) fn plugin_configuration() -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// `:status` of the current request's response headers.
+pub(crate) fn response_status() -> Option<Vec<u8>> {
+    hostcalls::get_map_value_bytes(proxy_wasm::types::MapType::HttpResponseHeaders, ":status")
+        .ok()
+        .flatten()
+}
+
 /// `:status` of the current call response.
 pub(crate) fn call_response_status() -> Option<String> {
     hostcalls::get_map_value(

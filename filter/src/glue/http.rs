@@ -6,7 +6,7 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::report::{duration_us, is_error};
+use crate::report::{duration_us, is_error, is_error_status};
 
 use super::host;
 use super::root::VmState;
@@ -18,11 +18,17 @@ pub(crate) struct SurgeHttp {
     /// Set when this context raised the in-flight gauge, so only it lowers it again; with the
     /// time the request reached the filter.
     started: Option<(Slot, u64)>,
+    /// Whether the response is an error, once its headers have passed the filter.
+    response_error: Option<bool>,
 }
 
 impl SurgeHttp {
     pub(crate) fn new(vm: Rc<RefCell<VmState>>) -> Self {
-        Self { vm, started: None }
+        Self {
+            vm,
+            started: None,
+            response_error: None,
+        }
     }
 
     fn slot(&self) -> Option<Slot> {
@@ -53,6 +59,13 @@ impl HttpContext for SurgeHttp {
         Action::Continue
     }
 
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        // A header lookup is cheaper for the host than the `response.code` property, and local
+        // replies (503 no healthy upstream, 504 timeout) pass here too.
+        self.response_error = Some(is_error_status(host::response_status().as_deref()));
+        Action::Continue
+    }
+
     fn on_log(&mut self) {
         // Envoy runs on_log for requests an earlier filter rejected too (the context is then
         // created lazily and headers never ran): key them now.
@@ -69,13 +82,17 @@ impl HttpContext for SurgeHttp {
                 None => return,
             },
         };
-        let code = host::property(vec!["response", "code"]);
+        // No response headers seen (reset, or rejected before this filter): ask Envoy.
+        let error = match self.response_error {
+            Some(error) => error,
+            None => is_error(host::property(vec!["response", "code"]).as_deref()),
+        };
         let mut vm = self.vm.borrow_mut();
         let pending = vm.routes.pending(slot);
         if started {
             pending.end();
         }
-        pending.complete(is_error(code.as_deref()), elapsed_us);
+        pending.complete(error, elapsed_us);
         if vm.flush_clock.due(now_us / 1000) {
             vm.routes.flush();
         }
