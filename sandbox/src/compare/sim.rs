@@ -285,7 +285,10 @@ pub fn simulate(
         let offered = offered_at(trace, config.warmup_rps, t);
         let ready = ready_at(&pods, t);
         let capacity_rps = f64::from(ready) * pod.capacity_rps;
-        if measured && t >= event_ms && replicas_at_event.is_none() {
+        // The replicas before the event: taken in the step that contains it, before that step's
+        // decision (an event between step boundaries, as a measured one is, counts that
+        // decision as after it).
+        if measured && t + STEP_MS > event_ms && replicas_at_event.is_none() {
             replicas_at_event = Some(pods.len() as u32);
         }
         if measured && t >= event_ms && metrics.enough_capacity_s.is_none() {
@@ -489,6 +492,19 @@ mod tests {
         // since 3 pods serve exactly the 300 rps offered.
         assert!(out.metrics.overloaded_s >= 15.0);
         assert!(out.metrics.over_objective > 0.4);
+    }
+
+    #[test]
+    fn a_decision_right_after_an_event_between_steps_is_the_first_scale_up() {
+        let trace = vec![50.0; 30];
+        // The event at 10.01 s; the step from 10.0 s decides at 10.1 s.
+        let mut fixed = Fixed {
+            schedule: vec![(10_100, 3), (11_100, 5)],
+            current: 1,
+        };
+        let out = simulate(&trace, 10.01, &config(1), &mut fixed);
+        let first = out.metrics.first_scale_up_s;
+        assert!(first.is_some_and(|s| (s - 0.09).abs() < 1e-9), "{first:?}");
     }
 
     #[test]
