@@ -893,11 +893,7 @@ impl TargetLoop {
         if same_shape && (fresh_enough || self.last_status.as_ref() == Some(&status)) {
             return;
         }
-        if self
-            .writes
-            .try_send(Write::Status(status.clone()))
-            .is_err()
-        {
+        if self.writes.try_send(Write::Status(status.clone())).is_err() {
             tracing::warn!(target = %self.key, "status queue full; the next change rewrites it");
             return;
         }
