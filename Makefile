@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/surge_filter.wasm
 
-.PHONY: sandbox test tools lint wasm bins unit e2e manifests crd bench bench-filter bench-scaler bench-sandbox compare clean-out
+.PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox compare fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, embedded Kubernetes API.
 sandbox: tools wasm bins
@@ -45,10 +45,18 @@ bench-filter: tools wasm
 	./filter/bench/run.sh
 
 bench-scaler: tools
-	./scaler/bench/run.sh
+	$(CARGO) build --release -p surge-scaler --bin surge-scaler --example ingest_load
+	taskset -c 1 $(CARGO) test -p surge-e2e --test scaler_bench -- --ignored --nocapture --test-threads 1
 
 bench-sandbox: tools wasm bins
 	./target/debug/surge-sandbox bench-reaction --runs 20
 
 compare: tools wasm bins
-	./target/debug/surge-sandbox compare
+	./target/debug/surge-sandbox compare --out target/compare
+
+## Coverage-guided fuzzing (cargo-fuzz, stable toolchain); the corpus is replayed by `make test`.
+FUZZ_SECONDS ?= 60
+fuzz:
+	command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in wire_report ingest filter_config route_key; do \
+	  $(CARGO) fuzz run --sanitizer none -O $$t corpus/$$t -- -max_total_time=$(FUZZ_SECONDS) || exit 1; done

@@ -1,4 +1,6 @@
-//! `surge-e2e`: shared harness for Surge's end-to-end tests (placeholder).
+//! `surge-e2e`: the shared harness of Surge's end-to-end tests (a capture server standing in
+//! for the scaler, a loopback upstream) and the properties the fuzz targets check.
 
 pub mod capture;
+pub mod fuzz_checks;
 pub mod upstream;

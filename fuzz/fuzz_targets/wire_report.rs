@@ -1,0 +1,4 @@
+//! Fuzz target: see `surge_e2e::fuzz_checks::wire_report` for the properties checked.
+#![no_main]
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| surge_e2e::fuzz_checks::wire_report(data));

@@ -1,0 +1,147 @@
+//! What must hold for ANY input to Surge's parsers, as functions of raw bytes.
+//!
+//! The filter's own properties live in `fuzz/checks/filter.rs`, compiled together with the
+//! filter's pure modules (the filter is a cdylib only: see there).
+//!
+//! The coverage-guided fuzz targets in `fuzz/` call these, and `tests/fuzz_corpus.rs` replays
+//! the committed corpus (`fuzz/corpus/<target>/`, including every input that ever found a bug)
+//! through them on every `make test`, so a fixed crash stays fixed without a fuzzer installed.
+//! A violated property panics: that is how a fuzzer and a test both report it.
+
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::body::Body;
+use http::{Request, StatusCode, header};
+use http_body_util::BodyExt;
+use surge_scaler::cli::IdentityMode;
+use surge_scaler::clock::Clock;
+use surge_scaler::crd::{MetricType, TargetKind};
+use surge_scaler::hub::{Hub, Selector, TargetKey};
+use surge_scaler::ingest::{IngestState, router};
+use surge_scaler::metrics::Metrics;
+use surge_scaler::window::WindowConfig;
+use surge_wire::{Limits, Report};
+use tower::ServiceExt;
+
+/// A decoded report that passes validation stays within every limit and survives a round trip.
+pub fn wire_report(data: &[u8]) {
+    let Ok(report) = serde_json::from_slice::<Report>(data) else {
+        return;
+    };
+    let limits = Limits::default();
+    if report.validate(&limits).is_err() {
+        return;
+    }
+    assert!(report.routes.len() <= limits.max_routes);
+    assert!(!report.proxy.namespace.is_empty());
+    for route in &report.routes {
+        assert!(route.errors_total <= route.requests_total);
+        assert!(route.route.len() <= limits.max_route_len);
+        assert!(route.cluster.len() <= limits.max_cluster_len);
+    }
+    let encoded = serde_json::to_vec(&report).expect("a decoded report encodes");
+    let again: Report = serde_json::from_slice(&encoded).expect("an encoded report decodes");
+    assert_eq!(again, report);
+}
+
+/// The scaler's ingest handler, built once per process (a fuzz run calls it millions of times).
+pub struct Ingest {
+    runtime: tokio::runtime::Runtime,
+    router: Router,
+}
+
+impl Ingest {
+    /// The shared instance: a token, identity binding "when present", and one registered
+    /// target (`web/api`), so accepted reports reach the windows and not only the decoder.
+    pub fn shared() -> &'static Self {
+        static INGEST: OnceLock<Ingest> = OnceLock::new();
+        INGEST.get_or_init(|| {
+            let hub = Arc::new(Hub::default());
+            let key = TargetKey {
+                namespace: "web".into(),
+                name: "api".into(),
+            };
+            let selector = Selector {
+                namespace: "web".into(),
+                kind: TargetKind::Deployment,
+                workload: "api".into(),
+                routes: Vec::new(),
+                sidecars: true,
+                gateway_host: Some("api.web.svc.cluster.local".into()),
+                gateway_port: None,
+            };
+            let windows = WindowConfig {
+                stable_ms: 60_000,
+                panic_ms: 6_000,
+                stale_ms: 10_000,
+            };
+            let _wake = hub.register(&key, selector, MetricType::Rps, windows);
+            let state = IngestState {
+                hub,
+                clock: Clock::default(),
+                token: Some(Arc::from("fuzz-token")),
+                identity: IdentityMode::WhenPresent,
+                limits: Arc::new(Limits::default()),
+                metrics: Arc::new(Metrics::default()),
+            };
+            Ingest {
+                runtime: tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("a current-thread runtime"),
+                router: router(state),
+            }
+        })
+    }
+
+    /// Posts `data` (first byte: which headers to send; the rest: the body) and checks that the
+    /// answer is one of the documented statuses with a JSON body.
+    pub fn post(&self, data: &[u8]) {
+        let (flags, body) = data.split_first().unwrap_or((&0, &[]));
+        let mut request = Request::post(surge_wire::REPORTS_PATH)
+            .header(header::CONTENT_TYPE, surge_wire::CONTENT_TYPE);
+        if flags & 1 == 0 {
+            request = request.header(header::AUTHORIZATION, "Bearer fuzz-token");
+        }
+        if flags & 2 != 0 {
+            let namespace = if flags & 4 != 0 { "web" } else { "other" };
+            request = request.header(
+                "x-forwarded-client-cert",
+                format!("By=spiffe://cluster.local/ns/surge-system/sa/surge-scaler;URI=spiffe://cluster.local/ns/{namespace}/sa/default"),
+            );
+        }
+        let request = request
+            .body(Body::from(body.to_vec()))
+            .expect("a well-formed request");
+        let (status, bytes) = self.runtime.block_on(async {
+            let response = self
+                .router
+                .clone()
+                .oneshot(request)
+                .await
+                .expect("the router is infallible");
+            let status = response.status();
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .expect("an in-memory body")
+                .to_bytes();
+            (status, bytes)
+        });
+        let documented = [
+            StatusCode::OK,
+            StatusCode::BAD_REQUEST,
+            StatusCode::UNAUTHORIZED,
+            StatusCode::FORBIDDEN,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ];
+        assert!(documented.contains(&status), "undocumented status {status}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&bytes).expect("every answer is a JSON body");
+        if status != StatusCode::OK {
+            assert!(json["error"].is_string(), "a refusal says why: {json}");
+        }
+    }
+}
