@@ -128,6 +128,39 @@ pub async fn paced(
     collect(tasks).await
 }
 
+/// Sends one GET for each of `paths` (in order, round-robin over `connections` keep-alive
+/// connections), e.g. to reach many distinct routes.
+pub async fn send_each(addr: SocketAddr, paths: &[String], connections: u64) -> Result<LoadResult> {
+    let connections = connections.max(1) as usize;
+    let mut tasks = Vec::new();
+    for i in 0..connections {
+        let mine: Vec<String> = paths.iter().skip(i).step_by(connections).cloned().collect();
+        tasks.push(tokio::spawn(async move {
+            let mut result = LoadResult::default();
+            let mut sender = None;
+            for path in &mine {
+                if sender.is_none() {
+                    sender = connect(addr).await.ok();
+                }
+                let Some(s) = sender.as_mut() else {
+                    result.failed += 1;
+                    continue;
+                };
+                match request(s, addr, path).await {
+                    Ok(status) if (200..300).contains(&status) => result.ok += 1,
+                    Ok(_) => result.failed += 1,
+                    Err(_) => {
+                        result.failed += 1;
+                        sender = None;
+                    }
+                }
+            }
+            Ok(result)
+        }));
+    }
+    collect(tasks).await
+}
+
 async fn collect(tasks: Vec<JoinHandle<Result<LoadResult>>>) -> Result<LoadResult> {
     let mut sum = LoadResult::default();
     for task in tasks {
