@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::window::SourceLimits;
+
 /// Surge's scaler: ingests proxy reports and writes replica counts to scale subresources.
 #[derive(Debug, Parser)]
 #[command(name = "surge-scaler", version, about)]
@@ -56,9 +58,36 @@ pub struct RunArgs {
     /// Timeout of each Kubernetes API request, in milliseconds.
     #[arg(long, env = "SURGE_KUBE_TIMEOUT_MS", default_value_t = 5000, value_parser = clap::value_parser!(u64).range(100..=120_000))]
     pub kube_timeout_ms: u64,
+    /// Least mean time between accepted reports of one proxy instance, in milliseconds;
+    /// faster reports are answered 429 with Retry-After (nothing lost: counters are cumulative).
+    #[arg(long, env = "SURGE_REPORT_MIN_INTERVAL_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub report_min_interval_ms: u64,
+    /// Reports of one instance accepted back to back before --report-min-interval-ms applies.
+    #[arg(long, env = "SURGE_REPORT_BURST", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub report_burst: u32,
+    /// Proxy instances tracked in all; new ones beyond are answered 503 until some expire.
+    #[arg(long, env = "SURGE_MAX_INSTANCES", default_value_t = 50_000)]
+    pub max_instances: usize,
+    /// (instance, route) pairs tracked in all; reports adding more are answered 503.
+    #[arg(long, env = "SURGE_MAX_INSTANCE_ROUTES", default_value_t = 500_000)]
+    pub max_instance_routes: usize,
+    /// Sources one SurgeScaler tracks; new ones beyond are answered 503.
+    #[arg(long, env = "SURGE_MAX_SOURCES_PER_TARGET", default_value_t = 10_000)]
+    pub max_sources_per_target: usize,
 }
 
 impl RunArgs {
+    /// The per-source limits the flags describe.
+    pub fn source_limits(&self) -> SourceLimits {
+        SourceLimits {
+            min_report_interval_ms: self.report_min_interval_ms,
+            report_burst: self.report_burst,
+            max_instances: self.max_instances,
+            max_instance_routes: self.max_instance_routes,
+            max_sources_per_target: self.max_sources_per_target,
+        }
+    }
+
     /// The slow decision tick.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
@@ -99,6 +128,7 @@ mod tests {
         assert_eq!(args.admin_addr.to_string(), "0.0.0.0:9090");
         assert_eq!(args.identity, IdentityMode::WhenPresent);
         assert_eq!(args.log_format, LogFormat::Text);
+        assert_eq!(args.source_limits(), SourceLimits::default());
     }
 
     #[test]

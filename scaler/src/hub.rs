@@ -18,7 +18,9 @@ use tokio::sync::Notify;
 
 use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
 use crate::decision::{Millis, Observation};
-use crate::window::{Applied, Change, Counters, RouteDelta, TargetWindow, WindowConfig};
+use crate::window::{
+    Applied, Capacity, Change, Counters, RouteDelta, SourceLimits, TargetWindow, WindowConfig,
+};
 
 /// A SurgeScaler's identity: namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,6 +167,31 @@ pub enum Ingested {
     Baseline,
     /// `seq` not above the last one: nothing changed.
     Duplicate,
+    /// The instance reports faster than its limit: nothing changed (its next accepted report
+    /// carries this one's traffic, the counters being cumulative).
+    Throttled {
+        /// When a report would be accepted again, in milliseconds from now.
+        retry_after_ms: Millis,
+    },
+    /// Tracking this report's instance would exceed a limit: not counted.
+    OverCapacity(Refusal),
+}
+
+/// Which tracking limit refused a report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// All instances tracked ([`SourceLimits::max_instances`]).
+    Instances(usize),
+    /// All (instance, route) pairs tracked ([`SourceLimits::max_instance_routes`]).
+    InstanceRoutes(usize),
+    /// A target selecting the report already has [`SourceLimits::max_sources_per_target`]
+    /// sources; the report still counted for `counted` other targets.
+    TargetSources {
+        /// The limit.
+        limit: usize,
+        /// Targets the report counted for nonetheless.
+        counted: usize,
+    },
 }
 
 /// Shared state between ingest and controller.
@@ -178,6 +205,16 @@ impl Hub {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the process would; keep serving.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A hub enforcing `limits` (the default hub enforces [`SourceLimits::default`]).
+    pub fn with_limits(limits: SourceLimits) -> Self {
+        Self {
+            state: Mutex::new(State {
+                counters: Counters::with_limits(limits),
+                ..State::default()
+            }),
+        }
     }
 
     /// Registers (or updates) a target; returns its wake-ups. The window is kept when the
@@ -242,6 +279,17 @@ impl Hub {
         let (instance, applied) = state.counters.apply(report, now);
         let (interval_ms, deltas) = match &applied {
             Applied::Duplicate => return Ingested::Duplicate,
+            Applied::Throttled { retry_after_ms } => {
+                return Ingested::Throttled {
+                    retry_after_ms: *retry_after_ms,
+                };
+            }
+            Applied::OverCapacity(Capacity::Instances(limit)) => {
+                return Ingested::OverCapacity(Refusal::Instances(*limit));
+            }
+            Applied::OverCapacity(Capacity::InstanceRoutes(limit)) => {
+                return Ingested::OverCapacity(Refusal::InstanceRoutes(*limit));
+            }
             Applied::Baseline => (0, None),
             Applied::Deltas {
                 interval_ms,
@@ -277,7 +325,9 @@ impl Hub {
         candidates.sort();
         candidates.dedup();
 
+        let max_sources = state.counters.limits().max_sources_per_target;
         let mut counted = 0;
+        let mut refused = false;
         for key in candidates {
             let Some(entry) = state.targets.get_mut(key) else {
                 continue;
@@ -305,6 +355,10 @@ impl Hub {
             if !sidecar && selected == 0 {
                 continue;
             }
+            if entry.window.sources() >= max_sources && !entry.window.has_source(&instance) {
+                refused = true;
+                continue;
+            }
             let delta = deltas.map(|_| (total, interval_ms));
             match entry
                 .window
@@ -317,6 +371,10 @@ impl Hub {
             counted += 1;
         }
         match applied {
+            _ if refused => Ingested::OverCapacity(Refusal::TargetSources {
+                limit: max_sources,
+                counted,
+            }),
             Applied::Baseline => Ingested::Baseline,
             _ => Ingested::Counted { targets: counted },
         }

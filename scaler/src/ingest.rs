@@ -3,6 +3,7 @@
 //! ```text
 //!  token? (401) -> content-length / body limit (413) -> JSON decode (400) -> validate (422)
 //!    -> SPIFFE namespace of x-forwarded-client-cert == proxy.namespace? (401/403) -> Hub
+//!    -> instance over its report rate (429) or a tracking limit reached (503)
 //! ```
 //!
 //! Every refusal is a JSON body `{"error": "...", "field": "..."}` naming the field when there
@@ -22,7 +23,7 @@ use surge_wire::{Limits, Report, ValidationError};
 
 use crate::cli::IdentityMode;
 use crate::clock::Clock;
-use crate::hub::{Hub, Ingested};
+use crate::hub::{Hub, Ingested, Refusal};
 use crate::metrics::{Metrics, Outcome};
 
 /// What the ingest handler needs.
@@ -86,6 +87,34 @@ pub enum IngestError {
     /// Values outside the limits.
     #[error("{0}")]
     Invalid(ValidationError),
+    /// The instance reports faster than the per-source limit; nothing was counted, and its
+    /// next report carries this one's traffic (counters are cumulative).
+    #[error("instance: reports faster than the per-instance limit; retry in {retry_after_ms} ms")]
+    Throttled {
+        /// Milliseconds until a report would be accepted.
+        retry_after_ms: u64,
+    },
+    /// A tracking limit is reached; nothing new is tracked until sources expire.
+    #[error("{}", over_capacity_message(.0))]
+    OverCapacity(Refusal),
+}
+
+/// Seconds a refused sender should wait when a tracking limit is full: the default staleness
+/// bound, after which silent sources start to expire.
+const OVER_CAPACITY_RETRY_SECONDS: u64 = 10;
+
+fn over_capacity_message(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::Instances(limit) => format!(
+            "instance: the scaler already tracks its limit of {limit} instances; new instances are refused until some expire"
+        ),
+        Refusal::InstanceRoutes(limit) => format!(
+            "routes: the scaler already tracks its limit of {limit} (instance, route) pairs; new routes are refused until some expire"
+        ),
+        Refusal::TargetSources { limit, counted } => format!(
+            "instance: a target selecting this report already tracks its limit of {limit} sources (counted for {counted} other targets)"
+        ),
+    }
 }
 
 #[derive(Serialize)]
@@ -103,6 +132,8 @@ impl IngestError {
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::Throttled { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::OverCapacity(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -113,6 +144,8 @@ impl IngestError {
             Self::TooLarge { .. } => Outcome::too_large,
             Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
             Self::Invalid(_) => Outcome::invalid,
+            Self::Throttled { .. } => Outcome::throttled,
+            Self::OverCapacity(_) => Outcome::over_capacity,
         }
     }
 
@@ -124,6 +157,18 @@ impl IngestError {
             Self::TooLarge { .. } | Self::Body(_) => Some("body".into()),
             Self::Malformed { field, .. } => Some(field.clone()),
             Self::Invalid(e) => Some(validation_field(e)),
+            Self::Throttled { .. } => Some("instance".into()),
+            Self::OverCapacity(Refusal::InstanceRoutes(_)) => Some("routes".into()),
+            Self::OverCapacity(_) => Some("instance".into()),
+        }
+    }
+
+    /// `Retry-After` in whole seconds (HTTP's unit), rounded up, for the refusals that pass.
+    fn retry_after_seconds(&self) -> Option<u64> {
+        match self {
+            Self::Throttled { retry_after_ms } => Some(retry_after_ms.div_ceil(1000).max(1)),
+            Self::OverCapacity(_) => Some(OVER_CAPACITY_RETRY_SECONDS),
+            _ => None,
         }
     }
 }
@@ -148,7 +193,13 @@ impl IntoResponse for IngestError {
             error: self.to_string(),
             field: field.as_deref(),
         };
-        (self.status(), axum::Json(body)).into_response()
+        let mut response = (self.status(), axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after_seconds() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -245,6 +296,10 @@ async fn receive_inner(
     }
 
     Ok(match state.hub.ingest(&report, state.clock.now()) {
+        Ingested::Throttled { retry_after_ms } => {
+            return Err(IngestError::Throttled { retry_after_ms });
+        }
+        Ingested::OverCapacity(refusal) => return Err(IngestError::OverCapacity(refusal)),
         Ingested::Counted { targets: 0 } => (Outcome::unmatched, 0),
         Ingested::Counted { targets } => (Outcome::accepted, targets),
         Ingested::Baseline => (Outcome::baseline, 0),

@@ -34,6 +34,10 @@ pub enum Outcome {
     too_large,
     /// Values outside the limits (422).
     invalid,
+    /// The instance reports faster than its per-source limit (429).
+    throttled,
+    /// A tracking limit (instances, instance routes, sources per target) is reached (503).
+    over_capacity,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]

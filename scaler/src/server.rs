@@ -133,7 +133,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     config.connect_timeout = Some(timeout);
     let client = kube::Client::try_from(config)?;
 
-    let hub = Arc::new(Hub::default());
+    let hub = Arc::new(Hub::with_limits(args.source_limits()));
     let metrics = Arc::new(Metrics::default());
     let clock = Clock::default();
     let ready = Arc::new(AtomicBool::new(false));

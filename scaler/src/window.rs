@@ -28,11 +28,59 @@ pub const BUCKET_MS: Millis = 100;
 /// (its `surge.window_ms` default); see [`TargetWindow::record`].
 pub const SURGE_WINDOW_MS: Millis = 200;
 
+/// Per-source limits: what one proxy (instance) may cost the scaler, and how many the scaler
+/// tracks. A flooding or misbehaving sender is refused beyond them instead of growing memory or
+/// waking decisions faster than real traffic could.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SourceLimits {
+    /// Least mean time between accepted reports of one instance, in milliseconds (the rate of
+    /// a GCRA token bucket). The filter sends one report per `report_interval_ms` (default
+    /// 1000, at least 50) plus early surge reports at least `surge.min_gap_ms` (250) apart.
+    pub min_report_interval_ms: Millis,
+    /// Reports of one instance accepted back to back before the interval applies (at least 1).
+    pub report_burst: u32,
+    /// Instances tracked in all (each holds its last counters until it expires).
+    pub max_instances: usize,
+    /// (instance, route) pairs tracked in all: with `max_instances`, the memory bound.
+    pub max_instance_routes: usize,
+    /// Sources one target tracks.
+    pub max_sources_per_target: usize,
+}
+
+impl Default for SourceLimits {
+    fn default() -> Self {
+        Self {
+            min_report_interval_ms: 50,
+            report_burst: 5,
+            max_instances: 50_000,
+            max_instance_routes: 500_000,
+            max_sources_per_target: 10_000,
+        }
+    }
+}
+
+/// A tracking limit a report would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capacity {
+    /// [`SourceLimits::max_instances`].
+    Instances(usize),
+    /// [`SourceLimits::max_instance_routes`].
+    InstanceRoutes(usize),
+}
+
 /// What one report changed, per route, for one instance.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Applied {
     /// `seq` not above the last seen for this instance: nothing changed.
     Duplicate,
+    /// The instance reports faster than [`SourceLimits`] allow: nothing changed. Counters are
+    /// cumulative, so the instance's next accepted report carries this one's traffic.
+    Throttled {
+        /// When a report would be accepted again, in milliseconds from now.
+        retry_after_ms: Millis,
+    },
+    /// Tracking this report would exceed a limit: nothing changed.
+    OverCapacity(Capacity),
     /// First report of this instance (or a counter reset): a new baseline, no traffic counted.
     Baseline,
     /// Traffic since the previous report of this instance.
@@ -66,6 +114,9 @@ struct RouteLast {
 
 #[derive(Debug)]
 struct InstanceState {
+    /// Theoretical arrival time of the next report (GCRA): reports earlier than
+    /// `tat - (burst - 1) * interval` are throttled.
+    tat: Millis,
     last_seq: u64,
     last_seen: Millis,
     last_time_ms: u64,
@@ -89,9 +140,25 @@ fn routes_of(report: &Report) -> Vec<RouteLast> {
 #[derive(Debug, Default)]
 pub struct Counters {
     instances: HashMap<Arc<str>, InstanceState>,
+    limits: SourceLimits,
+    /// Sum of the instances' tracked routes.
+    instance_routes: usize,
 }
 
 impl Counters {
+    /// Counters enforcing `limits`.
+    pub fn with_limits(limits: SourceLimits) -> Self {
+        Self {
+            limits,
+            ..Self::default()
+        }
+    }
+
+    /// The limits enforced.
+    pub fn limits(&self) -> SourceLimits {
+        self.limits
+    }
+
     /// Applies a validated report received at `now`; returns the instance key (shared, so
     /// targets can name their sources without copying the string) and what changed.
     pub fn apply(&mut self, report: &Report, now: Millis) -> (Arc<str>, Applied) {
@@ -99,13 +166,24 @@ impl Counters {
             Some((key, _)) => Arc::clone(key),
             None => Arc::from(report.instance.as_str()),
         };
+        let interval = self.limits.min_report_interval_ms;
         let state = match self.instances.get_mut(&key) {
             Some(state) => state,
             None => {
+                if self.instances.len() >= self.limits.max_instances {
+                    let limit = self.limits.max_instances;
+                    return (key, Applied::OverCapacity(Capacity::Instances(limit)));
+                }
+                let limit = self.limits.max_instance_routes;
+                if self.instance_routes.saturating_add(report.routes.len()) > limit {
+                    return (key, Applied::OverCapacity(Capacity::InstanceRoutes(limit)));
+                }
                 let routes = routes_of(report);
+                self.instance_routes += routes.len();
                 self.instances.insert(
                     Arc::clone(&key),
                     InstanceState {
+                        tat: now.saturating_add(interval),
                         last_seq: report.seq,
                         last_seen: now,
                         last_time_ms: report.time_ms,
@@ -118,6 +196,20 @@ impl Counters {
         if report.seq <= state.last_seq {
             return (key, Applied::Duplicate);
         }
+        // GCRA: one report per `interval` on average, `burst` back to back.
+        let tat = state.tat.max(now);
+        let tolerance = interval.saturating_mul(Millis::from(self.limits.report_burst.max(1) - 1));
+        if tat.saturating_sub(now) > tolerance {
+            let retry_after_ms = tat - now - tolerance;
+            return (key, Applied::Throttled { retry_after_ms });
+        }
+        let grown = report.routes.len().saturating_sub(state.routes.len());
+        if grown > 0 && self.instance_routes.saturating_add(grown) > self.limits.max_instance_routes
+        {
+            let limit = self.limits.max_instance_routes;
+            return (key, Applied::OverCapacity(Capacity::InstanceRoutes(limit)));
+        }
+        state.tat = tat.saturating_add(interval);
         let receiver_ms = now.saturating_sub(state.last_seen);
         let proxy_ms = report.time_ms.saturating_sub(state.last_time_ms);
         // The proxy's clock measures its own interval best (skew cancels out); a jumped clock
@@ -173,6 +265,8 @@ impl Counters {
                 last.busy_us = r.duration_us_total;
             }
         } else {
+            self.instance_routes =
+                (self.instance_routes + report.routes.len()).saturating_sub(state.routes.len());
             state.routes = routes_of(report);
         }
         if reset {
@@ -193,6 +287,7 @@ impl Counters {
     pub fn expire(&mut self, now: Millis, ttl_ms: Millis) {
         self.instances
             .retain(|_, s| now.saturating_sub(s.last_seen) <= ttl_ms);
+        self.instance_routes = self.routes();
     }
 
     /// Instances tracked.
@@ -403,6 +498,11 @@ impl TargetWindow {
     /// Sources currently feeding the target.
     pub fn sources(&self) -> usize {
         self.sources.len()
+    }
+
+    /// Whether `source` already feeds the target.
+    pub fn has_source(&self, source: &str) -> bool {
+        self.sources.contains_key(source)
     }
 
     /// The metric as the decision sees it at `now`.

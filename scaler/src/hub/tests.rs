@@ -1,5 +1,6 @@
 use super::*;
 use crate::decision::Freshness;
+use crate::window::SourceLimits;
 use surge_wire::{Proxy, RouteCounters, VERSION};
 
 fn spec(extra: serde_json::Value) -> SurgeScalerSpec {
@@ -270,4 +271,118 @@ fn cluster_and_owner_names_parse_the_istio_way() {
         Some(("web", "deployments", "api"))
     );
     assert_eq!(owner_name("api"), None);
+}
+
+#[test]
+fn a_target_refuses_sources_beyond_its_limit_and_keeps_counting_the_others() {
+    let hub = Hub::with_limits(SourceLimits {
+        max_sources_per_target: 2,
+        ..SourceLimits::default()
+    });
+    register(&hub, "api", &spec(serde_json::json!({})));
+    let pod = |name: &'static str, seq: u64| {
+        sidecar(name, "api", "", seq, &[("r", "inbound|80||", seq * 50)])
+    };
+    let full = Ingested::OverCapacity(Refusal::TargetSources {
+        limit: 2,
+        counted: 0,
+    });
+    for seq in 1..=5 {
+        let now = seq * 1000;
+        assert_ne!(hub.ingest(&pod("api-1", seq), now), full, "seq {seq}");
+        assert_ne!(hub.ingest(&pod("api-2", seq), now), full, "seq {seq}");
+        assert_eq!(hub.ingest(&pod("api-3", seq), now), full, "seq {seq}");
+    }
+    let (obs, sources) = hub.observe(&key("api"), 5_000).unwrap();
+    assert_eq!(sources, 2);
+    assert!(
+        (obs.panic - 100.0).abs() < 1.0,
+        "two pods at 50 rps: {obs:?}"
+    );
+}
+
+#[test]
+fn a_flooding_pod_is_throttled_and_moves_the_rate_no_more_than_its_real_traffic() {
+    let hub = Hub::default();
+    register(&hub, "api", &spec(serde_json::json!({})));
+    // One report every millisecond for 6 s, 100 real requests per second.
+    let mut outcomes = std::collections::HashMap::<&str, u64>::new();
+    for now in 1..=6_000u64 {
+        let mut report = sidecar("api-1", "api", "", now, &[("r", "inbound|80||", now / 10)]);
+        report.time_ms = now;
+        report.surge = true;
+        let outcome = match hub.ingest(&report, now) {
+            Ingested::Throttled { .. } => "throttled",
+            Ingested::Counted { .. } | Ingested::Baseline => "counted",
+            other => panic!("{other:?}"),
+        };
+        *outcomes.entry(outcome).or_default() += 1;
+    }
+    // Default limits: 5 back to back, then one per 50 ms.
+    assert_eq!(outcomes["counted"], 5 + 5_996 / 50, "{outcomes:?}");
+    let (obs, sources) = hub.observe(&key("api"), 6_000).unwrap();
+    assert_eq!(sources, 1);
+    assert!((obs.panic - 100.0).abs() < 2.0, "{obs:?}");
+}
+
+#[test]
+fn replayed_and_duplicated_reports_change_no_rate() {
+    let hub = Hub::default();
+    register(&hub, "api", &spec(serde_json::json!({})));
+    let make = |seq: u64| sidecar("api-1", "api", "", seq, &[("r", "inbound|80||", seq * 70)]);
+    for seq in 1..=10 {
+        hub.ingest(&make(seq), seq * 1000);
+    }
+    let (before, _) = hub.observe(&key("api"), 10_000).unwrap();
+    // Every report again, newest first then oldest first, and the newest many times.
+    for seq in (1..=10).rev().chain(1..=10).chain([10; 20]) {
+        assert_eq!(
+            hub.ingest(&make(seq), 10_000),
+            Ingested::Duplicate,
+            "seq {seq}"
+        );
+    }
+    let (after, _) = hub.observe(&key("api"), 10_000).unwrap();
+    assert_eq!(before, after);
+    assert!((after.panic - 70.0).abs() < 1.0, "{after:?}");
+}
+
+#[test]
+fn skewed_frozen_or_jumping_proxy_clocks_do_not_change_the_rates() {
+    const DAY: u64 = 86_400_000;
+    // (case, the proxy's time_ms for a report sent at scaler time `now`). A constant offset
+    // cancels out in the interval; a frozen or jumping clock falls back to the scaler's. (A
+    // clock running at the wrong speed within 2x + 1 s of the scaler's is trusted: see
+    // SECURITY.md.)
+    type ProxyClock = fn(u64) -> u64;
+    let cases: &[(&str, ProxyClock)] = &[
+        ("a clock a day ahead", |now| now + DAY),
+        ("a clock near the epoch", |now| now - 1_000_000 + 5),
+        ("a clock decades ahead", |now| now + 40 * 365 * DAY),
+        ("a frozen clock", |_| 123_456),
+        ("a clock jumping around", |now| {
+            if now % 2000 == 0 { now + DAY } else { now }
+        }),
+    ];
+    let run = |time_ms: fn(u64) -> u64| {
+        let hub = Hub::default();
+        register(&hub, "api", &spec(serde_json::json!({})));
+        for seq in 1..=20u64 {
+            let now = 1_000_000 + seq * 1000;
+            let mut report = sidecar("api-1", "api", "", seq, &[("r", "inbound|80||", seq * 40)]);
+            report.time_ms = time_ms(now);
+            hub.ingest(&report, now);
+        }
+        hub.observe(&key("api"), 1_020_000).unwrap().0
+    };
+    let reference = run(|now| now);
+    assert!((reference.panic - 40.0).abs() < 1.0, "{reference:?}");
+    for &(case, time_ms) in cases {
+        let obs = run(time_ms);
+        assert_eq!(
+            (obs.stable, obs.panic, obs.freshness),
+            (reference.stable, reference.panic, reference.freshness),
+            "{case}"
+        );
+    }
 }

@@ -274,3 +274,179 @@ fn token_comparison_checks_every_byte() {
     assert!(!constant_time_eq(b"abc", b"abd"));
     assert!(!constant_time_eq(b"abc", b"abcd"));
 }
+
+fn limited_state(limits: crate::window::SourceLimits) -> IngestState {
+    IngestState {
+        hub: Arc::new(Hub::with_limits(limits)),
+        ..state(None, IdentityMode::Off)
+    }
+}
+
+/// Posts a report; returns the status, the `Retry-After` header and the JSON body.
+async fn post_report(
+    state: &IngestState,
+    report: &serde_json::Value,
+) -> (StatusCode, Option<String>, serde_json::Value) {
+    let request = Request::post(surge_wire::REPORTS_PATH)
+        .header(header::CONTENT_TYPE, surge_wire::CONTENT_TYPE)
+        .body(Body::from(json(report)))
+        .unwrap();
+    let response = router(state.clone()).oneshot(request).await.unwrap();
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (status, retry_after, serde_json::from_slice(&bytes).unwrap())
+}
+
+#[tokio::test]
+async fn an_instance_over_its_report_rate_is_a_429_with_retry_after_naming_the_instance() {
+    let state = limited_state(crate::window::SourceLimits {
+        min_report_interval_ms: 60_000,
+        report_burst: 1,
+        ..Default::default()
+    });
+    let (status, retry_after, _) = post_report(&state, &report(1)).await;
+    assert_eq!((status, retry_after), (StatusCode::OK, None));
+    let (status, retry_after, body) = post_report(&state, &report(2)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let seconds: u64 = retry_after.unwrap().parse().unwrap();
+    assert!((59..=60).contains(&seconds), "Retry-After {seconds}");
+    assert_eq!(body["field"], "instance");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("per-instance limit"),
+        "{body}"
+    );
+    // A replay of an accepted report is still a duplicate, not throttled.
+    let (status, _, body) = post_report(&state, &report(1)).await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("duplicate"))
+    );
+    let text = state.metrics.encode();
+    assert!(
+        text.contains("surge_ingest_reports_total{outcome=\"throttled\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn tracking_limits_refuse_new_sources_with_a_503_naming_the_field() {
+    // (case, limits, the refused report's instance and route count, expected field)
+    let cases = [
+        (
+            "instances",
+            crate::window::SourceLimits {
+                max_instances: 1,
+                ..Default::default()
+            },
+            2,
+            "instance",
+        ),
+        (
+            "instance routes",
+            crate::window::SourceLimits {
+                max_instance_routes: 2,
+                ..Default::default()
+            },
+            2,
+            "routes",
+        ),
+    ];
+    for (case, limits, routes, field) in cases {
+        let state = limited_state(limits);
+        let (status, _, _) = post_report(&state, &report(1)).await;
+        assert_eq!(status, StatusCode::OK, "{case}");
+        let mut other = report(1);
+        other["instance"] = "api-2/1".into();
+        other["routes"] = (0..routes)
+            .map(|i| {
+                serde_json::json!({"route": format!("r{i}"), "cluster": "inbound|80||",
+                    "requests_total": 1, "errors_total": 0, "duration_us_total": 0,
+                    "inflight": 0})
+            })
+            .collect();
+        let (status, retry_after, body) = post_report(&state, &other).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{case}");
+        assert_eq!(retry_after.as_deref(), Some("10"), "{case}");
+        assert_eq!(body["field"], field, "{case}");
+        assert!(
+            body["error"].as_str().unwrap().contains("limit"),
+            "{case}: {body}"
+        );
+        let text = state.metrics.encode();
+        assert!(
+            text.contains("surge_ingest_reports_total{outcome=\"over_capacity\"} 1"),
+            "{case}: {text}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_target_full_of_sources_refuses_a_new_one_with_a_503() {
+    let state = limited_state(crate::window::SourceLimits {
+        max_sources_per_target: 1,
+        ..Default::default()
+    });
+    let spec = serde_json::from_value(serde_json::json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": "api"},
+        "maxReplicas": 5, "metric": {"type": "rps", "target": 10}
+    }))
+    .unwrap();
+    state.hub.register(
+        &TargetKey {
+            namespace: "web".into(),
+            name: "api".into(),
+        },
+        Selector::from_spec("web", &spec),
+        MetricType::Rps,
+        WindowConfig {
+            stable_ms: 60_000,
+            panic_ms: 6_000,
+            stale_ms: 10_000,
+        },
+    );
+    let (status, _, _) = post_report(&state, &report(1)).await;
+    assert_eq!(status, StatusCode::OK);
+    let mut other = report(1);
+    other["instance"] = "api-2/1".into();
+    let (status, _, body) = post_report(&state, &other).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["field"], "instance");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("limit of 1 sources"),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn a_forged_namespace_is_a_403_when_the_identity_is_required_too() {
+    let state = state(None, IdentityMode::Required);
+    let (status, body) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", XFCC_EVIL)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["field"], "proxy.namespace");
+    let (status, _) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", XFCC_WEB)],
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the forged report left no state behind"
+    );
+}

@@ -284,3 +284,195 @@ fn a_periodic_report_during_a_surge_is_not_reattributed() {
     // a: (300 - 100 * 0.8) / 0.2 = 1100; b: 100.
     assert!((burst - 1200.0).abs() < 1.0, "{burst}");
 }
+
+fn limited(min_report_interval_ms: Millis, report_burst: u32) -> Counters {
+    Counters::with_limits(SourceLimits {
+        min_report_interval_ms,
+        report_burst,
+        ..SourceLimits::default()
+    })
+}
+
+/// What `apply` did, as a short word, for tables.
+fn kind(applied: &Applied) -> &'static str {
+    match applied {
+        Applied::Duplicate => "duplicate",
+        Applied::Throttled { .. } => "throttled",
+        Applied::OverCapacity(_) => "over capacity",
+        Applied::Baseline => "baseline",
+        Applied::Deltas { .. } => "deltas",
+    }
+}
+
+#[test]
+fn an_instance_reporting_faster_than_its_limit_is_throttled() {
+    // (case, interval, burst, arrival times of seq 1.., expected outcome of each)
+    type Case<'a> = (&'a str, Millis, u32, &'a [Millis], &'a [&'a str]);
+    let cases: &[Case] = &[
+        (
+            "reports at the interval all pass",
+            50,
+            1,
+            &[0, 50, 100, 150],
+            &["baseline", "deltas", "deltas", "deltas"],
+        ),
+        (
+            "without burst a report inside the interval is throttled",
+            50,
+            1,
+            &[0, 49, 50],
+            &["baseline", "throttled", "deltas"],
+        ),
+        (
+            "a burst passes back to back, the next one waits",
+            50,
+            3,
+            &[0, 0, 0, 0, 50],
+            &["baseline", "deltas", "deltas", "throttled", "deltas"],
+        ),
+        (
+            "the filter's schedule (1 s periodic, early reports 250 ms apart) passes",
+            50,
+            5,
+            &[0, 1000, 1010, 1260, 1510, 2000, 2001],
+            &[
+                "baseline", "deltas", "deltas", "deltas", "deltas", "deltas", "deltas",
+            ],
+        ),
+        (
+            "a flood of 1000 reports a second gets one in 50 ms through, after the burst",
+            50,
+            5,
+            &[0, 1, 2, 3, 4, 5, 6, 50, 51, 100],
+            &[
+                "baseline",
+                "deltas",
+                "deltas",
+                "deltas",
+                "deltas",
+                "throttled",
+                "throttled",
+                "deltas",
+                "throttled",
+                "deltas",
+            ],
+        ),
+        (
+            "an interval of zero switches the limit off",
+            0,
+            1,
+            &[0, 0, 0],
+            &["baseline", "deltas", "deltas"],
+        ),
+    ];
+    for &(case, interval, burst, arrivals, expected) in cases {
+        let mut counters = limited(interval, burst);
+        let got: Vec<&str> = arrivals
+            .iter()
+            .enumerate()
+            .map(|(i, &now)| {
+                let seq = i as u64 + 1;
+                kind(
+                    &counters
+                        .apply(&report("a", seq, now, &[("r", seq * 10, 0)]), now)
+                        .1,
+                )
+            })
+            .collect();
+        assert_eq!(got, expected, "{case}");
+    }
+}
+
+#[test]
+fn a_throttled_report_loses_no_traffic_and_says_when_to_retry() {
+    let mut counters = limited(50, 1);
+    counters.apply(&report("a", 1, 1000, &[("r", 100, 0)]), 1000);
+    let (_, applied) = counters.apply(&report("a", 2, 1020, &[("r", 130, 0)]), 1020);
+    assert_eq!(applied, Applied::Throttled { retry_after_ms: 30 });
+    // The next accepted report carries the throttled one's requests too.
+    let (_, applied) = counters.apply(&report("a", 3, 1060, &[("r", 160, 0)]), 1060);
+    assert_eq!(deltas(&applied), [60]);
+}
+
+#[test]
+fn new_instances_and_routes_beyond_the_tracking_limits_are_refused() {
+    let mut counters = Counters::with_limits(SourceLimits {
+        max_instances: 2,
+        max_instance_routes: 3,
+        ..SourceLimits::default()
+    });
+    let one = [("r", 1, 0)];
+    let two = [("r", 1, 0), ("s", 1, 0)];
+    let three = [("r", 1, 0), ("s", 1, 0), ("t", 1, 0)];
+    // (case, instance, seq, routes, expected)
+    type Routes<'a> = &'a [(&'a str, u64, u64)];
+    let steps: &[(&str, &str, u64, Routes, Applied)] = &[
+        (
+            "the first instance is tracked",
+            "a",
+            1,
+            &one,
+            Applied::Baseline,
+        ),
+        ("a second fits both limits", "b", 1, &two, Applied::Baseline),
+        (
+            "a third instance is over the instance limit",
+            "c",
+            1,
+            &one,
+            Applied::OverCapacity(Capacity::Instances(2)),
+        ),
+        (
+            "a tracked instance growing past the route limit is refused",
+            "a",
+            2,
+            &two,
+            Applied::OverCapacity(Capacity::InstanceRoutes(3)),
+        ),
+        (
+            "an instance dropping a route frees room for others",
+            "b",
+            2,
+            &one,
+            Applied::Deltas {
+                interval_ms: 1,
+                routes: vec![RouteDelta::default()],
+            },
+        ),
+        (
+            "the refused report changed nothing: its seq is accepted now",
+            "a",
+            2,
+            &two,
+            Applied::Deltas {
+                interval_ms: 1,
+                routes: vec![
+                    RouteDelta::default(),
+                    RouteDelta {
+                        requests: 1,
+                        busy_us: 0,
+                    },
+                ],
+            },
+        ),
+        (
+            "still no room for three more",
+            "a",
+            3,
+            &three,
+            Applied::OverCapacity(Capacity::InstanceRoutes(3)),
+        ),
+    ];
+    for (i, (case, instance, seq, routes, expected)) in steps.iter().enumerate() {
+        let now = 1000 * (i as u64 + 1);
+        let (_, applied) = counters.apply(&report(instance, *seq, *seq, routes), now);
+        assert_eq!(&applied, expected, "{case}");
+        assert!(
+            counters.instances() <= 2 && counters.routes() <= 3,
+            "{case}"
+        );
+    }
+    counters.expire(100_000, 1000);
+    let (_, applied) = counters.apply(&report("c", 1, 1, &one), 100_000);
+    assert_eq!(applied, Applied::Baseline, "room again once sources expire");
+}
