@@ -556,3 +556,70 @@ async fn a_statefulset_target_is_scaled_through_its_own_scale_subresource() {
     let seen = server.await.unwrap();
     assert_eq!(seen[3].body, serde_json::json!({"spec": {"replicas": 3}}));
 }
+
+#[tokio::test]
+async fn when_reports_stop_the_scale_is_held_not_lowered_and_an_event_says_so() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    // Reports flowed (800 rps, eight replicas' worth) until 20 s ago, then stopped: the
+    // source is past the default 10 s staleness bound.
+    let stopped = ctx.clock.now() - 20_000;
+    for seq in 1..=6u64 {
+        let report = Report {
+            version: VERSION,
+            proxy: Proxy {
+                namespace: "web".into(),
+                workload: "api".into(),
+                pod: "api-1".into(),
+                owner: "kubernetes://apis/apps/v1/namespaces/web/deployments/api".into(),
+                role: Role::Sidecar,
+            },
+            instance: "api-1/1".into(),
+            seq,
+            time_ms: 1_000 * seq,
+            surge: false,
+            routes: vec![RouteCounters {
+                route: "default".into(),
+                cluster: "inbound|8080||".into(),
+                requests_total: 800 * seq,
+                errors_total: 0,
+                duration_us_total: 0,
+                inflight: 0,
+            }],
+        };
+        ctx.hub.ingest(&report, stopped - 6_000 + seq * 1000);
+    }
+    let (then, _) = ctx.hub.observe(&key(), stopped).unwrap();
+    assert_eq!(then.freshness, Freshness::Fresh);
+    assert!((then.panic - 800.0).abs() < 10.0, "{then:?}");
+
+    let mut script = no_conflicts();
+    script.extend([
+        // Ten replicas run; the last data said eight. Without fresh data neither is written:
+        // no PATCH of the scale may follow (serve fails on any request not listed).
+        expect("GET", SCALE, 200, scale(10)),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[3].body["reason"], "MetricsStale");
+    assert_eq!(seen[3].body["type"], "Warning");
+    assert!(
+        seen[3].body["note"]
+            .as_str()
+            .unwrap()
+            .contains("holding 10 replicas"),
+        "{:?}",
+        seen[3].body
+    );
+    let patch = &seen[4].body;
+    assert_eq!(patch["status"]["desiredReplicas"], 10);
+    assert_eq!(condition(patch, "MetricsStale")["status"], "True");
+    assert_eq!(condition(patch, "Active")["status"], "False");
+}
