@@ -343,6 +343,7 @@ async fn huge_headers_and_odd_paths_get_the_answers_envoy_alone_gives() {
     )
     .await;
     let memory_before = allocated_bytes(&surge);
+    let plain_memory_before = allocated_bytes(&plain);
 
     let cases = hostile_requests();
     let mut differ = Vec::new();
@@ -371,6 +372,7 @@ async fn huge_headers_and_odd_paths_get_the_answers_envoy_alone_gives() {
         }
     }
     let memory_after = allocated_bytes(&surge);
+    let plain_memory_after = allocated_bytes(&plain);
     let served = upstream_surge.requests();
     assert_eq!(served, upstream_plain.requests());
     let rq_total = stat_value(&surge, "http.inbound_0.0.0.0_8080.downstream_rq_total");
@@ -384,7 +386,8 @@ async fn huge_headers_and_odd_paths_get_the_answers_envoy_alone_gives() {
     let last = capture.reports().last().cloned();
     eprintln!(
         "hostile requests: {} sent, statuses with filter {statuses:?}, served by upstream {served}, \
-         downstream_rq_total {rq_total}, reported {:?}, allocated {memory_before} -> {memory_after} bytes",
+         downstream_rq_total {rq_total}, reported {:?}, allocated {memory_before} -> {memory_after} bytes \
+         (without the filter {plain_memory_before} -> {plain_memory_after})",
         cases.len(),
         last.as_ref().map(|l| l
             .report
