@@ -175,6 +175,8 @@ pub enum Ingested {
     },
     /// Tracking this report's instance would exceed a limit: not counted.
     OverCapacity(Refusal),
+    /// The instance id is tracked for another namespace: not counted.
+    ForeignInstance,
 }
 
 /// Which tracking limit refused a report.
@@ -279,6 +281,7 @@ impl Hub {
         let (instance, applied) = state.counters.apply(report, now);
         let (interval_ms, deltas) = match &applied {
             Applied::Duplicate => return Ingested::Duplicate,
+            Applied::ForeignInstance => return Ingested::ForeignInstance,
             Applied::Throttled { retry_after_ms } => {
                 return Ingested::Throttled {
                     retry_after_ms: *retry_after_ms,

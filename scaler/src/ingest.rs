@@ -94,6 +94,9 @@ pub enum IngestError {
         /// Milliseconds until a report would be accepted.
         retry_after_ms: u64,
     },
+    /// The instance id is tracked for another namespace.
+    #[error("instance: already in use by a proxy of another namespace")]
+    ForeignInstance,
     /// A tracking limit is reached; nothing new is tracked until sources expire.
     #[error("{}", over_capacity_message(.0))]
     OverCapacity(Refusal),
@@ -128,7 +131,7 @@ impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized | Self::IdentityMissing => StatusCode::UNAUTHORIZED,
-            Self::NamespaceMismatch { .. } => StatusCode::FORBIDDEN,
+            Self::NamespaceMismatch { .. } | Self::ForeignInstance => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -140,7 +143,7 @@ impl IngestError {
     fn outcome(&self) -> Outcome {
         match self {
             Self::Unauthorized | Self::IdentityMissing => Outcome::unauthorized,
-            Self::NamespaceMismatch { .. } => Outcome::forbidden,
+            Self::NamespaceMismatch { .. } | Self::ForeignInstance => Outcome::forbidden,
             Self::TooLarge { .. } => Outcome::too_large,
             Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
             Self::Invalid(_) => Outcome::invalid,
@@ -157,7 +160,7 @@ impl IngestError {
             Self::TooLarge { .. } | Self::Body(_) => Some("body".into()),
             Self::Malformed { field, .. } => Some(field.clone()),
             Self::Invalid(e) => Some(validation_field(e)),
-            Self::Throttled { .. } => Some("instance".into()),
+            Self::Throttled { .. } | Self::ForeignInstance => Some("instance".into()),
             Self::OverCapacity(Refusal::InstanceRoutes(_)) => Some("routes".into()),
             Self::OverCapacity(_) => Some("instance".into()),
         }
@@ -300,6 +303,7 @@ async fn receive_inner(
             return Err(IngestError::Throttled { retry_after_ms });
         }
         Ingested::OverCapacity(refusal) => return Err(IngestError::OverCapacity(refusal)),
+        Ingested::ForeignInstance => return Err(IngestError::ForeignInstance),
         Ingested::Counted { targets: 0 } => (Outcome::unmatched, 0),
         Ingested::Counted { targets } => (Outcome::accepted, targets),
         Ingested::Baseline => (Outcome::baseline, 0),

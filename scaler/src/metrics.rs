@@ -28,7 +28,8 @@ pub enum Outcome {
     malformed,
     /// Missing or wrong token, or a required identity missing (401).
     unauthorized,
-    /// SPIFFE namespace differs from the report's namespace (403).
+    /// SPIFFE namespace differs from the report's namespace, or the instance id belongs to
+    /// another namespace (403).
     forbidden,
     /// Body over the limit (413).
     too_large,

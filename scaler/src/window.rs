@@ -81,6 +81,11 @@ pub enum Applied {
     },
     /// Tracking this report would exceed a limit: nothing changed.
     OverCapacity(Capacity),
+    /// The instance id is tracked for another namespace: nothing changed. Instance ids are
+    /// random (the filter's 64 bits), so this is a collision or a forgery; refusing it keeps a
+    /// sender from taking over another namespace's counters (e.g. with a huge `seq` that would
+    /// turn the real proxy's reports into duplicates).
+    ForeignInstance,
     /// First report of this instance (or a counter reset): a new baseline, no traffic counted.
     Baseline,
     /// Traffic since the previous report of this instance.
@@ -117,6 +122,8 @@ struct InstanceState {
     /// Theoretical arrival time of the next report (GCRA): reports earlier than
     /// `tat - (burst - 1) * interval` are throttled.
     tat: Millis,
+    /// Namespace of the proxy that owns the instance id (the authenticated part of a report).
+    namespace: Box<str>,
     last_seq: u64,
     last_seen: Millis,
     last_time_ms: u64,
@@ -184,6 +191,7 @@ impl Counters {
                     Arc::clone(&key),
                     InstanceState {
                         tat: now.saturating_add(interval),
+                        namespace: report.proxy.namespace.as_str().into(),
                         last_seq: report.seq,
                         last_seen: now,
                         last_time_ms: report.time_ms,
@@ -193,6 +201,9 @@ impl Counters {
                 return (key, Applied::Baseline);
             }
         };
+        if *state.namespace != *report.proxy.namespace {
+            return (key, Applied::ForeignInstance);
+        }
         if report.seq <= state.last_seq {
             return (key, Applied::Duplicate);
         }

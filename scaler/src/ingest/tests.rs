@@ -450,3 +450,38 @@ async fn a_forged_namespace_is_a_403_when_the_identity_is_required_too() {
         "the forged report left no state behind"
     );
 }
+
+#[tokio::test]
+async fn a_report_reusing_another_namespaces_instance_is_a_403() {
+    let state = state(None, IdentityMode::WhenPresent);
+    let (status, _) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", XFCC_WEB)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    // The caller's identity is "evil" and so is the report's namespace: the identity check
+    // passes, but the instance id belongs to a proxy of "web".
+    let mut forged = report(1 << 40);
+    forged["proxy"]["namespace"] = "evil".into();
+    let (status, body) = post(
+        &state,
+        json(&forged),
+        &[("x-forwarded-client-cert", XFCC_EVIL)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["field"], "instance");
+    let (status, body) = post(
+        &state,
+        json(&report(2)),
+        &[("x-forwarded-client-cert", XFCC_WEB)],
+    )
+    .await;
+    assert_eq!(
+        (status, body["outcome"].as_str()),
+        (StatusCode::OK, Some("unmatched")),
+        "the real proxy's next report still counts: {body}"
+    );
+}

@@ -299,6 +299,7 @@ fn kind(applied: &Applied) -> &'static str {
         Applied::Duplicate => "duplicate",
         Applied::Throttled { .. } => "throttled",
         Applied::OverCapacity(_) => "over capacity",
+        Applied::ForeignInstance => "foreign",
         Applied::Baseline => "baseline",
         Applied::Deltas { .. } => "deltas",
     }
@@ -475,4 +476,18 @@ fn new_instances_and_routes_beyond_the_tracking_limits_are_refused() {
     counters.expire(100_000, 1000);
     let (_, applied) = counters.apply(&report("c", 1, 1, &one), 100_000);
     assert_eq!(applied, Applied::Baseline, "room again once sources expire");
+}
+
+#[test]
+fn another_namespace_cannot_take_over_an_instance_id() {
+    let mut counters = Counters::default();
+    counters.apply(&report("a", 1, 1000, &[("r", 100, 0)]), 1000);
+    // A forged report from namespace "evil" reusing the id, with a seq that would turn every
+    // later report of the real proxy into a duplicate.
+    let mut forged = report("a", u64::MAX, 2000, &[("r", 0, 0)]);
+    forged.proxy.namespace = "evil".into();
+    let (_, applied) = counters.apply(&forged, 1500);
+    assert_eq!(applied, Applied::ForeignInstance);
+    let (_, applied) = counters.apply(&report("a", 2, 2000, &[("r", 150, 0)]), 2000);
+    assert_eq!(deltas(&applied), [50], "the real proxy still counts");
 }
