@@ -19,6 +19,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// Parsed once at start: the size of the `Run` variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the scaler: ingest listener, admin listener and the controller.
@@ -74,9 +76,30 @@ pub struct RunArgs {
     /// Sources one SurgeScaler tracks; new ones beyond are answered 503.
     #[arg(long, env = "SURGE_MAX_SOURCES_PER_TARGET", default_value_t = 10_000)]
     pub max_sources_per_target: usize,
+    /// Namespaces whose proxies may send gateway reports (comma-separated; `*` for any). A
+    /// gateway report can feed targets in every namespace, so only the gateways' namespaces
+    /// should be listed.
+    #[arg(
+        long,
+        env = "SURGE_GATEWAY_NAMESPACES",
+        value_delimiter = ',',
+        default_value = "istio-system,istio-ingress"
+    )]
+    pub gateway_namespaces: Vec<String>,
 }
 
 impl RunArgs {
+    /// The namespaces allowed to send gateway reports; `None` for any (`*`).
+    pub fn gateway_namespaces(&self) -> Option<Vec<String>> {
+        let names: Vec<String> = self
+            .gateway_namespaces
+            .iter()
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .collect();
+        (!names.iter().any(|n| n == "*")).then_some(names)
+    }
+
     /// The per-source limits the flags describe.
     pub fn source_limits(&self) -> SourceLimits {
         SourceLimits {
@@ -129,6 +152,16 @@ mod tests {
         assert_eq!(args.identity, IdentityMode::WhenPresent);
         assert_eq!(args.log_format, LogFormat::Text);
         assert_eq!(args.source_limits(), SourceLimits::default());
+        assert_eq!(
+            args.gateway_namespaces(),
+            Some(vec!["istio-system".to_owned(), "istio-ingress".to_owned()])
+        );
+        let any =
+            Cli::try_parse_from(["surge-scaler", "run", "--gateway-namespaces", "*"]).unwrap();
+        let Command::Run(any) = any.command else {
+            panic!("expected run")
+        };
+        assert_eq!(any.gateway_namespaces(), None);
     }
 
     #[test]

@@ -153,6 +153,10 @@ struct State {
     by_workload: HashMap<String, HashMap<String, Vec<TargetKey>>>,
     /// Service host -> targets fed by gateways for it.
     by_host: HashMap<String, Vec<TargetKey>>,
+    /// Namespaces whose proxies may report as gateways; `None`: any. A gateway report feeds
+    /// targets in every namespace, and the role is the sender's own claim, so without this a
+    /// workload anywhere in the mesh could scale other namespaces' gateway-fed targets.
+    gateway_namespaces: Option<Vec<String>>,
 }
 
 /// What an ingested report did.
@@ -177,6 +181,8 @@ pub enum Ingested {
     OverCapacity(Refusal),
     /// The instance id is tracked for another namespace: not counted.
     ForeignInstance,
+    /// A gateway report from a namespace not allowed to send them: not counted.
+    GatewayNamespace,
 }
 
 /// Which tracking limit refused a report.
@@ -217,6 +223,11 @@ impl Hub {
                 ..State::default()
             }),
         }
+    }
+
+    /// Accepts gateway reports only from proxies in these namespaces (`None`: from any).
+    pub fn set_gateway_namespaces(&self, namespaces: Option<Vec<String>>) {
+        self.lock().gateway_namespaces = namespaces;
     }
 
     /// Registers (or updates) a target; returns its wake-ups. The window is kept when the
@@ -278,6 +289,12 @@ impl Hub {
     pub fn ingest(&self, report: &Report, now: Millis) -> Ingested {
         let mut guard = self.lock();
         let state = &mut *guard;
+        if report.proxy.role == Role::Gateway
+            && let Some(allowed) = &state.gateway_namespaces
+            && !allowed.contains(&report.proxy.namespace)
+        {
+            return Ingested::GatewayNamespace;
+        }
         let (instance, applied) = state.counters.apply(report, now);
         let (interval_ms, deltas) = match &applied {
             Applied::Duplicate => return Ingested::Duplicate,

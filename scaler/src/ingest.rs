@@ -94,6 +94,11 @@ pub enum IngestError {
         /// Milliseconds until a report would be accepted.
         retry_after_ms: u64,
     },
+    /// A gateway report from a namespace not allowed to send them.
+    #[error(
+        "proxy.namespace: gateway reports are accepted only from the namespaces given by --gateway-namespaces"
+    )]
+    GatewayNamespace,
     /// The instance id is tracked for another namespace.
     #[error("instance: already in use by a proxy of another namespace")]
     ForeignInstance,
@@ -131,7 +136,9 @@ impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized | Self::IdentityMissing => StatusCode::UNAUTHORIZED,
-            Self::NamespaceMismatch { .. } | Self::ForeignInstance => StatusCode::FORBIDDEN,
+            Self::NamespaceMismatch { .. } | Self::ForeignInstance | Self::GatewayNamespace => {
+                StatusCode::FORBIDDEN
+            }
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -143,7 +150,9 @@ impl IngestError {
     fn outcome(&self) -> Outcome {
         match self {
             Self::Unauthorized | Self::IdentityMissing => Outcome::unauthorized,
-            Self::NamespaceMismatch { .. } | Self::ForeignInstance => Outcome::forbidden,
+            Self::NamespaceMismatch { .. } | Self::ForeignInstance | Self::GatewayNamespace => {
+                Outcome::forbidden
+            }
             Self::TooLarge { .. } => Outcome::too_large,
             Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
             Self::Invalid(_) => Outcome::invalid,
@@ -156,7 +165,9 @@ impl IngestError {
         match self {
             Self::Unauthorized => Some("authorization".into()),
             Self::IdentityMissing => Some("x-forwarded-client-cert".into()),
-            Self::NamespaceMismatch { .. } => Some("proxy.namespace".into()),
+            Self::NamespaceMismatch { .. } | Self::GatewayNamespace => {
+                Some("proxy.namespace".into())
+            }
             Self::TooLarge { .. } | Self::Body(_) => Some("body".into()),
             Self::Malformed { field, .. } => Some(field.clone()),
             Self::Invalid(e) => Some(validation_field(e)),
@@ -304,6 +315,7 @@ async fn receive_inner(
         }
         Ingested::OverCapacity(refusal) => return Err(IngestError::OverCapacity(refusal)),
         Ingested::ForeignInstance => return Err(IngestError::ForeignInstance),
+        Ingested::GatewayNamespace => return Err(IngestError::GatewayNamespace),
         Ingested::Counted { targets: 0 } => (Outcome::unmatched, 0),
         Ingested::Counted { targets } => (Outcome::accepted, targets),
         Ingested::Baseline => (Outcome::baseline, 0),

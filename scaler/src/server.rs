@@ -134,6 +134,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let client = kube::Client::try_from(config)?;
 
     let hub = Arc::new(Hub::with_limits(args.source_limits()));
+    hub.set_gateway_namespaces(args.gateway_namespaces());
     let metrics = Arc::new(Metrics::default());
     let clock = Clock::default();
     let ready = Arc::new(AtomicBool::new(false));

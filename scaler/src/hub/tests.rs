@@ -386,3 +386,38 @@ fn skewed_frozen_or_jumping_proxy_clocks_do_not_change_the_rates() {
         );
     }
 }
+
+#[test]
+fn gateway_reports_count_only_from_the_allowed_namespaces() {
+    let hub = Hub::default();
+    hub.set_gateway_namespaces(Some(vec!["istio-system".into()]));
+    register(
+        &hub,
+        "api",
+        &spec(serde_json::json!({"sources": {"gateway": {"service": "api"}}})),
+    );
+    let cluster = "outbound|80||api.web.svc.cluster.local";
+    // (case, the gateway's namespace, expected outcome of its second report)
+    let cases = [
+        (
+            "a gateway in an allowed namespace counts",
+            "istio-system",
+            Ingested::Counted { targets: 1 },
+        ),
+        (
+            "a workload elsewhere claiming the gateway role does not",
+            "evil",
+            Ingested::GatewayNamespace,
+        ),
+    ];
+    for (case, namespace, expected) in cases {
+        let make = |seq: u64| {
+            let mut r = gateway(seq, &[("r", cluster, seq * 100)]);
+            r.proxy.namespace = namespace.into();
+            r.instance = format!("{namespace}-gw");
+            r
+        };
+        hub.ingest(&make(1), 1000);
+        assert_eq!(hub.ingest(&make(2), 2000), expected, "{case}");
+    }
+}

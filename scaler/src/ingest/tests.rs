@@ -485,3 +485,30 @@ async fn a_report_reusing_another_namespaces_instance_is_a_403() {
         "the real proxy's next report still counts: {body}"
     );
 }
+
+#[tokio::test]
+async fn a_gateway_report_from_a_namespace_not_allowed_is_a_403() {
+    let state = state(None, IdentityMode::WhenPresent);
+    state
+        .hub
+        .set_gateway_namespaces(Some(vec!["istio-system".into()]));
+    let mut forged = report(1);
+    forged["proxy"]["namespace"] = "evil".into();
+    forged["proxy"]["role"] = "gateway".into();
+    forged["routes"][0]["cluster"] = "outbound|80||api.web.svc.cluster.local".into();
+    let (status, body) = post(
+        &state,
+        json(&forged),
+        &[("x-forwarded-client-cert", XFCC_EVIL)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["field"], "proxy.namespace");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("--gateway-namespaces"),
+        "{body}"
+    );
+}
