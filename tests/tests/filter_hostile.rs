@@ -595,3 +595,173 @@ async fn errors_from_every_phase_are_counted_and_leave_nothing_in_flight() {
     }
     reset_task.abort();
 }
+
+/// Writes `listener` as an LDS file at `path` atomically (Envoy watches for a rename).
+fn write_lds(path: &std::path::Path, listener: &Value) {
+    let body = json!({
+        "version_info": listener["name"].to_string() + &listener.to_string().len().to_string(),
+        "resources": [listener],
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, body.to_string()).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The listener a [`Bootstrap`] renders, renamed and bound to `port`, with the
+/// `type.googleapis.com` tag LDS needs.
+fn lds_listener(bootstrap: &Bootstrap, port: u16) -> Value {
+    let mut listener = bootstrap.to_json()["static_resources"]["listeners"][0].clone();
+    listener["@type"] = json!("type.googleapis.com/envoy.config.listener.v3.Listener");
+    listener["name"] = json!("pushed");
+    listener["address"]["socket_address"]["port_value"] = json!(port);
+    listener
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_push_mid_request_leaves_nothing_in_flight() {
+    let upstream = Upstream::start().await.unwrap();
+    let capture = Capture::start().await.unwrap();
+    let dir = work_dir("push");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lds_path = dir.join("lds.json");
+    let port = unused_addr().unwrap().port();
+    let with_config = |config: Value| {
+        with_filter(
+            Bootstrap::new(upstream.addr(), capture.addr()).route("search", "/search"),
+            &config,
+        )
+    };
+    write_lds(
+        &lds_path,
+        &lds_listener(&with_config(json!({"report_interval_ms": 100})), port),
+    );
+    // The static listener carries no filter; the pushed one (LDS from a file) carries it.
+    let mut options = EnvoyOptions::new(&dir).unwrap();
+    options.extra_args = vec![
+        "--config-yaml".into(),
+        json!({"dynamic_resources": {"lds_config": {
+            "path_config_source": {"path": lds_path.to_string_lossy()},
+            "resource_api_version": "V3",
+        }}})
+        .to_string(),
+        "--drain-time-s".into(),
+        "1".into(),
+    ];
+    let bootstrap = Bootstrap::new(upstream.addr(), capture.addr());
+    let envoy = tokio::task::block_in_place(|| Envoy::start(&bootstrap, &options)).unwrap();
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let updates = || stat_value(&envoy, "listener_manager.lds.update_success");
+    for _ in 0..100 {
+        if upstream::send(addr, "/search/warm", 1, 1)
+            .await
+            .is_ok_and(|r| r.ok == 1)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let warm = upstream::send(addr, "/search/warm", 10, 2).await.unwrap();
+    assert_eq!(warm.failed, 0);
+    let updates_before = updates();
+    let vm_stats = || -> BTreeMap<String, i64> {
+        envoy
+            .stats()
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| {
+                name.starts_with("wasm.envoy.wasm.runtime.v8.")
+                    || name.contains("in_place_updated")
+                    || name.contains("filter_chains_draining")
+            })
+            .collect()
+    };
+    let vms_before = vm_stats();
+
+    // Six requests held 800 ms by the upstream; the config is pushed while they are in flight.
+    let held = tokio::spawn(upstream::send(addr, "/search/slow", 6, 6));
+    let in_flight_seen = capture
+        .wait_until(Duration::from_millis(600), |r| {
+            r.last()
+                .is_some_and(|l| by_route(l).get("search").is_some_and(|s| s.inflight == 6))
+        })
+        .await;
+    write_lds(
+        &lds_path,
+        &lds_listener(
+            &with_config(json!({"report_interval_ms": 150, "max_routes": 32})),
+            port,
+        ),
+    );
+    for _ in 0..100 {
+        if updates() > updates_before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pushed = updates() > updates_before;
+    let held = held.await.unwrap().unwrap();
+    let after = upstream::send(addr, "/search/after", 20, 4).await.unwrap();
+    let sent = 1 + 10 + 6 + 20;
+
+    let settled = capture
+        .wait_until(Duration::from_secs(3), |r| {
+            r.last().is_some_and(|l| {
+                by_route(l)
+                    .get("search")
+                    .is_some_and(|s| s.inflight == 0 && s.requests_total >= 30)
+            })
+        })
+        .await;
+    // The new plugin (150 ms interval) takes over reporting once the old filter chain has
+    // drained and the old reporter's lease has expired.
+    let taken_over = capture
+        .wait_until(Duration::from_secs(5), |r| {
+            // A handover gap (the old reporter's lease expiring), then at least four reports
+            // 150 ms apart on average (checks every 100 ms: gaps of 100 and 200 ms alternate).
+            let gaps: Vec<Duration> = r.windows(2).map(|w| w[1].at - w[0].at).collect();
+            gaps.iter()
+                .rposition(|g| *g >= Duration::from_millis(500))
+                .map(|k| &gaps[k + 1..])
+                .is_some_and(|after| {
+                    after.len() >= 4 && {
+                        let mean = after.iter().sum::<Duration>() / after.len() as u32;
+                        (130..=170).contains(&mean.as_millis())
+                    }
+                })
+        })
+        .await;
+    let last = capture.reports().last().cloned().unwrap();
+    let vms_after = vm_stats();
+    let gaps: Vec<u128> = capture
+        .reports()
+        .windows(2)
+        .map(|w| (w[1].at - w[0].at).as_millis())
+        .collect();
+    eprintln!("push: vm stats {vms_before:?} -> {vms_after:?}, report gaps ms {gaps:?}");
+    eprintln!(
+        "push: lds updates {updates_before} -> {}, in flight seen {in_flight_seen}, held {held:?}, \
+         after {after:?}, served {}, last report {:?}",
+        updates(),
+        upstream.requests(),
+        routes_of(&last)
+    );
+    assert!(pushed, "Envoy did not take the pushed listener");
+    assert_eq!(vms_after["listener_manager.listener_in_place_updated"], 1);
+    assert!(
+        taken_over,
+        "the new plugin never took over: report gaps {gaps:?}"
+    );
+    assert!(in_flight_seen);
+    assert_eq!(held.failed + after.failed, 0);
+    assert!(settled, "{:?}", routes_of(&last));
+    let search = &by_route(&last)["search"];
+    assert_eq!(search.inflight, 0);
+    assert_eq!(search.requests_total, sent);
+    assert!(vm_trouble(&envoy).is_empty(), "{:?}", vm_trouble(&envoy));
+    // One report stream across the push: same instance, seq still increasing.
+    let reports = capture.reports();
+    for pair in reports.windows(2) {
+        assert_eq!(pair[1].report.instance, pair[0].report.instance);
+        assert!(pair[1].report.seq > pair[0].report.seq);
+    }
+}
