@@ -1,0 +1,256 @@
+//! The real `surge-scaler` binary under a hostile sender, over real HTTP, against the sandbox's
+//! embedded Kubernetes API: one pod flooding reports is throttled (429 with Retry-After) and
+//! cannot move its target beyond its real traffic; and the report token never reaches the
+//! scaler's logs, even at `RUST_LOG=trace`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use surge_sandbox::kubeapi::{KubeApi, Options, resources};
+
+/// Distinctive, so that a match in the logs can only be the token.
+const TOKEN: &str = "hostile-e2e-token-5d41402abc4b2a76";
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn scaler_bin() -> PathBuf {
+    let path = std::env::var_os("SURGE_SCALER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace().join("target/debug/surge-scaler"));
+    assert!(
+        path.exists(),
+        "surge-scaler binary not found at {}: run `make test` (or `cargo build -p surge-scaler`), \
+         or set SURGE_SCALER_BIN",
+        path.display()
+    );
+    path
+}
+
+fn free_addr() -> SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap()
+}
+
+/// The scaler process; killed on drop whatever happens in the test.
+struct Scaler(Child);
+
+impl Drop for Scaler {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
+
+/// Status, `Retry-After` and body of a request.
+async fn request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Option<String>, String) {
+    let mut builder = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"));
+    let body = match body {
+        Some(json) => {
+            builder = builder.header("content-type", "application/json");
+            Full::new(Bytes::from(serde_json::to_vec(json).unwrap()))
+        }
+        None => Full::new(Bytes::new()),
+    };
+    let response = client.request(builder.body(body).unwrap()).await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        retry_after,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn report(seq: u64, time_ms: u64, requests_total: u64) -> Value {
+    json!({
+        "version": 1,
+        "proxy": {"namespace": "web", "workload": "api", "pod": "api-7d9f-abcde",
+                  "owner": "kubernetes://apis/apps/v1/namespaces/web/deployments/api",
+                  "role": "sidecar"},
+        "instance": "0123456789abcdef",
+        "seq": seq,
+        "time_ms": time_ms,
+        "surge": true,
+        "routes": [{"route": "default", "cluster": "inbound|8080||",
+                    "requests_total": requests_total, "errors_total": 0,
+                    "duration_us_total": requests_total * 2_000, "inflight": 0}]
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
+    let bin = scaler_bin();
+    let api = KubeApi::start(Options::default()).await.unwrap();
+    let crd = std::fs::read_to_string(workspace().join("deploy/crds/surgescaler.yaml")).unwrap();
+    api.register_crd(&crd).unwrap();
+    api.create_deployment("web", "api", 1).unwrap();
+    api.set_deployment_status("web", "api", 1, 1).unwrap();
+    api.store()
+        .create(
+            resources::SURGESCALERS,
+            "web",
+            json!({
+                "apiVersion": "surge.dev/v1alpha1", "kind": "SurgeScaler",
+                "metadata": {"name": "api", "namespace": "web"},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
+                         "minReplicas": 1, "maxReplicas": 10,
+                         "metric": {"type": "rps", "target": 100}}
+            }),
+        )
+        .unwrap();
+
+    let dir = std::env::temp_dir().join(format!("surge-scaler-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "web").unwrap();
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let log_path = dir.join("scaler.log");
+    let log = std::fs::File::create(&log_path).unwrap();
+    let (ingest, admin) = (free_addr(), free_addr());
+    let child = Command::new(&bin)
+        .args(["run", "--identity", "off", "--log-format", "json"])
+        .arg("--token-file")
+        .arg(&token_file)
+        .args([
+            "--ingest-addr",
+            &ingest.to_string(),
+            "--admin-addr",
+            &admin.to_string(),
+        ])
+        .env("KUBECONFIG", &kubeconfig)
+        // Everything, including the HTTP stack's and the Kubernetes client's own logs.
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(log))
+        .spawn()
+        .unwrap();
+    let mut scaler = Scaler(child);
+
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let probe = http::Request::get(format!("http://{admin}/readyz"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        if let Ok(Ok(response)) =
+            tokio::time::timeout(Duration::from_millis(500), client.request(probe)).await
+            && response.status() == 200
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the scaler did not become ready within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
+    // A wrong token: refused, and a near-miss of the real one must not be echoed either.
+    let (status, _, body) = request(&client, "POST", &url, "wrong", Some(&report(1, 0, 0))).await;
+    assert_eq!(status, 401, "{body}");
+
+    // The flood: 200 reports back to back from one instance, every one flagged as a surge,
+    // whose counters grow as the real traffic does: 50 requests per second, half a replica.
+    let started = Instant::now();
+    let (mut accepted, mut throttled) = (0u64, 0u64);
+    for seq in 1..=200u64 {
+        let elapsed = started.elapsed().as_millis() as u64;
+        let (status, retry_after, body) = request(
+            &client,
+            "POST",
+            &url,
+            TOKEN,
+            Some(&report(seq, 10_000 + elapsed, elapsed * 50 / 1000)),
+        )
+        .await;
+        match status {
+            200 => accepted += 1,
+            429 => {
+                throttled += 1;
+                assert_eq!(retry_after.as_deref(), Some("1"), "{body}");
+                assert!(body.contains("\"field\":\"instance\""), "{body}");
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    let flood_ms = started.elapsed().as_millis() as u64;
+    println!("flood: {accepted} accepted, {throttled} throttled in {flood_ms} ms");
+    // 5 back to back, then one per 50 ms (the defaults).
+    assert!(accepted >= 5, "{accepted}");
+    assert!(
+        accepted <= 5 + flood_ms / 50 + 1,
+        "{accepted} in {flood_ms} ms"
+    );
+    assert_eq!(accepted + throttled, 200);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !api.requests().iter().any(|r| r.is_scale_write()),
+        "a flood of 50 rps must not scale a 100 rps-per-replica target"
+    );
+    let (_, _, metrics) =
+        request(&client, "GET", &format!("http://{admin}/metrics"), "", None).await;
+    assert!(
+        metrics.contains(&format!(
+            "surge_ingest_reports_total{{outcome=\"throttled\"}} {throttled}"
+        )),
+        "{metrics}"
+    );
+
+    // Stop it and read everything it logged.
+    let pid = scaler.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while scaler.0.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the scaler ignored SIGTERM for 5 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.contains("surge-scaler starting"),
+        "the log capture works: {} bytes",
+        logs.len()
+    );
+    // The refusals were logged (the place a presented credential would most likely leak).
+    assert!(logs.contains("report refused"), "no refusal logged");
+    assert!(
+        !logs.contains(TOKEN),
+        "the token appears in the scaler's logs"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
