@@ -70,6 +70,13 @@ pub struct RunArgs {
     /// Proxy instances tracked in all; new ones beyond are answered 503 until some expire.
     #[arg(long, env = "SURGE_MAX_INSTANCES", default_value_t = 50_000)]
     pub max_instances: usize,
+    /// Proxy instances tracked per namespace; new ones beyond are answered 503.
+    #[arg(
+        long,
+        env = "SURGE_MAX_INSTANCES_PER_NAMESPACE",
+        default_value_t = 20_000
+    )]
+    pub max_instances_per_namespace: usize,
     /// (instance, route) pairs tracked in all; reports adding more are answered 503.
     #[arg(long, env = "SURGE_MAX_INSTANCE_ROUTES", default_value_t = 500_000)]
     pub max_instance_routes: usize,
@@ -106,6 +113,7 @@ impl RunArgs {
             min_report_interval_ms: self.report_min_interval_ms,
             report_burst: self.report_burst,
             max_instances: self.max_instances,
+            max_instances_per_namespace: self.max_instances_per_namespace,
             max_instance_routes: self.max_instance_routes,
             max_sources_per_target: self.max_sources_per_target,
         }

@@ -192,6 +192,9 @@ pub enum Refusal {
     Instances(usize),
     /// All (instance, route) pairs tracked ([`SourceLimits::max_instance_routes`]).
     InstanceRoutes(usize),
+    /// All instances its namespace may have tracked
+    /// ([`SourceLimits::max_instances_per_namespace`]).
+    NamespaceInstances(usize),
     /// A target selecting the report already has [`SourceLimits::max_sources_per_target`]
     /// sources; the report still counted for `counted` other targets.
     TargetSources {
@@ -309,6 +312,9 @@ impl Hub {
             }
             Applied::OverCapacity(Capacity::InstanceRoutes(limit)) => {
                 return Ingested::OverCapacity(Refusal::InstanceRoutes(*limit));
+            }
+            Applied::OverCapacity(Capacity::NamespaceInstances(limit)) => {
+                return Ingested::OverCapacity(Refusal::NamespaceInstances(*limit));
             }
             Applied::Baseline => (0, None),
             Applied::Deltas {

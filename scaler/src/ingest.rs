@@ -119,6 +119,9 @@ fn over_capacity_message(refusal: &Refusal) -> String {
         Refusal::InstanceRoutes(limit) => format!(
             "routes: the scaler already tracks its limit of {limit} (instance, route) pairs; new routes are refused until some expire"
         ),
+        Refusal::NamespaceInstances(limit) => format!(
+            "instance: the scaler already tracks its limit of {limit} instances for this namespace; new instances are refused until some expire"
+        ),
         Refusal::TargetSources { limit, counted } => format!(
             "instance: a target selecting this report already tracks its limit of {limit} sources (counted for {counted} other targets)"
         ),

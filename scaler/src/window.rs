@@ -41,6 +41,9 @@ pub struct SourceLimits {
     pub report_burst: u32,
     /// Instances tracked in all (each holds its last counters until it expires).
     pub max_instances: usize,
+    /// Instances tracked per proxy namespace, so that a sender rotating instance ids fills its
+    /// own namespace's share, not the whole table.
+    pub max_instances_per_namespace: usize,
     /// (instance, route) pairs tracked in all: with `max_instances`, the memory bound.
     pub max_instance_routes: usize,
     /// Sources one target tracks.
@@ -53,6 +56,7 @@ impl Default for SourceLimits {
             min_report_interval_ms: 50,
             report_burst: 5,
             max_instances: 50_000,
+            max_instances_per_namespace: 20_000,
             max_instance_routes: 500_000,
             max_sources_per_target: 10_000,
         }
@@ -66,6 +70,8 @@ pub enum Capacity {
     Instances(usize),
     /// [`SourceLimits::max_instance_routes`].
     InstanceRoutes(usize),
+    /// [`SourceLimits::max_instances_per_namespace`].
+    NamespaceInstances(usize),
 }
 
 /// What one report changed, per route, for one instance.
@@ -150,6 +156,8 @@ pub struct Counters {
     limits: SourceLimits,
     /// Sum of the instances' tracked routes.
     instance_routes: usize,
+    /// Instances tracked per proxy namespace.
+    per_namespace: HashMap<Box<str>, usize>,
 }
 
 impl Counters {
@@ -185,6 +193,16 @@ impl Counters {
                 if self.instance_routes.saturating_add(report.routes.len()) > limit {
                     return (key, Applied::OverCapacity(Capacity::InstanceRoutes(limit)));
                 }
+                let namespace = report.proxy.namespace.as_str();
+                let in_namespace = self.per_namespace.get(namespace).copied().unwrap_or(0);
+                let limit = self.limits.max_instances_per_namespace;
+                if in_namespace >= limit {
+                    return (
+                        key,
+                        Applied::OverCapacity(Capacity::NamespaceInstances(limit)),
+                    );
+                }
+                *self.per_namespace.entry(namespace.into()).or_default() += 1;
                 let routes = routes_of(report);
                 self.instance_routes += routes.len();
                 self.instances.insert(
@@ -299,6 +317,13 @@ impl Counters {
         self.instances
             .retain(|_, s| now.saturating_sub(s.last_seen) <= ttl_ms);
         self.instance_routes = self.routes();
+        self.per_namespace.clear();
+        for state in self.instances.values() {
+            *self
+                .per_namespace
+                .entry(state.namespace.clone())
+                .or_default() += 1;
+        }
     }
 
     /// Instances tracked.

@@ -349,6 +349,15 @@ async fn tracking_limits_refuse_new_sources_with_a_503_naming_the_field() {
             "instance",
         ),
         (
+            "instances per namespace",
+            crate::window::SourceLimits {
+                max_instances_per_namespace: 1,
+                ..Default::default()
+            },
+            1,
+            "instance",
+        ),
+        (
             "instance routes",
             crate::window::SourceLimits {
                 max_instance_routes: 2,

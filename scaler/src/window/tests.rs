@@ -491,3 +491,42 @@ fn another_namespace_cannot_take_over_an_instance_id() {
     let (_, applied) = counters.apply(&report("a", 2, 2000, &[("r", 150, 0)]), 2000);
     assert_eq!(deltas(&applied), [50], "the real proxy still counts");
 }
+
+#[test]
+fn a_namespace_rotating_instance_ids_fills_only_its_own_share() {
+    let mut counters = Counters::with_limits(SourceLimits {
+        max_instances: 10,
+        max_instances_per_namespace: 3,
+        ..SourceLimits::default()
+    });
+    let from = |namespace: &str, instance: &str| {
+        let mut r = report(instance, 1, 1, &[("r", 1, 0)]);
+        r.proxy.namespace = namespace.into();
+        r
+    };
+    // (case, namespace, instance, expected)
+    let steps = [
+        ("a first id", "evil", "e1", Applied::Baseline),
+        ("a second id", "evil", "e2", Applied::Baseline),
+        ("a third id", "evil", "e3", Applied::Baseline),
+        (
+            "a fourth id is over the namespace's share",
+            "evil",
+            "e4",
+            Applied::OverCapacity(Capacity::NamespaceInstances(3)),
+        ),
+        (
+            "another namespace still has room",
+            "web",
+            "w1",
+            Applied::Baseline,
+        ),
+    ];
+    for (case, namespace, instance, expected) in steps {
+        let (_, applied) = counters.apply(&from(namespace, instance), 0);
+        assert_eq!(applied, expected, "{case}");
+    }
+    counters.expire(10_000, 1_000);
+    let (_, applied) = counters.apply(&from("evil", "e4"), 10_000);
+    assert_eq!(applied, Applied::Baseline, "room again once its ids expire");
+}
