@@ -742,7 +742,16 @@ async fn config_push_mid_request(test: &str, new_vm: bool, drain_s: u32) {
         .windows(2)
         .map(|w| (w[1].at - w[0].at).as_millis())
         .collect();
+    let history: Vec<(u64, String, Option<u64>)> = capture
+        .reports()
+        .iter()
+        .map(|r| {
+            let search = by_route(r).get("search").map(|s| s.requests_total);
+            (r.report.seq, r.report.instance.clone(), search)
+        })
+        .collect();
     eprintln!("{test}: vm stats {vms_before:?} -> {vms_after:?}, report gaps ms {gaps:?}");
+    eprintln!("{test}: (seq, instance, search requests) {history:?}");
     eprintln!(
         "{test}: lds updates {updates_before} -> {}, in flight seen {in_flight_seen}, held {held:?}, \
          after {after:?}, served {}, last report {:?}",
