@@ -136,6 +136,9 @@ impl Ingest {
             StatusCode::FORBIDDEN,
             StatusCode::PAYLOAD_TOO_LARGE,
             StatusCode::UNPROCESSABLE_ENTITY,
+            // Per-instance report rate and tracking caps (scaler/README.md).
+            StatusCode::TOO_MANY_REQUESTS,
+            StatusCode::SERVICE_UNAVAILABLE,
         ];
         assert!(documented.contains(&status), "undocumented status {status}");
         let json: serde_json::Value =
