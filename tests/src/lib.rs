@@ -3,4 +3,5 @@
 
 pub mod capture;
 pub mod fuzz_checks;
+pub mod scaler;
 pub mod upstream;

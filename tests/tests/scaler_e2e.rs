@@ -2,74 +2,17 @@
 //! API on loopback: a surge report must reach a PATCH of the Deployment's scale subresource at
 //! once (ingest-driven, not on a tick), and SIGTERM must stop the scaler cleanly.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use http_body_util::Full;
 use serde_json::{Value, json};
+use surge_e2e::scaler::{
+    Answer, free_addr, http_client, request, scaler_bin, wait_ready, workspace,
+};
 use surge_sandbox::kubeapi::{KubeApi, Options, resources};
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn scaler_bin() -> PathBuf {
-    let path = std::env::var_os("SURGE_SCALER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/debug/surge-scaler"));
-    assert!(
-        path.exists(),
-        "surge-scaler binary not found at {}: run `make test` (or `cargo build -p surge-scaler`), \
-         or set SURGE_SCALER_BIN",
-        path.display()
-    );
-    path
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// The scaler process; killed on drop whatever happens in the test.
-struct Scaler(Child);
-
-impl Drop for Scaler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-async fn request(
-    client: &HttpClient,
-    method: &str,
-    url: &str,
-    body: Option<&Value>,
-) -> (u16, String) {
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", "Bearer e2e-token");
-    let body = match body {
-        Some(json) => {
-            builder = builder.header("content-type", "application/json");
-            Full::new(Bytes::from(serde_json::to_vec(json).unwrap()))
-        }
-        None => Full::new(Bytes::new()),
-    };
-    let response = client.request(builder.body(body).unwrap()).await.unwrap();
-    let status = response.status().as_u16();
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (status, String::from_utf8_lossy(&bytes).into_owned())
-}
+use surge_sandbox::process::ChildGuard;
 
 fn report(seq: u64, time_ms: u64, requests_total: u64, surge: bool) -> Value {
     json!({
@@ -130,37 +73,30 @@ async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly(
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut scaler = Scaler(child);
+    let mut scaler = ChildGuard::from_child("surge-scaler", child);
 
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let ready_url = format!("http://{admin}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Ok(Ok(response)) = tokio::time::timeout(
-            Duration::from_millis(500),
-            client.request(
-                http::Request::get(&ready_url)
-                    .body(Full::new(Bytes::new()))
-                    .unwrap(),
-            ),
-        )
-        .await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the scaler did not become ready within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let client = http_client();
+    wait_ready(&client, admin, Duration::from_secs(10)).await;
 
     let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
     // Calm: 50 rps for one second, half a replica's worth. No scale change.
-    let (status, body) = request(&client, "POST", &url, Some(&report(1, 10_000, 0, false))).await;
+    let Answer { status, body, .. } = request(
+        &client,
+        "POST",
+        &url,
+        "e2e-token",
+        Some(&report(1, 10_000, 0, false)),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
-    let (status, body) = request(&client, "POST", &url, Some(&report(2, 11_000, 50, false))).await;
+    let Answer { status, body, .. } = request(
+        &client,
+        "POST",
+        &url,
+        "e2e-token",
+        Some(&report(2, 11_000, 50, false)),
+    )
+    .await;
     assert_eq!(
         (status, body.contains("\"accepted\"")),
         (200, true),
@@ -187,7 +123,14 @@ async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly(
 
     // Surge: 80 requests in the next 100 ms (800 rps), sent early with surge: true.
     let sent = Instant::now();
-    let (status, body) = request(&client, "POST", &url, Some(&report(3, 11_100, 130, true))).await;
+    let Answer { status, body, .. } = request(
+        &client,
+        "POST",
+        &url,
+        "e2e-token",
+        Some(&report(3, 11_100, 130, true)),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let patch = api
         .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
@@ -239,7 +182,9 @@ async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly(
         "no status write with desiredReplicas 8"
     );
 
-    let (_, metrics) = request(&client, "GET", &format!("http://{admin}/metrics"), None).await;
+    let metrics = request(&client, "GET", &format!("http://{admin}/metrics"), "", None)
+        .await
+        .body;
     assert!(
         metrics.contains(
             "surge_scale_patches_total{namespace=\"web\",name=\"api\",direction=\"up\"} 1"
@@ -248,12 +193,12 @@ async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly(
     );
 
     // SIGTERM: the scaler stops on its own, with success.
-    let pid = scaler.0.id().to_string();
+    let pid = scaler.id().to_string();
     let killed = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
     assert!(killed.success());
     let deadline = Instant::now() + Duration::from_secs(5);
     let exit = loop {
-        if let Some(status) = scaler.0.try_wait().unwrap() {
+        if let Some(status) = scaler.try_status().unwrap() {
             break status;
         }
         assert!(

@@ -3,87 +3,18 @@
 //! cannot move its target beyond its real traffic; and the report token never reaches the
 //! scaler's logs, even at `RUST_LOG=trace`.
 
-use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
+use surge_e2e::scaler::{
+    Answer, free_addr, http_client, request, scaler_bin, wait_ready, workspace,
+};
 use surge_sandbox::kubeapi::{KubeApi, Options, resources};
+use surge_sandbox::process::ChildGuard;
 
 /// Distinctive, so that a match in the logs can only be the token.
 const TOKEN: &str = "hostile-e2e-token-5d41402abc4b2a76";
-
-fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn scaler_bin() -> PathBuf {
-    let path = std::env::var_os("SURGE_SCALER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace().join("target/debug/surge-scaler"));
-    assert!(
-        path.exists(),
-        "surge-scaler binary not found at {}: run `make test` (or `cargo build -p surge-scaler`), \
-         or set SURGE_SCALER_BIN",
-        path.display()
-    );
-    path
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.local_addr().unwrap()
-}
-
-/// The scaler process; killed on drop whatever happens in the test.
-struct Scaler(Child);
-
-impl Drop for Scaler {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-type HttpClient = Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>;
-
-/// Status, `Retry-After` and body of a request.
-async fn request(
-    client: &HttpClient,
-    method: &str,
-    url: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> (u16, Option<String>, String) {
-    let mut builder = http::Request::builder()
-        .method(method)
-        .uri(url)
-        .header("authorization", format!("Bearer {token}"));
-    let body = match body {
-        Some(json) => {
-            builder = builder.header("content-type", "application/json");
-            Full::new(Bytes::from(serde_json::to_vec(json).unwrap()))
-        }
-        None => Full::new(Bytes::new()),
-    };
-    let response = client.request(builder.body(body).unwrap()).await.unwrap();
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get("retry-after")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    (
-        status,
-        retry_after,
-        String::from_utf8_lossy(&bytes).into_owned(),
-    )
-}
 
 fn report(seq: u64, time_ms: u64, requests_total: u64) -> Value {
     json!({
@@ -149,30 +80,15 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
         .stderr(Stdio::from(log))
         .spawn()
         .unwrap();
-    let mut scaler = Scaler(child);
+    let mut scaler = ChildGuard::from_child("surge-scaler", child);
 
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let probe = http::Request::get(format!("http://{admin}/readyz"))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(Duration::from_millis(500), client.request(probe)).await
-            && response.status() == 200
-        {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the scaler did not become ready within 10 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let client = http_client();
+    wait_ready(&client, admin, Duration::from_secs(10)).await;
 
     let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
     // A wrong token: refused, and a near-miss of the real one must not be echoed either.
-    let (status, _, body) = request(&client, "POST", &url, "wrong", Some(&report(1, 0, 0))).await;
+    let Answer { status, body, .. } =
+        request(&client, "POST", &url, "wrong", Some(&report(1, 0, 0))).await;
     assert_eq!(status, 401, "{body}");
 
     // The flood: 200 reports back to back from one instance, every one flagged as a surge,
@@ -181,7 +97,11 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
     let (mut accepted, mut throttled) = (0u64, 0u64);
     for seq in 1..=200u64 {
         let elapsed = started.elapsed().as_millis() as u64;
-        let (status, retry_after, body) = request(
+        let Answer {
+            status,
+            retry_after,
+            body,
+        } = request(
             &client,
             "POST",
             &url,
@@ -214,8 +134,9 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
         !api.requests().iter().any(|r| r.is_scale_write()),
         "a flood of 50 rps must not scale a 100 rps-per-replica target"
     );
-    let (_, _, metrics) =
-        request(&client, "GET", &format!("http://{admin}/metrics"), "", None).await;
+    let metrics = request(&client, "GET", &format!("http://{admin}/metrics"), "", None)
+        .await
+        .body;
     assert!(
         metrics.contains(&format!(
             "surge_ingest_reports_total{{outcome=\"throttled\"}} {throttled}"
@@ -224,7 +145,7 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
     );
 
     // Stop it and read everything it logged.
-    let pid = scaler.0.id().to_string();
+    let pid = scaler.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -233,7 +154,7 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
             .success()
     );
     let deadline = Instant::now() + Duration::from_secs(5);
-    while scaler.0.try_wait().unwrap().is_none() {
+    while scaler.try_status().unwrap().is_none() {
         assert!(
             Instant::now() < deadline,
             "the scaler ignored SIGTERM for 5 s"
