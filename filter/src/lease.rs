@@ -109,6 +109,22 @@ impl SeqRecord {
     }
 }
 
+/// Name of the process-wide gauge that marks whether the filter's stats survived a VM start.
+///
+/// Envoy frees a Wasm stat with the last VM that defined it. Every VM defines this gauge (and the
+/// route metrics) at start: 0 means no live VM defined them before, so the route counters start
+/// again from 0 and the report stream needs a new `instance` (the wire contract's "counters
+/// restarted"); non-zero means they survived and the stored instance id still holds.
+pub const STATS_EPOCH_METRIC: &str = "surge.stats_epoch";
+
+/// Whether a starting VM mints a new instance id, given the stats epoch gauge it read right
+/// after defining it. Several VMs starting together may all read 0 and all mint one; the last
+/// write wins before any report goes out (reports start a tick later), and every report reads
+/// the id from shared data, so all VMs converge on it.
+pub fn stats_are_fresh(stats_epoch: u64) -> bool {
+    stats_epoch == 0
+}
+
 /// An instance id from 64 random bits: lowercase hex, within the wire format's limits.
 pub fn instance_id(random: u64) -> String {
     format!("{random:016x}")
@@ -191,6 +207,13 @@ mod tests {
     fn instance_ids_are_fixed_width_hex() {
         assert_eq!(instance_id(255), "00000000000000ff");
         assert_eq!(instance_id(u64::MAX).len(), 16);
+    }
+
+    #[test]
+    fn fresh_stats_rotate_the_instance_and_surviving_ones_keep_it() {
+        assert!(stats_are_fresh(0));
+        assert!(!stats_are_fresh(1));
+        assert!(!stats_are_fresh(7));
     }
 
     #[test]

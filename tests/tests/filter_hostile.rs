@@ -619,13 +619,15 @@ fn lds_listener(bootstrap: &Bootstrap, port: u16) -> Value {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_config_push_mid_request_leaves_nothing_in_flight() {
-    config_push_mid_request("push", false, 1).await;
+    config_push_mid_request("push", false, 1, true).await;
 }
 
 /// Pushes a new listener while six requests are held by the upstream: a new pluginConfig, and
 /// with `new_vm` also a new VM configuration (an environment variable), so Envoy starts new
 /// VMs rather than reusing the running ones.
-async fn config_push_mid_request(test: &str, new_vm: bool, drain_s: u32) {
+///
+/// `settles`: also require every request cut by the push to be counted and none left in flight.
+async fn config_push_mid_request(test: &str, new_vm: bool, drain_s: u32, settles: bool) {
     let upstream = Upstream::start().await.unwrap();
     let capture = Capture::start().await.unwrap();
     let dir = work_dir(test);
@@ -713,7 +715,7 @@ async fn config_push_mid_request(test: &str, new_vm: bool, drain_s: u32) {
             r.last().is_some_and(|l| {
                 by_route(l)
                     .get("search")
-                    .is_some_and(|s| s.inflight == 0 && s.requests_total >= 30)
+                    .is_some_and(|s| s.inflight == 0 && s.requests_total >= 20)
             })
         })
         .await;
@@ -760,30 +762,36 @@ async fn config_push_mid_request(test: &str, new_vm: bool, drain_s: u32) {
         routes_of(&last)
     );
     assert!(pushed, "Envoy did not take the pushed listener");
-    // Counters are cumulative: no report may carry fewer requests than an earlier one.
-    let seen: Vec<(u64, u64)> = capture
-        .reports()
-        .iter()
-        .filter_map(|r| {
-            by_route(r)
-                .get("search")
-                .map(|s| (r.report.seq, s.requests_total))
-        })
-        .collect();
-    for pair in seen.windows(2) {
-        assert!(
-            pair[1].1 >= pair[0].1,
-            "search requests_total went back from {} (seq {}) to {} (seq {}); instances {:?}",
-            pair[0].1,
-            pair[0].0,
-            pair[1].1,
-            pair[1].0,
-            capture
-                .reports()
-                .iter()
-                .map(|r| r.report.instance.clone())
-                .collect::<std::collections::BTreeSet<_>>()
-        );
+    // The wire contract: a new `instance` means the counters restarted from zero. Reports come in
+    // runs of one instance each (never back to an earlier one), and within a run `seq` rises and
+    // no counter goes down, so the scaler never sees an undercount.
+    let reports = capture.reports();
+    let mut runs: Vec<(String, Vec<(u64, u64)>)> = Vec::new();
+    for r in &reports {
+        let search = by_route(r).get("search").map_or(0, |s| s.requests_total);
+        match runs.last_mut() {
+            Some((instance, run)) if *instance == r.report.instance => {
+                run.push((r.report.seq, search))
+            }
+            _ => {
+                assert!(
+                    runs.iter().all(|(i, _)| *i != r.report.instance),
+                    "instance {} came back: {history:?}",
+                    r.report.instance
+                );
+                runs.push((r.report.instance.clone(), vec![(r.report.seq, search)]));
+            }
+        }
+    }
+    for (instance, run) in &runs {
+        for pair in run.windows(2) {
+            assert!(
+                pair[1].0 > pair[0].0 && pair[1].1 >= pair[0].1,
+                "instance {instance}: (seq, search requests) went from {:?} to {:?}: {history:?}",
+                pair[0],
+                pair[1]
+            );
+        }
     }
     assert_eq!(vms_after["listener_manager.listener_in_place_updated"], 1);
     assert!(
@@ -797,35 +805,64 @@ async fn config_push_mid_request(test: &str, new_vm: bool, drain_s: u32) {
         assert_eq!(held.failed, 0);
     }
     assert_eq!(after.failed, 0);
-    assert!(
-        settled,
-        "last report {:?}, {sent} requests sent, {} of them reset by Envoy",
-        routes_of(&last),
-        held.failed
-    );
     let search = &by_route(&last)["search"];
-    assert_eq!(search.inflight, 0);
-    assert_eq!(search.requests_total, sent);
-    assert_eq!(search.errors_total, held.failed);
     assert!(vm_trouble(&envoy).is_empty(), "{:?}", vm_trouble(&envoy));
-    // One report stream across the push: same instance, seq still increasing.
-    let reports = capture.reports();
-    for pair in reports.windows(2) {
-        assert_eq!(pair[1].report.instance, pair[0].report.instance);
-        assert!(pair[1].report.seq > pair[0].report.seq);
+    if runs.len() == 1 && !settles {
+        // No undercount: the counts from before the push and every request after it.
+        assert!(
+            search.requests_total >= 11 + after.ok,
+            "last report {:?}: {history:?}",
+            routes_of(&last)
+        );
+        return;
+    }
+    assert_eq!(search.inflight, 0);
+    if runs.len() == 1 {
+        // The stats outlived the push: one report stream that counts every request.
+        assert!(
+            settled,
+            "last report {:?}, {sent} requests sent, {} of them reset by Envoy",
+            routes_of(&last),
+            held.failed
+        );
+        assert_eq!(search.requests_total, sent);
+        assert_eq!(search.errors_total, held.failed);
+    } else {
+        // Only a push that replaces every VM with no overlap frees the stats; the new instance
+        // then counts from zero: exactly the requests sent after the push.
+        assert!(
+            new_vm && drain_s == 0,
+            "a new instance without a full VM replacement: {history:?}"
+        );
+        assert_eq!(runs.len(), 2, "{history:?}");
+        assert_eq!(search.requests_total, after.ok, "{history:?}");
+        assert_eq!(search.errors_total, 0, "{history:?}");
+        // The old stream had counted the requests before the push.
+        assert!(
+            runs[0].1.last().is_some_and(|(_, n)| *n >= 11),
+            "{history:?}"
+        );
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_that_replaces_the_vms_mid_request_leaves_nothing_in_flight() {
-    config_push_mid_request("push-new-vm", true, 1).await;
+    config_push_mid_request("push-new-vm", true, 1, true).await;
 }
 
-/// Fails: see `docs/benchmarks/hostile-filter.md` ("counters restart when every VM is
-/// replaced at once").
+/// Envoy frees the filter's stats with the last VM that defined them: every VM defines the
+/// known route stats at start, so they outlive the old VMs; had they been freed, the filter
+/// would start a new instance (counters from 0), never an undercount under the old one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "filter bug: counts are lost when every VM is replaced with no overlap (Envoy frees \
-            the wasm stats holding them with the last VM that defined them)"]
 async fn a_push_that_replaces_the_vms_without_drain_keeps_the_counters() {
-    config_push_mid_request("push-drain0", true, 0).await;
+    config_push_mid_request("push-drain0", true, 0, false).await;
+}
+
+/// Fails: the requests Envoy cuts when it destroys the old VMs mid-request (no drain) never
+/// reach `on_log` in those VMs: 4 of the 6 stay counted in flight and uncounted as requests
+/// (see filter/README.md, "Known limits").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "filter limit: requests in flight on a VM destroyed with no drain stay in flight"]
+async fn a_push_that_replaces_the_vms_without_drain_settles_the_cut_requests() {
+    config_push_mid_request("push-drain0-settle", true, 0, true).await;
 }

@@ -15,7 +15,9 @@ use surge_wire::Proxy;
 
 use crate::config::Config;
 use crate::identity;
-use crate::lease::{INSTANCE_KEY, LEASE_KEY, Lease, LeaseStep, ROUTES_KEY, SEQ_KEY, SeqRecord};
+use crate::lease::{
+    INSTANCE_KEY, LEASE_KEY, Lease, LeaseStep, ROUTES_KEY, SEQ_KEY, STATS_EPOCH_METRIC, SeqRecord,
+};
 use crate::report::{self, DeliveryLog, Header, Outcome};
 use crate::surge::Scheduler;
 use crate::tally::FlushClock;
@@ -245,11 +247,18 @@ impl RootContext for SurgeRoot {
         }
         self.proxy = Some(proxy);
         self.metrics = OwnMetrics::define();
-        host::shared_init(
-            INSTANCE_KEY,
-            crate::lease::instance_id(host::random_u64()).as_bytes(),
-        );
         host::shared_init(ROUTES_KEY, b"");
+        // Define every known route metric now, with the epoch gauge, so that they share one
+        // lifetime: if the gauge survived from a live VM, so did the counters.
+        self.vm.borrow_mut().routes.define_known();
+        let epoch = host::gauge(STATS_EPOCH_METRIC);
+        let instance = crate::lease::instance_id(host::random_u64());
+        if crate::lease::stats_are_fresh(host::read(epoch)) {
+            host::shared_set(INSTANCE_KEY, instance.as_bytes(), None);
+            host::add(epoch, 1);
+        } else {
+            host::shared_init(INSTANCE_KEY, instance.as_bytes());
+        }
         let _ = hostcalls::set_tick_period(Duration::from_millis(config.surge.check_period_ms));
         self.scheduler = None;
         self.vm.borrow_mut().config = Some(Rc::new(config));

@@ -183,6 +183,12 @@ impl RouteCache {
         Slot::Other
     }
 
+    /// Defines the metrics of every key in the shared table, and `other`, so they live as long
+    /// as this VM.
+    pub(crate) fn define_known(&mut self) {
+        let _ = self.read_all();
+    }
+
     /// Every known key (from the shared table) with its process-wide counters, plus `other`.
     pub(crate) fn read_all(&mut self) -> Vec<(String, String, Counters)> {
         let (stored, _) = host::shared_get(ROUTES_KEY);
