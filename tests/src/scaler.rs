@@ -120,3 +120,34 @@ pub async fn wait_ready(client: &HttpClient, admin: SocketAddr, within: std::tim
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// The sandbox's embedded Kubernetes API holding what a scaler test needs: Surge's CRD, the
+/// Deployment `web/api` with 1 ready replica, and a SurgeScaler `web/api` (min 1, max 10,
+/// 100 rps per replica).
+pub async fn api_with_one_target() -> surge_sandbox::kubeapi::KubeApi {
+    use surge_sandbox::kubeapi::{KubeApi, Options, resources};
+    let api = KubeApi::start(Options::default())
+        .await
+        .expect("the embedded API starts");
+    let crd = std::fs::read_to_string(workspace().join("deploy/crds/surgescaler.yaml"))
+        .expect("deploy/crds/surgescaler.yaml is readable");
+    api.register_crd(&crd).expect("Surge's CRD registers");
+    api.create_deployment("web", "api", 1)
+        .expect("the Deployment is created");
+    api.set_deployment_status("web", "api", 1, 1)
+        .expect("its status is written");
+    api.store()
+        .create(
+            resources::SURGESCALERS,
+            "web",
+            serde_json::json!({
+                "apiVersion": "surge.dev/v1alpha1", "kind": "SurgeScaler",
+                "metadata": {"name": "api", "namespace": "web"},
+                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
+                         "minReplicas": 1, "maxReplicas": 10,
+                         "metric": {"type": "rps", "target": 100}}
+            }),
+        )
+        .expect("the SurgeScaler is created");
+    api
+}

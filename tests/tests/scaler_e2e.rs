@@ -9,9 +9,8 @@ use bytes::Bytes;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use surge_e2e::scaler::{
-    Answer, free_addr, http_client, request, scaler_bin, wait_ready, workspace,
+    Answer, api_with_one_target, free_addr, http_client, request, scaler_bin, wait_ready,
 };
-use surge_sandbox::kubeapi::{KubeApi, Options, resources};
 use surge_sandbox::process::ChildGuard;
 
 fn report(seq: u64, time_ms: u64, requests_total: u64, surge: bool) -> Value {
@@ -33,24 +32,7 @@ fn report(seq: u64, time_ms: u64, requests_total: u64, surge: bool) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly() {
     let bin = scaler_bin();
-    let api = KubeApi::start(Options::default()).await.unwrap();
-    let crd = std::fs::read_to_string(workspace().join("deploy/crds/surgescaler.yaml")).unwrap();
-    api.register_crd(&crd).unwrap();
-    api.create_deployment("web", "api", 1).unwrap();
-    api.set_deployment_status("web", "api", 1, 1).unwrap();
-    api.store()
-        .create(
-            resources::SURGESCALERS,
-            "web",
-            json!({
-                "apiVersion": "surge.dev/v1alpha1", "kind": "SurgeScaler",
-                "metadata": {"name": "api", "namespace": "web"},
-                "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
-                         "minReplicas": 1, "maxReplicas": 10,
-                         "metric": {"type": "rps", "target": 100}}
-            }),
-        )
-        .unwrap();
+    let api = api_with_one_target().await;
 
     let dir = std::env::temp_dir().join(format!("surge-scaler-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
