@@ -42,12 +42,10 @@ async fn start_envoy(
     }
     let mut options = EnvoyOptions::new(work_dir(test))?;
     options.concurrency = concurrency;
-    tokio::task::spawn_blocking(move || Envoy::start(&bootstrap, &options))
-        .await
-        .map_err(|e| EnvoyError::Admin {
-            path: "-".into(),
-            message: e.to_string(),
-        })?
+    // On the test's own thread, not a pooled one: Envoy sets PR_SET_PDEATHSIG, so it gets
+    // SIGTERM when the thread that spawned it exits, and tokio retires idle blocking threads
+    // after 10 s (every test here runs on the multi-thread runtime, as block_in_place needs).
+    tokio::task::block_in_place(|| Envoy::start(&bootstrap, &options))
 }
 
 /// Requests per route in the latest report.
