@@ -139,21 +139,7 @@ pub async fn send_each(addr: SocketAddr, paths: &[String], connections: u64) -> 
             let mut result = LoadResult::default();
             let mut sender = None;
             for path in &mine {
-                if sender.is_none() {
-                    sender = connect(addr).await.ok();
-                }
-                let Some(s) = sender.as_mut() else {
-                    result.failed += 1;
-                    continue;
-                };
-                match request(s, addr, path).await {
-                    Ok(status) if (200..300).contains(&status) => result.ok += 1,
-                    Ok(_) => result.failed += 1,
-                    Err(_) => {
-                        result.failed += 1;
-                        sender = None;
-                    }
-                }
+                send_one(&mut sender, addr, path, &mut result).await;
             }
             Ok(result)
         }));
@@ -185,23 +171,34 @@ async fn connection_run(
             let due = start + period.mul_f64(n as f64);
             tokio::time::sleep_until(due.into()).await;
         }
-        if sender.is_none() {
-            sender = connect(addr).await.ok();
-        }
-        let Some(s) = sender.as_mut() else {
-            result.failed += 1;
-            continue;
-        };
-        match request(s, addr, path).await {
-            Ok(status) if (200..300).contains(&status) => result.ok += 1,
-            Ok(_) => result.failed += 1,
-            Err(_) => {
-                result.failed += 1;
-                sender = None;
-            }
-        }
+        send_one(&mut sender, addr, path, &mut result).await;
     }
     Ok(result)
+}
+
+/// Sends one GET on `sender`, connecting first when there is no live connection, and tallies
+/// the outcome; a transport error drops the connection so the next request opens a new one.
+async fn send_one(
+    sender: &mut Option<Sender>,
+    addr: SocketAddr,
+    path: &str,
+    result: &mut LoadResult,
+) {
+    if sender.is_none() {
+        *sender = connect(addr).await.ok();
+    }
+    let Some(s) = sender.as_mut() else {
+        result.failed += 1;
+        return;
+    };
+    match request(s, addr, path).await {
+        Ok(status) if (200..300).contains(&status) => result.ok += 1,
+        Ok(_) => result.failed += 1,
+        Err(_) => {
+            result.failed += 1;
+            *sender = None;
+        }
+    }
 }
 
 type Sender = http1::SendRequest<Empty<Bytes>>;
