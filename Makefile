@@ -21,11 +21,14 @@ tools:
 lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p surge-wire -p surge-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p surge-wire -p surge-filter-core -p surge-filter --target wasm32-wasip1 -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
+## The filter (stripped: the module Istio loads), the same with its name section (to read an
+## Envoy Wasm backtrace's function indexes), and the benchmark's empty baseline filter.
 wasm: tools
 	$(CARGO) build --release -p surge-filter --target wasm32-wasip1
+	$(CARGO) build --profile wasm-names -p surge-filter --target wasm32-wasip1
 	$(CARGO) build --release -p surge-filter --target wasm32-wasip1 --example empty_filter
 
 bins:

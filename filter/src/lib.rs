@@ -3,26 +3,18 @@
 //! when it sees a surge.
 //!
 //! ```text
-//!  worker VM 1 ─┐ on_log: tally in VM memory, flushed every 10 ms / tick to host metrics
-//!               │         surge.route.<i>.*  (process-wide Envoy stats)
-//!  worker VM 2 ─┤ route key -> index <i>: table in shared data (CAS)
-//!  main VM    ──┘
+//!  worker VM 1 ─┐ request headers: in flight +1; on_log: tally in VM memory,
+//!               │   flushed every 10 ms / tick to host metrics surge.route.<i>.*
+//!  worker VM 2 ─┤   (process-wide Envoy stats)
+//!  main VM    ──┘ route key -> index <i>: table in shared data (CAS)
 //!        every check period, each VM: CAS lease in shared data -> one reporter
 //!        reporter: get_metric (process-wide totals) -> Scheduler (periodic | surge)
 //!                  -> seq record (CAS) -> surge_wire::Report JSON -> dispatch_http_call
 //! ```
 //!
-//! Pure modules (`config`, `json`, `route`, `surge`, `tally`, `lease`, `report`, `identity`) hold
-//! every decision and are tested natively; only `glue` imports `proxy_wasm`, and only on wasm32.
-
-pub mod config;
-pub mod identity;
-pub mod json;
-pub mod lease;
-pub mod report;
-pub mod route;
-pub mod surge;
-pub mod tally;
+//! This crate is only the glue that imports `proxy_wasm` (built for wasm32 only): host events
+//! in, calls on the pure types of `surge-filter-core` out, where every decision lives and is
+//! tested natively.
 
 #[cfg(target_arch = "wasm32")]
 mod glue;

@@ -123,7 +123,8 @@ pub struct Observation {
     pub stable: f64,
     /// Panic-window average.
     pub panic: f64,
-    /// Burst estimate from the reports since a surge began; `None` outside a surge.
+    /// Burst estimate: the target's arrival rate now, from its sources' latest reports; `None`
+    /// unless it stands clear of noise above the stable average.
     pub burst: Option<f64>,
     /// Whether the values can be trusted.
     pub freshness: Freshness,

@@ -19,7 +19,8 @@ use tokio::sync::Notify;
 use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
 use crate::decision::{Millis, Observation};
 use crate::window::{
-    Applied, Capacity, Change, Counters, RouteDelta, SourceLimits, TargetWindow, WindowConfig,
+    Applied, Capacity, Change, Counters, RouteDelta, SourceLimits, SourceReport, TargetWindow,
+    WindowConfig,
 };
 
 /// A SurgeScaler's identity: namespace and name.
@@ -361,6 +362,7 @@ impl Hub {
             let sidecar = entry.selector.owns_sidecar(report);
             let mut total = RouteDelta::default();
             let mut inflight = 0u64;
+            let mut window_requests = 0u64;
             let mut selected = 0usize;
             for (i, route) in report.routes.iter().enumerate() {
                 let from_source = sidecar
@@ -371,6 +373,8 @@ impl Hub {
                 }
                 selected += 1;
                 inflight = inflight.saturating_add(route.inflight);
+                window_requests =
+                    window_requests.saturating_add(route.window_requests.unwrap_or(0));
                 if let Some(d) = deltas.and_then(|d| d.get(i)) {
                     total.requests = total.requests.saturating_add(d.requests);
                     total.busy_us = total.busy_us.saturating_add(d.busy_us);
@@ -385,11 +389,13 @@ impl Hub {
                 refused = true;
                 continue;
             }
-            let delta = deltas.map(|_| (total, interval_ms));
-            match entry
-                .window
-                .record(now, &instance, delta, inflight, report.surge)
-            {
+            let source = SourceReport {
+                delta: deltas.map(|_| (total, interval_ms)),
+                inflight,
+                window: report.window_ms.map(|span| (window_requests, span)),
+                surge: report.surge,
+            };
+            match entry.window.record(now, &instance, source) {
                 Change::Surge => entry.wake.surge.notify_one(),
                 Change::Significant => entry.wake.change.notify_one(),
                 Change::Minor => {}

@@ -197,7 +197,9 @@ fn validation_field(error: &ValidationError) -> String {
         ValidationError::Empty { field }
         | ValidationError::TooLong { field, .. }
         | ValidationError::BadCharacter { field }
-        | ValidationError::DuplicateRoute { field } => field.clone(),
+        | ValidationError::DuplicateRoute { field }
+        | ValidationError::WindowRequests { field, .. } => field.clone(),
+        ValidationError::WindowOutOfRange { .. } => "window_ms".into(),
         ValidationError::ErrorsExceedRequests { field } => format!("{field}.errors_total"),
         ValidationError::InflightTooLarge { field, .. } => format!("{field}.inflight"),
     }

@@ -12,6 +12,25 @@
 //! durations) completed per second is the average number of requests in flight, so it survives
 //! lost and duplicated reports as the request counts do. The reported `inflight` gauge only
 //! feeds the burst estimate, where the newest value matters more than a smooth one.
+//!
+//! The burst estimate is the target's arrival rate *now*: each source's latest rate of requests
+//! reaching it, taken from the recent window its report carries (the filter's own 200 ms view)
+//! or, without one, from the arrivals (completions plus the growth of the in-flight count) over
+//! the interval since its previous report. Summed over the sources, with one correction: when a
+//! pod joins the traffic (a new replica turning ready), the load balancer moves part of the
+//! other pods' traffic to it, and their latest rates, reported before the move, still count
+//! that part. A joining source is therefore left out of the sum until every other source
+//! carrying traffic has reported a rate measured wholly after it joined (joining sources
+//! included: a pod's rate from before a later batch of pods joined holds that batch's share
+//! too); until then the others' rates already hold its share. The estimate errs low while
+//! pods join, never high, and is whole again one report interval later.
+//!
+//! A burst estimate is given only while it stands [`BURST_SIGMAS`] standard deviations above
+//! the stable average, judged on the arrivals counted in the sources' recent windows, in their
+//! last intervals, or in the panic window, whichever is clearest: one noisy 200 ms window must
+//! not scale a target, while a real step clears the bar in its first window (a 10x step) or
+//! its first interval (a doubling). Once the stable average has caught up the estimate is no
+//! longer needed and is not given.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -23,10 +42,6 @@ use crate::decision::{Freshness, Millis, Observation};
 
 /// Width of one window bucket.
 pub const BUCKET_MS: Millis = 100;
-
-/// The span over which the filter measures the rate it compares to decide on an early report
-/// (its `surge.window_ms` default); see [`TargetWindow::record`].
-pub const SURGE_WINDOW_MS: Millis = 200;
 
 /// Per-source limits: what one proxy (instance) may cost the scaler, and how many the scaler
 /// tracks. A flooding or misbehaving sender is refused beyond them instead of growing memory or
@@ -354,9 +369,75 @@ struct Source {
     concurrency: f64,
     /// In-flight requests at its last report.
     inflight: u64,
-    /// Estimated arrival rate for the burst estimate (see [`TargetWindow::record`]).
+    /// Latest arrival rate, for the burst estimate.
     arrivals_rps: f64,
+    /// Requests counted for that rate, and the span they were counted over: its evidence.
+    rate_evidence: Evidence,
+    /// Arrivals over the source's last interval, as evidence (longer than a window, so a
+    /// moderate rise shows with more confidence there).
+    interval_evidence: Evidence,
+    /// Start of the span that rate was measured over.
+    rate_since: Millis,
     has_rate: bool,
+    /// When the source started carrying traffic while others already did (see the module
+    /// docs); cleared once every other source has reported since.
+    joined_at: Option<Millis>,
+}
+
+/// A rate's evidence: requests counted over a span. Arrivals are close to a Poisson process
+/// over short spans, so the rate's variance is about `count / span^2`.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Evidence {
+    count: f64,
+    span_ms: Millis,
+}
+
+impl Evidence {
+    fn rate(self) -> f64 {
+        if self.span_ms == 0 {
+            0.0
+        } else {
+            self.count * 1000.0 / self.span_ms as f64
+        }
+    }
+
+    fn variance(self) -> f64 {
+        if self.span_ms == 0 {
+            0.0
+        } else {
+            let seconds = self.span_ms as f64 / 1000.0;
+            self.count / (seconds * seconds)
+        }
+    }
+}
+
+/// How many standard deviations a target's burst estimate must stand above its stable average
+/// before a decision may act on it. The filter sends an early report at three sigmas of its own
+/// (cheap: it only wakes the scaler with fresh data); acting is not cheap (a scale-up holds for
+/// the scale-down stabilization window, 300 s by default), so the scaler asks for four, over
+/// the target's summed evidence: either the recent windows (about 200 ms, fast) or the last
+/// intervals (about a second, for moderate rises).
+pub const BURST_SIGMAS: f64 = 4.0;
+
+/// A target's stable averages, which a burst must stand out from.
+#[derive(Debug, Clone, Copy)]
+struct Baseline {
+    rps: f64,
+    concurrency: f64,
+}
+
+/// What one report says of one source, over the routes a target selects.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SourceReport {
+    /// Traffic since the source's previous report and the time that covers; `None` for a
+    /// baseline (no traffic known yet).
+    pub delta: Option<(RouteDelta, Millis)>,
+    /// Requests in flight at the report.
+    pub inflight: u64,
+    /// Requests that arrived during the proxy's recent window, and the window's span.
+    pub window: Option<(u64, Millis)>,
+    /// Sent early because of a surge.
+    pub surge: bool,
 }
 
 /// Window settings of one target.
@@ -379,7 +460,6 @@ pub struct TargetWindow {
     newest: u64,
     first_data: Option<Millis>,
     sources: HashMap<Arc<str>, Source>,
-    surge_since: Option<Millis>,
 }
 
 /// What a report did to a target's window, for deciding whether to wake the decision.
@@ -403,7 +483,6 @@ impl TargetWindow {
             newest: 0,
             first_data: None,
             sources: HashMap::new(),
-            surge_since: None,
         }
     }
 
@@ -412,19 +491,13 @@ impl TargetWindow {
         self.config
     }
 
-    /// Records a source's report: `delta` is `None` for a baseline (no traffic known yet).
-    pub fn record(
-        &mut self,
-        now: Millis,
-        source: &Arc<str>,
-        delta: Option<(RouteDelta, Millis)>,
-        inflight: u64,
-        surge: bool,
-    ) -> Change {
+    /// Records a source's report.
+    pub fn record(&mut self, now: Millis, source: &Arc<str>, report: SourceReport) -> Change {
         let mut change = Change::Minor;
-        if surge && self.surge_since.is_none() {
-            self.surge_since = Some(now);
-        }
+        let carrying = self
+            .sources
+            .iter()
+            .any(|(key, s)| key != source && s.arrivals_rps > 0.0);
         let entry = match self.sources.get_mut(source) {
             Some(entry) => entry,
             None => {
@@ -434,17 +507,51 @@ impl TargetWindow {
                     last_interval_ms: 0,
                     rps: 0.0,
                     concurrency: 0.0,
-                    inflight,
+                    inflight: report.inflight,
                     arrivals_rps: 0.0,
+                    rate_evidence: Evidence::default(),
+                    interval_evidence: Evidence::default(),
+                    rate_since: now,
                     has_rate: false,
+                    joined_at: None,
                 })
             }
         };
         entry.last_seen = now;
         let previous_inflight = entry.inflight;
-        entry.inflight = inflight;
-        let Some((delta, interval_ms)) = delta else {
-            return if surge { Change::Surge } else { change };
+        entry.inflight = report.inflight;
+        let was_idle = entry.arrivals_rps <= 0.0;
+        let interval_arrivals = report.delta.map(|(delta, interval_ms)| Evidence {
+            // Arrivals, not completions: a saturated pod completes at its capacity while its
+            // queue (the in-flight gauge) grows, so arrivals = completions + growth of the queue.
+            count: (delta.requests as f64 + report.inflight as f64 - previous_inflight as f64)
+                .max(0.0),
+            span_ms: interval_ms.max(1),
+        });
+        // The proxy's recent window is the freshest view; the interval average is the fallback.
+        let measured = report
+            .window
+            .map(|(requests, span_ms)| Evidence {
+                count: requests as f64,
+                span_ms: span_ms.max(1),
+            })
+            .or(interval_arrivals);
+        if let Some(evidence) = measured {
+            entry.arrivals_rps = evidence.rate();
+            entry.rate_evidence = evidence;
+            entry.rate_since = now.saturating_sub(evidence.span_ms);
+        }
+        if let Some(evidence) = interval_arrivals {
+            entry.interval_evidence = evidence;
+        }
+        if was_idle && entry.arrivals_rps > 0.0 && carrying {
+            // Its traffic began at the latest now: a rate measured from then on cannot hold
+            // its share. (Pods that turn ready together wait for each other's next report,
+            // within an interval: their first windows reach back before they joined.)
+            entry.joined_at = Some(now);
+        }
+        let Some((delta, interval_ms)) = report.delta else {
+            return if report.surge { Change::Surge } else { change };
         };
         let seconds = interval_ms.max(1) as f64 / 1000.0;
         let rps = delta.requests as f64 / seconds;
@@ -452,21 +559,6 @@ impl TargetWindow {
         if !entry.has_rate || (rps - entry.rps).abs() > 0.1 * entry.rps.max(1.0) {
             change = Change::Significant;
         }
-        // Arrivals, not completions: a saturated pod completes at its capacity while its queue
-        // (the in-flight gauge) grows, so arrivals = completions + growth of the queue.
-        let arrivals =
-            (delta.requests as f64 + inflight as f64 - previous_inflight as f64).max(0.0);
-        entry.arrivals_rps = if surge && entry.has_rate && interval_ms > SURGE_WINDOW_MS {
-            // A surge report closes an interval that began at the previous (calm) report: the
-            // filter sends it as soon as its last `SURGE_WINDOW_MS` run at `factor` times the
-            // previous rate, so the traffic above that rate is put in that window rather than
-            // spread over the whole interval, which would dilute a step by interval/window.
-            let window = SURGE_WINDOW_MS as f64 / 1000.0;
-            let before = entry.rps * (seconds - window);
-            ((arrivals - before).max(0.0) / window).max(arrivals / seconds)
-        } else {
-            arrivals / seconds
-        };
         entry.rps = rps;
         entry.concurrency = concurrency;
         entry.last_interval_ms = interval_ms;
@@ -478,7 +570,99 @@ impl TargetWindow {
         let bucket = self.bucket_mut(now);
         bucket.requests = bucket.requests.saturating_add(delta.requests);
         bucket.busy_us = bucket.busy_us.saturating_add(delta.busy_us);
-        if surge { Change::Surge } else { change }
+        if report.surge { Change::Surge } else { change }
+    }
+
+    /// The burst estimate: every source's latest rate, joining sources left out until the
+    /// others have reported since they joined (see the module docs); `None` unless it stands
+    /// [`BURST_SIGMAS`] above the target's stable average (`stable_rps`, and for the
+    /// concurrency metric `stable_concurrency`).
+    fn burst(
+        &mut self,
+        now: Millis,
+        metric: MetricType,
+        stable: Baseline,
+        panic: Evidence,
+    ) -> Option<f64> {
+        // A source that missed its last report is most likely a pod that is gone (a
+        // scale-down): the pods left took its share, so its last rate would be counted twice.
+        // Left out here (erring low), it still keeps the data incomplete until it expires.
+        let current = |s: &Source| {
+            let interval = if s.last_interval_ms == 0 {
+                1000
+            } else {
+                s.last_interval_ms
+            };
+            now.saturating_sub(s.last_seen) <= interval + interval / 2
+        };
+        // The two oldest rates among the sources carrying traffic, by the start of the span
+        // each was measured over: a rate measured partly before a join may still hold the
+        // joiner's share. A source's "others" include the oldest one unless it is that one.
+        let mut oldest = [(Millis::MAX, None::<&Arc<str>>); 2];
+        for (key, s) in &self.sources {
+            if s.arrivals_rps > 0.0 && current(s) {
+                if s.rate_since < oldest[0].0 {
+                    oldest = [(s.rate_since, Some(key)), oldest[0]];
+                } else if s.rate_since < oldest[1].0 {
+                    oldest[1] = (s.rate_since, Some(key));
+                }
+            }
+        }
+        let oldest_other = |key: &Arc<str>| {
+            if oldest[0].1 == Some(key) {
+                oldest[1].0
+            } else {
+                oldest[0].0
+            }
+        };
+        let mut settled = Vec::new();
+        let mut total = 0.0;
+        let (mut recent, mut recent_var) = (0.0, 0.0);
+        let (mut interval, mut interval_var) = (0.0, 0.0);
+        let mut inflight = 0.0;
+        for (key, s) in &self.sources {
+            if !current(s) {
+                continue;
+            }
+            if let Some(joined) = s.joined_at {
+                if oldest_other(key) < joined {
+                    continue;
+                }
+                settled.push(Arc::clone(key));
+            }
+            total += match metric {
+                MetricType::Rps => s.arrivals_rps,
+                MetricType::Concurrency => s.concurrency.max(s.inflight as f64),
+            };
+            recent += s.rate_evidence.rate();
+            recent_var += s.rate_evidence.variance();
+            interval += s.interval_evidence.rate();
+            interval_var += s.interval_evidence.variance();
+            inflight += s.inflight as f64;
+        }
+        for key in settled {
+            if let Some(s) = self.sources.get_mut(&key) {
+                s.joined_at = None;
+            }
+        }
+        let stands_out = |rate: f64, variance: f64| {
+            // The spread is the observed count's (larger than the baseline's when the rate
+            // rose), and at least one request's worth, so a handful of requests never passes.
+            rate - stable.rps >= BURST_SIGMAS * variance.max(1.0).sqrt()
+        };
+        let arrivals_rose = stands_out(recent, recent_var)
+            || stands_out(interval, interval_var)
+            || stands_out(panic.rate(), panic.variance());
+        let clear = match metric {
+            MetricType::Rps => arrivals_rose,
+            // A concurrency burst may come from slower requests rather than more of them: the
+            // in-flight count (a count, about Poisson too) against the stable concurrency.
+            MetricType::Concurrency => {
+                arrivals_rose
+                    || inflight - stable.concurrency >= BURST_SIGMAS * inflight.max(1.0).sqrt()
+            }
+        };
+        clear.then_some(total)
     }
 
     fn advance(&mut self, now: Millis) {
@@ -553,23 +737,23 @@ impl TargetWindow {
         };
         let (stable_sum, stable_covered) = self.sum(now, self.config.stable_ms);
         let (panic_sum, panic_covered) = self.sum(now, self.config.panic_ms);
+        let stable = value(stable_sum, stable_covered);
 
-        if self
-            .surge_since
-            .is_some_and(|since| now.saturating_sub(since) > self.config.panic_ms)
-        {
-            // By now the panic window holds the surge: its average takes over.
-            self.surge_since = None;
-        }
-        let burst = self.surge_since.map(|_| {
-            self.sources
-                .values()
-                .map(|s| match metric {
-                    MetricType::Rps => s.arrivals_rps,
-                    MetricType::Concurrency => s.concurrency.max(s.inflight as f64),
-                })
-                .sum()
-        });
+        let seconds = stable_covered as f64 / 1000.0;
+        let stable_rps = stable_sum.requests as f64 / seconds;
+        let panic_evidence = Evidence {
+            count: panic_sum.requests as f64,
+            span_ms: panic_covered,
+        };
+        let burst = self.burst(
+            now,
+            metric,
+            Baseline {
+                rps: stable_rps,
+                concurrency: stable_sum.busy_us as f64 / 1e6 / seconds,
+            },
+            panic_evidence,
+        );
 
         let with_rate = self.sources.values().filter(|s| s.has_rate).count();
         let late = self.sources.values().any(|s| {
@@ -588,7 +772,7 @@ impl TargetWindow {
             Freshness::Fresh
         };
         Observation {
-            stable: value(stable_sum, stable_covered),
+            stable,
             panic: value(panic_sum, panic_covered),
             burst,
             freshness,

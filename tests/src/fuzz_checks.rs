@@ -1,8 +1,5 @@
 //! What must hold for ANY input to Surge's parsers, as functions of raw bytes.
 //!
-//! The filter's own properties live in `fuzz/checks/filter.rs`, compiled together with the
-//! filter's pure modules (the filter is a cdylib only: see there).
-//!
 //! The coverage-guided fuzz targets in `fuzz/` call these, and `tests/fuzz_corpus.rs` replays
 //! the committed corpus (`fuzz/corpus/<target>/`, including every input that ever found a bug)
 //! through them on every `make test`, so a fixed crash stays fixed without a fuzzer installed.
@@ -14,6 +11,10 @@ use axum::Router;
 use axum::body::Body;
 use http::{Request, StatusCode, header};
 use http_body_util::BodyExt;
+use surge_filter_core::config::{Config, RouteKeyConfig};
+use surge_filter_core::route::{
+    MAX_CLUSTER_LEN, MAX_ROUTE_LEN, Registration, RouteKey, RouteTable,
+};
 use surge_scaler::cli::IdentityMode;
 use surge_scaler::clock::Clock;
 use surge_scaler::crd::{MetricType, TargetKind};
@@ -147,4 +148,56 @@ impl Ingest {
             assert!(json["error"].is_string(), "a refusal says why: {json}");
         }
     }
+}
+
+/// Any pluginConfig is either refused with an error naming a field, or yields a config that
+/// validates (the filter only ever runs with one).
+pub fn filter_config(data: &[u8]) {
+    match Config::parse(data) {
+        Ok(config) => assert!(config.validate().is_ok()),
+        Err(error) => assert!(!error.to_string().is_empty()),
+    }
+}
+
+/// Route keys built from arbitrary property bytes stay bounded and printable; the shared route
+/// table decodes any bytes and never grows past its cap.
+pub fn route_key(data: &[u8]) {
+    // Split the input into the three properties; the first two bytes choose the cuts.
+    let (cut_a, cut_b) = match data {
+        [a, b, ..] => (usize::from(*a), usize::from(*b)),
+        _ => (0, 0),
+    };
+    let rest = data.get(2..).unwrap_or_default();
+    let (route, rest) = rest.split_at(cut_a.min(rest.len()));
+    let (virtual_host, cluster) = rest.split_at(cut_b.min(rest.len()));
+    for (virtual_host_fallback, include_cluster) in [(true, true), (false, false)] {
+        let options = RouteKeyConfig {
+            virtual_host_fallback,
+            include_cluster,
+        };
+        let key =
+            RouteKey::from_properties(Some(route), Some(virtual_host), Some(cluster), &options);
+        assert!(key.route.len() <= MAX_ROUTE_LEN && key.cluster.len() <= MAX_CLUSTER_LEN);
+        assert!(
+            !key.route
+                .chars()
+                .chain(key.cluster.chars())
+                .any(char::is_control)
+        );
+    }
+
+    let mut table = RouteTable::decode(data);
+    let cap = usize::from(data.first().copied().unwrap_or(4) % 8);
+    let key =
+        RouteKey::from_properties(Some(route), None, Some(cluster), &RouteKeyConfig::default());
+    let before = table.keys().len();
+    match table.register(&key, cap) {
+        Registration::Appended { encoded, .. } => {
+            assert!(table.keys().len() == before + 1 && before < cap);
+            assert_eq!(RouteTable::decode(&encoded).keys(), table.keys());
+        }
+        Registration::Existing(_) => assert!(table.keys().len() == before),
+    }
+    let again = RouteTable::decode(&table.encode());
+    assert_eq!(again.keys(), table.keys());
 }

@@ -160,7 +160,8 @@ async fn reported_totals_equal_requests_sent_per_route_across_workers() {
 
     let last = reports.last().unwrap();
     for route in &last.report.routes {
-        assert_eq!(route.cluster, UPSTREAM_CLUSTER);
+        // A sidecar's key leaves its inbound cluster out by default.
+        assert_eq!(route.cluster, "");
         assert_eq!(route.errors_total, 0);
         assert!(route.duration_us_total > 0);
         assert_eq!(route.inflight, 0);
@@ -186,7 +187,8 @@ async fn reported_totals_equal_requests_sent_per_route_across_workers() {
 async fn errors_and_requests_in_flight_are_counted_per_route() {
     let upstream = Upstream::start().await.unwrap();
     let capture = Capture::start().await.unwrap();
-    let config = json!({"report_interval_ms": 100});
+    // As a gateway: the key then holds the upstream cluster (one more property read).
+    let config = json!({"report_interval_ms": 100, "role": "gateway"});
     let envoy = start_envoy("errors", upstream.addr(), capture.addr(), config, 2)
         .await
         .unwrap();
@@ -235,6 +237,13 @@ async fn errors_and_requests_in_flight_are_counted_per_route() {
     // The slow requests took at least 800 ms each.
     let search = last.and_then(|(_, s)| s).unwrap();
     assert!(search.duration_us_total >= 6 * 800_000, "{search:?}");
+    assert_eq!(search.cluster, UPSTREAM_CLUSTER);
+    let reports = capture.reports();
+    assert!(
+        reports
+            .iter()
+            .all(|r| r.report.proxy.role == surge_wire::Role::Gateway)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -286,7 +295,7 @@ async fn one_report_per_interval_not_one_per_vm() {
 async fn a_tenfold_step_is_reported_early_within_200_ms() {
     let upstream = Upstream::start().await.unwrap();
     let capture = Capture::start().await.unwrap();
-    // Defaults: 1 s interval, factor 2, checks every 100 ms over a 200 ms window.
+    // Defaults: 1 s interval, factor 1.5, checks every 100 ms over a 200 ms window.
     let envoy = start_envoy("surge", upstream.addr(), capture.addr(), json!({}), 2)
         .await
         .unwrap();
@@ -343,6 +352,41 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
     let early_total: u64 = early.report.routes.iter().map(|c| c.requests_total).sum();
     assert!(early_total > last_before);
     assert_one_instance_and_increasing_seq(&reports);
+
+    // Every report but the first carries the filter's recent window: the arrival rate now.
+    let window_rate = |r: &Captured| {
+        let span = r.report.window_ms?;
+        let requests: u64 = r
+            .report
+            .routes
+            .iter()
+            .filter_map(|c| c.window_requests)
+            .sum();
+        Some(requests as f64 * 1000.0 / span as f64)
+    };
+    for r in reports.iter().skip(1) {
+        let span = r
+            .report
+            .window_ms
+            .expect("a window in every report after the first");
+        assert!((150..=300).contains(&span), "window of {span} ms");
+    }
+    let early_rate = window_rate(early).unwrap();
+    assert!(
+        early_rate >= 45.0,
+        "early report's window: {early_rate:.0} rps"
+    );
+    // Within half a second of the step a report carries the step's own rate (300 rps), not
+    // an average that still holds the calm before it.
+    let settled_rate = reports
+        .iter()
+        .filter(|r| r.at >= step_at && r.at <= step_at + Duration::from_millis(500))
+        .filter_map(window_rate)
+        .fold(0.0, f64::max);
+    assert!(
+        settled_rate >= 200.0,
+        "highest window rate within 500 ms of the step: {settled_rate:.0} rps"
+    );
 }
 
 /// Sends paced traffic while the scaler misbehaves; returns the load result and the Envoy.

@@ -1,8 +1,7 @@
-//! Replays the committed fuzz corpus of the wire decoder and the scaler's ingest handler
-//! (`fuzz/corpus/<target>/`) through the same checks the fuzz targets run, so every input a
-//! fuzzer kept, and every crash it found, is re-checked on each `make test` without a fuzzer.
-//! (The filter's targets compile its pure modules by path inside `fuzz/` only; what they find
-//! becomes a unit test in the filter crate.)
+//! Replays the committed fuzz corpus of every target (the wire decoder, the scaler's ingest
+//! handler, the filter's pluginConfig parser and route keys; `fuzz/corpus/<target>/`) through
+//! the same checks the fuzz targets run, so every input a fuzzer kept, and every crash it found,
+//! is re-checked on each `make test` without a fuzzer.
 
 use std::path::PathBuf;
 
@@ -44,4 +43,14 @@ fn the_wire_corpus_decodes_and_validates_without_surprises() {
 #[test]
 fn the_ingest_corpus_gets_documented_answers() {
     replay("ingest", |data| fuzz_checks::Ingest::shared().post(data));
+}
+
+#[test]
+fn the_filter_config_corpus_is_parsed_or_refused_naming_a_field() {
+    replay("filter_config", fuzz_checks::filter_config);
+}
+
+#[test]
+fn the_route_key_corpus_gives_bounded_printable_keys() {
+    replay("route_key", fuzz_checks::route_key);
 }

@@ -50,6 +50,11 @@ pub struct Report {
     pub surge: bool,
     /// Cumulative counters, one entry per distinct (route, cluster).
     pub routes: Vec<RouteCounters>,
+    /// The span, in milliseconds up to `time_ms`, that each route's `window_requests` counts
+    /// over: the proxy's own view of its current arrival rate, measured over the same recent
+    /// window it uses to detect a surge. Absent in reports that carry no window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_ms: Option<u64>,
 }
 
 /// The identity of the proxy that sent a report, read from Istio's node metadata.
@@ -97,6 +102,18 @@ pub struct RouteCounters {
     pub duration_us_total: u64,
     /// Requests in flight when the report was built (a gauge, not cumulative).
     pub inflight: u64,
+    /// Requests that reached the proxy on this route during the report's `window_ms`
+    /// (completed or still in flight); only with `window_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub window_requests: Option<u64>,
+}
+
+impl RouteCounters {
+    /// Requests that have reached the proxy on this route since the instance started: the
+    /// completed ones and those still in flight.
+    pub fn arrivals_total(&self) -> u64 {
+        self.requests_total.saturating_add(self.inflight)
+    }
 }
 
 impl Report {

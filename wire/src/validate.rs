@@ -26,6 +26,8 @@ pub struct Limits {
     pub max_cluster_len: usize,
     /// Largest `routes[].inflight`; anything above is not a real proxy's in-flight count.
     pub max_inflight: u64,
+    /// Longest `window_ms`.
+    pub max_window_ms: u64,
 }
 
 impl Default for Limits {
@@ -40,6 +42,7 @@ impl Default for Limits {
             max_route_len: 256,
             max_cluster_len: 512,
             max_inflight: 1_000_000,
+            max_window_ms: 60_000,
         }
     }
 }
@@ -88,6 +91,20 @@ pub enum ValidationError {
         /// The field.
         field: String,
     },
+    /// `window_ms` is zero or above the limit.
+    WindowOutOfRange {
+        /// The value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// `window_requests` without `window_ms`, or more than the route's requests so far.
+    WindowRequests {
+        /// The field, e.g. `routes[2].window_requests`.
+        field: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// `inflight` is above the limit.
     InflightTooLarge {
         /// The field.
@@ -124,6 +141,10 @@ impl fmt::Display for ValidationError {
             Self::ErrorsExceedRequests { field } => {
                 write!(f, "{field}.errors_total: larger than requests_total")
             }
+            Self::WindowOutOfRange { value, max } => {
+                write!(f, "window_ms: {value} is outside 1..={max}")
+            }
+            Self::WindowRequests { field, reason } => write!(f, "{field}: {reason}"),
             Self::InflightTooLarge { field, value, max } => {
                 write!(f, "{field}.inflight: {value} is above the limit of {max}")
             }
@@ -189,6 +210,14 @@ pub(crate) fn report(report: &Report, limits: &Limits) -> Result<(), ValidationE
     identity("proxy.owner", &proxy.owner, limits.max_owner_len, false)?;
     identity("instance", &report.instance, limits.max_instance_len, true)?;
 
+    if let Some(window) = report.window_ms
+        && !(1..=limits.max_window_ms).contains(&window)
+    {
+        return Err(ValidationError::WindowOutOfRange {
+            value: window,
+            max: limits.max_window_ms,
+        });
+    }
     if report.routes.len() > limits.max_routes {
         return Err(ValidationError::TooManyRoutes {
             count: report.routes.len(),
@@ -217,6 +246,21 @@ pub(crate) fn report(report: &Report, limits: &Limits) -> Result<(), ValidationE
                 value: r.inflight,
                 max: limits.max_inflight,
             });
+        }
+        if let Some(recent) = r.window_requests {
+            let reason = if report.window_ms.is_none() {
+                Some("given without window_ms")
+            } else if recent > r.arrivals_total() {
+                Some("larger than requests_total + inflight")
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ValidationError::WindowRequests {
+                    field: format!("routes[{i}].window_requests"),
+                    reason,
+                });
+            }
         }
     }
 
@@ -251,6 +295,7 @@ mod tests {
             errors_total: 1,
             duration_us_total: 12_345,
             inflight: 2,
+            window_requests: Some(4),
         }
     }
 
@@ -269,6 +314,7 @@ mod tests {
             time_ms: 1_790_000_000_000,
             surge: false,
             routes: vec![route("default"), route("api")],
+            window_ms: Some(200),
         }
     }
 
@@ -344,6 +390,22 @@ mod tests {
                 "routes[0].inflight: 1000001",
             ),
             (
+                Box::new(|r| r.window_ms = Some(0)),
+                "window_ms: 0 is outside",
+            ),
+            (
+                Box::new(|r| r.window_ms = Some(60_001)),
+                "window_ms: 60001 is outside",
+            ),
+            (
+                Box::new(|r| r.window_ms = None),
+                "routes[0].window_requests: given without window_ms",
+            ),
+            (
+                Box::new(|r| r.routes[1].window_requests = Some(13)),
+                "routes[1].window_requests: larger than requests_total + inflight",
+            ),
+            (
                 Box::new(|r| r.routes.push(route("default"))),
                 "routes[2]: repeats",
             ),
@@ -361,6 +423,19 @@ mod tests {
                 "{message:?} should start with {expected:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_report_without_a_window_decodes_and_passes() {
+        let mut json = serde_json::to_value(sample()).unwrap();
+        json.as_object_mut().unwrap().remove("window_ms");
+        for route in json["routes"].as_array_mut().unwrap() {
+            route.as_object_mut().unwrap().remove("window_requests");
+        }
+        let report: Report = serde_json::from_value(json).unwrap();
+        assert_eq!(report.window_ms, None);
+        assert!(report.routes.iter().all(|r| r.window_requests.is_none()));
+        assert_eq!(report.validate(&Limits::default()), Ok(()));
     }
 
     #[test]
@@ -393,12 +468,13 @@ mod tests {
             ),
             requests in any::<u64>(),
             errors in any::<u64>(),
+            window in proptest::option::of(any::<u64>()),
         ) {
             let mut report = sample();
             report.proxy.namespace = namespace;
             report.routes = route_names.iter().map(|n| RouteCounters {
                 route: n.clone(), cluster: String::new(), requests_total: requests,
-                errors_total: errors, duration_us_total: 0, inflight: 0,
+                errors_total: errors, duration_us_total: 0, inflight: 0, window_requests: window,
             }).collect();
             let limits = Limits::default();
             if report.validate(&limits).is_ok() {
@@ -406,6 +482,7 @@ mod tests {
                 prop_assert!(report.routes.iter().all(|r| r.route.len() <= limits.max_route_len));
                 prop_assert!(errors <= requests || report.routes.is_empty());
                 prop_assert!(!report.proxy.namespace.is_empty());
+                prop_assert!(report.routes.iter().all(|r| r.window_requests.is_none_or(|w| w <= requests)));
             }
         }
     }

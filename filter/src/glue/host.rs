@@ -9,6 +9,50 @@ pub(crate) fn property(path: Vec<&str>) -> Option<Vec<u8>> {
     hostcalls::get_property(path).ok().flatten()
 }
 
+/// A property path in the ABI's encoding (segments joined by NUL), written out once so that a
+/// read on the request path allocates nothing for the path: the SDK's `get_property` builds a
+/// `Vec` of segments and another of bytes per call, which measured as much as the host call.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PropertyPath(&'static [u8]);
+
+/// `xds.route_name`.
+pub(crate) const ROUTE_NAME: PropertyPath = PropertyPath(b"xds\0route_name");
+/// `xds.virtual_host_name`.
+pub(crate) const VIRTUAL_HOST_NAME: PropertyPath = PropertyPath(b"xds\0virtual_host_name");
+/// `xds.cluster_name`.
+pub(crate) const CLUSTER_NAME: PropertyPath = PropertyPath(b"xds\0cluster_name");
+/// `request.duration`.
+pub(crate) const REQUEST_DURATION: PropertyPath = PropertyPath(b"request\0duration");
+/// `response.code`.
+pub(crate) const RESPONSE_CODE: PropertyPath = PropertyPath(b"response\0code");
+
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    // The ABI's import, declared as the SDK declares it.
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+}
+
+/// A property's raw value by pre-encoded path; `None` when absent or unreadable.
+pub(crate) fn property_at(path: PropertyPath) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: the path is a live static slice; on `Ok` the host has filled `data` with a
+    // buffer of `size` bytes that it obtained from this module's `proxy_on_memory_allocate`
+    // (the SDK's, which leaks a `Vec<u8>` of exactly that capacity), so taking it back as a
+    // `Vec` of that length and capacity frees it the way it was allocated.
+    unsafe {
+        match proxy_get_property(path.0.as_ptr(), path.0.len(), &mut data, &mut size) {
+            Status::Ok if !data.is_null() => Some(Vec::from_raw_parts(data, size, size)),
+            _ => None,
+        }
+    }
+}
+
 /// Milliseconds since the Unix epoch on the proxy's clock (0 if unavailable).
 pub(crate) fn now_ms() -> u64 {
     hostcalls::get_current_time()

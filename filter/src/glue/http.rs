@@ -6,11 +6,11 @@ use std::rc::Rc;
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 
-use crate::report::{duration_us, is_error, is_error_status};
+use surge_filter_core::report::{duration_us, is_error, is_error_status};
 
 use super::host;
 use super::root::VmState;
-use crate::route::Slot;
+use surge_filter_core::route::Slot;
 
 /// One request.
 pub(crate) struct SurgeHttp {
@@ -35,12 +35,12 @@ impl SurgeHttp {
         let mut vm = self.vm.borrow_mut();
         let config = vm.config.clone()?;
         let options = &config.route_key;
-        let mut route = host::property(vec!["xds", "route_name"]).unwrap_or_default();
+        let mut route = host::property_at(host::ROUTE_NAME).unwrap_or_default();
         if route.is_empty() && options.virtual_host_fallback {
-            route = host::property(vec!["xds", "virtual_host_name"]).unwrap_or_default();
+            route = host::property_at(host::VIRTUAL_HOST_NAME).unwrap_or_default();
         }
         let cluster = if options.include_cluster {
-            host::property(vec!["xds", "cluster_name"]).unwrap_or_default()
+            host::property_at(host::CLUSTER_NAME).unwrap_or_default()
         } else {
             Vec::new()
         };
@@ -76,7 +76,7 @@ impl HttpContext for SurgeHttp {
             Some((slot, start_us)) => (slot, now_us.saturating_sub(start_us), true),
             None => match self.slot() {
                 Some(slot) => {
-                    let duration = host::property(vec!["request", "duration"]);
+                    let duration = host::property_at(host::REQUEST_DURATION);
                     (slot, duration_us(duration.as_deref()), false)
                 }
                 None => return,
@@ -85,7 +85,7 @@ impl HttpContext for SurgeHttp {
         // No response headers seen (reset, or rejected before this filter): ask Envoy.
         let error = match self.response_error {
             Some(error) => error,
-            None => is_error(host::property(vec!["response", "code"]).as_deref()),
+            None => is_error(host::property_at(host::RESPONSE_CODE).as_deref()),
         };
         let mut vm = self.vm.borrow_mut();
         let pending = vm.routes.pending(slot);

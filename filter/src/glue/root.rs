@@ -13,14 +13,14 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use surge_wire::Proxy;
 
-use crate::config::Config;
-use crate::identity;
-use crate::lease::{
+use surge_filter_core::config::Config;
+use surge_filter_core::identity;
+use surge_filter_core::lease::{
     INSTANCE_KEY, LEASE_KEY, Lease, LeaseStep, ROUTES_KEY, SEQ_KEY, STATS_EPOCH_METRIC, SeqRecord,
 };
-use crate::report::{self, DeliveryLog, Header, Outcome};
-use crate::surge::Scheduler;
-use crate::tally::FlushClock;
+use surge_filter_core::report::{self, DeliveryLog, Header, Outcome};
+use surge_filter_core::surge::Scheduler;
+use surge_filter_core::tally::FlushClock;
 
 use super::host;
 use super::http::SurgeHttp;
@@ -110,19 +110,18 @@ impl SurgeRoot {
     fn hold_lease(&self, now_ms: u64, ttl_ms: u64) -> bool {
         let (stored, cas) = host::shared_get(LEASE_KEY);
         let current = stored.as_deref().and_then(Lease::decode);
-        match crate::lease::lease_step(current, self.vm_id, now_ms, ttl_ms) {
+        match surge_filter_core::lease::lease_step(current, self.vm_id, now_ms, ttl_ms) {
             LeaseStep::Follow => false,
             LeaseStep::Claim(lease) => host::shared_set(LEASE_KEY, &lease.encode(), cas),
         }
     }
 
     fn report(&mut self, config: &Config, now_ms: u64) {
-        let routes = self.vm.borrow_mut().routes.read_all();
-        let total: u64 = routes.iter().map(|(_, _, c)| c.requests).sum();
+        let readings = self.vm.borrow_mut().routes.read_all();
         let Some(scheduler) = self.scheduler.as_mut() else {
             return;
         };
-        scheduler.observe(now_ms, total);
+        scheduler.observe(now_ms, report::arrivals(&readings));
 
         if let Some(in_flight) = self.in_flight {
             // Envoy always answers a call (a timeout is a 504), so this bound only guards
@@ -144,7 +143,8 @@ impl SurgeRoot {
             // Another VM reported in between (a lease hand-over): try again next tick.
             return;
         }
-        scheduler.sent(now_ms, total, trigger);
+        scheduler.sent(now_ms, trigger);
+        let recent = scheduler.recent();
 
         let instance = host::shared_get(INSTANCE_KEY)
             .0
@@ -162,7 +162,8 @@ impl SurgeRoot {
                 time_ms: now_ms,
                 surge,
             },
-            routes,
+            readings,
+            recent.as_ref(),
         ));
         let bearer = config.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
@@ -252,8 +253,8 @@ impl RootContext for SurgeRoot {
         // lifetime: if the gauge survived from a live VM, so did the counters.
         self.vm.borrow_mut().routes.define_known();
         let epoch = host::gauge(STATS_EPOCH_METRIC);
-        let instance = crate::lease::instance_id(host::random_u64());
-        if crate::lease::stats_are_fresh(host::read(epoch)) {
+        let instance = surge_filter_core::lease::instance_id(host::random_u64());
+        if surge_filter_core::lease::stats_are_fresh(host::read(epoch)) {
             host::shared_set(INSTANCE_KEY, instance.as_bytes(), None);
             host::add(epoch, 1);
         } else {

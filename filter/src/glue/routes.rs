@@ -1,11 +1,11 @@
 //! Per-VM cache of route keys and their host metrics, backed by the process-wide route table in
 //! shared data.
 
-use crate::config::Config;
-use crate::lease::ROUTES_KEY;
-use crate::report::{Counters, gauge_value};
-use crate::route::{Registration, RouteKey, RouteTable, Slot};
-use crate::tally::Delta;
+use surge_filter_core::config::Config;
+use surge_filter_core::lease::ROUTES_KEY;
+use surge_filter_core::report::{Counters, Reading, gauge_value};
+use surge_filter_core::route::{Registration, RouteKey, RouteTable, Slot};
+use surge_filter_core::tally::Delta;
 
 use super::host;
 
@@ -190,21 +190,27 @@ impl RouteCache {
     }
 
     /// Every known key (from the shared table) with its process-wide counters, plus `other`.
-    pub(crate) fn read_all(&mut self) -> Vec<(String, String, Counters)> {
+    pub(crate) fn read_all(&mut self) -> Vec<Reading> {
         let (stored, _) = host::shared_get(ROUTES_KEY);
         self.table = RouteTable::decode(&stored.unwrap_or_default());
         let keys: Vec<RouteKey> = self.table.keys().to_vec();
         let mut out = Vec::with_capacity(keys.len() + 1);
         for (i, key) in keys.into_iter().enumerate() {
-            let counters = self.metrics_of(Slot::Index(i)).read();
-            out.push((key.route, key.cluster, counters));
+            let slot = Slot::Index(i);
+            out.push(Reading {
+                slot,
+                route: key.route,
+                cluster: key.cluster,
+                counters: self.metrics_of(slot).read(),
+            });
         }
         let other = RouteKey::other();
-        out.push((
-            other.route,
-            other.cluster,
-            self.metrics_of(Slot::Other).read(),
-        ));
+        out.push(Reading {
+            slot: Slot::Other,
+            route: other.route,
+            cluster: other.cluster,
+            counters: self.metrics_of(Slot::Other).read(),
+        });
         out
     }
 }

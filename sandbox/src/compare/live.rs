@@ -12,7 +12,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::models::surge::REPORT_INTERVAL_MS;
+use super::models::surge::report_interval_ms;
 use super::report::SystemResult;
 use super::sim::{Metrics, ScaleWrite, SecondSample};
 use crate::report::RunResult;
@@ -149,7 +149,7 @@ pub fn cross_check(
     replay: &SystemResult,
     live: &SystemResult,
 ) -> CrossCheck {
-    let tolerance_s = REPORT_INTERVAL_MS as f64 / 1000.0;
+    let tolerance_s = report_interval_ms() as f64 / 1000.0;
     let (rf, lf) = (replay.median.first_scale_up_s, live.median.first_scale_up_s);
     let first_agree = match (rf, lf) {
         (Some(r), Some(l)) => (r - l).abs() <= tolerance_s,

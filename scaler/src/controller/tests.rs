@@ -145,7 +145,8 @@ fn setup(timeout: Duration) -> (TargetLoop, Handle, Arc<Context>) {
     (target, handle, ctx)
 }
 
-/// Two reports from one sidecar of `api`: the second, marked as a surge, carries `rps` for 1 s.
+/// A calm minute at 10 rps from one sidecar of `api`, then a report marked as a surge that
+/// carries `rps` for 1 s.
 fn surge(ctx: &Context, rps: u64) {
     let report = |seq: u64, total: u64, surge: bool| Report {
         version: VERSION,
@@ -160,6 +161,7 @@ fn surge(ctx: &Context, rps: u64) {
         seq,
         time_ms: 1_000 * seq,
         surge,
+        window_ms: None,
         routes: vec![RouteCounters {
             route: "default".into(),
             cluster: "inbound|8080||".into(),
@@ -167,10 +169,17 @@ fn surge(ctx: &Context, rps: u64) {
             errors_total: 0,
             duration_us_total: 0,
             inflight: 0,
+            window_requests: None,
         }],
     };
-    ctx.hub.ingest(&report(1, 0, false), ctx.clock.now());
-    ctx.hub.ingest(&report(2, rps, true), ctx.clock.now());
+    let now = ctx.clock.now();
+    for seq in 1..=60 {
+        ctx.hub.ingest(
+            &report(seq, 10 * (seq - 1), false),
+            now - 61_000 + seq * 1_000,
+        );
+    }
+    ctx.hub.ingest(&report(61, 590 + rps, true), now);
 }
 
 fn scale(replicas: i32) -> Value {
@@ -523,6 +532,7 @@ async fn a_statefulset_target_is_scaled_through_its_own_scale_subresource() {
         seq,
         time_ms: seq * 1000,
         surge: seq > 1,
+        window_ms: None,
         routes: vec![RouteCounters {
             route: "r".into(),
             cluster: "inbound|80||".into(),
@@ -530,6 +540,7 @@ async fn a_statefulset_target_is_scaled_through_its_own_scale_subresource() {
             errors_total: 0,
             duration_us_total: 0,
             inflight: 0,
+            window_requests: None,
         }],
     };
     ctx.hub.ingest(&report(1, 0), ctx.clock.now());
@@ -577,6 +588,7 @@ async fn when_reports_stop_the_scale_is_held_not_lowered_and_an_event_says_so() 
             seq,
             time_ms: 1_000 * seq,
             surge: false,
+            window_ms: None,
             routes: vec![RouteCounters {
                 route: "default".into(),
                 cluster: "inbound|8080||".into(),
@@ -584,6 +596,7 @@ async fn when_reports_stop_the_scale_is_held_not_lowered_and_an_event_says_so() 
                 errors_total: 0,
                 duration_us_total: 0,
                 inflight: 0,
+                window_requests: None,
             }],
         };
         ctx.hub.ingest(&report, stopped - 6_000 + seq * 1000);

@@ -15,6 +15,7 @@ fn report(instance: &str, seq: u64, time_ms: u64, routes: &[(&str, u64, u64)]) -
         seq,
         time_ms,
         surge: false,
+        window_ms: None,
         routes: routes
             .iter()
             .map(|&(route, requests, busy)| RouteCounters {
@@ -24,6 +25,7 @@ fn report(instance: &str, seq: u64, time_ms: u64, routes: &[(&str, u64, u64)]) -
                 errors_total: 0,
                 duration_us_total: busy,
                 inflight: 0,
+                window_requests: None,
             })
             .collect(),
     }
@@ -115,6 +117,48 @@ fn config() -> WindowConfig {
     }
 }
 
+/// Records a report without a recent window (a proxy that does not send one).
+fn record(
+    window: &mut TargetWindow,
+    now: Millis,
+    source: &Arc<str>,
+    delta: Option<(RouteDelta, Millis)>,
+    inflight: u64,
+    surge: bool,
+) -> Change {
+    window.record(
+        now,
+        source,
+        SourceReport {
+            delta,
+            inflight,
+            window: None,
+            surge,
+        },
+    )
+}
+
+/// Records a report carrying `window` requests in a 200 ms recent window.
+fn record_window(
+    window: &mut TargetWindow,
+    now: Millis,
+    source: &Arc<str>,
+    delta: Option<(RouteDelta, Millis)>,
+    recent: u64,
+    surge: bool,
+) -> Change {
+    window.record(
+        now,
+        source,
+        SourceReport {
+            delta,
+            inflight: 0,
+            window: Some((recent, 200)),
+            surge,
+        },
+    )
+}
+
 fn delta(requests: u64, busy_us: u64) -> Option<(RouteDelta, Millis)> {
     Some((RouteDelta { requests, busy_us }, 1000))
 }
@@ -126,7 +170,7 @@ fn steady(window: &mut TargetWindow, from: Millis, seconds: u64) -> Millis {
     for second in 0..seconds {
         for (i, source) in sources.iter().enumerate() {
             now = from + second * 1000 + i as u64 * 300;
-            window.record(now, source, delta(100, 2_000_000), 1, false);
+            record(window, now, source, delta(100, 2_000_000), 1, false);
         }
     }
     now
@@ -165,8 +209,8 @@ fn a_silent_source_makes_the_data_incomplete_until_it_expires() {
     let mut t = now;
     for _ in 0..3 {
         t += 1000;
-        window.record(t, &a, delta(100, 0), 0, false);
-        window.record(t, &b, delta(100, 0), 0, false);
+        record(&mut window, t, &a, delta(100, 0), 0, false);
+        record(&mut window, t, &b, delta(100, 0), 0, false);
     }
     assert_eq!(
         window.observe(t, MetricType::Rps).freshness,
@@ -174,8 +218,8 @@ fn a_silent_source_makes_the_data_incomplete_until_it_expires() {
     );
     for _ in 0..4 {
         t += 1000;
-        window.record(t, &a, delta(100, 0), 0, false);
-        window.record(t, &b, delta(100, 0), 0, false);
+        record(&mut window, t, &a, delta(100, 0), 0, false);
+        record(&mut window, t, &b, delta(100, 0), 0, false);
     }
     let obs = window.observe(t, MetricType::Rps);
     assert_eq!(window.sources(), 2);
@@ -195,7 +239,7 @@ fn when_every_source_is_gone_the_data_is_stale_not_zero() {
 fn a_window_without_traffic_data_yet_is_stale() {
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
-    window.record(1000, &a, None, 0, false);
+    record(&mut window, 1000, &a, None, 0, false);
     assert_eq!(
         window.observe(1000, MetricType::Rps).freshness,
         Freshness::Stale
@@ -203,14 +247,15 @@ fn a_window_without_traffic_data_yet_is_stale() {
 }
 
 #[test]
-fn a_surge_report_gives_a_burst_estimate_for_one_panic_window() {
+fn a_surge_on_one_source_raises_the_burst_estimate_at_once() {
     let mut window = TargetWindow::new(config());
     let now = steady(&mut window, 1_000, 60);
     let a: Arc<str> = Arc::from("a");
     // `a` jumps to 1000 rps completed, reported 100 ms after its last report, while its queue
     // grows from 1 to 40 in flight: 1390 rps arrive.
     let t = now + 100;
-    let change = window.record(
+    let change = record(
+        &mut window,
         t,
         &a,
         Some((
@@ -233,8 +278,8 @@ fn a_surge_report_gives_a_burst_estimate_for_one_panic_window() {
 fn buckets_older_than_the_ring_are_never_counted() {
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
-    window.record(1_000, &a, delta(1_000_000, 0), 0, false);
-    window.record(200_000, &a, delta(10, 0), 0, false);
+    record(&mut window, 1_000, &a, delta(1_000_000, 0), 0, false);
+    record(&mut window, 200_000, &a, delta(10, 0), 0, false);
     let obs = window.observe(200_000, MetricType::Rps);
     assert!(obs.stable < 1.0, "{obs:?}");
 }
@@ -246,15 +291,16 @@ fn a_tracked_route_costs_little_memory() {
 }
 
 #[test]
-fn a_surge_on_a_saturated_pod_is_estimated_from_arrivals_in_the_filter_window() {
+fn a_surge_on_a_saturated_pod_is_read_from_the_window_the_proxy_reports() {
     // One pod at 30 rps reports every second; the load steps to 300 rps 190 ms before the
-    // next (early) report. The pod completes at most ~100 rps, so its queue grows by ~38.
+    // next (early) report. The pod completes at most ~100 rps, so its queue grows by ~38; the
+    // filter's 200 ms window saw 57 requests arrive.
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
     let mut t = 1_000;
     for _ in 0..10 {
         t += 1000;
-        window.record(t, &a, delta(30, 0), 0, false);
+        record_window(&mut window, t, &a, delta(30, 0), 6, false);
     }
     t += 1090;
     let surge = Some((
@@ -264,25 +310,186 @@ fn a_surge_on_a_saturated_pod_is_estimated_from_arrivals_in_the_filter_window() 
         },
         1090,
     ));
-    window.record(t, &a, surge, 38, true);
-    let burst = window.observe(t, MetricType::Rps).burst.unwrap();
-    // Completions alone over the interval: 42 rps. Arrivals in the last 200 ms: ~285 rps.
-    assert!((250.0..=320.0).contains(&burst), "{burst}");
+    record_window(&mut window, t, &a, surge, 57, true);
+    assert_eq!(window.observe(t, MetricType::Rps).burst, Some(285.0));
 }
 
 #[test]
-fn a_periodic_report_during_a_surge_is_not_reattributed() {
+fn without_a_window_the_burst_is_the_arrivals_over_the_interval() {
+    // The same surge from a proxy that sends no window: completions plus the queue's growth
+    // over the 1.09 s since its last report, an average that lags the step (only the panic
+    // window and the next reports catch up).
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let mut t = 1_000;
+    for _ in 0..10 {
+        t += 1000;
+        record(&mut window, t, &a, delta(30, 0), 0, false);
+    }
+    t += 1090;
+    let surge = Some((
+        RouteDelta {
+            requests: 46,
+            busy_us: 0,
+        },
+        1090,
+    ));
+    record(&mut window, t, &a, surge, 38, true);
+    let burst = window.observe(t, MetricType::Rps).burst.unwrap();
+    assert!((burst - 84.0 / 1.09).abs() < 0.01, "{burst}");
+}
+
+#[test]
+fn a_periodic_report_during_a_surge_counts_at_its_own_rate() {
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
     let b: Arc<str> = Arc::from("b");
-    window.record(1_000, &a, delta(100, 0), 0, false);
-    window.record(1_000, &b, delta(100, 0), 0, false);
-    // `a` surges; `b` sends its periodic report at the same rate as before.
-    window.record(2_000, &a, delta(300, 0), 0, true);
-    window.record(2_000, &b, delta(100, 0), 0, false);
-    let burst = window.observe(2_000, MetricType::Rps).burst.unwrap();
-    // a: (300 - 100 * 0.8) / 0.2 = 1100; b: 100.
-    assert!((burst - 1200.0).abs() < 1.0, "{burst}");
+    record_window(&mut window, 1_000, &a, delta(100, 0), 20, false);
+    record_window(&mut window, 1_000, &b, delta(100, 0), 20, false);
+    // `a` surges to 1100 rps; `b` sends its periodic report at the same rate as before.
+    record_window(&mut window, 2_000, &a, delta(300, 0), 220, true);
+    record_window(&mut window, 2_000, &b, delta(100, 0), 20, false);
+    assert_eq!(window.observe(2_000, MetricType::Rps).burst, Some(1200.0));
+    // The next periodic report of `a`, still at 1100 rps, is not read as more.
+    record_window(&mut window, 3_000, &a, delta(1100, 0), 220, true);
+    assert_eq!(window.observe(3_000, MetricType::Rps).burst, Some(1200.0));
+}
+
+/// A pod at `rps` for a minute, one report a second, each with a 200 ms window at that rate.
+fn calm(window: &mut TargetWindow, source: &Arc<str>, rps: u64) -> Millis {
+    let mut t = 1_000;
+    record_window(window, t, source, None, rps / 5, false);
+    for _ in 0..60 {
+        t += 1_000;
+        record_window(window, t, source, delta(rps, 0), rps / 5, false);
+    }
+    t
+}
+
+#[test]
+fn a_pod_joining_the_traffic_is_not_counted_on_top_of_the_share_it_took_over() {
+    // `a` carries a 300 rps surge alone; two new replicas turn ready together at 3 s and the
+    // load balancer gives each a third. Until `a` reports again, its 300 still holds their
+    // share.
+    let mut window = TargetWindow::new(config());
+    let [a, b, c, d]: [Arc<str>; 4] = ["a", "b", "c", "d"].map(Arc::from);
+    // A calm minute first, so the surge stands out from the stable average.
+    let t0 = calm(&mut window, &a, 30) - 1_000;
+    record_window(&mut window, t0 + 1_500, &a, delta(60, 0), 60, true);
+    record_window(&mut window, t0 + 2_000, &b, None, 0, false);
+    record_window(&mut window, t0 + 2_000, &c, None, 0, false);
+    record_window(&mut window, t0 + 2_500, &a, delta(150, 0), 60, false);
+    assert_eq!(
+        window.observe(t0 + 2_500, MetricType::Rps).burst,
+        Some(300.0)
+    );
+    record_window(&mut window, t0 + 3_200, &b, delta(20, 0), 20, true);
+    record_window(&mut window, t0 + 3_200, &c, delta(20, 0), 20, true);
+    assert_eq!(
+        window.observe(t0 + 3_200, MetricType::Rps).burst,
+        Some(300.0)
+    );
+    // `a` reports its third. `b` and `c` still wait for each other: their first windows reach
+    // back before they joined. The sum errs low meanwhile, never high.
+    record_window(&mut window, t0 + 3_500, &a, delta(200, 0), 20, false);
+    assert_eq!(
+        window.observe(t0 + 3_500, MetricType::Rps).burst,
+        Some(100.0)
+    );
+    record_window(&mut window, t0 + 3_600, &b, delta(30, 0), 20, false);
+    record_window(&mut window, t0 + 3_600, &c, delta(30, 0), 20, false);
+    assert_eq!(
+        window.observe(t0 + 3_600, MetricType::Rps).burst,
+        Some(300.0)
+    );
+    // A fourth replica joins: every rate measured before it holds a quarter of its share, so
+    // it waits for all of them to be renewed.
+    record_window(&mut window, t0 + 3_700, &d, None, 0, false);
+    record_window(&mut window, t0 + 3_900, &d, delta(15, 0), 15, true);
+    record_window(&mut window, t0 + 4_000, &a, delta(80, 0), 15, false);
+    assert_eq!(
+        window.observe(t0 + 4_000, MetricType::Rps).burst,
+        Some(275.0)
+    );
+    record_window(&mut window, t0 + 4_200, &b, delta(80, 0), 15, false);
+    record_window(&mut window, t0 + 4_200, &c, delta(80, 0), 15, false);
+    assert_eq!(
+        window.observe(t0 + 4_200, MetricType::Rps).burst,
+        Some(225.0)
+    );
+    record_window(&mut window, t0 + 4_500, &a, delta(40, 0), 15, false);
+    assert_eq!(
+        window.observe(t0 + 4_500, MetricType::Rps).burst,
+        Some(300.0)
+    );
+}
+
+#[test]
+fn a_pod_that_left_is_not_counted_in_the_burst() {
+    // Four pods at 25 rps; three are removed (a scale-down) and the fourth takes their
+    // traffic. Until the three expire their last rates linger, and would make a burst of
+    // 175 rps, 5.7 sigmas above the 100 the target really gets.
+    let mut window = TargetWindow::new(config());
+    let [a, b, c, d]: [Arc<str>; 4] = ["a", "b", "c", "d"].map(Arc::from);
+    let mut t = 1_000;
+    for _ in 0..60 {
+        t += 1_000;
+        for source in [&a, &b, &c, &d] {
+            record_window(&mut window, t, source, delta(25, 0), 5, false);
+        }
+    }
+    t += 1_000;
+    record_window(&mut window, t, &a, delta(100, 0), 20, false);
+    t += 1_000;
+    record_window(&mut window, t, &a, delta(100, 0), 20, false);
+    assert_eq!(window.observe(t, MetricType::Rps).burst, None);
+}
+
+#[test]
+fn a_noisy_window_at_a_calm_rate_is_not_a_burst() {
+    // 60 rps: 12 requests expected in 200 ms; 30 seen (150 rps) happens by chance now and
+    // then, and the filter reports early on it. 3.3 sigmas: not enough to act on.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let t = calm(&mut window, &a, 60) + 300;
+    record_window(&mut window, t, &a, delta(18, 0), 30, true);
+    assert_eq!(window.observe(t, MetricType::Rps).burst, None);
+}
+
+#[test]
+fn a_tenfold_step_is_a_burst_from_its_first_window() {
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let t = calm(&mut window, &a, 60) + 300;
+    // The window caught 100 ms of the step: 66 requests, 330 rps, 6.6 sigmas.
+    record_window(&mut window, t, &a, delta(24, 0), 66, true);
+    assert_eq!(window.observe(t, MetricType::Rps).burst, Some(330.0));
+}
+
+#[test]
+fn a_doubling_is_a_burst_once_an_interval_holds_it() {
+    // 60 -> 120 rps: one 200 ms window (24 requests) is 2.4 sigmas, a whole second at the new
+    // rate (120 requests) is 5.4.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let t = calm(&mut window, &a, 60);
+    record_window(&mut window, t + 200, &a, delta(14, 0), 24, true);
+    assert_eq!(window.observe(t + 200, MetricType::Rps).burst, None);
+    record_window(&mut window, t + 1_200, &a, delta(120, 0), 24, false);
+    assert_eq!(
+        window.observe(t + 1_200, MetricType::Rps).burst,
+        Some(120.0)
+    );
+}
+
+#[test]
+fn a_first_source_is_counted_at_once() {
+    // Traffic from nothing (a target at its first replica): nobody else's rate holds it.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    record_window(&mut window, 1_000, &a, None, 0, false);
+    record_window(&mut window, 2_000, &a, delta(10, 0), 40, true);
+    assert_eq!(window.observe(2_000, MetricType::Rps).burst, Some(200.0));
 }
 
 fn limited(min_report_interval_ms: Millis, report_burst: u32) -> Counters {

@@ -6,23 +6,25 @@
 //! derives from a SurgeScaler that sets only min, max and the target (every other field
 //! defaulted by the CRD's own serde defaults).
 //!
+//! The report timing is the filter's own: each sidecar runs `surge_filter_core`'s
+//! [`Scheduler`] with the filter's default configuration, sampling its arrivals (completed plus
+//! in flight) every check period, and its reports carry the scheduler's recent window, as the
+//! filter's do.
+//!
 //! What is modelled here rather than run from Surge's code:
-//! - the filter's report timing ([`ReportScheduler`]): the filter is a `cdylib` for
-//!   wasm32-wasip1, not a library the sandbox can link, so its scheduler's rules are restated
-//!   from `filter/src/surge.rs` with the defaults of `filter/src/config.rs`;
 //! - the controller loop (`scaler/src/controller.rs`, restated): a report reaches the scaler at
 //!   once; the decision runs when the hub wakes the target (a surge report, or a metric that
 //!   moved, at most every 10 ms) and on the slow tick (`--tick-ms`, default 1000); the scale is
 //!   written at once;
-//! - the sidecar's counting: completed requests (served or refused), spread evenly over the
-//!   ready pods; a pod's sidecar reports from its creation, with no traffic until it is ready
-//!   (so its first requests are a surge from zero, as the filter sees them).
-
-use std::collections::VecDeque;
+//! - the sidecar's counting: arrivals and completions (served or refused), spread evenly over
+//!   the ready pods; a pod's sidecar reports from its creation, with no traffic until it is
+//!   ready (so its first requests are a surge from zero, as the filter sees them).
 
 use std::sync::Arc;
 
 use futures::FutureExt as _;
+use surge_filter_core::config::Config as FilterConfig;
+use surge_filter_core::surge::{Arrivals, Scheduler};
 use surge_scaler::crd::SurgeScalerSpec;
 use surge_scaler::decision::{self, DecisionState, Input, Policy};
 use surge_scaler::hub::{Hub, Selector, TargetKey, Wake};
@@ -43,153 +45,41 @@ pub const SLOW_TICK_MS: i64 = 1_000;
 const NAMESPACE: &str = "default";
 const WORKLOAD: &str = "app";
 
-/// The filter's periodic report interval (`report_interval_ms`, filter/src/config.rs: 1000).
-pub const REPORT_INTERVAL_MS: u64 = 1_000;
-/// How often the filter checks the recent rate (`surge.check_period_ms`: 100).
-pub const CHECK_PERIOD_MS: u64 = 100;
-/// The span the recent rate is measured over (`surge.window_ms`: 200).
-pub const SURGE_WINDOW_MS: u64 = 200;
-/// An early report goes out when the recent rate exceeds the last reported one times this
-/// (`surge.factor`: 2).
-pub const SURGE_FACTOR: f64 = 2.0;
-/// No early report below this rate (`surge.min_rps`: 5).
-pub const SURGE_MIN_RPS: f64 = 5.0;
-/// Least time between two early reports (`surge.min_gap_ms`: 250).
-pub const SURGE_MIN_GAP_MS: u64 = 250;
-
-/// Why a report goes out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
-    /// The report interval has passed and the rate is not surging.
-    Periodic,
-    /// The recent rate surged past the last reported rate before the interval passed: an
-    /// early report.
-    Surge,
-    /// The interval passed while the rate surges: sent on schedule, flagged as a surge.
-    PeriodicSurge,
+/// The filter's configuration: every default (`pluginConfig: {}`).
+fn filter_config() -> FilterConfig {
+    FilterConfig::default()
 }
 
-impl Trigger {
-    /// Whether the report is flagged as a surge.
-    pub fn is_surge(self) -> bool {
-        matches!(self, Self::Surge | Self::PeriodicSurge)
-    }
-
-    /// Whether the report is the periodic one (it advances the schedule).
-    pub fn is_periodic(self) -> bool {
-        matches!(self, Self::Periodic | Self::PeriodicSurge)
-    }
-}
-
-/// When the filter sends a report, restated from `filter/src/surge.rs`: every check period it
-/// samples the proxy's request total. The rate is surging when the rate over the recent window
-/// is at least the minimum and above the last reported rate times the factor. A report is due
-/// on schedule (one interval after the previous periodic slot; flagged as a surge if the rate
-/// surges then), or early when the rate surges, early reports at least the minimum gap apart
-/// and leaving the schedule alone. The rate a report "carries" is the recent rate when it is
-/// flagged as a surge, else the rate over the interval it closes.
-#[derive(Debug, Clone, Default)]
-pub struct ReportScheduler {
-    samples: VecDeque<(u64, u64)>,
-    last_report: Option<(u64, u64)>,
-    last_reported_rate: Option<f64>,
-    last_early_ms: Option<u64>,
-    /// Nominal time of the last periodic report.
-    schedule_ms: Option<u64>,
-}
-
-fn rate_between(from: (u64, u64), to: (u64, u64)) -> Option<f64> {
-    let dt = to.0.checked_sub(from.0).filter(|&dt| dt > 0)?;
-    Some(to.1.saturating_sub(from.1) as f64 * 1000.0 / dt as f64)
-}
-
-impl ReportScheduler {
-    /// Records the request total at `now_ms` (one sample per check period).
-    pub fn observe(&mut self, now_ms: u64, total: u64) {
-        if self.samples.back().is_some_and(|&(t, _)| now_ms <= t) {
-            return;
-        }
-        self.samples.push_back((now_ms, total));
-        let horizon = now_ms.saturating_sub(SURGE_WINDOW_MS * 4);
-        while self.samples.len() > 2 && self.samples.front().is_some_and(|&(t, _)| t < horizon) {
-            self.samples.pop_front();
-        }
-    }
-
-    /// Requests per second over the recent window.
-    pub fn recent_rate(&self) -> Option<f64> {
-        let last = *self.samples.back()?;
-        let start = last.0.saturating_sub(SURGE_WINDOW_MS);
-        let base = self
-            .samples
-            .iter()
-            .rev()
-            .find(|&&(t, _)| t <= start)
-            .or_else(|| self.samples.front())?;
-        rate_between(*base, last)
-    }
-
-    /// Whether a report is due at `now_ms`.
-    pub fn due(&self, now_ms: u64) -> Option<Trigger> {
-        let periodic = self
-            .schedule_ms
-            .is_none_or(|at| now_ms >= at.saturating_add(REPORT_INTERVAL_MS));
-        let surging = match (self.last_reported_rate, self.recent_rate()) {
-            (Some(baseline), Some(recent)) => {
-                recent >= SURGE_MIN_RPS && recent > baseline * SURGE_FACTOR
-            }
-            _ => false,
-        };
-        if periodic {
-            return Some(if surging {
-                Trigger::PeriodicSurge
-            } else {
-                Trigger::Periodic
-            });
-        }
-        let gap_ok = self
-            .last_early_ms
-            .is_none_or(|t| now_ms.saturating_sub(t) >= SURGE_MIN_GAP_MS);
-        (surging && gap_ok).then_some(Trigger::Surge)
-    }
-
-    /// Records that a report went out at `now_ms` with `total` requests.
-    pub fn sent(&mut self, now_ms: u64, total: u64, trigger: Trigger) {
-        let now = (now_ms, total);
-        self.last_reported_rate = if trigger.is_surge() {
-            self.recent_rate()
-        } else {
-            self.last_report
-                .and_then(|prev| rate_between(prev, now))
-                .or_else(|| self.recent_rate())
-        };
-        if trigger.is_surge() {
-            self.last_early_ms = Some(now_ms);
-        }
-        // Periodic reports advance the schedule by one interval (restarting from now after a
-        // long gap); early ones leave it alone.
-        if trigger.is_periodic() {
-            self.schedule_ms = Some(match self.schedule_ms {
-                Some(at) if now_ms < at.saturating_add(2 * REPORT_INTERVAL_MS) => {
-                    at.saturating_add(REPORT_INTERVAL_MS)
-                }
-                _ => now_ms,
-            });
-        }
-        self.last_report = Some(now);
-    }
+/// The filter's periodic report interval, in milliseconds.
+pub fn report_interval_ms() -> u64 {
+    filter_config().report_interval_ms
 }
 
 /// One ready pod's sidecar: its report scheduler and the proxy's cumulative counters.
 #[derive(Debug)]
 struct Sidecar {
     instance: String,
-    scheduler: ReportScheduler,
-    requests: f64,
+    scheduler: Scheduler,
+    /// Nominal time of the last periodic report (the filter keeps it in shared data).
+    schedule_ms: Option<u64>,
+    /// Requests that reached this proxy.
+    arrived: f64,
+    /// Its share of the completed requests.
+    completed: f64,
     busy_us: f64,
     seq: u64,
-    /// Requests in flight through this proxy now.
-    inflight: u64,
+}
+
+impl Sidecar {
+    /// (requests_total, inflight) as the filter would count them. The simulation's queue is
+    /// one for all pods, so a new pod's share of the completions can include requests that
+    /// arrived at older pods; the counts stay the proxy's own by completing at most what
+    /// arrived, so completed + in flight is always exactly the pod's arrivals.
+    fn counts(&self) -> (u64, u64) {
+        let arrived = self.arrived.floor() as u64;
+        let requests = (self.completed.floor() as u64).min(arrived);
+        (requests, arrived - requests)
+    }
 }
 
 /// Surge's scaler code fed with reports timed as the filter times them, stepped by the
@@ -256,13 +146,23 @@ impl SurgeReplay {
         let Some(sidecar) = self.sidecars.get_mut(index) else {
             return;
         };
-        let requests = sidecar.requests.floor() as u64;
-        sidecar.scheduler.observe(now, requests);
-        let Some(trigger) = sidecar.scheduler.due(now) else {
+        let (requests, inflight) = sidecar.counts();
+        let arrivals = Arrivals {
+            indexed: vec![requests + inflight],
+            other: 0,
+        };
+        sidecar.scheduler.observe(now, arrivals);
+        let Some(trigger) = sidecar.scheduler.due(now, sidecar.schedule_ms) else {
             return;
         };
         sidecar.seq += 1;
-        sidecar.scheduler.sent(now, requests, trigger);
+        sidecar.schedule_ms = Some(sidecar.scheduler.next_schedule(
+            now,
+            sidecar.schedule_ms,
+            trigger,
+        ));
+        sidecar.scheduler.sent(now, trigger);
+        let recent = sidecar.scheduler.recent();
         let report = Report {
             version: surge_wire::VERSION,
             proxy: Proxy {
@@ -285,8 +185,10 @@ impl SurgeReplay {
                 requests_total: requests,
                 errors_total: 0,
                 duration_us_total: sidecar.busy_us.floor() as u64,
-                inflight: sidecar.inflight,
+                inflight,
+                window_requests: recent.as_ref().map(|r| r.arrivals.total()),
             }],
+            window_ms: recent.as_ref().map(|r| r.span_ms),
         };
         self.hub.ingest(&report, now);
     }
@@ -310,23 +212,25 @@ impl Autoscaler for SurgeReplay {
             self.started += 1;
             self.sidecars.push(Sidecar {
                 instance: format!("app-{}", self.started),
-                scheduler: ReportScheduler::default(),
-                requests: 0.0,
+                scheduler: Scheduler::new(&filter_config()),
+                schedule_ms: None,
+                arrived: 0.0,
+                completed: 0.0,
                 busy_us: 0.0,
                 seq: 0,
-                inflight: 0,
             });
         }
         self.sidecars.truncate(pods);
         let ready = (o.ready_pods as usize).min(pods);
         if ready > 0 {
-            // The filter counts a request in `on_log`, when it completes.
-            let share = o.step_completed / ready as f64;
-            let inflight = (o.inflight / ready as f64).round() as u64;
+            // The filter counts a request as in flight when its headers arrive and as
+            // completed in `on_log`.
+            let arrived = o.step_requests / ready as f64;
+            let completed = o.step_completed / ready as f64;
             for sidecar in self.sidecars.iter_mut().take(ready) {
-                sidecar.requests += share;
-                sidecar.busy_us += share * self.service_time_us;
-                sidecar.inflight = inflight;
+                sidecar.arrived += arrived;
+                sidecar.completed += completed;
+                sidecar.busy_us += completed * self.service_time_us;
             }
         }
         for index in 0..self.sidecars.len() {
@@ -391,89 +295,6 @@ mod tests {
         simulate(trace, event_s, &config, &mut surge)
     }
 
-    /// Feeds `rps` from `t` for `ms` in check periods; returns the triggers with their times.
-    fn feed(
-        s: &mut ReportScheduler,
-        t: &mut u64,
-        total: &mut f64,
-        rps: f64,
-        ms: u64,
-    ) -> Vec<(u64, Trigger)> {
-        let mut sent = Vec::new();
-        for _ in 0..ms / CHECK_PERIOD_MS {
-            *t += CHECK_PERIOD_MS;
-            *total += rps * CHECK_PERIOD_MS as f64 / 1000.0;
-            s.observe(*t, *total as u64);
-            if let Some(trigger) = s.due(*t) {
-                s.sent(*t, *total as u64, trigger);
-                sent.push((*t, trigger));
-            }
-        }
-        sent
-    }
-
-    #[test]
-    fn the_filter_reports_once_a_second_on_steady_load_and_early_on_a_10x_step() {
-        let mut s = ReportScheduler::default();
-        let (mut t, mut total) = (0, 0.0);
-        let steady = feed(&mut s, &mut t, &mut total, 60.0, 5_000);
-        assert!(steady.iter().all(|&(_, k)| k == Trigger::Periodic));
-        assert_eq!(steady.len(), 5, "{steady:?}");
-        let step = feed(&mut s, &mut t, &mut total, 600.0, 1_000);
-        // A report flagged as a surge within two check periods of the step (here the periodic
-        // one falls due at once and is flagged), and no flood: the gap holds.
-        assert!(
-            step.iter()
-                .any(|&(at, k)| at - 5_000 <= 200 && k.is_surge()),
-            "{step:?}"
-        );
-        assert_eq!(step.first().map(|&(_, k)| k), Some(Trigger::PeriodicSurge));
-        let early: Vec<u64> = step
-            .iter()
-            .filter(|&&(_, k)| k.is_surge())
-            .map(|&(at, _)| at)
-            .collect();
-        assert!(
-            early.windows(2).all(|w| w[1] - w[0] >= SURGE_MIN_GAP_MS),
-            "{early:?}"
-        );
-    }
-
-    #[test]
-    fn a_step_between_periodic_reports_is_reported_early_and_keeps_the_schedule() {
-        let mut s = ReportScheduler::default();
-        let (mut t, mut total) = (0, 0.0);
-        feed(&mut s, &mut t, &mut total, 60.0, 5_500);
-        // Periodic reports at 100, 1100, ... 5100; the step at 5500 is reported early.
-        let step = feed(&mut s, &mut t, &mut total, 600.0, 700);
-        assert_eq!(
-            step.first().map(|&(_, k)| k),
-            Some(Trigger::Surge),
-            "{step:?}"
-        );
-        assert!(step.first().is_some_and(|&(at, _)| at <= 5_700), "{step:?}");
-        // The next periodic report stays on the 100 + n x 1000 grid.
-        assert!(
-            step.iter()
-                .filter(|&&(_, k)| k.is_periodic())
-                .all(|&(at, _)| at == 6_100),
-            "{step:?}"
-        );
-    }
-
-    #[test]
-    fn a_2x_step_is_not_a_surge_for_the_filter() {
-        // The filter's rule is "above factor x last reported": exactly 2x is not above it.
-        let mut s = ReportScheduler::default();
-        let (mut t, mut total) = (0, 0.0);
-        feed(&mut s, &mut t, &mut total, 60.0, 5_000);
-        let step = feed(&mut s, &mut t, &mut total, 120.0, 3_000);
-        assert!(
-            step.iter().all(|&(_, k)| k == Trigger::Periodic),
-            "{step:?}"
-        );
-    }
-
     #[test]
     fn reports_reach_the_target_through_the_hub() {
         let mut surge = SurgeReplay::new(&target(), 40.0).unwrap();
@@ -516,32 +337,30 @@ mod tests {
     }
 
     #[test]
-    fn a_10x_step_is_acted_on_within_half_a_second() {
+    fn a_10x_step_is_acted_on_at_the_first_check_after_it() {
         let trace: Vec<f64> = (0..120)
             .map(|s| if s < 30 { 60.0 } else { 600.0 })
             .collect();
         let out = run(&trace, 30.0, 1);
         let first = out.metrics.first_scale_up_s;
-        // The one pod completes only its 100 rps until its queue of 200 overflows (0.4 s at
-        // 500 rps too many); then the refusals complete too, the filter's next check (every
-        // 100 ms) sees more than twice the last reported rate and reports early, and the
-        // scaler decides on that report.
-        assert!(first.is_some_and(|s| (0.4..=0.6).contains(&s)), "{first:?}");
-        assert!(out.metrics.peak_replicas >= 9, "{:?}", out.metrics);
+        // The filter counts arrivals, so the step shows at its next check (every 100 ms)
+        // although the one pod completes only its 100 rps. That report's window still holds
+        // some of the calm before the step; the follow-up one window later carries the full
+        // 600 rps: ceil(600 / 70) = 9 replicas, and no more when the new pods join.
+        assert!(first.is_some_and(|s| s <= 0.2), "{first:?}");
+        assert_eq!(out.metrics.peak_replicas, 9, "{:?}", out.metrics);
     }
 
     #[test]
-    fn a_2x_step_waits_for_the_stable_window() {
-        // 60 -> 120 rps: not above the filter's 2x (no early report), and 120 / 70 = 1.7 per
-        // pod is under the panic threshold of 2: only the 60 s average can move the answer.
+    fn a_2x_step_is_acted_on_once_a_report_interval_holds_it() {
+        // 60 -> 120 rps: one 200 ms window (24 requests) is too little to tell from noise,
+        // the next periodic report's second at 120 rps is not (5.4 sigmas): 2 replicas.
         let trace: Vec<f64> = (0..120)
             .map(|s| if s < 30 { 60.0 } else { 120.0 })
             .collect();
         let out = run(&trace, 30.0, 1);
         let first = out.metrics.first_scale_up_s;
-        assert!(
-            first.is_some_and(|s| (10.0..=30.0).contains(&s)),
-            "{first:?}"
-        );
+        assert!(first.is_some_and(|s| (0.5..=1.5).contains(&s)), "{first:?}");
+        assert_eq!(out.metrics.peak_replicas, 2, "{:?}", out.metrics);
     }
 }

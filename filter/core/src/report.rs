@@ -1,6 +1,9 @@
 //! Building the report body from the counters the reporter read, and the outcome of sending it.
 
-use surge_wire::{Proxy, Report, RouteCounters, VERSION};
+use surge_wire::{Proxy, Report, Role, RouteCounters, VERSION};
+
+use crate::route::Slot;
+use crate::surge::{Arrivals, Recent};
 
 /// Counters of one route key as read from the host metrics.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -30,21 +33,70 @@ pub struct Header {
     pub surge: bool,
 }
 
-/// Builds the report. Route keys that never counted a request and hold none in flight are left
-/// out, so idle keys do not bloat every report.
-pub fn build(header: Header, routes: Vec<(String, String, Counters)>) -> Report {
-    let routes = routes
+/// One route key as the reporter read it: its slot in the route table, its names and its
+/// process-wide counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reading {
+    /// Where the key sits in the shared route table (or `other`).
+    pub slot: Slot,
+    /// Route name.
+    pub route: String,
+    /// Cluster name (empty when the key leaves it out).
+    pub cluster: String,
+    /// The counters.
+    pub counters: Counters,
+}
+
+/// Requests that have reached the proxy per route key: completed plus in flight.
+pub fn arrivals(readings: &[Reading]) -> Arrivals {
+    let mut arrivals = Arrivals::default();
+    for reading in readings {
+        let count = reading
+            .counters
+            .requests
+            .saturating_add(reading.counters.inflight);
+        match reading.slot {
+            Slot::Other => arrivals.other = count,
+            Slot::Index(i) => {
+                if arrivals.indexed.len() <= i {
+                    arrivals.indexed.resize(i + 1, 0);
+                }
+                if let Some(entry) = arrivals.indexed.get_mut(i) {
+                    *entry = count;
+                }
+            }
+        }
+    }
+    arrivals
+}
+
+/// Builds the report, with the recent window when there is one. Route keys that never counted
+/// a request and hold none in flight are left out, so idle keys do not bloat every report.
+pub fn build(header: Header, readings: Vec<Reading>, recent: Option<&Recent>) -> Report {
+    let window_of = |slot: Slot| {
+        recent.map(|recent| match slot {
+            Slot::Other => recent.arrivals.other,
+            Slot::Index(i) => recent.arrivals.indexed.get(i).copied().unwrap_or(0),
+        })
+    };
+    let routes = readings
         .into_iter()
-        .filter(|(_, _, c)| c.requests > 0 || c.inflight > 0)
-        .map(|(route, cluster, c)| RouteCounters {
-            route,
-            cluster,
-            requests_total: c.requests,
-            // Metrics are read one at a time while traffic flows; never claim more errors than
-            // requests.
-            errors_total: c.errors.min(c.requests),
-            duration_us_total: c.duration_us,
-            inflight: c.inflight,
+        .filter(|r| r.counters.requests > 0 || r.counters.inflight > 0)
+        .map(|r| {
+            let c = r.counters;
+            RouteCounters {
+                // The window never claims more than the route's arrivals so far (the counters
+                // are read one at a time while traffic flows).
+                window_requests: window_of(r.slot)
+                    .map(|w| w.min(c.requests.saturating_add(c.inflight))),
+                route: r.route,
+                cluster: r.cluster,
+                requests_total: c.requests,
+                // Likewise, never claim more errors than requests.
+                errors_total: c.errors.min(c.requests),
+                duration_us_total: c.duration_us,
+                inflight: c.inflight,
+            }
         })
         .collect();
     Report {
@@ -55,14 +107,112 @@ pub fn build(header: Header, routes: Vec<(String, String, Counters)>) -> Report 
         time_ms: header.time_ms,
         surge: header.surge,
         routes,
+        window_ms: recent.map(|r| r.span_ms),
     }
 }
 
-/// Encodes a report as the JSON body.
+/// Encodes a report as the JSON body. Written by hand: serde_json's serializer would add about
+/// 15 KB to every sidecar's `.wasm` for one fixed shape; a test checks the output decodes, with
+/// serde_json, to the same report.
 pub fn encode(report: &Report) -> Vec<u8> {
-    // Serialising these plain structs to a Vec cannot fail; an empty body would be refused by
-    // the scaler and counted as a failure, which is the safe outcome anyway.
-    serde_json::to_vec(report).unwrap_or_default()
+    let mut out = Json(Vec::with_capacity(256 + 160 * report.routes.len()));
+    let proxy = &report.proxy;
+    out.raw("{\"version\":");
+    out.number(u64::from(report.version));
+    out.raw(",\"proxy\":{\"namespace\":");
+    out.string(&proxy.namespace);
+    out.raw(",\"workload\":");
+    out.string(&proxy.workload);
+    out.raw(",\"pod\":");
+    out.string(&proxy.pod);
+    out.raw(",\"owner\":");
+    out.string(&proxy.owner);
+    out.raw(match proxy.role {
+        Role::Sidecar => ",\"role\":\"sidecar\"},\"instance\":",
+        Role::Gateway => ",\"role\":\"gateway\"},\"instance\":",
+    });
+    out.string(&report.instance);
+    out.raw(",\"seq\":");
+    out.number(report.seq);
+    out.raw(",\"time_ms\":");
+    out.number(report.time_ms);
+    out.raw(if report.surge {
+        ",\"surge\":true,\"routes\":["
+    } else {
+        ",\"surge\":false,\"routes\":["
+    });
+    for (i, r) in report.routes.iter().enumerate() {
+        out.raw(if i == 0 {
+            "{\"route\":"
+        } else {
+            ",{\"route\":"
+        });
+        out.string(&r.route);
+        out.raw(",\"cluster\":");
+        out.string(&r.cluster);
+        out.raw(",\"requests_total\":");
+        out.number(r.requests_total);
+        out.raw(",\"errors_total\":");
+        out.number(r.errors_total);
+        out.raw(",\"duration_us_total\":");
+        out.number(r.duration_us_total);
+        out.raw(",\"inflight\":");
+        out.number(r.inflight);
+        if let Some(window) = r.window_requests {
+            out.raw(",\"window_requests\":");
+            out.number(window);
+        }
+        out.raw("}");
+    }
+    out.raw("]");
+    if let Some(window) = report.window_ms {
+        out.raw(",\"window_ms\":");
+        out.number(window);
+    }
+    out.raw("}");
+    out.0
+}
+
+/// A JSON writer for the report's fixed shape.
+struct Json(Vec<u8>);
+
+impl Json {
+    fn raw(&mut self, text: &str) {
+        self.0.extend_from_slice(text.as_bytes());
+    }
+
+    fn number(&mut self, mut n: u64) {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        self.0.extend_from_slice(&digits[start..]);
+    }
+
+    /// A string with JSON's escapes; everything else (UTF-8 included) is copied as is.
+    fn string(&mut self, text: &str) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        self.0.push(b'"');
+        for &b in text.as_bytes() {
+            match b {
+                b'"' => self.0.extend_from_slice(b"\\\""),
+                b'\\' => self.0.extend_from_slice(b"\\\\"),
+                0..=0x1f => {
+                    self.0.extend_from_slice(b"\\u00");
+                    self.0.push(HEX[usize::from(b >> 4)]);
+                    self.0.push(HEX[usize::from(b & 0xf)]);
+                }
+                _ => self.0.push(b),
+            }
+        }
+        self.0.push(b'"');
+    }
 }
 
 /// Reads the request duration in microseconds from `request.duration` (i64 nanoseconds, LE).
@@ -215,35 +365,47 @@ mod tests {
         }
     }
 
+    fn reading(slot: Slot, route: &str, counters: Counters) -> Reading {
+        Reading {
+            slot,
+            route: route.into(),
+            cluster: String::new(),
+            counters,
+        }
+    }
+
     #[test]
     fn report_carries_header_and_cumulative_counters() {
         let report = build(
             header(),
-            vec![("a".into(), "inbound|80||".into(), counters(5, 1))],
+            vec![Reading {
+                cluster: "inbound|80||".into(),
+                ..reading(Slot::Index(0), "a", counters(5, 1))
+            }],
+            None,
         );
         assert_eq!(report.seq, 3);
         assert!(report.surge);
         assert_eq!(report.routes[0].requests_total, 5);
         assert_eq!(report.routes[0].errors_total, 1);
         assert_eq!(report.routes[0].duration_us_total, 50);
+        assert_eq!(report.window_ms, None);
         assert_eq!(report.validate(&Limits::default()), Ok(()));
     }
 
     #[test]
     fn idle_route_keys_are_left_out() {
+        let busy = Counters {
+            inflight: 2,
+            ..Counters::default()
+        };
         let report = build(
             header(),
             vec![
-                ("idle".into(), String::new(), counters(0, 0)),
-                (
-                    "busy".into(),
-                    String::new(),
-                    Counters {
-                        inflight: 2,
-                        ..Counters::default()
-                    },
-                ),
+                reading(Slot::Index(0), "idle", counters(0, 0)),
+                reading(Slot::Index(1), "busy", busy),
             ],
+            None,
         );
         let names: Vec<&str> = report.routes.iter().map(|r| r.route.as_str()).collect();
         assert_eq!(names, ["busy"]);
@@ -251,13 +413,84 @@ mod tests {
 
     #[test]
     fn errors_never_exceed_requests() {
-        let report = build(header(), vec![("a".into(), String::new(), counters(2, 3))]);
+        let report = build(
+            header(),
+            vec![reading(Slot::Index(0), "a", counters(2, 3))],
+            None,
+        );
         assert_eq!(report.routes[0].errors_total, 2);
     }
 
     #[test]
+    fn arrivals_are_completions_plus_in_flight_by_slot() {
+        let with_inflight = Counters {
+            inflight: 3,
+            ..counters(10, 0)
+        };
+        let readings = vec![
+            reading(Slot::Index(1), "b", with_inflight),
+            reading(Slot::Other, "other", counters(4, 0)),
+        ];
+        let arrivals = arrivals(&readings);
+        assert_eq!(arrivals.indexed, [0, 13]);
+        assert_eq!(arrivals.other, 4);
+        assert_eq!(arrivals.total(), 17);
+    }
+
+    #[test]
+    fn the_recent_window_goes_to_each_route_by_slot() {
+        let recent = Recent {
+            span_ms: 200,
+            arrivals: Arrivals {
+                indexed: vec![7, 50],
+                other: 2,
+            },
+        };
+        let report = build(
+            header(),
+            vec![
+                reading(Slot::Index(0), "a", counters(9, 0)),
+                reading(Slot::Index(1), "b", counters(30, 0)),
+                reading(Slot::Other, "other", counters(2, 0)),
+            ],
+            Some(&recent),
+        );
+        assert_eq!(report.window_ms, Some(200));
+        let windows: Vec<Option<u64>> = report.routes.iter().map(|r| r.window_requests).collect();
+        // b's window is capped at its 30 arrivals so far.
+        assert_eq!(windows, [Some(7), Some(30), Some(2)]);
+        assert_eq!(report.validate(&Limits::default()), Ok(()));
+    }
+
+    #[test]
     fn encoded_report_is_wire_json() {
-        let report = build(header(), vec![("a".into(), String::new(), counters(1, 0))]);
+        let recent = Recent {
+            span_ms: 205,
+            arrivals: Arrivals {
+                indexed: vec![1],
+                other: 0,
+            },
+        };
+        let mut report = build(
+            header(),
+            vec![
+                reading(Slot::Index(0), "a", counters(1, 0)),
+                reading(Slot::Other, "other", counters(0, 0)),
+            ],
+            Some(&recent),
+        );
+        let decoded: Report = serde_json::from_slice(&encode(&report)).unwrap();
+        assert_eq!(decoded, report);
+        // Escapes, odd characters, the other role, no routes, no window.
+        report.proxy.owner = "q\"uote\\back\u{1}ctl\u{7f}é😀".into();
+        report.proxy.role = Role::Gateway;
+        report.surge = false;
+        report.routes.clear();
+        report.window_ms = None;
+        let decoded: Report = serde_json::from_slice(&encode(&report)).unwrap();
+        assert_eq!(decoded, report);
+        report.seq = u64::MAX;
+        report.time_ms = 0;
         let decoded: Report = serde_json::from_slice(&encode(&report)).unwrap();
         assert_eq!(decoded, report);
     }

@@ -44,7 +44,8 @@ pub enum ConfigError {
 /// Surge detection settings (`surge` in `pluginConfig`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SurgeConfig {
-    /// Send early when the recent rate exceeds the last reported rate times this factor.
+    /// Send early when the recent arrival rate is at least the last reported rate times this
+    /// factor (and clear of noise: see `surge::NOISE_SIGMAS`).
     pub factor: f64,
     /// Below this many requests per second no early report is sent (noise at low traffic).
     pub min_rps: f64,
@@ -59,7 +60,7 @@ pub struct SurgeConfig {
 impl Default for SurgeConfig {
     fn default() -> Self {
         Self {
-            factor: 2.0,
+            factor: 1.5,
             min_rps: 5.0,
             check_period_ms: 100,
             window_ms: 200,
@@ -74,15 +75,19 @@ pub struct RouteKeyConfig {
     /// Use the virtual host's name when the route has no name (Istio leaves unnamed
     /// VirtualService routes empty).
     pub virtual_host_fallback: bool,
-    /// Keep the upstream cluster in the key; when false every key's cluster is empty.
+    /// Keep the upstream cluster in the key; when false every key's cluster is empty. The
+    /// default follows the role: a gateway's clusters name the Services it forwards to (what
+    /// gateway-fed targets select), while a sidecar's inbound cluster is always its own pod
+    /// (`inbound|<port>||`) and reading it would cost a host call on every request.
     pub include_cluster: bool,
 }
 
 impl Default for RouteKeyConfig {
+    /// The sidecar's defaults.
     fn default() -> Self {
         Self {
             virtual_host_fallback: true,
-            include_cluster: true,
+            include_cluster: false,
         }
     }
 }
@@ -208,6 +213,9 @@ fn unknown(parent: &'static str, key: &str, expected: &'static str) -> ConfigErr
     }
 }
 
+/// Longest surge window, in check periods: the reporter keeps a sample per check across it.
+pub const MAX_WINDOW_CHECKS: u64 = 64;
+
 /// Most route keys a proxy may track: the report limit minus one entry for `other`.
 pub const MAX_ROUTES_LIMIT: usize = 255;
 
@@ -226,6 +234,7 @@ impl Config {
     /// Maps a parsed document onto the defaults, field by field.
     fn from_json(doc: &Json) -> Result<Self, ConfigError> {
         let mut c = Self::default();
+        let mut include_cluster = None;
         for (_, key, value) in members(doc, "pluginConfig")? {
             match key {
                 "cluster" => c.cluster = string(value, "cluster")?,
@@ -283,7 +292,7 @@ impl Config {
                                     boolean(value, "route_key.virtual_host_fallback")?
                             }
                             "include_cluster" => {
-                                r.include_cluster = boolean(value, "route_key.include_cluster")?
+                                include_cluster = Some(boolean(value, "route_key.include_cluster")?)
                             }
                             other => return Err(unknown("route_key", other, ROUTE_KEY_FIELDS)),
                         }
@@ -292,6 +301,7 @@ impl Config {
                 other => return Err(unknown("pluginConfig", other, TOP_FIELDS)),
             }
         }
+        c.route_key.include_cluster = include_cluster.unwrap_or(c.role == Role::Gateway);
         Ok(c)
     }
 
@@ -357,12 +367,17 @@ impl Config {
                 ),
             );
         }
-        if !(surge.check_period_ms..=60_000).contains(&surge.window_ms) {
+        // The reporter keeps one sample per check across the window (bounded memory).
+        let longest_window = surge.check_period_ms.saturating_mul(MAX_WINDOW_CHECKS);
+        if !(surge.check_period_ms..=longest_window.min(60_000)).contains(&surge.window_ms) {
             return invalid(
                 "surge.window_ms",
                 format!(
-                    "must be within check_period_ms ({})..=60000 (got {})",
-                    surge.check_period_ms, surge.window_ms
+                    "must be within check_period_ms ({})..={} (at most {MAX_WINDOW_CHECKS} check \
+                     periods and 60000) (got {})",
+                    surge.check_period_ms,
+                    longest_window.min(60_000),
+                    surge.window_ms
                 ),
             );
         }
@@ -448,6 +463,17 @@ mod tests {
     }
 
     #[test]
+    fn the_cluster_is_in_the_key_by_default_on_gateways_only() {
+        let parse = |json: &str| Config::parse(json.as_bytes()).unwrap().route_key;
+        assert!(!parse("{}").include_cluster);
+        assert!(parse(r#"{"role":"gateway"}"#).include_cluster);
+        assert!(parse(r#"{"route_key":{"include_cluster":true}}"#).include_cluster);
+        assert!(
+            !parse(r#"{"route_key":{"include_cluster":false},"role":"gateway"}"#).include_cluster
+        );
+    }
+
+    #[test]
     fn unknown_fields_are_refused_by_name() {
         let err = Config::parse(br#"{"report_interval":5}"#).unwrap_err();
         assert!(err.to_string().contains("report_interval"), "{err}");
@@ -530,6 +556,10 @@ mod tests {
                 "surge.check_period_ms",
             ),
             (r#"{"surge":{"window_ms":50}}"#, "surge.window_ms"),
+            (
+                r#"{"surge":{"check_period_ms":10,"window_ms":650}}"#,
+                "surge.window_ms",
+            ),
             (r#"{"surge":{"min_gap_ms":100000}}"#, "surge.min_gap_ms"),
             (r#"{"max_routes":0}"#, "max_routes"),
             (r#"{"max_routes":1000}"#, "max_routes"),
@@ -558,7 +588,7 @@ mod tests {
     #[test]
     fn the_shipped_wasmplugins_configs_are_valid() {
         for file in ["wasmplugin-sidecar.yaml", "wasmplugin-gateway.yaml"] {
-            let path = format!("{}/../istio/{file}", env!("CARGO_MANIFEST_DIR"));
+            let path = format!("{}/../../istio/{file}", env!("CARGO_MANIFEST_DIR"));
             let Ok(text) = std::fs::read_to_string(&path) else {
                 // The gateway plugin belongs to the install work and may not exist yet.
                 assert_ne!(file, "wasmplugin-sidecar.yaml", "{path} missing");

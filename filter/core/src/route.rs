@@ -189,20 +189,39 @@ mod tests {
         }
     }
 
+    /// A gateway's defaults: the cluster is part of the key.
+    fn gateway() -> RouteKeyConfig {
+        RouteKeyConfig {
+            include_cluster: true,
+            ..RouteKeyConfig::default()
+        }
+    }
+
+    #[test]
+    fn a_sidecar_key_leaves_the_cluster_out_by_default() {
+        let k = RouteKey::from_properties(
+            Some(b"default"),
+            None,
+            Some(b"inbound|8080||"),
+            &RouteKeyConfig::default(),
+        );
+        assert_eq!(k, key("default", ""));
+    }
+
     #[test]
     fn route_name_wins_over_virtual_host() {
         let k = RouteKey::from_properties(
             Some(b"checkout"),
             Some(b"vh"),
             Some(b"inbound|8080||"),
-            &RouteKeyConfig::default(),
+            &gateway(),
         );
         assert_eq!(k, key("checkout", "inbound|8080||"));
     }
 
     #[test]
     fn unnamed_route_falls_back_to_virtual_host() {
-        let options = RouteKeyConfig::default();
+        let options = gateway();
         let k = RouteKey::from_properties(Some(b""), Some(b"vh"), Some(b"c"), &options);
         assert_eq!(k, key("vh", "c"));
         let k = RouteKey::from_properties(None, Some(b"vh"), None, &options);
