@@ -7,6 +7,9 @@
 //! chart's ServiceAccount; each (group, resource, verb) those roles grant must have been used by
 //! some request. So the grant can neither fall short of the code nor grow past it unnoticed.
 //!
+//! Flags: the Deployment's `args` must parse with the scaler's own parser, and the limits the
+//! chart sets by default must be the scaler's defaults.
+//!
 //! ```text
 //!  surge-scaler --HTTP--> KubeApi (logs method, path, query)
 //!                              |
@@ -18,6 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use surge_e2e::scaler::{
@@ -25,6 +29,8 @@ use surge_e2e::scaler::{
 };
 use surge_sandbox::kubeapi::{KubeApi, Part, RequestRecord, resources};
 use surge_sandbox::process::ChildGuard;
+use surge_scaler::cli::{Cli, Command as ScalerCommand};
+use surge_scaler::window::SourceLimits;
 
 /// What a real API server authorizes a resource request by (`authorizer.Attributes`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,21 +176,33 @@ impl Grant {
     }
 }
 
-/// Every rule that applies to the ServiceAccount the chart's Deployment runs as, from the
-/// rendered chart's ClusterRoleBindings and RoleBindings.
-fn grants_of_the_chart(manifest: &str) -> (String, Vec<Grant>) {
-    let docs: Vec<Value> = serde_yaml::Deserializer::from_str(manifest)
+/// The YAML documents of `deploy/manifests/surge.yaml`.
+fn chart_manifest() -> Vec<Value> {
+    let manifest = std::fs::read_to_string(workspace().join("deploy/manifests/surge.yaml"))
+        .expect("deploy/manifests/surge.yaml is readable");
+    serde_yaml::Deserializer::from_str(&manifest)
         .map(|doc| Value::deserialize(doc).expect("surge.yaml is YAML"))
         .filter(|doc| !doc.is_null())
-        .collect();
-    let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"] == kind);
-    let deployments: Vec<&Value> = of_kind("Deployment").collect();
+        .collect()
+}
+
+/// The chart's one Deployment.
+fn chart_deployment(docs: &[Value]) -> &Value {
+    let deployments: Vec<&Value> = docs.iter().filter(|d| d["kind"] == "Deployment").collect();
     assert_eq!(deployments.len(), 1, "surge.yaml has one Deployment");
-    let sa_namespace = deployments[0]["metadata"]["namespace"]
+    deployments[0]
+}
+
+/// Every rule that applies to the ServiceAccount the chart's Deployment runs as, from the
+/// rendered chart's ClusterRoleBindings and RoleBindings.
+fn grants_of_the_chart(docs: &[Value]) -> (String, Vec<Grant>) {
+    let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"] == kind);
+    let deployment = chart_deployment(docs);
+    let sa_namespace = deployment["metadata"]["namespace"]
         .as_str()
         .expect("the Deployment has a namespace")
         .to_owned();
-    let sa_name = deployments[0]
+    let sa_name = deployment
         .pointer("/spec/template/spec/serviceAccountName")
         .and_then(Value::as_str)
         .unwrap_or("default")
@@ -489,9 +507,7 @@ fn body_has(r: &RequestRecord, text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_grant_is_used() {
-    let manifest = std::fs::read_to_string(workspace().join("deploy/manifests/surge.yaml"))
-        .expect("deploy/manifests/surge.yaml is readable");
-    let (account, grants) = grants_of_the_chart(&manifest);
+    let (account, grants) = grants_of_the_chart(&chart_manifest());
     assert!(!grants.is_empty(), "surge.yaml grants {account} nothing");
 
     let started = Instant::now();
@@ -697,4 +713,39 @@ fn store_set_max_replicas(api: &KubeApi, namespace: &str, name: &str, max: u32) 
             },
         )
         .unwrap();
+}
+
+#[test]
+fn the_charts_flags_parse_as_the_scaler_parses_them_and_keep_its_default_limits() {
+    let docs = chart_manifest();
+    let containers = chart_deployment(&docs)
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .expect("the Deployment has containers");
+    let scaler = containers
+        .iter()
+        .find(|c| c["name"] == "scaler")
+        .expect("a container named scaler");
+    let args: Vec<&str> = scaler["args"]
+        .as_array()
+        .expect("the scaler has args")
+        .iter()
+        .map(|a| a.as_str().expect("every arg is a string"))
+        .collect();
+    let cli = Cli::try_parse_from(std::iter::once("surge-scaler").chain(args.iter().copied()))
+        .unwrap_or_else(|e| panic!("the scaler refuses the chart's args {args:?}: {e}"));
+    let ScalerCommand::Run(run) = cli.command else {
+        panic!("the chart runs {:?}, not `run`", args.first())
+    };
+    assert_eq!(
+        run.source_limits(),
+        SourceLimits::default(),
+        "the chart's default limits (deploy/chart/surge/values.yaml scaler.limits) differ from \
+         the scaler's (scaler/src/window.rs)"
+    );
+    // Narrower than the scaler's own default: only where the gateway WasmPlugin's gateway runs.
+    assert_eq!(
+        run.gateway_namespaces(),
+        Some(vec!["istio-system".to_owned()])
+    );
 }
