@@ -148,7 +148,7 @@ render() { # render NAME ARGS...: helm template into $work/render/NAME.yaml
 render defaults
 render all-options --include-crds --set namespace.create=true --set serviceMonitor.enabled=true \
   --set token.value=example --set image.digest=sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef \
-  --set priorityClassName=system-cluster-critical
+  --set priorityClassName=system-cluster-critical --set 'scaler.gatewayNamespaces={istio-system,istio-ingress}'
 render no-token --set token.enabled=false --set networkPolicy.egress.enabled=false --set podDisruptionBudget.enabled=false
 render existing-secret --set token.existingSecret=my-token --set scaler.identity=required
 must_fail "helm template refuses replicaCount=2 (no leader election yet)" "replicaCount (must be 1|does not match)" \
@@ -157,6 +157,17 @@ must_fail "helm template refuses scaler.identity=sometimes" "scaler.identity mus
   "$helm" template "$release" "$chart" --namespace "$namespace" --set scaler.identity=sometimes
 must_fail "helm template refuses a misspelled value (values.schema.json)" "Additional property replicaCont is not allowed" \
   "$helm" template "$release" "$chart" --namespace "$namespace" --set replicaCont=1
+must_fail "helm template refuses scaler.limits.reportBurst=0 (the flag takes 1..1000)" \
+  "scaler.limits.reportBurst: Must be greater than or equal to 1" \
+  "$helm" template "$release" "$chart" --namespace "$namespace" --set scaler.limits.reportBurst=0
+must_fail "helm template refuses a gateway namespace with a comma (the flag would split it)" \
+  "scaler.gatewayNamespaces.0: Does not match pattern" \
+  "$helm" template "$release" "$chart" --namespace "$namespace" --set-json 'scaler.gatewayNamespaces=["istio-system,web"]'
+# Helm reads numbers in a values file as floats: a large limit must still render as an integer.
+printf 'scaler:\n  limits:\n    maxInstanceRoutes: 5000000\n' >"$work/large-limit.yaml"
+run "a large limit from a values file renders as an integer flag, not 5e+06" \
+  bash -c '"$0" template "$1" "$2" --namespace "$3" -f "$4" | grep -q -- "- --max-instance-routes=5000000$"' \
+  "$helm" "$release" "$chart" "$namespace" "$work/large-limit.yaml"
 run "chart renders: schemas (Kubernetes ${k8s_versions[*]}, CRDs)" validate_files "$work/v-chart" "$work"/render/*.yaml
 
 echo "== generated files in sync"
