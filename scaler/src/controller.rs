@@ -661,6 +661,19 @@ impl TargetLoop {
         self.ctx
             .metrics
             .decision_seconds(started.elapsed().as_secs_f64());
+        tracing::debug!(
+            target = %self.key,
+            stable = observation.stable,
+            panic = observation.panic,
+            burst = ?observation.burst,
+            freshness = ?observation.freshness,
+            sources,
+            current = scale.replicas,
+            ready = scale.ready,
+            desired = decision.desired,
+            in_panic = decision.panic,
+            "decided"
+        );
         self.last_decision = Some(decision);
         self.ctx.metrics.target(
             &self.key,
