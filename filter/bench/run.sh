@@ -170,10 +170,21 @@ for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"), ("
     print(f"| {label} | {rps:.0f} | {p50:.3f} | {p99:.3f} | {rps / med['empty'][0]:.1%} | "
           f"{cpu:.1f} | {med['empty'][3] / cpu:.1%} | {rounds_rps} | {rounds_cpu} |")
 bad = sum(x[3] for xs in by.values() for x in xs)
+# Paired per round: the variants of one round ran back to back, so their ratio cancels the
+# machine's slow drift, which the medians of each variant alone do not.
+def paired(i, invert=False):
+    ratios = [(e[i] / s[i]) if invert else (s[i] / e[i]) for s, e in zip(by["surge"], by["empty"])]
+    q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
+    return statistics.median(ratios), q[0], q[2]
+tp, tp_lo, tp_hi = paired(0)
+cap, cap_lo, cap_hi = paired(4, invert=True)
 print()
 print(f"surge/empty, medians: throughput **{med['surge'][0] / med['empty'][0]:.1%}**, "
       f"CPU-based capacity (empty CPU per request / surge CPU per request) "
       f"**{med['empty'][3] / med['surge'][3]:.1%}**; non-2xx responses over all runs: {bad}")
+print(f"surge/empty, paired per round (median, interquartile range): throughput "
+      f"**{tp:.1%}** ({tp_lo:.1%}-{tp_hi:.1%}), CPU-based capacity **{cap:.1%}** "
+      f"({cap_lo:.1%}-{cap_hi:.1%})")
 print(f"surge_filter.wasm: {os.path.getsize(surge_wasm)} bytes "
       f"({os.path.getsize(surge_wasm) / 1024:.1f} KiB); empty_filter.wasm: "
       f"{os.path.getsize(empty_wasm)} bytes")
