@@ -413,12 +413,13 @@ pub fn write_outputs(result: &RunResult, out_dir: &Path) -> Result<(), RunError>
     let svg = out_dir.join("chart.svg");
     std::fs::write(&svg, crate::chart::render(result)).map_err(io("write chart.svg"))?;
     // A PNG too when librsvg's converter is installed (Debian: librsvg2-bin); optional.
-    let _ = std::process::Command::new("rsvg-convert")
+    let mut convert = std::process::Command::new("rsvg-convert");
+    convert
         .arg(&svg)
         .arg("-o")
         .arg(out_dir.join("chart.png"))
-        .stderr(std::process::Stdio::null())
-        .status();
+        .stderr(std::process::Stdio::null());
+    let _ = crate::process::status(convert);
     Ok(())
 }
 
