@@ -217,6 +217,36 @@ pub struct RunResult {
     /// Every request the embedded API received, counted by method, path and status (what the
     /// scaler asked of "Kubernetes", and whether it got it).
     pub api_calls: Vec<ApiCalls>,
+    /// Whether `chart.png` was written (unset until the outputs are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub png_chart: Option<PngChart>,
+}
+
+/// What became of `chart.png`, which needs librsvg's `rsvg-convert` on the PATH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PngChart {
+    /// Written to this file.
+    Written(std::path::PathBuf),
+    /// No `rsvg-convert` on the PATH.
+    NoConverter,
+    /// `rsvg-convert` ran and did not write the file; why.
+    Failed(String),
+}
+
+impl PngChart {
+    /// One sentence for people: where the PNG is, or why there is none.
+    pub fn sentence(&self) -> String {
+        match self {
+            Self::Written(path) => format!("PNG chart: {}.", path.display()),
+            Self::NoConverter => "No PNG chart: rsvg-convert is not on the PATH (Debian: \
+                 apt-get install librsvg2-bin); chart.svg has the same chart."
+                .into(),
+            Self::Failed(why) => {
+                format!("No PNG chart: rsvg-convert failed ({why}); chart.svg has the same chart.")
+            }
+        }
+    }
 }
 
 /// Requests with the same method, path and answer.
@@ -457,6 +487,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         timeline,
         scale_writes,
         api_calls: count_calls(c.requests),
+        png_chart: None,
     }
 }
 
@@ -541,6 +572,10 @@ pub fn summary_text(result: &RunResult) -> String {
         "replicas: max desired {}, max ready {}; scale writes {} ({} down)\n",
         s.max_desired, s.max_ready, s.scale_writes, s.scale_downs
     ));
+    if let Some(png) = &result.png_chart {
+        out.push_str(&png.sentence());
+        out.push('\n');
+    }
     out
 }
 
@@ -730,6 +765,7 @@ load:
                 timeline: Vec::new(),
                 scale_writes: Vec::new(),
                 api_calls: Vec::new(),
+                png_chart: None,
             })
             .contains("89.66 % (5000 requests: 1483 slower, 3000 failed)")
         );
