@@ -527,7 +527,7 @@ impl Envoy {
             Some(id) => command.arg("--base-id").arg(id.to_string()),
             None => command.arg("--use-dynamic-base-id"),
         };
-        let mut process = ChildGuard::spawn("envoy", &mut command)?;
+        let mut process = ChildGuard::spawn("envoy", command)?;
 
         let deadline = Instant::now() + options.ready_timeout;
         let admin = loop {

@@ -73,7 +73,8 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
         startup_delay_ms: Option<u64>,
     },
-    /// Draw `chart.svg` again from a `result.json`, next to it.
+    /// Draw `chart.svg` (and `chart.png` when rsvg-convert is installed) again from a
+    /// `result.json`, next to it.
     Chart {
         /// A result.json written by `run`.
         result: PathBuf,
@@ -248,6 +249,8 @@ fn redraw(result_path: &std::path::Path) -> Result<(), String> {
     std::fs::write(&svg, surge_sandbox::chart::render(&result))
         .map_err(|e| format!("cannot write {}: {e}", svg.display()))?;
     println!("wrote {}", svg.display());
+    let png = surge_sandbox::run::write_png(&svg, &result_path.with_file_name("chart.png"));
+    println!("{}", png.sentence());
     Ok(())
 }
 

@@ -79,10 +79,10 @@ enum Phase {
     Failed,
 }
 
-/// A started pod. Its Envoy lives on a dedicated thread that owns it: Envoy sets
-/// `PR_SET_PDEATHSIG` (SIGTERM when the *thread* that spawned it exits), so it must not be
-/// spawned from a pooled thread that may retire while the pod runs (tokio's blocking threads
-/// retire after 10 s idle). Dropping the runtime stops that thread, which kills the Envoy.
+/// A started pod. Its Envoy lives on a thread of its own, which starts it (blocking until it is
+/// ready) and kills it when the pod stops; dropping the runtime stops that thread. (Which thread
+/// owns it does not matter for `PR_SET_PDEATHSIG`: every child is forked by the process-lifetime
+/// spawner of [`crate::process`].)
 struct PodRuntime {
     app: App,
     listener: SocketAddr,
@@ -220,11 +220,12 @@ fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<PodRuntime
                 Ok(envoy) => {
                     // Back to normal priority once ready (root may lower niceness; elsewhere the
                     // pod keeps serving at nice 19, like the other pods).
-                    let _ = std::process::Command::new("renice")
+                    let mut renice = std::process::Command::new("renice");
+                    renice
                         .args(["-n", "0", "-p", &envoy.pid().to_string()])
                         .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null())
-                        .status();
+                        .stderr(std::process::Stdio::null());
+                    let _ = crate::process::status(renice);
                     let _ = ready_tx.send(Ok(envoy.listener_addr()));
                     // Park until the pod is stopped (sender dropped), then kill Envoy.
                     let _ = stop_rx.recv();

@@ -89,13 +89,22 @@ pub struct Summary {
     pub first_scale_patch_ms: Option<f64>,
     /// From the step until enough pods were ready, in milliseconds.
     pub enough_capacity_ms: Option<f64>,
-    /// Seconds in which the offered load exceeded the ready capacity.
+    /// Whole seconds played in which the offered load exceeded the ready capacity.
     pub overloaded_seconds: u32,
-    /// Requests scheduled.
+    /// Requests scheduled, the last partial second of an interrupted run included: the sum of
+    /// those answered within the objective, `slow`, `failed` and `unfinished`.
     pub requests: u64,
+    /// Requests answered 2xx slower than the objective.
+    #[serde(default)]
+    pub slow: u64,
     /// Requests that failed.
     pub failed: u64,
-    /// Share of requests that failed or were slower than the objective.
+    /// Requests still unanswered when an interrupted run stopped (0 when the run played out:
+    /// it waits for every request to be answered or to time out).
+    #[serde(default)]
+    pub unfinished: u64,
+    /// Share of the requests not answered 2xx within the objective (slow, failed or
+    /// unfinished), within 0..=1.
     pub over_slo_share: f64,
     /// Latency objective in milliseconds.
     pub slo_ms: u64,
@@ -105,14 +114,85 @@ pub struct Summary {
     pub p99_ms: Option<f64>,
     /// Pod-seconds consumed (starting, ready and draining pods) while the load ran.
     pub pod_seconds: f64,
-    /// Highest `spec.replicas`.
+    /// Highest `spec.replicas` while the load ran.
     pub max_desired: u32,
-    /// Most ready pods.
+    /// Most ready pods while the load ran.
     pub max_ready: u32,
-    /// Accepted scale writes.
+    /// Accepted scale writes while the load ran.
     pub scale_writes: usize,
-    /// Accepted scale writes that lowered the replicas.
+    /// Accepted scale writes while the load ran that lowered the replicas.
     pub scale_downs: usize,
+}
+
+/// What became of a set of scheduled requests. Each request is in exactly one field and
+/// [`Outcomes::requests`] is their sum, so every share of it lies within 0..=1 whatever the
+/// records say.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Outcomes {
+    /// Answered 2xx within the objective.
+    pub within_slo: u64,
+    /// Answered 2xx slower than the objective.
+    pub slow: u64,
+    /// Failed: answered otherwise than 2xx, a transport error, a timeout or no ready pod.
+    pub failed: u64,
+    /// Scheduled and neither answered nor failed (in flight when an interrupted run stopped).
+    pub unfinished: u64,
+}
+
+impl Outcomes {
+    /// Classifies the requests scheduled in one second against an objective of `slo_us`.
+    pub fn of(stats: &SecondStats, slo_us: u64) -> Self {
+        let slow = stats.latencies_us.iter().filter(|l| **l > slo_us).count() as u64;
+        let answered = stats.ok();
+        Self {
+            within_slo: answered - slow,
+            slow,
+            failed: stats.errors,
+            // Saturating: should more outcomes than requests ever be recorded, the parts
+            // (and so `requests`) count them rather than the share leaving 0..=1.
+            unfinished: stats.sent.saturating_sub(answered + stats.errors),
+        }
+    }
+
+    /// Every request: the sum of the parts.
+    pub fn requests(&self) -> u64 {
+        self.within_slo + self.slow + self.failed + self.unfinished
+    }
+
+    /// Requests answered 2xx.
+    pub fn ok(&self) -> u64 {
+        self.within_slo + self.slow
+    }
+
+    /// Share of the requests not answered 2xx within the objective: a request unanswered when
+    /// the run stopped counts against it, as nothing showed it met the objective.
+    pub fn over_slo_share(&self) -> f64 {
+        let requests = self.requests();
+        if requests == 0 {
+            0.0
+        } else {
+            (requests - self.within_slo) as f64 / requests as f64
+        }
+    }
+}
+
+impl std::ops::Add for Outcomes {
+    type Output = Self;
+
+    fn add(self, other: Self) -> Self {
+        Self {
+            within_slo: self.within_slo + other.within_slo,
+            slow: self.slow + other.slow,
+            failed: self.failed + other.failed,
+            unfinished: self.unfinished + other.unfinished,
+        }
+    }
+}
+
+impl std::iter::Sum for Outcomes {
+    fn sum<I: Iterator<Item = Self>>(iter: I) -> Self {
+        iter.fold(Self::default(), |a, b| a + b)
+    }
 }
 
 /// Everything a run produced (`result.json`).
@@ -137,6 +217,36 @@ pub struct RunResult {
     /// Every request the embedded API received, counted by method, path and status (what the
     /// scaler asked of "Kubernetes", and whether it got it).
     pub api_calls: Vec<ApiCalls>,
+    /// Whether `chart.png` was written (unset until the outputs are).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub png_chart: Option<PngChart>,
+}
+
+/// What became of `chart.png`, which needs librsvg's `rsvg-convert` on the PATH.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PngChart {
+    /// Written to this file.
+    Written(std::path::PathBuf),
+    /// No `rsvg-convert` on the PATH.
+    NoConverter,
+    /// `rsvg-convert` ran and did not write the file; why.
+    Failed(String),
+}
+
+impl PngChart {
+    /// One sentence for people: where the PNG is, or why there is none.
+    pub fn sentence(&self) -> String {
+        match self {
+            Self::Written(path) => format!("PNG chart: {}.", path.display()),
+            Self::NoConverter => "No PNG chart: rsvg-convert is not on the PATH (Debian: \
+                 apt-get install librsvg2-bin); chart.svg has the same chart."
+                .into(),
+            Self::Failed(why) => {
+                format!("No PNG chart: rsvg-convert failed ({why}); chart.svg has the same chart.")
+            }
+        }
+    }
 }
 
 /// Requests with the same method, path and answer.
@@ -253,17 +363,21 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         .map(|p| (p.t, f64::from(p.desired)))
         .collect();
 
-    let played = c.played_seconds.floor() as usize;
-    let rows: Vec<SecondRow> = (0..played.min(c.seconds.len().max(played)))
+    // Only what happened while the load played counts in the summary: afterwards the sandbox
+    // still waits for the last requests (up to their timeout) while the scaler and pods go on.
+    let end = c.played_seconds;
+    let played = end.floor() as usize;
+    let rows: Vec<SecondRow> = (0..played)
         .map(|s| {
             let stats = c.seconds.get(s).cloned().unwrap_or_default();
+            let outcomes = Outcomes::of(&stats, slo_us);
             let ready = integrate(&ready_fn, s as f64, s as f64 + 1.0);
             SecondRow {
                 t: s as u64,
-                offered_rps: stats.sent as f64,
-                ok: stats.ok,
-                errors: stats.errors,
-                over_slo: stats.latencies_us.iter().filter(|l| **l > slo_us).count() as u64,
+                offered_rps: outcomes.requests() as f64,
+                ok: outcomes.ok(),
+                errors: outcomes.failed,
+                over_slo: outcomes.slow,
                 p50_ms: stats.quantile_ms(0.5),
                 p99_ms: stats.quantile_ms(0.99),
                 ready,
@@ -287,20 +401,26 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         })
         .collect();
 
-    let step_at = scenario.step_at();
+    // A step the run did not reach (cut short before it) has no reaction to measure.
+    let step_at = scenario.step_at().filter(|s| *s <= end);
     let step_rps = step_at.map(|s| scenario.rate_at(s + 0.5));
     let pods_needed = step_rps.map(|r| (r / capacity).ceil().max(1.0) as u32);
+    let accepted: Vec<&ScaleWrite> = scale_writes
+        .iter()
+        .filter(|w| w.t <= end && (200..300).contains(&w.status))
+        .collect();
+    let played_timeline: Vec<&TimelinePoint> = timeline.iter().filter(|p| p.t <= end).collect();
     let first_scale_patch_ms = step_at.and_then(|s| {
-        scale_writes
+        accepted
             .iter()
-            .find(|w| w.t >= s && (200..300).contains(&w.status))
+            .find(|w| w.t >= s)
             .map(|w| (w.t - s) * 1000.0)
     });
     let enough_capacity_ms = step_at.zip(pods_needed).and_then(|(s, needed)| {
         if value_at(&ready_fn, s) >= f64::from(needed) {
             return Some(0.0);
         }
-        timeline
+        played_timeline
             .iter()
             .find(|p| p.t >= s && p.ready >= needed)
             .map(|p| (p.t - s) * 1000.0)
@@ -310,7 +430,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
             c.reports
                 .iter()
                 .map(|r| (since(c.start, r.at), r.surge))
-                .find(|(t, surge)| *t >= s && (*surge || !surge_only))
+                .find(|(t, surge)| *t >= s && *t <= end && (*surge || !surge_only))
                 .map(|(t, _)| (t - s) * 1000.0)
         })
     };
@@ -319,15 +439,11 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         .iter()
         .flat_map(|s| s.latencies_us.iter().copied())
         .collect();
-    let requests: u64 = c.seconds.iter().map(|s| s.sent).sum();
-    let failed: u64 = c.seconds.iter().map(|s| s.errors).sum();
-    let slow = all.iter().filter(|l| **l > slo_us).count() as u64;
-    let mut previous: Option<i64> = None;
+    let outcomes: Outcomes = c.seconds.iter().map(|s| Outcomes::of(s, slo_us)).sum();
+    // The Deployment starts at minReplicas, so a first write below that is a scale-down too.
+    let mut previous = Some(i64::from(scenario.scaler.min_replicas));
     let mut scale_downs = 0;
-    for w in scale_writes
-        .iter()
-        .filter(|w| (200..300).contains(&w.status))
-    {
+    for w in &accepted {
         if let (Some(p), Some(r)) = (previous, w.replicas)
             && r < p
         {
@@ -347,23 +463,18 @@ pub fn build(c: &Collected<'_>) -> RunResult {
             .iter()
             .filter(|r| r.offered_rps > r.ready_capacity_rps + 0.5)
             .count() as u32,
-        requests,
-        failed,
-        over_slo_share: if requests == 0 {
-            0.0
-        } else {
-            (slow + failed) as f64 / requests as f64
-        },
+        requests: outcomes.requests(),
+        slow: outcomes.slow,
+        failed: outcomes.failed,
+        unfinished: outcomes.unfinished,
+        over_slo_share: outcomes.over_slo_share(),
         slo_ms: scenario.slo_ms,
         p50_ms: quantile_us(&all, 0.5).map(|v| v as f64 / 1000.0),
         p99_ms: quantile_us(&all, 0.99).map(|v| v as f64 / 1000.0),
-        pod_seconds: integrate(&running_fn, 0.0, c.played_seconds),
-        max_desired: timeline.iter().map(|p| p.desired).max().unwrap_or(0),
-        max_ready: timeline.iter().map(|p| p.ready).max().unwrap_or(0),
-        scale_writes: scale_writes
-            .iter()
-            .filter(|w| (200..300).contains(&w.status))
-            .count(),
+        pod_seconds: integrate(&running_fn, 0.0, end),
+        max_desired: played_timeline.iter().map(|p| p.desired).max().unwrap_or(0),
+        max_ready: played_timeline.iter().map(|p| p.ready).max().unwrap_or(0),
+        scale_writes: accepted.len(),
         scale_downs,
     };
     RunResult {
@@ -376,6 +487,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         timeline,
         scale_writes,
         api_calls: count_calls(c.requests),
+        png_chart: None,
     }
 }
 
@@ -434,11 +546,17 @@ pub fn summary_text(result: &RunResult) -> String {
         "seconds overloaded:             {}\n",
         s.overloaded_seconds
     ));
+    let unfinished = if s.unfinished > 0 {
+        format!(", {} unanswered when the run stopped", s.unfinished)
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "requests over {} ms or failed:  {:.2} % ({} requests, {} failed)\n",
+        "requests over {} ms or failed:  {:.2} % ({} requests: {} slower, {} failed{unfinished})\n",
         s.slo_ms,
         s.over_slo_share * 100.0,
         s.requests,
+        s.slow,
         s.failed
     ));
     out.push_str(&format!(
@@ -454,12 +572,349 @@ pub fn summary_text(result: &RunResult) -> String {
         "replicas: max desired {}, max ready {}; scale writes {} ({} down)\n",
         s.max_desired, s.max_ready, s.scale_writes, s.scale_downs
     ));
+    if let Some(png) = &result.png_chart {
+        out.push_str(&png.sentence());
+        out.push('\n');
+    }
     out
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
     use super::*;
+
+    /// 2 s at 10 rps, then 8 s at 40 rps (a step at 2 s needing 1 pod of 100 rps), 250 ms
+    /// objective, minReplicas 2.
+    fn scenario() -> Scenario {
+        Scenario::parse(
+            "name: hand-made
+slo_ms: 250
+scaler: {min_replicas: 2, max_replicas: 6}
+load:
+  - steady: {rps: 10, seconds: 2}
+  - steady: {rps: 40, seconds: 8}
+",
+        )
+        .unwrap()
+    }
+
+    /// One second's records: `sent` scheduled, `errors` failed, 2xx answered after `ms`.
+    fn second(sent: u64, errors: u64, ms: &[u64]) -> SecondStats {
+        SecondStats {
+            sent,
+            errors,
+            no_endpoint: 0,
+            latencies_us: ms.iter().map(|ms| ms * 1000).collect(),
+        }
+    }
+
+    fn at(start: Instant, t: f64) -> Instant {
+        if t >= 0.0 {
+            start + Duration::from_secs_f64(t)
+        } else {
+            start - Duration::from_secs_f64(-t)
+        }
+    }
+
+    fn pods(start: Instant, points: &[(f64, u32, u32, u32)]) -> Vec<PodCounts> {
+        points
+            .iter()
+            .map(|&(t, desired, ready, running)| PodCounts {
+                at: at(start, t),
+                desired,
+                replicas: desired,
+                ready,
+                running,
+            })
+            .collect()
+    }
+
+    fn scale_write(start: Instant, t: f64, replicas: u32) -> RequestRecord {
+        RequestRecord {
+            received: at(start, t),
+            unix_ms: 0,
+            method: "PATCH".into(),
+            path: "/apis/apps/v1/namespaces/default/deployments/app/scale".into(),
+            query: String::new(),
+            content_type: Some("application/merge-patch+json".into()),
+            field_manager: Some("surge-scaler".into()),
+            status: 200,
+            body: Some(format!(r#"{{"spec":{{"replicas":{replicas}}}}}"#)),
+        }
+    }
+
+    fn summary_of(seconds: &[SecondStats], played: f64) -> Summary {
+        let scenario = scenario();
+        let start = Instant::now();
+        build(&Collected {
+            scenario: &scenario,
+            start,
+            played_seconds: played,
+            seconds,
+            pods: &pods(start, &[(-1.0, 2, 2, 2)]),
+            requests: &[],
+            reports: &[],
+            failure: None,
+            interrupted: false,
+        })
+        .summary
+    }
+
+    #[test]
+    fn the_share_over_the_objective_counts_each_request_once() {
+        let fast = [10; 6];
+        struct Case {
+            name: &'static str,
+            seconds: Vec<SecondStats>,
+            played: f64,
+            // requests, slow, failed, unfinished, share
+            expect: (u64, u64, u64, u64, f64),
+        }
+        let cases = [
+            Case {
+                name: "all answered within the objective",
+                seconds: vec![second(6, 0, &fast)],
+                played: 1.0,
+                expect: (6, 0, 0, 0, 0.0),
+            },
+            Case {
+                name: "a slow answer counts once, at the objective is within it",
+                seconds: vec![second(4, 0, &[250, 251, 10, 900])],
+                played: 1.0,
+                expect: (4, 2, 0, 0, 0.5),
+            },
+            Case {
+                name: "timeouts and 503s are failures only, never also slow",
+                seconds: vec![second(4, 4, &[])],
+                played: 1.0,
+                expect: (4, 0, 4, 0, 1.0),
+            },
+            Case {
+                name: "requests are counted by their scheduled second",
+                seconds: vec![second(2, 1, &[10]), second(3, 0, &[300, 300, 300])],
+                played: 2.0,
+                expect: (5, 3, 1, 0, 0.8),
+            },
+            Case {
+                name: "requests in flight when an interrupted run stopped count against it",
+                seconds: vec![
+                    second(6, 0, &fast),
+                    second(10, 1, &[10, 10, 10, 10, 10, 10]),
+                ],
+                played: 1.4,
+                expect: (16, 0, 1, 3, 0.25),
+            },
+            Case {
+                name: "more outcomes than requests still add up and stay within 0..=1",
+                seconds: vec![second(2, 2, &[300, 300])],
+                played: 1.0,
+                expect: (4, 2, 2, 0, 1.0),
+            },
+        ];
+        for case in cases {
+            let s = summary_of(&case.seconds, case.played);
+            assert_eq!(
+                (s.requests, s.slow, s.failed, s.unfinished),
+                (case.expect.0, case.expect.1, case.expect.2, case.expect.3),
+                "{}",
+                case.name
+            );
+            assert!(
+                (s.over_slo_share - case.expect.4).abs() < 1e-9,
+                "{}: share {}",
+                case.name,
+                s.over_slo_share
+            );
+        }
+    }
+
+    #[test]
+    fn records_that_once_gave_149_66_percent_give_a_share_within_100_percent() {
+        // Until a4af937 the generator kept the latency of every answer, 503s too, and counted
+        // the 503s in `errors` as well: a 503 slower than the objective was counted twice.
+        // 5000 requests: 3000 slow 503s, 1483 slow and 517 fast 2xx.
+        let mut old_latencies = vec![300; 3000 + 1483];
+        old_latencies.extend([10; 517]);
+        let as_recorded = second(5000, 3000, &old_latencies);
+        let old_share =
+            (old_latencies.iter().filter(|ms| **ms > 250).count() as f64 + 3000.0) / 5000.0;
+        assert_eq!(format!("{:.2}", old_share * 100.0), "149.66");
+
+        // The same records today: bounded, and the parts add up.
+        let s = summary_of(std::slice::from_ref(&as_recorded), 1.0);
+        assert!(s.over_slo_share <= 1.0, "{}", s.over_slo_share);
+        assert_eq!(s.requests, s.slow + s.failed + 517 + s.unfinished);
+
+        // As the generator records them now (the 503s in `errors` only): 89.66 %.
+        let mut latencies = vec![300; 1483];
+        latencies.extend([10; 517]);
+        let s = summary_of(&[second(5000, 3000, &latencies)], 1.0);
+        assert_eq!(format!("{:.2}", s.over_slo_share * 100.0), "89.66");
+        assert!(
+            summary_text(&RunResult {
+                scenario: scenario(),
+                interrupted: false,
+                failure: None,
+                capacity_per_pod_rps: 100.0,
+                summary: s,
+                seconds: Vec::new(),
+                timeline: Vec::new(),
+                scale_writes: Vec::new(),
+                api_calls: Vec::new(),
+                png_chart: None,
+            })
+            .contains("89.66 % (5000 requests: 1483 slower, 3000 failed)")
+        );
+    }
+
+    #[test]
+    fn what_happens_after_the_load_ends_is_left_out_of_the_summary() {
+        let scenario = scenario();
+        let start = Instant::now();
+        // Played 4.5 s of 10 (interrupted): the step at 2 s is in; a third pod ready at 5 s,
+        // a write at 4 s and one at 6 s (while the last requests drain), a report at 5 s.
+        let seconds = vec![second(10, 0, &[10; 10]); 5];
+        let timeline = pods(
+            start,
+            &[
+                (-1.0, 2, 2, 2),
+                (4.0, 3, 2, 3),
+                (5.0, 3, 3, 3),
+                (6.0, 1, 1, 3),
+            ],
+        );
+        let result = build(&Collected {
+            scenario: &scenario,
+            start,
+            played_seconds: 4.5,
+            seconds: &seconds,
+            pods: &timeline,
+            requests: &[scale_write(start, 4.0, 3), scale_write(start, 6.0, 1)],
+            reports: &[ReportSeen {
+                at: at(start, 5.0),
+                pod: "app-0".into(),
+                surge: true,
+                status: 200,
+            }],
+            failure: None,
+            interrupted: true,
+        });
+        let s = &result.summary;
+        assert_eq!(s.step_at_s, Some(2.0));
+        // The step needs 1 pod and 2 were ready: enough at once.
+        assert_eq!(s.enough_capacity_ms, Some(0.0));
+        assert_eq!(s.first_scale_patch_ms.map(f64::round), Some(2000.0));
+        assert_eq!(s.first_surge_report_ms, None);
+        assert_eq!((s.scale_writes, s.scale_downs), (1, 0));
+        assert_eq!((s.max_desired, s.max_ready), (3, 2));
+        // 2 pods for 4 s, 3 for the last 0.5 s.
+        assert!((s.pod_seconds - 9.5).abs() < 1e-9, "{}", s.pod_seconds);
+        // Whole seconds only; the partial one is still in the request count.
+        assert_eq!(result.seconds.len(), 4);
+        assert_eq!(s.requests, 50);
+        // The log keeps every write.
+        assert_eq!(result.scale_writes.len(), 2);
+    }
+
+    #[test]
+    fn a_step_the_run_did_not_reach_has_no_reaction() {
+        let s = summary_of(&[second(10, 0, &[10; 10])], 1.5);
+        assert_eq!(s.step_at_s, None);
+        assert_eq!(s.enough_capacity_ms, None);
+        assert_eq!(s.pods_needed, None);
+    }
+
+    #[test]
+    fn time_to_enough_capacity_starts_at_the_step() {
+        let scenario = Scenario::parse(
+            "name: big-step
+scaler: {min_replicas: 1, max_replicas: 6}
+load:
+  - steady: {rps: 10, seconds: 2}
+  - steady: {rps: 250, seconds: 4}
+",
+        )
+        .unwrap();
+        let start = Instant::now();
+        let timeline = pods(
+            start,
+            &[
+                (-1.0, 1, 1, 1),
+                (2.2, 3, 1, 3),
+                (3.0, 3, 2, 3),
+                (4.25, 3, 3, 3),
+            ],
+        );
+        let summary = |played_seconds: f64| {
+            build(&Collected {
+                scenario: &scenario,
+                start,
+                played_seconds,
+                seconds: &[],
+                pods: &timeline,
+                requests: &[],
+                reports: &[],
+                failure: None,
+                interrupted: false,
+            })
+            .summary
+        };
+        assert_eq!(summary(6.0).pods_needed, Some(3));
+        let ms = summary(6.0).enough_capacity_ms.unwrap();
+        assert!((ms - 2250.0).abs() < 1e-6, "{ms}");
+        // Capacity that came only after the run stopped is not "enough" within it.
+        assert_eq!(summary(4.0).enough_capacity_ms, None);
+    }
+
+    proptest! {
+        #[test]
+        fn the_summary_stays_within_its_bounds_whatever_the_records(
+            records in proptest::collection::vec(
+                (0u64..50, 0u64..50, proptest::collection::vec(0u64..2000, 0..50)),
+                0..12,
+            ),
+            counts in proptest::collection::vec((0.0f64..12.0, 0u32..6, 0u32..6, 0u32..6), 0..10),
+            played in 0.0f64..12.0,
+        ) {
+            let scenario = scenario();
+            let start = Instant::now();
+            let seconds: Vec<SecondStats> =
+                records.iter().map(|(sent, errors, ms)| second(*sent, *errors, ms)).collect();
+            let mut counts = counts;
+            counts.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let timeline = pods(start, &counts);
+            let result = build(&Collected {
+                scenario: &scenario,
+                start,
+                played_seconds: played,
+                seconds: &seconds,
+                pods: &timeline,
+                requests: &[],
+                reports: &[],
+                failure: None,
+                interrupted: false,
+            });
+            let s = &result.summary;
+            prop_assert!((0.0..=1.0).contains(&s.over_slo_share), "share {}", s.over_slo_share);
+            prop_assert!(s.slow + s.failed + s.unfinished <= s.requests);
+            prop_assert!(s.requests >= seconds.iter().map(|r| r.sent).sum::<u64>());
+            prop_assert!(f64::from(s.overloaded_seconds) <= played.floor());
+            let most_running = counts.iter().map(|c| c.3).max().unwrap_or(0);
+            prop_assert!(s.pod_seconds >= 0.0);
+            prop_assert!(s.pod_seconds <= f64::from(most_running) * played + 1e-9);
+            if let (Some(step), Some(ms)) = (s.step_at_s, s.enough_capacity_ms) {
+                prop_assert!(ms >= 0.0 && ms <= (played - step) * 1000.0 + 1e-6, "{ms}");
+            }
+            for row in &result.seconds {
+                prop_assert!(row.ok + row.errors <= row.offered_rps as u64);
+                prop_assert!(row.over_slo <= row.ok);
+            }
+        }
+    }
 
     #[test]
     fn integrate_a_step_function() {

@@ -25,7 +25,7 @@ use crate::envoy::{EnvoyError, locate_envoy, locate_filter_wasm};
 use crate::kubeapi::{KubeApi, Options, resources};
 use crate::load::{self, Recorder};
 use crate::pods::{PodTemplate, Pods};
-use crate::report::{self, Collected, RunResult};
+use crate::report::{self, Collected, PngChart, RunResult};
 use crate::scaler::{Scaler, ScalerError, ScalerOptions, free_port, locate_scaler};
 use crate::scenario::{Fault, Reachability, Scenario};
 use crate::tap::{ReportSeen, Tap};
@@ -390,7 +390,7 @@ pub async fn run(
     sandbox.shutdown().await;
 
     let seconds = recorder.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let result = report::build(&Collected {
+    let mut result = report::build(&Collected {
         scenario,
         start,
         played_seconds: played,
@@ -401,25 +401,46 @@ pub async fn run(
         failure,
         interrupted,
     });
-    write_outputs(&result, &options.out_dir)?;
+    write_outputs(&mut result, &options.out_dir)?;
     Ok(result)
 }
 
-/// Writes `result.json`, `chart.svg` and, when `rsvg-convert` is installed, `chart.png`.
-pub fn write_outputs(result: &RunResult, out_dir: &Path) -> Result<(), RunError> {
+/// Writes `chart.svg`, `chart.png` when `rsvg-convert` is installed, and `result.json` (which
+/// says, as `result.png_chart` does once this returns, whether the PNG was written).
+pub fn write_outputs(result: &mut RunResult, out_dir: &Path) -> Result<(), RunError> {
+    let svg = out_dir.join("chart.svg");
+    std::fs::write(&svg, crate::chart::render(result)).map_err(io("write chart.svg"))?;
+    result.png_chart = Some(write_png(&svg, &out_dir.join("chart.png")));
     let json = serde_json::to_string_pretty(result)
         .map_err(|e| RunError::Setup(format!("encode the result: {e}")))?;
     std::fs::write(out_dir.join("result.json"), json).map_err(io("write result.json"))?;
-    let svg = out_dir.join("chart.svg");
-    std::fs::write(&svg, crate::chart::render(result)).map_err(io("write chart.svg"))?;
-    // A PNG too when librsvg's converter is installed (Debian: librsvg2-bin); optional.
-    let _ = std::process::Command::new("rsvg-convert")
-        .arg(&svg)
-        .arg("-o")
-        .arg(out_dir.join("chart.png"))
-        .stderr(std::process::Stdio::null())
-        .status();
     Ok(())
+}
+
+/// Converts `svg` to `png` with librsvg's `rsvg-convert` (Debian: librsvg2-bin), if installed:
+/// a Rust rasteriser would cost a large dependency tree to build, for a chart the SVG already
+/// shows. A `png` left by an earlier run is removed when no new one is written, so it cannot
+/// pass for this run's.
+pub fn write_png(svg: &Path, png: &Path) -> PngChart {
+    convert_with(std::process::Command::new("rsvg-convert"), svg, png)
+}
+
+/// Runs `convert SVG -o PNG`.
+fn convert_with(mut convert: std::process::Command, svg: &Path, png: &Path) -> PngChart {
+    let _ = std::fs::remove_file(png);
+    convert
+        .arg(svg)
+        .arg("-o")
+        .arg(png)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    match crate::process::status(convert) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => PngChart::NoConverter,
+        Err(e) => PngChart::Failed(e.to_string()),
+        Ok(status) if !status.success() => PngChart::Failed(status.to_string()),
+        Ok(_) if !png.is_file() => PngChart::Failed("it wrote no file".into()),
+        Ok(_) => PngChart::Written(png.to_path_buf()),
+    }
 }
 
 fn live_line(scenario: &Scenario, second: u64, recorder: &Recorder, pods: Option<&Pods>) -> String {
@@ -442,4 +463,64 @@ fn live_line(scenario: &Scenario, second: u64, recorder: &Recorder, pods: Option
         counts.map_or(0, |c| c.desired),
         stats.errors
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("surge-png-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("chart.svg"), "<svg/>").unwrap();
+        dir
+    }
+
+    #[test]
+    fn without_a_converter_the_summary_says_so_and_an_old_png_is_removed() {
+        let dir = dir("none");
+        std::fs::write(dir.join("chart.png"), "from an earlier run").unwrap();
+        let png = convert_with(
+            std::process::Command::new("/nonexistent/rsvg-convert"),
+            &dir.join("chart.svg"),
+            &dir.join("chart.png"),
+        );
+        assert_eq!(png, PngChart::NoConverter);
+        assert!(png.sentence().contains("rsvg-convert is not on the PATH"));
+        assert!(!dir.join("chart.png").exists());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_converter_that_fails_is_named_with_its_exit_status() {
+        let dir = dir("fails");
+        let png = convert_with(
+            std::process::Command::new("false"),
+            &dir.join("chart.svg"),
+            &dir.join("chart.png"),
+        );
+        assert!(matches!(png, PngChart::Failed(_)), "{png:?}");
+        assert!(
+            png.sentence().contains("exit status: 1"),
+            "{}",
+            png.sentence()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_written_png_is_pointed_to() {
+        let dir = dir("written");
+        // Stands in for rsvg-convert: `SVG -o PNG` become $1 $2 $3.
+        let mut fake = std::process::Command::new("sh");
+        fake.args(["-c", r#"cp "$1" "$3""#, "fake-rsvg-convert"]);
+        let png = convert_with(fake, &dir.join("chart.svg"), &dir.join("chart.png"));
+        assert_eq!(png, PngChart::Written(dir.join("chart.png")));
+        assert_eq!(
+            png.sentence(),
+            format!("PNG chart: {}.", dir.join("chart.png").display())
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -140,7 +140,7 @@ impl Scaler {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err);
-        let mut process = ChildGuard::spawn("surge-scaler", &mut command)?;
+        let mut process = ChildGuard::spawn("surge-scaler", command)?;
         let deadline = Instant::now() + ready_timeout;
         loop {
             if let Ok(Some(status)) = process.try_status() {

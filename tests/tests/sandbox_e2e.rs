@@ -247,8 +247,8 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
     found
 }
 
-#[test]
-fn ctrl_c_stops_every_envoy_and_the_scaler() {
+/// The `surge-sandbox` binary (`$SURGE_SANDBOX_BIN`, else the debug build).
+fn sandbox_bin() -> PathBuf {
     let bin = std::env::var_os("SURGE_SANDBOX_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| workspace_root().join("target/debug/surge-sandbox"));
@@ -257,6 +257,12 @@ fn ctrl_c_stops_every_envoy_and_the_scaler() {
         "{} missing: run `make test` (it builds the workspace binaries)",
         bin.display()
     );
+    bin
+}
+
+#[test]
+fn ctrl_c_stops_every_envoy_and_the_scaler() {
+    let bin = sandbox_bin();
     let out = out_dir("interrupt");
     let mut child = std::process::Command::new(&bin)
         .args(["run", "--quiet", "--out"])
@@ -295,4 +301,134 @@ fn ctrl_c_stops_every_envoy_and_the_scaler() {
     assert!(!exit.success(), "an interrupted run reports failure");
     let left = processes_mentioning(&out_str);
     assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
+}
+
+/// What `/proc/<pid>/stat` says of a process: its name, state, parent and start time (clock
+/// ticks since boot; with the pid it names one process, even if the pid is reused).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProcStat {
+    pid: u32,
+    name: String,
+    state: char,
+    parent: u32,
+    started: u64,
+}
+
+fn proc_stat(pid: u32) -> Option<ProcStat> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (head, tail) = stat.rsplit_once(')')?;
+    let (_, name) = head.split_once('(')?;
+    // After the name: state, ppid, pgrp, ..., starttime (field 22 of stat, 20th after the name).
+    let fields: Vec<&str> = tail.split_whitespace().collect();
+    Some(ProcStat {
+        pid,
+        name: name.to_string(),
+        state: fields.first()?.chars().next()?,
+        parent: fields.get(1)?.parse().ok()?,
+        started: fields.get(19)?.parse().ok()?,
+    })
+}
+
+/// The live (not zombie) children of `parent`.
+fn children_of(parent: u32) -> Vec<ProcStat> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter_map(proc_stat)
+        .filter(|p| p.parent == parent && p.state != 'Z')
+        .collect()
+}
+
+/// True while the process `p` names still runs (same pid and start time, not a zombie).
+fn still_runs(p: &ProcStat) -> bool {
+    proc_stat(p.pid).is_some_and(|now| now.started == p.started && now.state != 'Z')
+}
+
+#[test]
+fn kill_9_of_the_sandbox_leaves_no_envoy_and_no_scaler_running() {
+    let bin = sandbox_bin();
+    let out = out_dir("kill_9");
+    std::fs::create_dir_all(&out).unwrap();
+    let scenario = out.join("scenario.yaml");
+    // Two pods from the start (no scale-up needed for two Envoys); the step starts more, so the
+    // kill lands while some Envoys serve and others are starting. 14 s of load in all, so a run
+    // the kill missed ends by itself.
+    std::fs::write(
+        &scenario,
+        "name: killed
+warmup_s: 2
+pods: {startup_delay_ms: 300}
+scaler: {min_replicas: 2, max_replicas: 4, target: 70}
+load:
+  - steady: {rps: 30, seconds: 2}
+  - steady: {rps: 300, seconds: 10}
+",
+    )
+    .unwrap();
+    let mut sandbox = std::process::Command::new(&bin)
+        .args(["run", "--quiet", "--out"])
+        .arg(&out)
+        .arg(&scenario)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = sandbox.id();
+    let count =
+        |children: &[ProcStat], name: &str| children.iter().filter(|p| p.name == name).count();
+    // The scaler starts once the first pods are ready, just before the load.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let children = children_of(pid);
+        if count(&children, "envoy") >= 2 && count(&children, "surge-scaler") == 1 {
+            break;
+        }
+        if let Some(exit) = sandbox.try_wait().unwrap() {
+            panic!("surge-sandbox exited ({exit}) before its Envoys and scaler ran");
+        }
+        if Instant::now() >= deadline {
+            let _ = sandbox.kill();
+            panic!("no 2 Envoys and a scaler within 90 s: {children:?}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Just past the step (warm-up 2 s + 2 s): new pods are being started.
+    std::thread::sleep(Duration::from_millis(4500));
+    let started = children_of(pid);
+    sandbox.kill().unwrap(); // SIGKILL: no destructor, no signal handler runs
+    sandbox.wait().unwrap();
+    println!("children at the kill: {started:?}");
+    assert!(
+        count(&started, "envoy") >= 2 && count(&started, "surge-scaler") == 1,
+        "children at the kill: {started:?}"
+    );
+
+    // Envoy gets SIGTERM (it sets its own death signal) and exits within milliseconds; the
+    // scaler gets SIGKILL. Also look for anything started after the snapshot (an Envoy names
+    // files under the output directory).
+    let out_str = out.to_string_lossy().into_owned();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let left = loop {
+        let mut left: Vec<ProcStat> = started.iter().filter(|p| still_runs(p)).cloned().collect();
+        let later: Vec<ProcStat> = processes_mentioning(&out_str)
+            .into_iter()
+            .filter_map(proc_stat)
+            .filter(|p| p.state != 'Z' && !left.iter().any(|l| l.pid == p.pid))
+            .collect();
+        left.extend(later);
+        if left.is_empty() || Instant::now() >= deadline {
+            break left;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for p in &left {
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &p.pid.to_string()])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "left running 15 s after kill -9 of the sandbox: {left:?}"
+    );
 }

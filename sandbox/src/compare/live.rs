@@ -79,7 +79,7 @@ pub fn system_result(run: &RunResult, event_s: f64) -> SystemResult {
         first_scale_up_s,
         enough_capacity_s: summary.enough_capacity_ms.map(|ms| ms / 1000.0),
         overloaded_s: f64::from(summary.overloaded_seconds),
-        over_objective: summary.over_slo_share.min(1.0),
+        over_objective: summary.over_slo_share,
         refused: if requests > 0.0 {
             summary.failed as f64 / requests
         } else {
