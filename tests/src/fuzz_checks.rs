@@ -25,9 +25,18 @@ use surge_scaler::window::WindowConfig;
 use surge_wire::{Limits, Report};
 use tower::ServiceExt;
 
-/// A decoded report that passes validation stays within every limit and survives a round trip.
+/// A decoded report that passes validation stays within every limit and survives a round trip;
+/// and the scaler's fast decoder, whenever it answers, answers what serde_json does.
 pub fn wire_report(data: &[u8]) {
-    let Ok(report) = serde_json::from_slice::<Report>(data) else {
+    let decoded = serde_json::from_slice::<Report>(data);
+    if let Some(fast) = surge_scaler::ingest::report_json::decode_plain(data) {
+        assert_eq!(
+            decoded.as_ref().ok(),
+            Some(&fast),
+            "the fast decoder disagrees"
+        );
+    }
+    let Ok(report) = decoded else {
         return;
     };
     let limits = Limits::default();
