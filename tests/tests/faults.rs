@@ -18,11 +18,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use surge_e2e::capture::{Capture, Captured};
+use surge_e2e::delay_proxy::DelayProxy;
 use surge_e2e::nft::{Counters, NftTable};
+use surge_e2e::scaler::{
+    HttpClient, RunningScaler, api_with_one_target_using, http_client, request, wait_ready,
+};
 use surge_e2e::upstream::{self, Upstream};
 use surge_sandbox::envoy::{
     Bootstrap, Envoy, EnvoyOptions, NodeIdentity, WasmFilter, locate_filter_wasm,
 };
+use surge_sandbox::kubeapi::{KubeApi, Options, RequestRecord};
 
 fn work_dir(test: &str) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("surge-faults-{test}-{}", std::process::id()))
@@ -319,4 +324,331 @@ async fn reports_losing_packets_at_random_fail_no_request_and_resume_with_the_ex
     );
     assert_eq!(inflight(&run.first_after), 0);
     assert_eq!(total(&run.first_after), run.sent_before_recovery);
+}
+
+// ---------------------------------------------------------------------------------------
+// A delaying proxy between the scaler and the Kubernetes API.
+
+/// An upstream that records what it receives, with the time: the far side of the proxy.
+async fn recording_upstream() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<(Instant, Vec<u8>)>>>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = received.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    log.lock()
+                        .unwrap()
+                        .push((Instant::now(), buf[..n].to_vec()));
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_delaying_proxy_holds_each_chunk_and_drops_what_a_departed_client_sent() {
+    use tokio::io::AsyncWriteExt;
+    let (upstream, received) = recording_upstream().await;
+    let proxy = DelayProxy::start(upstream).await.unwrap();
+    let arrived = |bytes: &[u8]| {
+        received
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, b)| b == bytes)
+            .map(|(at, _)| *at)
+    };
+    let wait_for = async |bytes: &'static [u8]| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(at) = arrived(bytes) {
+                return at;
+            }
+            assert!(Instant::now() < deadline, "{bytes:?} never arrived");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+
+    let mut client = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    proxy.set_read_delay(Duration::from_millis(300));
+    let sent = Instant::now();
+    client.write_all(b"held").await.unwrap();
+    let late = wait_for(b"held").await - sent;
+    assert!(
+        (Duration::from_millis(300)..Duration::from_millis(450)).contains(&late),
+        "{late:?}"
+    );
+    proxy.set_read_delay(Duration::ZERO);
+    let sent = Instant::now();
+    client.write_all(b"at once").await.unwrap();
+    let late = wait_for(b"at once").await - sent;
+    assert!(late < Duration::from_millis(100), "{late:?}");
+
+    // A client that gives up (closes) before its bytes are due: they never arrive.
+    proxy.set_read_delay(Duration::from_millis(500));
+    client.write_all(b"abandoned").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(arrived(b"abandoned"), None);
+    let stats = proxy.stats();
+    assert_eq!(
+        (stats.connections, stats.forwarded, stats.dropped),
+        (1, 2, 1),
+        "{stats:?}"
+    );
+
+    // A slow connection set-up: a new connection's first bytes wait for the connect delay.
+    proxy.set_read_delay(Duration::ZERO);
+    proxy.set_connect_delay(Duration::from_millis(200));
+    let mut client = tokio::net::TcpStream::connect(proxy.addr()).await.unwrap();
+    let sent = Instant::now();
+    client.write_all(b"slow start").await.unwrap();
+    let late = wait_for(b"slow start").await - sent;
+    assert!(
+        (Duration::from_millis(190)..Duration::from_millis(350)).contains(&late),
+        "{late:?}"
+    );
+}
+
+/// A sidecar report for `web/api` (one instance), as the filter sends it.
+fn report(seq: u64, time_ms: u64, requests_total: u64, surge: bool) -> serde_json::Value {
+    json!({
+        "version": 1,
+        "proxy": {"namespace": "web", "workload": "api", "pod": "api-7d9f-abcde",
+                  "owner": "kubernetes://apis/apps/v1/namespaces/web/deployments/api",
+                  "role": "sidecar"},
+        "instance": "api-7d9f-abcde/faults",
+        "seq": seq,
+        "time_ms": time_ms,
+        "surge": surge,
+        "routes": [{"route": "default", "cluster": "inbound|8080||",
+                    "requests_total": requests_total, "errors_total": 0,
+                    "duration_us_total": requests_total * 2_000, "inflight": 0}]
+    })
+}
+
+/// Replicas a scale write asked for.
+fn replicas(record: &RequestRecord) -> Option<i64> {
+    let body: serde_json::Value = serde_json::from_str(record.body.as_deref()?).ok()?;
+    body.pointer("/spec/replicas")?.as_i64()
+}
+
+fn scale_writes(api: &KubeApi) -> Vec<RequestRecord> {
+    api.requests()
+        .into_iter()
+        .filter(RequestRecord::is_scale_write)
+        .collect()
+}
+
+/// Reports of one proxy instance, sent with `time_ms` advancing as the scaler's clock does.
+struct Reporter {
+    client: HttpClient,
+    url: String,
+    seq: u64,
+    time_ms: u64,
+    total: u64,
+}
+
+impl Reporter {
+    /// Sends the next report: `requests` more over the last `ms` milliseconds.
+    async fn send(&mut self, ms: u64, requests: u64, surge: bool) -> Instant {
+        self.seq += 1;
+        self.time_ms += ms;
+        self.total += requests;
+        let sent = Instant::now();
+        let answer = request(
+            &self.client,
+            "POST",
+            &self.url,
+            "e2e-token",
+            Some(&report(self.seq, self.time_ms, self.total, surge)),
+        )
+        .await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        sent
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_api_delays_the_scale_patch_and_one_slower_than_the_timeout_writes_nothing() {
+    // Bookmarks every 250 ms keep the scaler's quiet SurgeScaler watch from being cut by its
+    // client read timeout (= --kube-timeout-ms, see the ignored test below).
+    let api = api_with_one_target_using(
+        Options {
+            bookmark_interval: Duration::from_millis(250),
+        },
+        20,
+    )
+    .await;
+    let proxy = DelayProxy::start(api.addr()).await.unwrap();
+    let dir = work_dir("slow-api");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        api.kubeconfig("web").replace(&api.url(), &proxy.url()),
+    )
+    .unwrap();
+    // A one-minute tick: every step below is woken by a report.
+    let mut scaler = RunningScaler::start(
+        &dir,
+        &kubeconfig,
+        "info",
+        &["--kube-timeout-ms", "1000", "--tick-ms", "60000"],
+    );
+    let client = http_client();
+    wait_ready(&client, scaler.admin, Duration::from_secs(10)).await;
+    // The first step (conflict check, scale read) has run once its status is written.
+    api.wait_for_request(Duration::from_secs(5), |r| {
+        r.path.ends_with("/surgescalers/api/status")
+    })
+    .await
+    .expect("the first step writes the status");
+    let mut reporter = Reporter {
+        client: client.clone(),
+        url: scaler.reports_url(),
+        seq: 0,
+        time_ms: 10_000,
+        total: 0,
+    };
+
+    // No delay: calm, then 800 rps in 100 ms.
+    reporter.send(0, 0, false).await;
+    reporter.send(1000, 50, false).await;
+    let sent = reporter.send(100, 80, true).await;
+    let patch = api
+        .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
+        .await
+        .expect("a scale PATCH without delay");
+    let undelayed = patch.received - sent;
+    assert_eq!(replicas(&patch), Some(8));
+
+    // 400 ms per request, below the 1 s timeout: 1600 rps in 100 ms.
+    proxy.set_read_delay(Duration::from_millis(400));
+    let sent = reporter.send(100, 160, true).await;
+    let patch = api
+        .wait_for_request(Duration::from_secs(3), |r| {
+            r.is_scale_write() && r.received > sent
+        })
+        .await
+        .expect("a scale PATCH through the delay");
+    let delayed = patch.received - sent;
+    assert_eq!(replicas(&patch), Some(16));
+    println!("report -> scale PATCH: {undelayed:?} without delay, {delayed:?} with 400 ms");
+    // Later by the delay (the PATCH went out at once), and not by more.
+    assert!(
+        (Duration::from_millis(400)..Duration::from_millis(700)).contains(&delayed),
+        "{delayed:?}"
+    );
+    assert!(undelayed < Duration::from_millis(300), "{undelayed:?}");
+    // The writes that follow it (Event, status) land too before the next fault starts.
+    api.wait_for_request(Duration::from_secs(5), |r| {
+        r.path.ends_with("/surgescalers/api/status")
+            && r.body
+                .as_deref()
+                .is_some_and(|b| b.contains("\"desiredReplicas\":16"))
+    })
+    .await
+    .expect("the status says 16");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // 2.5 s per request, beyond the 1 s timeout, while 3000 rps is reported for 3 s.
+    let errors_before = api_errors(&scaler.metrics(&client).await);
+    let dropped_before = proxy.stats().dropped;
+    let before = api.requests().len();
+    proxy.set_read_delay(Duration::from_millis(2500));
+    for _ in 0..12 {
+        reporter.send(250, 750, true).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let during: Vec<String> = api.requests()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(during.is_empty(), "requests reached the API: {during:?}");
+    assert_eq!(api.desired_replicas("web", "api").unwrap(), 16);
+    assert!(scaler.process.is_running(), "the scaler died");
+    let metrics = scaler.metrics(&client).await;
+    // One PATCH attempt, failed: its client timeout and its read timeout are both 1 s, so
+    // it is counted as `timeout` or `error` depending on which fires first.
+    assert_eq!(api_errors_of(&metrics, "patch_scale"), 1, "{metrics}");
+
+    // The delay goes: the next step re-reads the scale and writes the pending scale-up.
+    proxy.set_read_delay(Duration::ZERO);
+    let fault_off = Instant::now();
+    let mut written = None;
+    for _ in 0..12 {
+        reporter.send(250, 750, true).await;
+        written = api
+            .wait_for_request(Duration::from_millis(250), |r| {
+                r.is_scale_write() && r.received > fault_off
+            })
+            .await;
+        if written.is_some() {
+            break;
+        }
+    }
+    let written = written.expect("the pending scale-up was never written");
+    println!(
+        "scale-up written {:?} after the delay went",
+        written.received - fault_off
+    );
+    let scale_calls: Vec<String> = api
+        .requests()
+        .iter()
+        .filter(|r| r.received > fault_off && r.path.ends_with("/scale"))
+        .map(|r| format!("{} {}", r.method, r.body.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        scale_calls,
+        ["GET ", "PATCH {\"spec\":{\"replicas\":20}}"],
+        "re-read the scale, then write the capped scale-up"
+    );
+    assert_eq!(api.desired_replicas("web", "api").unwrap(), 20);
+    let all: Vec<Option<i64>> = scale_writes(&api).iter().map(replicas).collect();
+    assert_eq!(
+        all,
+        [Some(8), Some(16), Some(20)],
+        "every write within [1, 20]"
+    );
+    assert!(scaler.process.is_running(), "the scaler died");
+
+    // Once a call sent just before the delay went has timed out too: every call that failed
+    // was one the proxy held and dropped when the scaler gave up on it. None reached the API
+    // late, none failed any other way.
+    tokio::time::sleep_until((fault_off + Duration::from_millis(1200)).into()).await;
+    let errors = api_errors(&scaler.metrics(&client).await) - errors_before;
+    let dropped = proxy.stats().dropped - dropped_before;
+    println!("slower than the timeout: {errors} API calls failed, {dropped} requests dropped");
+    assert_eq!(errors, dropped);
+    assert!(errors >= 3, "{errors}");
+}
+
+/// Failed Kubernetes API calls in all, from the scaler's metrics.
+fn api_errors(metrics: &str) -> u64 {
+    api_errors_of(metrics, "")
+}
+
+/// Failed Kubernetes API calls whose operation starts with `operation`, whatever the code.
+fn api_errors_of(metrics: &str, operation: &str) -> u64 {
+    let prefix = format!("surge_kube_api_errors_total{{operation=\"{operation}");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
 }
