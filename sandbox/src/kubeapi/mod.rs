@@ -249,8 +249,9 @@ impl KubeApi {
     }
 
     /// Fault hook: cuts every watch stream open now, `how` says how; returns how many. Each
-    /// one ends within a moment (its task sees the cut at its next wait), after sending any
-    /// event it was already writing.
+    /// one ends within a moment, after at most the events it was already writing: a change
+    /// made after this returns never goes out on a cut stream, so a client can only learn of
+    /// it by watching again (or listing).
     pub fn cut_watches(&self, how: WatchCut) -> usize {
         let slots: Vec<WatchSlot> = {
             let mut open = self

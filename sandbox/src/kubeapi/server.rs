@@ -564,6 +564,12 @@ fn watch(
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
         loop {
+            // A cut asked for before this point wins over any change made after it, so a
+            // change made right after `cut_watches` returns never goes out on the cut stream.
+            if let Ok(how) = ticket.cut.try_recv() {
+                end_cut(&tx, how).await;
+                return;
+            }
             let latest = shared.store.resource_version();
             match shared.store.changes_since(ty, namespace.as_deref(), cursor) {
                 Err(status) => {
@@ -589,9 +595,10 @@ fn watch(
             }
             cursor = cursor.max(latest);
             tokio::select! {
+                biased;
                 cut = &mut ticket.cut => {
-                    if cut == Ok(WatchCut::Abort) {
-                        let _ = tx.send(Err(std::io::Error::other("watch cut by the fault hook"))).await;
+                    if let Ok(how) = cut {
+                        end_cut(&tx, how).await;
                     }
                     return;
                 }
@@ -610,6 +617,16 @@ fn watch(
         rx.recv().await.map(|item| (item, rx))
     });
     Reply::Stream(Body::from_stream(stream))
+}
+
+/// Ends a cut watch: `Abort` breaks the response (an error item makes hyper drop the
+/// connection without the last chunk); `Close` only stops sending, so the response ends.
+async fn end_cut(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, how: WatchCut) {
+    if how == WatchCut::Abort {
+        let _ = tx
+            .send(Err(std::io::Error::other("watch cut by the fault hook")))
+            .await;
+    }
 }
 
 fn version_doc() -> Value {
