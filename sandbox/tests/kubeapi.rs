@@ -388,7 +388,8 @@ async fn raw_watch(api: &KubeApi, rv: &str) -> tokio::net::TcpStream {
     use tokio::io::AsyncWriteExt;
     let mut stream = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
     let request = format!(
-        "GET /apis/surge.dev/v1alpha1/namespaces/default/surgescalers?watch=true&resourceVersion={rv}&timeoutSeconds=30 HTTP/1.1\r\n\
+        "GET /apis/surge.dev/v1alpha1/namespaces/default/surgescalers\
+         ?watch=true&resourceVersion={rv}&timeoutSeconds=30 HTTP/1.1\r\n\
          host: {}\r\nconnection: close\r\n\r\n",
         api.addr()
     );

@@ -3,8 +3,8 @@
 //! switched at run time.
 //!
 //! ```text
-//!  client --chunk--> [held until read_at + read delay, and accepted_at + connect delay] --> upstream
-//!  client <------------------------ as it comes ------------------------------------------ upstream
+//!  client --chunk--> [held until read + read delay, and accept + connect delay] --> upstream
+//!  client <---------------------------- as it comes ---------------------------- upstream
 //! ```
 //!
 //! Only the client's direction is delayed, so a request reaches the upstream late while a

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::Shared;
 
-/// How [`KubeApi::cut_watches`] ends a watch stream.
+/// How [`KubeApi::cut_watches`](super::KubeApi::cut_watches) ends a watch stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WatchCut {
     /// The response ends normally (the last chunk is sent), as when `timeoutSeconds` runs out
@@ -68,8 +68,9 @@ impl Drop for WatchTicket {
 }
 
 impl Shared {
-    /// Registers a watch that is starting; a pending cut (see [`KubeApi::cut_next_watches`])
-    /// is returned at once through the ticket.
+    /// Registers a watch that is starting; a pending cut (see
+    /// [`KubeApi::cut_next_watches`](super::KubeApi::cut_next_watches)) is returned at once
+    /// through the ticket.
     pub(super) fn open_watch(self: &Arc<Self>, path: &str, query: &str) -> WatchTicket {
         let id = self.watches.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
