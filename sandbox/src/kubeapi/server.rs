@@ -1,7 +1,6 @@
 //! The HTTP side of the embedded API: paths, verbs, content types, watches and discovery.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use super::patch::{PatchError, json_patch, merge_patch};
 use super::resources::{self, RESOURCES, ResourceType};
 use super::status::ApiError;
 use super::store::{ChangeKind, Part};
-use super::{RequestRecord, Shared};
+use super::{RequestRecord, Shared, WatchCut};
 
 /// The largest request body accepted (the real API's limit is 3 MiB).
 const MAX_BODY: usize = 3 * 1024 * 1024;
@@ -60,6 +59,7 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
                 &shared,
                 &parts.method,
                 parts.uri.path(),
+                parts.uri.query().unwrap_or(""),
                 &query,
                 content_type.as_deref(),
                 bytes,
@@ -156,6 +156,7 @@ async fn route(
     shared: &Arc<Shared>,
     method: &Method,
     path: &str,
+    raw_query: &str,
     query: &HashMap<String, String>,
     content_type: Option<&str>,
     body: Bytes,
@@ -209,7 +210,7 @@ async fn route(
     match (method, &target.name) {
         (&Method::GET, None) => {
             if matches!(query.get("watch").map(String::as_str), Some("true" | "1")) {
-                Ok(watch(shared, &target, query))
+                Ok(watch(shared, &target, path, raw_query, query))
             } else {
                 list(shared, &target, query)
             }
@@ -507,9 +508,19 @@ fn bookmark(ty: &ResourceType, rv: u64, initial_end: bool) -> Bytes {
 
 /// A watch: one JSON event per line over a chunked response, from `resourceVersion` on (or a
 /// synthetic ADDED per existing object first, when it is unset, "0", or `sendInitialEvents`
-/// is asked), with BOOKMARKs when `allowWatchBookmarks` is set, until `timeoutSeconds`.
-fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>) -> Reply {
-    let (tx, rx) = mpsc::channel::<Bytes>(256);
+/// is asked), with BOOKMARKs when `allowWatchBookmarks` is set, until `timeoutSeconds` or until
+/// the fault hook cuts it ([`super::KubeApi::cut_watches`]).
+fn watch(
+    shared: &Arc<Shared>,
+    target: &Target,
+    path: &str,
+    raw_query: &str,
+    query: &HashMap<String, String>,
+) -> Reply {
+    // Items are results so that a cut can break the response mid-stream (an error item makes
+    // hyper drop the connection without the last chunk).
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(256);
+    let mut ticket = shared.open_watch(path, raw_query);
     let shared = Arc::clone(shared);
     let ty = target.ty;
     let namespace = target.namespace.clone();
@@ -531,11 +542,11 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
         let mut cursor = if send_initial || rv_param.is_empty() || rv_param == "0" {
             let (items, rv) = shared.store.list(ty, namespace.as_deref());
             for item in items.iter().filter(|o| selectors.matches(o)) {
-                if tx.send(event_line("ADDED", item)).await.is_err() {
+                if tx.send(Ok(event_line("ADDED", item))).await.is_err() {
                     return;
                 }
             }
-            if send_initial && tx.send(bookmark(ty, rv, true)).await.is_err() {
+            if send_initial && tx.send(Ok(bookmark(ty, rv, true))).await.is_err() {
                 return;
             }
             rv
@@ -545,7 +556,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
                 Err(_) => {
                     let status =
                         ApiError::bad_request(format!("invalid resourceVersion {rv_param:?}"));
-                    let _ = tx.send(event_line("ERROR", &status.to_status())).await;
+                    let _ = tx.send(Ok(event_line("ERROR", &status.to_status()))).await;
                     return;
                 }
             }
@@ -553,10 +564,16 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
         let mut ticker =
             tokio::time::interval_at(tokio::time::Instant::now() + bookmark_every, bookmark_every);
         loop {
+            // A cut asked for before this point wins over any change made after it, so a
+            // change made right after `cut_watches` returns never goes out on the cut stream.
+            if let Ok(how) = ticket.cut.try_recv() {
+                end_cut(&tx, how).await;
+                return;
+            }
             let latest = shared.store.resource_version();
             match shared.store.changes_since(ty, namespace.as_deref(), cursor) {
                 Err(status) => {
-                    let _ = tx.send(event_line("ERROR", &status.to_status())).await;
+                    let _ = tx.send(Ok(event_line("ERROR", &status.to_status()))).await;
                     return;
                 }
                 Ok(changes) => {
@@ -570,7 +587,7 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
                             ChangeKind::Modified => "MODIFIED",
                             ChangeKind::Deleted => "DELETED",
                         };
-                        if tx.send(event_line(kind, &change.object)).await.is_err() {
+                        if tx.send(Ok(event_line(kind, &change.object))).await.is_err() {
                             return;
                         }
                     }
@@ -578,9 +595,16 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
             }
             cursor = cursor.max(latest);
             tokio::select! {
+                biased;
+                cut = &mut ticket.cut => {
+                    if let Ok(how) = cut {
+                        end_cut(&tx, how).await;
+                    }
+                    return;
+                }
                 res = changed.changed() => if res.is_err() { return },
                 _ = ticker.tick() => {
-                    if bookmarks && tx.send(bookmark(ty, cursor, false)).await.is_err() {
+                    if bookmarks && tx.send(Ok(bookmark(ty, cursor, false))).await.is_err() {
                         return;
                     }
                 }
@@ -590,11 +614,19 @@ fn watch(shared: &Arc<Shared>, target: &Target, query: &HashMap<String, String>)
         }
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+        rx.recv().await.map(|item| (item, rx))
     });
     Reply::Stream(Body::from_stream(stream))
+}
+
+/// Ends a cut watch: `Abort` breaks the response (an error item makes hyper drop the
+/// connection without the last chunk); `Close` only stops sending, so the response ends.
+async fn end_cut(tx: &mpsc::Sender<Result<Bytes, std::io::Error>>, how: WatchCut) {
+    if how == WatchCut::Abort {
+        let _ = tx
+            .send(Err(std::io::Error::other("watch cut by the fault hook")))
+            .await;
+    }
 }
 
 fn version_doc() -> Value {
