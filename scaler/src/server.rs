@@ -19,6 +19,10 @@ use crate::hub::Hub;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
 
+/// Longest wait for data on the SurgeScaler watch: longer than the `timeoutSeconds` (290 s)
+/// kube-runtime's watcher asks the API server for, so a healthy watch always ends first.
+const WATCH_READ_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// Per-instance counters are forgotten after this long without a report.
 const INSTANCE_TTL_MS: u64 = 120_000;
 
@@ -128,7 +132,12 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // not replayed up to 15 times while the load moves on.
     config.default_retry = false;
     let timeout = Duration::from_millis(args.kube_timeout_ms);
-    config.read_timeout = Some(timeout);
+    // Every call the controller makes has its own `timeout` (controller::Context::call); the
+    // client's read timeout only guards the SurgeScaler watcher, whose watch is quiet between
+    // changes and bookmarks (about a minute apart on a real API server). At `timeout` it cut a
+    // quiet watch every 5 s; above the watch's own server-side timeout it only catches a dead
+    // connection (or a stalled initial list).
+    config.read_timeout = Some(WATCH_READ_TIMEOUT.max(timeout));
     config.write_timeout = Some(timeout);
     config.connect_timeout = Some(timeout);
     let client = kube::Client::try_from(config)?;
