@@ -122,6 +122,10 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
         .args(["-c", "0"])
         .arg(&bin)
         .args(["run", "--identity", "off"])
+        // Each load run reports as new instances (the load generator names them by its start
+        // time), so the runs of one benchmark add up past the default caps (20 000 instances
+        // per namespace); the caps are not what is measured here.
+        .args(["--max-instances", "200000", "--max-instances-per-namespace", "200000"])
         .args([
             "--ingest-addr",
             &ingest.to_string(),
@@ -204,17 +208,20 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 #[ignore = "benchmark: run explicitly, see docs/benchmarks/scaler.md"]
 async fn bench_ingest_throughput_and_latency() {
+    const INSTANCES: usize = 10_000;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let api = api_with_targets(10).await;
     let scaler = start_scaler(&api, &client).await;
     // Warm-up: every instance reports at least once.
-    let _ = load(&scaler, 2000, 4, 2.0, 32);
+    // Enough instances that each stays under the per-instance report limit (20/s) at the
+    // rates measured.
+    let _ = load(&scaler, INSTANCES, 4, 2.0, 32);
     let mut rates = Vec::new();
     let mut p99s = Vec::new();
     let mut per_cpu = Vec::new();
     for run in 0..3 {
         let cpu_before = scaler.cpu_seconds();
-        let result = load(&scaler, 2000, 4, 10.0, 32);
+        let result = load(&scaler, INSTANCES, 4, 10.0, 32);
         let cpu = scaler.cpu_seconds() - cpu_before;
         let reports = result["reports"].as_f64().unwrap();
         println!(
@@ -228,7 +235,7 @@ async fn bench_ingest_throughput_and_latency() {
     }
     println!(
         "ingest median of 3: {:.0} reports/s, p99 {:.0} us, {:.0} reports per scaler CPU-second \
-         (2000 instances x 4 routes, 32 connections)",
+         ({INSTANCES} instances x 4 routes, 32 connections)",
         median(rates),
         median(p99s),
         median(per_cpu)
@@ -264,8 +271,9 @@ async fn bench_memory_per_tracked_pod_route() {
     let _ = load(&scaler, 100, 4, 1.0, 8);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = scaler.rss_kib();
-    let (instances, routes) = (20_000usize, 4usize);
+    let (instances, routes) = (19_000usize, 4usize);
     let result = load(&scaler, instances, routes, 4.0, 32);
+    assert_eq!(result["non_200"], 0, "every instance must be tracked: {result}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = scaler.rss_kib();
     let pairs = instances * routes;
