@@ -125,7 +125,12 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
         // Each load run reports as new instances (the load generator names them by its start
         // time), so the runs of one benchmark add up past the default caps (20 000 instances
         // per namespace); the caps are not what is measured here.
-        .args(["--max-instances", "200000", "--max-instances-per-namespace", "200000"])
+        .args([
+            "--max-instances",
+            "200000",
+            "--max-instances-per-namespace",
+            "200000",
+        ])
         .args([
             "--ingest-addr",
             &ingest.to_string(),
@@ -273,7 +278,10 @@ async fn bench_memory_per_tracked_pod_route() {
     let before = scaler.rss_kib();
     let (instances, routes) = (19_000usize, 4usize);
     let result = load(&scaler, instances, routes, 4.0, 32);
-    assert_eq!(result["non_200"], 0, "every instance must be tracked: {result}");
+    assert_eq!(
+        result["non_200"], 0,
+        "every instance must be tracked: {result}"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = scaler.rss_kib();
     let pairs = instances * routes;

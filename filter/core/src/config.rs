@@ -64,7 +64,7 @@ impl Default for SurgeConfig {
             min_rps: 5.0,
             check_period_ms: 100,
             window_ms: 200,
-            min_gap_ms: 250,
+            min_gap_ms: 100,
         }
     }
 }

@@ -403,7 +403,8 @@ mod tests {
     #[test]
     fn a_step_crossed_mid_window_is_followed_by_its_full_rate() {
         // 60 -> 600 rps, 40 ms before a check: that check's window reads 60 + 540 * 40 / 200
-        // = 168 rps, above 2x; one window later the full 600 shows, and goes out early too.
+        // = 168 rps; the next checks see more of the step, and one window later the full 600,
+        // each going out early as it rises.
         let mut s = scheduler();
         let mut schedule = None;
         let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 60, 3_050);
@@ -426,10 +427,11 @@ mod tests {
             .iter()
             .filter(|(_, k, _)| *k == Trigger::Surge)
             .collect();
-        assert_eq!(early.len(), 2, "{sent:?}");
+        assert!((2..=3).contains(&early.len()), "{sent:?}");
         assert!(early[0].2.is_some_and(|r| r < 300.0), "{sent:?}");
-        assert!(early[1].2.is_some_and(|r| r >= 590.0), "{sent:?}");
-        assert!(early[1].0 - early[0].0 <= 300, "{sent:?}");
+        let last = early[early.len() - 1];
+        assert!(last.2.is_some_and(|r| r >= 590.0), "{sent:?}");
+        assert!(last.0 - early[0].0 <= 200, "{sent:?}");
     }
 
     #[test]
@@ -448,7 +450,9 @@ mod tests {
 
     #[test]
     fn early_reports_are_rate_limited() {
-        let mut s = scheduler();
+        let mut config = Config::default();
+        config.surge.min_gap_ms = 250;
+        let mut s = Scheduler::new(&config);
         let mut last = None;
         let (mut t, mut total, _) = run(&mut s, &mut last, 0, 0, 20, 3_050);
         // Tripling every tick would trigger every tick without the gap.
