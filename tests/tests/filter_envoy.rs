@@ -369,7 +369,9 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
             .report
             .window_ms
             .expect("a window in every report after the first");
-        assert!((150..=300).contains(&span), "window of {span} ms");
+        // 200 ms from the newest sample at or before the window's start: up to a check
+        // period more, and more again when a tick of the busy reporter thread comes late.
+        assert!((150..=500).contains(&span), "window of {span} ms");
     }
     let early_rate = window_rate(early).unwrap();
     assert!(

@@ -16,6 +16,7 @@
 
 pub mod config;
 pub mod identity;
+pub mod inflight;
 pub mod json;
 pub mod lease;
 pub mod report;

@@ -164,8 +164,22 @@ pub(crate) fn dispatch(
     )
 }
 
-/// 64 random bits, from the WASI random source that seeds std's hasher.
+#[link(wasm_import_module = "wasi_snapshot_preview1")]
+unsafe extern "C" {
+    // WASI's random source (Envoy implements it), which std also imports to seed its hashers;
+    // called directly, it saves the module std's SipHash.
+    fn random_get(buf: *mut u8, len: usize) -> u16;
+}
+
+/// 64 random bits from the host; the clock's if the host has none (ids stay distinct across
+/// VMs that do not start in the same microsecond).
 pub(crate) fn random_u64() -> u64 {
-    use std::hash::BuildHasher;
-    std::collections::hash_map::RandomState::new().hash_one(now_ms())
+    let mut bytes = [0u8; 8];
+    // SAFETY: the buffer is live, writable and exactly `len` bytes long.
+    let status = unsafe { random_get(bytes.as_mut_ptr(), bytes.len()) };
+    if status == 0 {
+        u64::from_le_bytes(bytes)
+    } else {
+        now_us()
+    }
 }

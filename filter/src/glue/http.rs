@@ -93,8 +93,10 @@ impl HttpContext for SurgeHttp {
             pending.end();
         }
         pending.complete(error, elapsed_us);
-        if vm.flush_clock.due(now_us / 1000) {
-            vm.routes.flush();
+        let now_ms = now_us / 1000;
+        if vm.flush_clock.due(now_ms) && vm.routes.flush() {
+            let id = vm.vm_id;
+            vm.routes.publish(id, now_ms);
         }
     }
 }

@@ -29,6 +29,8 @@ use super::routes::RouteCache;
 /// What the root shares with the request contexts of its VM.
 #[derive(Debug, Default)]
 pub(crate) struct VmState {
+    /// This VM's random id (the lease holder's, and the key of its in-flight counts).
+    pub(crate) vm_id: u64,
     pub(crate) config: Option<Rc<Config>>,
     pub(crate) routes: RouteCache,
     pub(crate) flush_clock: FlushClock,
@@ -91,9 +93,13 @@ pub(crate) struct SurgeRoot {
 
 impl SurgeRoot {
     pub(crate) fn new() -> Self {
+        let vm_id = host::random_u64();
         Self {
-            vm: Rc::new(RefCell::new(VmState::default())),
-            vm_id: host::random_u64(),
+            vm: Rc::new(RefCell::new(VmState {
+                vm_id,
+                ..VmState::default()
+            })),
+            vm_id,
             proxy: None,
             metrics: OwnMetrics::default(),
             scheduler: None,
@@ -117,7 +123,11 @@ impl SurgeRoot {
     }
 
     fn report(&mut self, config: &Config, now_ms: u64) {
-        let readings = self.vm.borrow_mut().routes.read_all();
+        let readings = {
+            let mut vm = self.vm.borrow_mut();
+            let inflight = vm.routes.census(now_ms);
+            vm.routes.read_all(&inflight)
+        };
         let Some(scheduler) = self.scheduler.as_mut() else {
             return;
         };
@@ -270,9 +280,15 @@ impl RootContext for SurgeRoot {
         let Some(config) = self.config() else {
             return;
         };
-        // Every VM, reporter or not, hands its tallied counts to the process-wide metrics.
-        self.vm.borrow_mut().routes.flush();
+        // Every VM, reporter or not, hands its tallied counts to the process-wide metrics, and
+        // publishes its in-flight counts (also unchanged: the time it writes says it is alive).
         let now_ms = host::now_ms();
+        {
+            let mut vm = self.vm.borrow_mut();
+            let _ = vm.routes.flush();
+            let id = vm.vm_id;
+            vm.routes.publish(id, now_ms);
+        }
         if !self.hold_lease(now_ms, config.lease_ms()) {
             // A follower keeps no history: when it takes over it starts afresh, and the shared
             // sequence record keeps the schedule.

@@ -1,10 +1,12 @@
 //! Per-VM cache of route keys and their host metrics, backed by the process-wide route table in
-//! shared data.
+//! shared data; and this VM's in-flight counts, published in shared data (`inflight`).
 
 use surge_filter_core::config::Config;
+use surge_filter_core::inflight::{self, Entry, Registry, Tally, VMS_KEY};
 use surge_filter_core::lease::ROUTES_KEY;
-use surge_filter_core::report::{Counters, Reading, gauge_value};
+use surge_filter_core::report::{Counters, Reading};
 use surge_filter_core::route::{Registration, RouteKey, RouteTable, Slot};
+use surge_filter_core::surge::Arrivals;
 use surge_filter_core::tally::Delta;
 
 use super::host;
@@ -15,7 +17,6 @@ pub(crate) struct RouteMetrics {
     requests: Option<u32>,
     errors: Option<u32>,
     duration_us: Option<u32>,
-    inflight: Option<u32>,
 }
 
 impl RouteMetrics {
@@ -28,7 +29,6 @@ impl RouteMetrics {
             requests: host::counter(&format!("{base}.requests_total")),
             errors: host::counter(&format!("{base}.errors_total")),
             duration_us: host::counter(&format!("{base}.duration_us_total")),
-            inflight: host::gauge(&format!("{base}.inflight")),
         }
     }
 
@@ -44,14 +44,12 @@ impl RouteMetrics {
             self.duration_us,
             i64::try_from(delta.duration_us).unwrap_or(i64::MAX),
         );
-        host::add(self.inflight, delta.inflight);
     }
 
-    /// The process-wide counters.
-    pub(crate) fn read(&self) -> Counters {
+    /// The process-wide counters, with `inflight` as the live VMs publish it.
+    pub(crate) fn read(&self, inflight: u64) -> Counters {
         let errors = host::read(self.errors);
         let duration_us = host::read(self.duration_us);
-        let inflight = gauge_value(host::read(self.inflight));
         let requests = host::read(self.requests);
         Counters {
             requests,
@@ -77,6 +75,12 @@ pub(crate) struct RouteCache {
     other_pending: Delta,
     table: RouteTable,
     overflow_logged: bool,
+    /// Requests in flight on this VM, as flushed.
+    inflight: Tally,
+    /// Whether `inflight` changed since it was last published.
+    inflight_changed: bool,
+    /// Whether this VM is listed in the registry of VMs that publish in-flight counts.
+    registered: bool,
 }
 
 /// CAS retries when several VMs register keys at once.
@@ -136,16 +140,117 @@ impl RouteCache {
         }
     }
 
-    /// Adds every unflushed count to the process-wide metrics.
-    pub(crate) fn flush(&mut self) {
+    /// Adds every unflushed count to the process-wide metrics and to this VM's in-flight
+    /// counts; returns whether those changed (and should be published).
+    pub(crate) fn flush(&mut self) -> bool {
         for i in 0..self.pending.len() {
             let delta = self.pending.get_mut(i).and_then(Delta::take);
             if let Some(delta) = delta {
-                self.metrics_of(Slot::Index(i)).apply(delta);
+                self.apply(Slot::Index(i), delta);
             }
         }
         if let Some(delta) = self.other_pending.take() {
-            self.metrics_of(Slot::Other).apply(delta);
+            self.apply(Slot::Other, delta);
+        }
+        self.inflight_changed
+    }
+
+    fn apply(&mut self, slot: Slot, delta: Delta) {
+        if delta.inflight != 0 {
+            let index = match slot {
+                Slot::Index(i) => Some(i),
+                Slot::Other => None,
+            };
+            self.inflight.add(index, delta.inflight);
+            self.inflight_changed = true;
+        }
+        self.metrics_of(slot).apply(delta);
+    }
+
+    /// Publishes this VM's in-flight counts under its own key (and lists it in the registry
+    /// the first time, after the entry exists, so a listed VM always has one).
+    pub(crate) fn publish(&mut self, vm: u64, now_ms: u64) {
+        let entry = self.inflight.entry(now_ms);
+        if !host::shared_set(&inflight::vm_key(vm), &entry.encode(), None) {
+            return;
+        }
+        self.inflight_changed = false;
+        if !self.registered {
+            for _ in 0..REGISTER_ATTEMPTS {
+                let (stored, cas) = host::shared_get(VMS_KEY);
+                let registry = Registry::decode(&stored.unwrap_or_default());
+                match registry.with(vm) {
+                    None => {
+                        // Listed already, or the registry is full: nothing more to do (a full
+                        // registry leaves this VM's requests out of the in-flight counts,
+                        // never out of the totals).
+                        self.registered = true;
+                        break;
+                    }
+                    Some(updated) => {
+                        if host::shared_set(VMS_KEY, &updated.encode(), cas) {
+                            self.registered = true;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// The reporter's census of the VMs: the in-flight counts of the live ones, summed per slot.
+    /// The requests that VMs found gone still held were cut without `on_log`: they are counted
+    /// once, as completed errors (a CAS on the gone VM's entry makes sure of "once"), and the
+    /// VMs leave the registry.
+    pub(crate) fn census(&mut self, now_ms: u64) -> Arrivals {
+        let (stored, cas) = host::shared_get(VMS_KEY);
+        let registry = Registry::decode(&stored.unwrap_or_default());
+        let entries: Vec<(u64, Option<Entry>)> = registry
+            .vms()
+            .iter()
+            .map(|&vm| {
+                let value = host::shared_get(&inflight::vm_key(vm)).0;
+                (vm, value.as_deref().and_then(Entry::decode))
+            })
+            .collect();
+        let census = inflight::census(now_ms, &entries);
+        if census.gone.is_empty() {
+            return census.inflight;
+        }
+        let mut settled = Vec::new();
+        for (vm, entry) in &census.gone {
+            let key = inflight::vm_key(*vm);
+            if let Some(entry) = entry {
+                let (value, entry_cas) = host::shared_get(&key);
+                if value.as_deref().and_then(Entry::decode).as_ref() != Some(entry)
+                    || !host::shared_set(&key, b"", entry_cas)
+                {
+                    // Changed since it was read (settled by another VM, or not gone after all).
+                    continue;
+                }
+                self.count_cut(&entry.inflight);
+            }
+            settled.push(*vm);
+        }
+        if !settled.is_empty() {
+            host::shared_set(VMS_KEY, &registry.without(&settled).encode(), cas);
+        }
+        census.inflight
+    }
+
+    /// Counts requests cut without `on_log` as completed with an error (no response code).
+    fn count_cut(&mut self, cut: &Arrivals) {
+        let slots = cut
+            .indexed
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (Slot::Index(i), n))
+            .chain(std::iter::once((Slot::Other, cut.other)));
+        for (slot, n) in slots.filter(|&(_, n)| n > 0) {
+            let n = i64::try_from(n).unwrap_or(i64::MAX);
+            let metrics = self.metrics_of(slot);
+            host::add(metrics.requests, n);
+            host::add(metrics.errors, n);
         }
     }
 
@@ -186,11 +291,12 @@ impl RouteCache {
     /// Defines the metrics of every key in the shared table, and `other`, so they live as long
     /// as this VM.
     pub(crate) fn define_known(&mut self) {
-        let _ = self.read_all();
+        let _ = self.read_all(&Arrivals::default());
     }
 
-    /// Every known key (from the shared table) with its process-wide counters, plus `other`.
-    pub(crate) fn read_all(&mut self) -> Vec<Reading> {
+    /// Every known key (from the shared table) with its process-wide counters, plus `other`;
+    /// `inflight` per slot from the census.
+    pub(crate) fn read_all(&mut self, inflight: &Arrivals) -> Vec<Reading> {
         let (stored, _) = host::shared_get(ROUTES_KEY);
         self.table = RouteTable::decode(&stored.unwrap_or_default());
         let keys: Vec<RouteKey> = self.table.keys().to_vec();
@@ -201,7 +307,9 @@ impl RouteCache {
                 slot,
                 route: key.route,
                 cluster: key.cluster,
-                counters: self.metrics_of(slot).read(),
+                counters: self
+                    .metrics_of(slot)
+                    .read(inflight.indexed.get(i).copied().unwrap_or(0)),
             });
         }
         let other = RouteKey::other();
@@ -209,7 +317,7 @@ impl RouteCache {
             slot: Slot::Other,
             route: other.route,
             cluster: other.cluster,
-            counters: self.metrics_of(Slot::Other).read(),
+            counters: self.metrics_of(Slot::Other).read(inflight.other),
         });
         out
     }
