@@ -65,9 +65,13 @@ enum Command {
         #[arg(long, default_value_t = surge_sandbox::compare::DEFAULT_SEEDS)]
         seeds: u64,
         /// Also play each scenario in the live sandbox (as long as the scenario, one after the
-        /// other) and cross-check the replayed decisions against it.
-        #[arg(long)]
+        /// other) and cross-check the replayed decisions against it: the default for scenario
+        /// files given here; the built-in set (seven scenarios of 11-20 minutes) only with it.
+        #[arg(long, conflicts_with = "models_only")]
         live: bool,
+        /// Only the models and the replay, no live sandbox run.
+        #[arg(long)]
+        models_only: bool,
         /// Pod start-up delay for every scenario, replacing the files' `pods.startup_delay_ms`
         /// (what-if: faster or slower pods).
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
@@ -132,37 +136,42 @@ async fn main() -> ExitCode {
             out,
             seeds,
             live,
+            models_only,
             startup_delay_ms,
-        } => match surge_sandbox::compare::load_scenarios(&scenarios).map(|mut all| {
-            if let Some(ms) = startup_delay_ms {
-                for scenario in &mut all {
-                    scenario.pods.startup_delay_ms = ms;
+        } => {
+            let play_live = !models_only && (live || !scenarios.is_empty());
+            match surge_sandbox::compare::load_scenarios(&scenarios).map(|mut all| {
+                if let Some(ms) = startup_delay_ms {
+                    for scenario in &mut all {
+                        scenario.pods.startup_delay_ms = ms;
+                    }
+                }
+                all
+            }) {
+                Err(e) => Err(e),
+                Ok(scenarios) if play_live => {
+                    surge_sandbox::compare::compare_live(&scenarios, seeds, &out, shutdown_signal)
+                        .await
+                }
+                Ok(scenarios) => {
+                    let traces: Vec<_> = scenarios
+                        .iter()
+                        .map(surge_sandbox::compare::scenarios::Trace::from_scenario)
+                        .collect();
+                    surge_sandbox::compare::compare(&traces, seeds, &out)
                 }
             }
-            all
-        }) {
-            Err(e) => Err(e),
-            Ok(scenarios) if live => {
-                surge_sandbox::compare::compare_live(&scenarios, seeds, &out, shutdown_signal).await
-            }
-            Ok(scenarios) => {
-                let traces: Vec<_> = scenarios
-                    .iter()
-                    .map(surge_sandbox::compare::scenarios::Trace::from_scenario)
-                    .collect();
-                surge_sandbox::compare::compare(&traces, seeds, &out)
-            }
+            .map(|(comparison, written)| {
+                print!("{}", surge_sandbox::compare::report::markdown(&comparison));
+                print!("\n{}", surge_sandbox::compare::report::goals(&comparison));
+                print!(
+                    "{}",
+                    surge_sandbox::compare::live::markdown(&comparison.cross_checks)
+                );
+                println!("wrote {} files to {}", written.len(), out.display());
+            })
+            .map_err(|e| e.to_string())
         }
-        .map(|(comparison, written)| {
-            print!("{}", surge_sandbox::compare::report::markdown(&comparison));
-            print!("\n{}", surge_sandbox::compare::report::goals(&comparison));
-            print!(
-                "{}",
-                surge_sandbox::compare::live::markdown(&comparison.cross_checks)
-            );
-            println!("wrote {} files to {}", written.len(), out.display());
-        })
-        .map_err(|e| e.to_string()),
         Command::Chart { result } => redraw(&result),
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());

@@ -2,8 +2,9 @@
 //! same per-second load, the same pod start-up time and the same capacity per pod
 //! (`surge-sandbox compare`; results in `docs/benchmarks/compare.md`).
 //!
-//! The models are a pure, deterministic discrete-time simulation (no clock, no I/O); with
-//! `--live` the real sandbox plays the same scenario files next to them:
+//! The models are a pure, deterministic discrete-time simulation (no clock, no I/O); for the
+//! scenario files given on the command line (or the built-in set with `--live`) the real
+//! sandbox plays the same scenarios next to them:
 //!
 //! ```text
 //!  scenario file (sandbox format) --> Trace (per-second offered load, pods, bounds, target)
