@@ -186,7 +186,8 @@ impl RunningScaler {
         let log = dir.join("scaler.log");
         let file = std::fs::File::create(&log).expect("the scaler's log file can be created");
         let (ingest, admin) = (free_addr(), free_addr());
-        let child = std::process::Command::new(scaler_bin())
+        let mut command = std::process::Command::new(scaler_bin());
+        command
             .args(["run", "--identity", "off", "--token", "e2e-token"])
             .args(["--ingest-addr", &ingest.to_string()])
             .args(["--admin-addr", &admin.to_string()])
@@ -194,11 +195,13 @@ impl RunningScaler {
             .env("KUBECONFIG", kubeconfig)
             .env("RUST_LOG", rust_log)
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::from(file))
-            .spawn()
+            .stderr(std::process::Stdio::from(file));
+        // Forked by the sandbox's spawner, so the scaler dies with the test process even when
+        // the test is killed before its guard drops.
+        let process = surge_sandbox::process::ChildGuard::spawn("surge-scaler", command)
             .expect("the scaler starts");
         Self {
-            process: surge_sandbox::process::ChildGuard::from_child("surge-scaler", child),
+            process,
             ingest,
             admin,
             log,

@@ -99,8 +99,8 @@ async fn start_envoy(test: &str, upstream: SocketAddr, scaler: SocketAddr) -> En
         .filter(WasmFilter::surge(wasm, &config))
         .route("checkout", "/checkout");
     let options = EnvoyOptions::new(work_dir(test)).unwrap();
-    // On the test's own thread: Envoy gets SIGTERM when the thread that spawned it exits
-    // (PR_SET_PDEATHSIG), and tokio retires idle blocking threads.
+    // Envoy::start blocks while it waits for `/ready`; block_in_place keeps the runtime's other
+    // tasks (the upstream, the capture server) running meanwhile.
     tokio::task::block_in_place(|| Envoy::start(&bootstrap, &options)).unwrap()
 }
 

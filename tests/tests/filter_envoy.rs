@@ -42,9 +42,9 @@ async fn start_envoy(
     }
     let mut options = EnvoyOptions::new(work_dir(test))?;
     options.concurrency = concurrency;
-    // On the test's own thread, not a pooled one: Envoy sets PR_SET_PDEATHSIG, so it gets
-    // SIGTERM when the thread that spawned it exits, and tokio retires idle blocking threads
-    // after 10 s (every test here runs on the multi-thread runtime, as block_in_place needs).
+    // Envoy::start blocks while it waits for `/ready`; block_in_place keeps the runtime's other
+    // tasks (the upstream, the capture server) running meanwhile. Every test here runs on the
+    // multi-thread runtime, as block_in_place needs.
     tokio::task::block_in_place(|| Envoy::start(&bootstrap, &options))
 }
 

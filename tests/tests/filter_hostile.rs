@@ -33,9 +33,8 @@ fn with_filter(bootstrap: Bootstrap, plugin_config: &Value) -> Bootstrap {
 async fn start(test: &str, bootstrap: Bootstrap) -> Envoy {
     let options = EnvoyOptions::new(work_dir(test)).unwrap();
     assert_eq!(options.concurrency, 2);
-    // On this (the test's) thread, not a pooled one: Envoy sets PR_SET_PDEATHSIG, so it gets
-    // SIGTERM when the thread that spawned it exits, and tokio retires idle blocking threads
-    // after 10 s.
+    // Envoy::start blocks while it waits for `/ready`; block_in_place keeps the runtime's other
+    // tasks (the upstream, the capture server) running meanwhile.
     tokio::task::block_in_place(|| Envoy::start(&bootstrap, &options)).unwrap()
 }
 

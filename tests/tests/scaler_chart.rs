@@ -518,7 +518,8 @@ async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_gra
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "web").unwrap();
     let (ingest, admin) = (free_addr(), free_addr());
-    let child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    command
         .args(["run", "--identity", "off", "--token", "chart-token"])
         .args([
             "--ingest-addr",
@@ -529,10 +530,8 @@ async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_gra
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut scaler = ChildGuard::from_child("surge-scaler", child);
+        .stderr(Stdio::inherit());
+    let mut scaler = ChildGuard::spawn("surge-scaler", command).unwrap();
     let client = http_client();
     // Ready once the watcher's first list is in: SurgeScalers are listed, then watched.
     wait_ready(&client, admin, Duration::from_secs(10)).await;

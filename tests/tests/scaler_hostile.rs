@@ -45,7 +45,8 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
     let log_path = dir.join("scaler.log");
     let log = std::fs::File::create(&log_path).unwrap();
     let (ingest, admin) = (free_addr(), free_addr());
-    let child = Command::new(&bin)
+    let mut command = Command::new(&bin);
+    command
         .args(["run", "--identity", "off", "--log-format", "json"])
         .arg("--token-file")
         .arg(&token_file)
@@ -59,10 +60,8 @@ async fn a_flooding_pod_is_throttled_and_the_token_never_reaches_the_logs() {
         // Everything, including the HTTP stack's and the Kubernetes client's own logs.
         .env("RUST_LOG", "trace")
         .stdout(Stdio::null())
-        .stderr(Stdio::from(log))
-        .spawn()
-        .unwrap();
-    let mut scaler = ChildGuard::from_child("surge-scaler", child);
+        .stderr(Stdio::from(log));
+    let mut scaler = ChildGuard::spawn("surge-scaler", command).unwrap();
 
     let client = http_client();
     wait_ready(&client, admin, Duration::from_secs(10)).await;
