@@ -25,11 +25,11 @@ lint: tools
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 ## The filter (stripped: the module Istio loads), the same with its name section (to read an
-## Envoy Wasm backtrace's function indexes), and the benchmark's empty baseline filter.
+## Envoy Wasm backtrace's function indexes), and the benchmark's empty and floor filters.
 wasm: tools
 	$(CARGO) build --release -p surge-filter --target wasm32-wasip1
 	$(CARGO) build --profile wasm-names -p surge-filter --target wasm32-wasip1
-	$(CARGO) build --release -p surge-filter --target wasm32-wasip1 --example empty_filter
+	$(CARGO) build --release -p surge-filter --target wasm32-wasip1 --example empty_filter --example floor_filter
 
 bins:
 	$(CARGO) build --workspace --bins

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Filter benchmark: requests/s and p50/p99 latency through one Envoy (V8) with no filter, with an
-# empty proxy-wasm filter and with surge-filter, measured side by side in one run.
+# empty proxy-wasm filter, with the floor filter (only the host calls any per-route counter needs:
+# route name, :status, two clock reads) and with surge-filter, measured side by side in one run.
 #
 #   filter/bench/run.sh            # defaults: 5 rounds of 10 s each, interleaved
 #   ROUNDS=3 DURATION=5 filter/bench/run.sh
@@ -8,7 +9,7 @@
 #
 # Layout (2 cores): the Envoy under test runs on core $ENVOY_CPU with one worker (--concurrency
 # 1); wrk and the upstream (an Envoy answering 200 from a direct_response, which also accepts
-# the filter's reports with 202) share core $LOAD_CPU. The three Envoys under test run at the
+# the filter's reports with 202) share core $LOAD_CPU. The four Envoys under test run at the
 # same time but only the one under load is busy; rounds interleave the variants so drift on a
 # noisy machine hits all three alike. Besides wrk's requests/s and latency, the script reads the
 # Envoy process's CPU time (utime+stime from /proc) around each run and reports CPU microseconds
@@ -21,6 +22,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 envoy=${SURGE_ENVOY:-$repo/.tools/envoy/bin/envoy}
 surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm32-wasip1/release/surge_filter.wasm}
 empty_wasm=${SURGE_EMPTY_WASM:-$repo/target/wasm32-wasip1/release/examples/empty_filter.wasm}
+floor_wasm=${SURGE_FLOOR_WASM:-$repo/target/wasm32-wasip1/release/examples/floor_filter.wasm}
 plugin_config=${SURGE_PLUGIN_CONFIG:-'{}'}
 rounds=${ROUNDS:-5}
 duration=${DURATION:-10}
@@ -30,7 +32,7 @@ load_cpu=${LOAD_CPU:-1}
 out=$repo/target/bench/filter
 mkdir -p "$out"
 
-for f in "$envoy" "$surge_wasm" "$empty_wasm"; do
+for f in "$envoy" "$surge_wasm" "$empty_wasm" "$floor_wasm"; do
   if [ ! -f "$f" ]; then
     echo "bench: missing $f (run \`make wasm\` / \`make tools\`, or \`make bench-filter\`)" >&2
     exit 1
@@ -45,11 +47,11 @@ trap cleanup EXIT
 http_get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$1"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-# Writes an Envoy bootstrap (JSON) for one variant: none | empty | surge | upstream.
+# Writes an Envoy bootstrap (JSON) for one variant: none | empty | floor | surge | upstream.
 bootstrap() {
   python3 - "$@" <<'PY'
 import json, sys
-variant, listen, admin, upstream, surge_wasm, empty_wasm, plugin_config = sys.argv[1:8]
+variant, listen, admin, upstream, surge_wasm, empty_wasm, floor_wasm, plugin_config = sys.argv[1:9]
 listen, admin, upstream = int(listen), int(admin), int(upstream)
 def sock(port): return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 def cluster(name, port):
@@ -78,6 +80,7 @@ else:
     clusters = [cluster("inbound|8080||", upstream),
                 cluster("outbound|8080||surge-scaler.surge-system.svc.cluster.local", upstream)]
     filters = {"none": [], "empty": [wasm(empty_wasm, "empty", "")],
+               "floor": [wasm(floor_wasm, "floor", "")],
                "surge": [wasm(surge_wasm, "surge", plugin_config)]}[variant] + [router]
 print(json.dumps({
     "node": {"id": "sidecar~127.0.0.1~bench-0.bench~bench.svc.cluster.local", "cluster": "bench",
@@ -96,7 +99,7 @@ PY
 
 start_envoy() { # name cpu listen admin concurrency
   local name=$1 cpu=$2 listen=$3 admin=$4 conc=$5
-  bootstrap "$name" "$listen" "$admin" "$upstream_port" "$surge_wasm" "$empty_wasm" "$plugin_config" >"$out/$name.json"
+  bootstrap "$name" "$listen" "$admin" "$upstream_port" "$surge_wasm" "$empty_wasm" "$floor_wasm" "$plugin_config" >"$out/$name.json"
   taskset -c "$cpu" "$envoy" -c "$out/$name.json" --concurrency "$conc" --use-dynamic-base-id \
     -l warning >"$out/$name.log" 2>&1 &
   pids+=($!)
@@ -114,17 +117,17 @@ declare -A envoy_pid
 upstream_port=$(free_port)
 start_envoy upstream "$load_cpu" "$upstream_port" "$(free_port)" 1
 declare -A port
-for v in none empty surge; do
+for v in none empty floor surge; do
   port[$v]=$(free_port)
   start_envoy "$v" "$envoy_cpu" "${port[$v]}" "$(free_port)" 1
 done
 
 : >"$out/raw.tsv"
-for v in none empty surge; do  # warm-up: JIT, connection pools
+for v in none empty floor surge; do  # warm-up: JIT, connection pools
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d2s "http://127.0.0.1:${port[$v]}/" >/dev/null
 done
 for r in $(seq 1 "$rounds"); do
-  for v in none empty surge; do
+  for v in none empty floor surge; do
     before=$(cpu_ticks "${envoy_pid[$v]}")
     taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${duration}s" --latency \
       "http://127.0.0.1:${port[$v]}/" >"$out/wrk-$v-$r.txt"
@@ -152,9 +155,9 @@ done
 
 reports=$(http_get "http://127.0.0.1:$(python3 -c "import json;print(json.load(open('$out/surge.json'))['admin']['address']['socket_address']['port_value'])")/stats" | grep -E 'surge\.reports_(sent|delivered)_total' || true)
 
-python3 - "$out/raw.tsv" "$rounds" "$duration" "$connections" "$surge_wasm" "$empty_wasm" >"$out/results.md" <<'PY'
+python3 - "$out/raw.tsv" "$rounds" "$duration" "$connections" "$surge_wasm" "$empty_wasm" "$floor_wasm" >"$out/results.md" <<'PY'
 import os, statistics, sys
-path, rounds, duration, conns, surge_wasm, empty_wasm = sys.argv[1:7]
+path, rounds, duration, conns, surge_wasm, empty_wasm, floor_wasm = sys.argv[1:8]
 rows = [l.rstrip("\n").split("\t") for l in open(path) if l.strip()]
 by = {}
 for v, r, rps, p50, p99, non2xx, cpu, err in rows:
@@ -163,7 +166,8 @@ med = {v: tuple(statistics.median(x[i] for x in xs) for i in (0, 1, 2, 4)) for v
 print(f"| variant | requests/s (median of {rounds}) | p50 ms | p99 ms | req/s vs empty | "
       f"Envoy CPU us/request | CPU-based capacity vs empty | all rounds req/s | all rounds CPU us/req |")
 print("|---|---|---|---|---|---|---|---|---|")
-for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"), ("surge", "surge-filter")]:
+for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"),
+                 ("floor", "floor filter (route, :status, 2 clocks)"), ("surge", "surge-filter")]:
     rps, p50, p99, cpu = med[v]
     rounds_rps = ", ".join(f"{x[0]:.0f}" for x in by[v])
     rounds_cpu = ", ".join(f"{x[4]:.1f}" for x in by[v])
@@ -172,12 +176,17 @@ for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"), ("
 bad = sum(x[3] for xs in by.values() for x in xs)
 # Paired per round: the variants of one round ran back to back, so their ratio cancels the
 # machine's slow drift, which the medians of each variant alone do not.
-def paired(i, invert=False):
-    ratios = [(e[i] / s[i]) if invert else (s[i] / e[i]) for s, e in zip(by["surge"], by["empty"])]
+def paired(i, invert=False, variant="surge", base="empty"):
+    ratios = [(e[i] / s[i]) if invert else (s[i] / e[i]) for s, e in zip(by[variant], by[base])]
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
     return statistics.median(ratios), q[0], q[2]
 tp, tp_lo, tp_hi = paired(0)
 cap, cap_lo, cap_hi = paired(4, invert=True)
+ftp, ftp_lo, ftp_hi = paired(0, variant="floor")
+fcap, fcap_lo, fcap_hi = paired(4, invert=True, variant="floor")
+sf, sf_lo, sf_hi = paired(0, base="floor")
+extra = [s[4] - e[4] for s, e in zip(by["surge"], by["empty"])]
+floor_extra = [f[4] - e[4] for f, e in zip(by["floor"], by["empty"])]
 print()
 print(f"surge/empty, medians: throughput **{med['surge'][0] / med['empty'][0]:.1%}**, "
       f"CPU-based capacity (empty CPU per request / surge CPU per request) "
@@ -185,9 +194,14 @@ print(f"surge/empty, medians: throughput **{med['surge'][0] / med['empty'][0]:.1
 print(f"surge/empty, paired per round (median, interquartile range): throughput "
       f"**{tp:.1%}** ({tp_lo:.1%}-{tp_hi:.1%}), CPU-based capacity **{cap:.1%}** "
       f"({cap_lo:.1%}-{cap_hi:.1%})")
+print(f"floor/empty, paired per round: throughput **{ftp:.1%}** ({ftp_lo:.1%}-{ftp_hi:.1%}), "
+      f"CPU-based capacity **{fcap:.1%}** ({fcap_lo:.1%}-{fcap_hi:.1%}); surge/floor throughput "
+      f"**{sf:.1%}** ({sf_lo:.1%}-{sf_hi:.1%})")
+print(f"CPU us per request over the empty filter, paired median: floor "
+      f"**{statistics.median(floor_extra):+.2f}**, surge **{statistics.median(extra):+.2f}**")
 print(f"surge_filter.wasm: {os.path.getsize(surge_wasm)} bytes "
       f"({os.path.getsize(surge_wasm) / 1024:.1f} KiB); empty_filter.wasm: "
-      f"{os.path.getsize(empty_wasm)} bytes")
+      f"{os.path.getsize(empty_wasm)} bytes; floor_filter.wasm: {os.path.getsize(floor_wasm)} bytes")
 print(f"wrk -t1 -c{conns} -d{duration}s --latency, {rounds} interleaved rounds; "
       f"surge pluginConfig: {os.environ.get('SURGE_PLUGIN_CONFIG', '{}')}")
 PY
