@@ -137,6 +137,19 @@ impl NftTable {
         Ok(())
     }
 
+    /// Drops every packet to and from `127.0.0.1:port`: a black hole, where connections and
+    /// calls hang until their own timeouts give up.
+    pub fn drop_all(&self, port: u16) -> Result<()> {
+        for side in [
+            format!("ip daddr 127.0.0.1 tcp dport {port}"),
+            format!("ip saddr 127.0.0.1 tcp sport {port}"),
+        ] {
+            self.rule(&format!("{side} counter comment \"seen\""))?;
+            self.rule(&format!("{side} counter drop comment \"dropped\""))?;
+        }
+        Ok(())
+    }
+
     /// What the rules matched so far.
     pub fn counters(&self) -> Result<Counters> {
         let listing: Value =

@@ -1,11 +1,12 @@
 //! Faults injected for real, while real parts run: the kernel resets or drops the filter's
-//! report packets (nftables, one port on loopback), a delaying proxy slows the scaler's
-//! Kubernetes API calls past and below its timeout, and the embedded API cuts the scaler's
-//! SurgeScaler watch.
+//! report packets and the scaler's Kubernetes API traffic (nftables, one port on loopback), a
+//! delaying proxy slows the scaler's API calls past and below its timeout, and the embedded API
+//! cuts the scaler's SurgeScaler watch.
 //!
 //! ```text
 //!  load --> Envoy 1.40 + surge_filter.wasm --reports--> [nft: reset / random drop] --> capture
 //!  reports --> surge-scaler --kube--> [delaying proxy] --> embedded API (watch cut hook)
+//!  reports --> surge-scaler --kube--> [nft: reset / drop every packet] --> embedded API
 //! ```
 //!
 //! Needs Envoy and the built filter (`make test` provides both), the scaler binary, and for
@@ -900,4 +901,156 @@ async fn a_quiet_surgescaler_watch_is_not_cut_by_the_client_read_timeout() {
         api_errors_of(&metrics, "watch"),
         reads.iter().map(|r| &r.query).collect::<Vec<_>>()
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// The Kubernetes API cut off by the kernel (nftables on the API's port).
+
+/// What [`scale_through_an_api_fault`] saw.
+struct ApiFaultRun {
+    /// Packets the rules matched while the fault was on.
+    counters: Counters,
+    /// Failed API calls the scaler counted while the fault was on.
+    errors_during: u64,
+    /// From the fault's removal to the pending scale-up reaching the API.
+    recovery: Duration,
+    /// Every scale write of the run, in order: replicas asked for.
+    writes: Vec<Option<i64>>,
+}
+
+/// A scaler at 8 replicas of 20 while 3000 rps is reported for 3 s with `inject` cutting the
+/// API's port; then the fault goes and the reports go on until the scale-up is written.
+async fn scale_through_an_api_fault(
+    test: &str,
+    inject: impl FnOnce(&NftTable, u16),
+) -> ApiFaultRun {
+    let api = api_with_one_target_using(Options::default(), 20).await;
+    let dir = work_dir(test);
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "web").unwrap();
+    // A one-minute tick: every step below is woken by a report.
+    let mut scaler = RunningScaler::start(
+        &dir,
+        &kubeconfig,
+        "info",
+        &["--kube-timeout-ms", "1000", "--tick-ms", "60000"],
+    );
+    let client = http_client();
+    wait_ready(&client, scaler.admin, Duration::from_secs(10)).await;
+    api.wait_for_request(Duration::from_secs(5), |r| {
+        r.path.ends_with("/surgescalers/api/status")
+    })
+    .await
+    .expect("the first step writes the status");
+    let mut reporter = Reporter {
+        client: client.clone(),
+        url: scaler.reports_url(),
+        seq: 0,
+        time_ms: 10_000,
+        total: 0,
+    };
+    // Before the fault: calm, then 800 rps in 100 ms, written as 8 replicas.
+    reporter.send(0, 0, false).await;
+    reporter.send(1000, 50, false).await;
+    reporter.send(100, 80, true).await;
+    let patch = api
+        .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
+        .await
+        .expect("a scale PATCH before the fault");
+    assert_eq!(replicas(&patch), Some(8));
+    api.wait_for_request(Duration::from_secs(5), |r| {
+        r.path.ends_with("/surgescalers/api/status")
+            && r.body
+                .as_deref()
+                .is_some_and(|b| b.contains("\"desiredReplicas\":8"))
+    })
+    .await
+    .expect("the status says 8");
+    // Let the Event and status writes that follow the PATCH finish before the fault starts.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let table = NftTable::create().unwrap();
+    let errors_before = api_errors(&scaler.metrics(&client).await);
+    let before = api.requests().len();
+    inject(&table, api.addr().port());
+    for _ in 0..12 {
+        reporter.send(250, 750, true).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let during: Vec<String> = api.requests()[before..]
+        .iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(during.is_empty(), "requests reached the API: {during:?}");
+    assert_eq!(
+        api.desired_replicas("web", "api").unwrap(),
+        8,
+        "the scale held"
+    );
+    assert!(scaler.process.is_running(), "the scaler died");
+    let errors_during = api_errors(&scaler.metrics(&client).await) - errors_before;
+
+    let counters = table.clear().unwrap();
+    let fault_off = Instant::now();
+    let written = report_until(&mut reporter, &api, Duration::from_secs(15), |r| {
+        r.is_scale_write() && r.received > fault_off
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "the pending scale-up was never written; scaler log:\n{}",
+            scaler.log_text()
+        )
+    });
+    assert!(scaler.process.is_running(), "the scaler died");
+    let run = ApiFaultRun {
+        counters,
+        errors_during,
+        recovery: written.received - fault_off,
+        writes: scale_writes(&api).iter().map(replicas).collect(),
+    };
+    println!(
+        "{test}: nft {:?}, {} API calls failed during the fault, scale-up written {:?} after \
+         it went, writes {:?}",
+        run.counters, run.errors_during, run.recovery, run.writes
+    );
+    run
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_port_resetting_every_connection_holds_the_scale_and_the_scale_up_lands_after() {
+    let run = scale_through_an_api_fault("nft-api-reset", |table, port| {
+        table.reset_to(port).unwrap();
+    })
+    .await;
+    // The fault was real, and the scaler met it: its calls failed, none got through.
+    assert!(run.counters.reset > 0, "{:?}", run.counters);
+    assert!(run.errors_during >= 1, "{}", run.errors_during);
+    // Held at 8 during the fault (no write reached the API), then the capped scale-up.
+    assert_eq!(
+        run.writes,
+        [Some(8), Some(20)],
+        "every write within [1, 20]"
+    );
+    assert!(run.recovery < Duration::from_secs(5), "{:?}", run.recovery);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_port_dropping_every_packet_holds_the_scale_and_the_scale_up_lands_after() {
+    let run = scale_through_an_api_fault("nft-api-drop", |table, port| {
+        table.drop_all(port).unwrap();
+    })
+    .await;
+    assert!(run.counters.dropped > 0, "{:?}", run.counters);
+    // Dropped packets: the calls hang until the scaler's 1 s timeout gives up on them.
+    assert!(run.errors_during >= 1, "{}", run.errors_during);
+    assert_eq!(
+        run.writes,
+        [Some(8), Some(20)],
+        "every write within [1, 20]"
+    );
+    // A connection whose packets were dropped is given up on by its timeout, and a SYN lost
+    // just before the fault went is retransmitted after 1 s: recovery may take a few seconds.
+    assert!(run.recovery < Duration::from_secs(10), "{:?}", run.recovery);
 }
