@@ -482,6 +482,51 @@ impl Reporter {
         assert_eq!(answer.status, 200, "{}", answer.body);
         sent
     }
+
+    /// Calm, then 800 rps in 100 ms: returns when that report went and the 8-replica PATCH it
+    /// caused.
+    async fn calm_then_800_rps(&mut self, api: &KubeApi) -> (Instant, RequestRecord) {
+        self.send(0, 0, false).await;
+        self.send(1000, 50, false).await;
+        let sent = self.send(100, 80, true).await;
+        let patch = api
+            .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
+            .await
+            .expect("a scale PATCH for 800 rps");
+        assert_eq!(replicas(&patch), Some(8));
+        (sent, patch)
+    }
+}
+
+/// A scaler reaching the API through `kubeconfig` (directly or through a fault), with a 1 s
+/// API timeout and a one-minute tick (so every step is woken by a report), once its first step
+/// has written the status; and a reporter for it.
+async fn scaler_woken_by_reports(
+    api: &KubeApi,
+    dir: &std::path::Path,
+    kubeconfig: &std::path::Path,
+) -> (RunningScaler, HttpClient, Reporter) {
+    let scaler = RunningScaler::start(
+        dir,
+        kubeconfig,
+        "info",
+        &["--kube-timeout-ms", "1000", "--tick-ms", "60000"],
+    );
+    let client = http_client();
+    wait_ready(&client, scaler.admin, Duration::from_secs(10)).await;
+    api.wait_for_request(Duration::from_secs(5), |r| {
+        r.path.ends_with("/surgescalers/api/status")
+    })
+    .await
+    .expect("the first step writes the status");
+    let reporter = Reporter {
+        client: client.clone(),
+        url: scaler.reports_url(),
+        seq: 0,
+        time_ms: 10_000,
+        total: 0,
+    };
+    (scaler, client, reporter)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -504,39 +549,11 @@ async fn a_slow_api_delays_the_scale_patch_and_one_slower_than_the_timeout_write
         api.kubeconfig("web").replace(&api.url(), &proxy.url()),
     )
     .unwrap();
-    // A one-minute tick: every step below is woken by a report.
-    let mut scaler = RunningScaler::start(
-        &dir,
-        &kubeconfig,
-        "info",
-        &["--kube-timeout-ms", "1000", "--tick-ms", "60000"],
-    );
-    let client = http_client();
-    wait_ready(&client, scaler.admin, Duration::from_secs(10)).await;
-    // The first step (conflict check, scale read) has run once its status is written.
-    api.wait_for_request(Duration::from_secs(5), |r| {
-        r.path.ends_with("/surgescalers/api/status")
-    })
-    .await
-    .expect("the first step writes the status");
-    let mut reporter = Reporter {
-        client: client.clone(),
-        url: scaler.reports_url(),
-        seq: 0,
-        time_ms: 10_000,
-        total: 0,
-    };
+    let (mut scaler, client, mut reporter) = scaler_woken_by_reports(&api, &dir, &kubeconfig).await;
 
-    // No delay: calm, then 800 rps in 100 ms.
-    reporter.send(0, 0, false).await;
-    reporter.send(1000, 50, false).await;
-    let sent = reporter.send(100, 80, true).await;
-    let patch = api
-        .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
-        .await
-        .expect("a scale PATCH without delay");
+    // No delay.
+    let (sent, patch) = reporter.calm_then_800_rps(&api).await;
     let undelayed = patch.received - sent;
-    assert_eq!(replicas(&patch), Some(8));
 
     // 400 ms per request, below the 1 s timeout: 1600 rps in 100 ms.
     proxy.set_read_delay(Duration::from_millis(400));
@@ -929,36 +946,9 @@ async fn scale_through_an_api_fault(
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "web").unwrap();
-    // A one-minute tick: every step below is woken by a report.
-    let mut scaler = RunningScaler::start(
-        &dir,
-        &kubeconfig,
-        "info",
-        &["--kube-timeout-ms", "1000", "--tick-ms", "60000"],
-    );
-    let client = http_client();
-    wait_ready(&client, scaler.admin, Duration::from_secs(10)).await;
-    api.wait_for_request(Duration::from_secs(5), |r| {
-        r.path.ends_with("/surgescalers/api/status")
-    })
-    .await
-    .expect("the first step writes the status");
-    let mut reporter = Reporter {
-        client: client.clone(),
-        url: scaler.reports_url(),
-        seq: 0,
-        time_ms: 10_000,
-        total: 0,
-    };
-    // Before the fault: calm, then 800 rps in 100 ms, written as 8 replicas.
-    reporter.send(0, 0, false).await;
-    reporter.send(1000, 50, false).await;
-    reporter.send(100, 80, true).await;
-    let patch = api
-        .wait_for_request(Duration::from_secs(3), |r| r.is_scale_write())
-        .await
-        .expect("a scale PATCH before the fault");
-    assert_eq!(replicas(&patch), Some(8));
+    let (mut scaler, client, mut reporter) = scaler_woken_by_reports(&api, &dir, &kubeconfig).await;
+    // Before the fault: 8 replicas written.
+    reporter.calm_then_800_rps(&api).await;
     api.wait_for_request(Duration::from_secs(5), |r| {
         r.path.ends_with("/surgescalers/api/status")
             && r.body
@@ -1015,6 +1005,14 @@ async fn scale_through_an_api_fault(
          it went, writes {:?}",
         run.counters, run.errors_during, run.recovery, run.writes
     );
+    // The scaler met the fault (its calls failed), held at 8 while it lasted (no write reached
+    // the API), then wrote the capped scale-up and nothing else.
+    assert!(run.errors_during >= 1, "{}", run.errors_during);
+    assert_eq!(
+        run.writes,
+        [Some(8), Some(20)],
+        "every write within [1, 20]"
+    );
     run
 }
 
@@ -1024,15 +1022,8 @@ async fn an_api_port_resetting_every_connection_holds_the_scale_and_the_scale_up
         table.reset_to(port).unwrap();
     })
     .await;
-    // The fault was real, and the scaler met it: its calls failed, none got through.
+    // The fault was real; a refused call fails at once, so the next report's step writes.
     assert!(run.counters.reset > 0, "{:?}", run.counters);
-    assert!(run.errors_during >= 1, "{}", run.errors_during);
-    // Held at 8 during the fault (no write reached the API), then the capped scale-up.
-    assert_eq!(
-        run.writes,
-        [Some(8), Some(20)],
-        "every write within [1, 20]"
-    );
     assert!(run.recovery < Duration::from_secs(5), "{:?}", run.recovery);
 }
 
@@ -1042,14 +1033,8 @@ async fn an_api_port_dropping_every_packet_holds_the_scale_and_the_scale_up_land
         table.drop_all(port).unwrap();
     })
     .await;
+    // The fault was real; its calls hang until the scaler's 1 s timeout gives up on them.
     assert!(run.counters.dropped > 0, "{:?}", run.counters);
-    // Dropped packets: the calls hang until the scaler's 1 s timeout gives up on them.
-    assert!(run.errors_during >= 1, "{}", run.errors_during);
-    assert_eq!(
-        run.writes,
-        [Some(8), Some(20)],
-        "every write within [1, 20]"
-    );
     // A connection whose packets were dropped is given up on by its timeout, and a SYN lost
     // just before the fault went is retransmitted after 1 s: recovery may take a few seconds.
     assert!(run.recovery < Duration::from_secs(10), "{:?}", run.recovery);
