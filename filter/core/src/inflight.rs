@@ -35,36 +35,7 @@ pub const GONE_AFTER_MS: u64 = 10_000;
 
 /// The shared-data key of VM `vm`'s entry.
 pub fn vm_key(vm: u64) -> String {
-    let mut key = b"surge.v1.vm.".to_vec();
-    push_u64(&mut key, vm);
-    String::from_utf8(key).unwrap_or_default()
-}
-
-/// Appends `n` in decimal. By hand, as the other shared-data encodings here: `format!` at each
-/// call site costs the `.wasm` more than these few lines.
-fn push_u64(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut start = digits.len();
-    loop {
-        start -= 1;
-        digits[start] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[start..]);
-}
-
-/// Reads a decimal `u64` (digits only, no overflow).
-fn parse_u64(text: &[u8]) -> Option<u64> {
-    if text.is_empty() {
-        return None;
-    }
-    text.iter().try_fold(0u64, |n, &b| {
-        let digit = b.checked_sub(b'0').filter(|d| *d < 10)?;
-        n.checked_mul(10)?.checked_add(u64::from(digit))
-    })
+    format!("surge.v1.vm.{vm}")
 }
 
 /// The VMs that publish in-flight counts.
@@ -74,12 +45,14 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Decodes comma-separated ids; anything unreadable is skipped.
+    /// Decodes comma-separated decimal ids, as the lease records are stored; anything
+    /// unreadable is skipped.
     pub fn decode(bytes: &[u8]) -> Self {
+        let text = std::str::from_utf8(bytes).unwrap_or_default();
         Self {
-            vms: bytes
-                .split(|&b| b == b',')
-                .filter_map(parse_u64)
+            vms: text
+                .split(',')
+                .filter_map(|id| id.parse().ok())
                 .take(MAX_VMS)
                 .collect(),
         }
@@ -87,14 +60,7 @@ impl Registry {
 
     /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(self.vms.len() * 21);
-        for (i, &vm) in self.vms.iter().enumerate() {
-            if i > 0 {
-                out.push(b',');
-            }
-            push_u64(&mut out, vm);
-        }
-        out
+        join(&self.vms).into_bytes()
     }
 
     /// The VMs listed.
@@ -161,11 +127,10 @@ impl Entry {
 
     /// The stored form.
     pub fn encode(&self) -> Vec<u8> {
-        let indexed: Vec<String> = self.inflight.indexed.iter().map(u64::to_string).collect();
         format!(
             "w={};i={};o={}",
             self.written_ms,
-            indexed.join(","),
+            join(&self.inflight.indexed),
             self.inflight.other
         )
         .into_bytes()
@@ -238,6 +203,11 @@ pub fn census(now_ms: u64, entries: &[(u64, Option<Entry>)]) -> Census {
         }
     }
     census
+}
+
+/// `ns` in decimal, comma-separated.
+fn join(ns: &[u64]) -> String {
+    ns.iter().map(u64::to_string).collect::<Vec<_>>().join(",")
 }
 
 fn add(total: &mut Arrivals, more: &Arrivals) {

@@ -245,12 +245,6 @@ fn le_i64(raw: Option<&[u8]>) -> Option<i64> {
     Some(i64::from_le_bytes(bytes))
 }
 
-/// Turns a gauge read back as u64 into a count: a gauge briefly below zero (a decrement seen
-/// before its increment) reads as a huge u64.
-pub fn gauge_value(raw: u64) -> u64 {
-    if raw > i64::MAX as u64 { 0 } else { raw }
-}
-
 /// How one report attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -521,12 +515,6 @@ mod tests {
         assert_eq!(duration_us(Some(&1_500_000i64.to_le_bytes())), 1_500);
         assert_eq!(duration_us(Some(&(-5i64).to_le_bytes())), 0);
         assert_eq!(duration_us(None), 0);
-    }
-
-    #[test]
-    fn negative_gauges_read_as_zero() {
-        assert_eq!(gauge_value(3), 3);
-        assert_eq!(gauge_value((-1i64) as u64), 0);
     }
 
     #[test]
