@@ -37,8 +37,8 @@ pub use patch::{PatchError, json_patch, merge_patch};
 pub use resources::ResourceType;
 pub use status::ApiError;
 pub use store::{Change, ChangeKind, Part, Store, default_from_schema, scale_view};
+use watches::Watches;
 pub use watches::{OpenWatch, WatchCut};
-use watches::{WatchSlot, Watches};
 
 /// Settings of the embedded API.
 #[derive(Debug, Clone)]
@@ -239,13 +239,7 @@ impl KubeApi {
 
     /// The watch streams being served now, oldest first.
     pub fn open_watches(&self) -> Vec<OpenWatch> {
-        let open = self
-            .shared
-            .watches
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        open.iter().map(|slot| slot.info.clone()).collect()
+        self.shared.watches.open()
     }
 
     /// Fault hook: cuts every watch stream open now, `how` says how; returns how many. Each
@@ -253,33 +247,13 @@ impl KubeApi {
     /// made after this returns never goes out on a cut stream, so a client can only learn of
     /// it by watching again (or listing).
     pub fn cut_watches(&self, how: WatchCut) -> usize {
-        let slots: Vec<WatchSlot> = {
-            let mut open = self
-                .shared
-                .watches
-                .open
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            open.drain(..).collect()
-        };
-        let count = slots.len();
-        for slot in slots {
-            // A watch that ended meanwhile dropped its receiver: nothing left to cut.
-            let _ = slot.cut.send(how);
-        }
-        count
+        self.shared.watches.cut_open(how)
     }
 
     /// Fault hook: cuts each of the next `n` watch streams to start right after it has sent
     /// its initial events (if any), `how` says how. Replaces a previous such request.
     pub fn cut_next_watches(&self, n: usize, how: WatchCut) {
-        let mut pending = self
-            .shared
-            .watches
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        *pending = (n > 0).then_some((n, how));
+        self.shared.watches.cut_next(n, how);
     }
 
     /// Creates a Deployment `name` in `namespace` with `replicas` and the label `app: name`.

@@ -3,7 +3,7 @@
 //! server restart or a broken connection would.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use tokio::sync::oneshot;
@@ -32,19 +32,63 @@ pub struct OpenWatch {
     pub since: Instant,
 }
 
-pub(super) struct WatchSlot {
+struct WatchSlot {
     id: u64,
-    pub(super) info: OpenWatch,
-    pub(super) cut: oneshot::Sender<WatchCut>,
+    info: OpenWatch,
+    cut: oneshot::Sender<WatchCut>,
 }
 
 /// The open watches and the cuts asked for.
 #[derive(Default)]
 pub(super) struct Watches {
     next_id: AtomicU64,
-    pub(super) open: Mutex<Vec<WatchSlot>>,
+    open: Mutex<Vec<WatchSlot>>,
     /// Watches still to be cut as soon as they start, and how.
-    pub(super) pending: Mutex<Option<(usize, WatchCut)>>,
+    pending: Mutex<Option<(usize, WatchCut)>>,
+}
+
+/// A poisoned lock still guards consistent data here (every critical section is one push,
+/// drain or retain), so a panicked holder does not stop the API.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Watches {
+    /// The watch streams being served now, oldest first.
+    pub(super) fn open(&self) -> Vec<OpenWatch> {
+        lock(&self.open)
+            .iter()
+            .map(|slot| slot.info.clone())
+            .collect()
+    }
+
+    /// Cuts every watch open now; returns how many.
+    pub(super) fn cut_open(&self, how: WatchCut) -> usize {
+        let slots: Vec<WatchSlot> = lock(&self.open).drain(..).collect();
+        let count = slots.len();
+        for slot in slots {
+            // A watch that ended meanwhile dropped its receiver: nothing left to cut.
+            let _ = slot.cut.send(how);
+        }
+        count
+    }
+
+    /// Cuts each of the next `n` watches as it starts (replacing an earlier such request).
+    pub(super) fn cut_next(&self, n: usize, how: WatchCut) {
+        *lock(&self.pending) = (n > 0).then_some((n, how));
+    }
+
+    /// Takes one from the pending cuts, if any are left.
+    fn take_pending(&self) -> Option<WatchCut> {
+        let mut pending = lock(&self.pending);
+        let (left, how) = pending.as_mut()?;
+        *left -= 1;
+        let how = *how;
+        if *left == 0 {
+            *pending = None;
+        }
+        Some(how)
+    }
 }
 
 /// A watch's registration; leaves the open list when the watch ends.
@@ -57,13 +101,7 @@ pub(super) struct WatchTicket {
 
 impl Drop for WatchTicket {
     fn drop(&mut self) {
-        let mut open = self
-            .shared
-            .watches
-            .open
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        open.retain(|slot| slot.id != self.id);
+        lock(&self.shared.watches.open).retain(|slot| slot.id != self.id);
     }
 }
 
@@ -74,32 +112,13 @@ impl Shared {
     pub(super) fn open_watch(self: &Arc<Self>, path: &str, query: &str) -> WatchTicket {
         let id = self.watches.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        let pending = {
-            let mut pending = self
-                .watches
-                .pending
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            match pending.as_mut() {
-                Some((left, how)) if *left > 0 => {
-                    *left -= 1;
-                    let how = *how;
-                    if *left == 0 {
-                        *pending = None;
-                    }
-                    Some(how)
-                }
-                _ => None,
-            }
-        };
-        match pending {
+        match self.watches.take_pending() {
             // Nobody else holds the sender: this watch is cut as soon as it has started.
             Some(how) => {
                 let _ = tx.send(how);
             }
             None => {
-                let mut open = self.watches.open.lock().unwrap_or_else(|e| e.into_inner());
-                open.push(WatchSlot {
+                lock(&self.watches.open).push(WatchSlot {
                     id,
                     info: OpenWatch {
                         path: path.to_string(),
