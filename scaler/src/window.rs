@@ -50,7 +50,8 @@ pub const BUCKET_MS: Millis = 100;
 pub struct SourceLimits {
     /// Least mean time between accepted reports of one instance, in milliseconds (the rate of
     /// a GCRA token bucket). The filter sends one report per `report_interval_ms` (default
-    /// 1000, at least 50) plus early surge reports at least `surge.min_gap_ms` (100) apart, each but the first of a surge only after a further 1.25x rise.
+    /// 1000, at least 50) plus early surge reports at least `surge.min_gap_ms` (100) apart,
+    /// each but the first of a surge only after a further 1.25x rise.
     pub min_report_interval_ms: Millis,
     /// Reports of one instance accepted back to back before the interval applies (at least 1).
     pub report_burst: u32,

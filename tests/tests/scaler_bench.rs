@@ -10,7 +10,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
 use surge_sandbox::kubeapi::{KubeApi, Options, resources};
+use surge_sandbox::process::ChildGuard;
 
 fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -43,7 +44,8 @@ fn free_addr() -> SocketAddr {
 }
 
 struct Scaler {
-    child: Child,
+    /// Killed and reaped when dropped, and tied to this process by the sandbox's spawner.
+    child: ChildGuard,
     ingest: SocketAddr,
     admin: SocketAddr,
     _dir: PathBuf,
@@ -51,8 +53,6 @@ struct Scaler {
 
 impl Drop for Scaler {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self._dir);
     }
 }
@@ -118,7 +118,8 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "bench").unwrap();
     let (ingest, admin) = (free_addr(), free_addr());
-    let child = Command::new("taskset")
+    let mut command = Command::new("taskset");
+    command
         .args(["-c", "0"])
         .arg(&bin)
         .args(["run", "--identity", "off"])
@@ -140,11 +141,9 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "error")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        .stderr(Stdio::inherit());
     let scaler = Scaler {
-        child,
+        child: ChildGuard::spawn("surge-scaler", command).unwrap(),
         ingest,
         admin,
         _dir: dir,
@@ -213,13 +212,13 @@ fn median(mut values: Vec<f64>) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 #[ignore = "benchmark: run explicitly, see docs/benchmarks/scaler.md"]
 async fn bench_ingest_throughput_and_latency() {
+    // Enough instances that each stays under the per-instance report limit (20/s) at the
+    // rates measured.
     const INSTANCES: usize = 10_000;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let api = api_with_targets(10).await;
     let scaler = start_scaler(&api, &client).await;
     // Warm-up: every instance reports at least once.
-    // Enough instances that each stays under the per-instance report limit (20/s) at the
-    // rates measured.
     let _ = load(&scaler, INSTANCES, 4, 2.0, 32);
     let mut rates = Vec::new();
     let mut p99s = Vec::new();
