@@ -21,7 +21,7 @@ tools:
 lint: tools
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy -p surge-wire -p surge-filter-core -p surge-filter --target wasm32-wasip1 -- -D warnings
+	$(CARGO) clippy -p surge-wire -p surge-filter-core -p surge-filter --target wasm32-wasip1 --lib --examples -- -D warnings
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 ## The filter (stripped: the module Istio loads), the same with its name section (to read an

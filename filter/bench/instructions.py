@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Instructions per request through one Envoy, counted by valgrind's callgrind.
 
-    filter/bench/instructions.py                # none, empty, floor filter, surge-filter
+    filter/bench/instructions.py                # none, empty, floor filters, surge-filter
     WARM=2000 MEAS=3000 filter/bench/instructions.py
 
 Throughput on a shared VM moves by several percent between runs; an instruction count does
@@ -152,7 +152,9 @@ def main() -> None:
     variants = [
         ("none", "", ""),
         ("empty", str(WASM / "examples/empty_filter.wasm"), ""),
-        # Only the host calls any per-route counter needs (route, :status, two clocks).
+        # The least any filter keyed by route must ask: the route name, nothing else.
+        ("route", str(WASM / "examples/floor_filter.wasm"), "route"),
+        # The host calls exact per-route errors and latency need (route, :status, two clocks).
         ("floor", str(WASM / "examples/floor_filter.wasm"), ""),
         ("surge", str(WASM / "surge_filter.wasm"), "{}"),
         ("surge-gateway", str(WASM / "surge_filter.wasm"), '{"role":"gateway"}'),

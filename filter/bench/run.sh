@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
 # Filter benchmark: requests/s and p50/p99 latency through one Envoy (V8) with no filter, with an
-# empty proxy-wasm filter, with the floor filter (only the host calls any per-route counter needs:
-# route name, :status, two clock reads) and with surge-filter, measured side by side in one run.
+# empty proxy-wasm filter, with the floor filter twice (only the route name: the least any filter
+# keyed by route must ask; and route name, :status and two clock reads: what exact per-route
+# errors and latency need) and with surge-filter, measured side by side in one run.
 #
-#   filter/bench/run.sh            # defaults: 5 rounds of 10 s each, interleaved
+#   filter/bench/run.sh            # defaults: 30 rounds of 4 s each, interleaved
 #   ROUNDS=3 DURATION=5 filter/bench/run.sh
 #   SURGE_PLUGIN_CONFIG='{"route_key":{"include_cluster":false}}' filter/bench/run.sh
 #
 # Layout (2 cores): the Envoy under test runs on core $ENVOY_CPU with one worker (--concurrency
 # 1); wrk and the upstream (an Envoy answering 200 from a direct_response, which also accepts
-# the filter's reports with 202) share core $LOAD_CPU. The four Envoys under test run at the
+# the filter's reports with 202) share core $LOAD_CPU. The five Envoys under test run at the
 # same time but only the one under load is busy; rounds interleave the variants so drift on a
-# noisy machine hits all three alike. Besides wrk's requests/s and latency, the script reads the
+# noisy machine hits all of them alike. Besides wrk's requests/s and latency, the script reads the
 # Envoy process's CPU time (utime+stime from /proc) around each run and reports CPU microseconds
 # per request: on a shared machine this is far steadier than throughput, and on a dedicated core
 # throughput is its inverse. Medians over the rounds are printed as a Markdown table and written
@@ -24,8 +25,8 @@ surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm32-wasip1/release/surge_filter.
 empty_wasm=${SURGE_EMPTY_WASM:-$repo/target/wasm32-wasip1/release/examples/empty_filter.wasm}
 floor_wasm=${SURGE_FLOOR_WASM:-$repo/target/wasm32-wasip1/release/examples/floor_filter.wasm}
 plugin_config=${SURGE_PLUGIN_CONFIG:-'{}'}
-rounds=${ROUNDS:-5}
-duration=${DURATION:-10}
+rounds=${ROUNDS:-30}
+duration=${DURATION:-4}
 connections=${CONNECTIONS:-32}
 envoy_cpu=${ENVOY_CPU:-0}
 load_cpu=${LOAD_CPU:-1}
@@ -80,6 +81,7 @@ else:
     clusters = [cluster("inbound|8080||", upstream),
                 cluster("outbound|8080||surge-scaler.surge-system.svc.cluster.local", upstream)]
     filters = {"none": [], "empty": [wasm(empty_wasm, "empty", "")],
+               "route": [wasm(floor_wasm, "route", "route")],
                "floor": [wasm(floor_wasm, "floor", "")],
                "surge": [wasm(surge_wasm, "surge", plugin_config)]}[variant] + [router]
 print(json.dumps({
@@ -117,17 +119,17 @@ declare -A envoy_pid
 upstream_port=$(free_port)
 start_envoy upstream "$load_cpu" "$upstream_port" "$(free_port)" 1
 declare -A port
-for v in none empty floor surge; do
+for v in none empty route floor surge; do
   port[$v]=$(free_port)
   start_envoy "$v" "$envoy_cpu" "${port[$v]}" "$(free_port)" 1
 done
 
 : >"$out/raw.tsv"
-for v in none empty floor surge; do  # warm-up: JIT, connection pools
+for v in none empty route floor surge; do  # warm-up: JIT, connection pools
   taskset -c "$load_cpu" wrk -t1 -c"$connections" -d2s "http://127.0.0.1:${port[$v]}/" >/dev/null
 done
 for r in $(seq 1 "$rounds"); do
-  for v in none empty floor surge; do
+  for v in none empty route floor surge; do
     before=$(cpu_ticks "${envoy_pid[$v]}")
     taskset -c "$load_cpu" wrk -t1 -c"$connections" -d"${duration}s" --latency \
       "http://127.0.0.1:${port[$v]}/" >"$out/wrk-$v-$r.txt"
@@ -167,6 +169,7 @@ print(f"| variant | requests/s (median of {rounds}) | p50 ms | p99 ms | req/s vs
       f"Envoy CPU us/request | CPU-based capacity vs empty | all rounds req/s | all rounds CPU us/req |")
 print("|---|---|---|---|---|---|---|---|---|")
 for v, label in [("none", "no filter"), ("empty", "empty proxy-wasm filter"),
+                 ("route", "floor filter, route name only"),
                  ("floor", "floor filter (route, :status, 2 clocks)"), ("surge", "surge-filter")]:
     rps, p50, p99, cpu = med[v]
     rounds_rps = ", ".join(f"{x[0]:.0f}" for x in by[v])
@@ -184,9 +187,12 @@ tp, tp_lo, tp_hi = paired(0)
 cap, cap_lo, cap_hi = paired(4, invert=True)
 ftp, ftp_lo, ftp_hi = paired(0, variant="floor")
 fcap, fcap_lo, fcap_hi = paired(4, invert=True, variant="floor")
+rtp, rtp_lo, rtp_hi = paired(0, variant="route")
+rcap, rcap_lo, rcap_hi = paired(4, invert=True, variant="route")
 sf, sf_lo, sf_hi = paired(0, base="floor")
 extra = [s[4] - e[4] for s, e in zip(by["surge"], by["empty"])]
 floor_extra = [f[4] - e[4] for f, e in zip(by["floor"], by["empty"])]
+route_extra = [f[4] - e[4] for f, e in zip(by["route"], by["empty"])]
 print()
 print(f"surge/empty, medians: throughput **{med['surge'][0] / med['empty'][0]:.1%}**, "
       f"CPU-based capacity (empty CPU per request / surge CPU per request) "
@@ -197,7 +203,10 @@ print(f"surge/empty, paired per round (median, interquartile range): throughput 
 print(f"floor/empty, paired per round: throughput **{ftp:.1%}** ({ftp_lo:.1%}-{ftp_hi:.1%}), "
       f"CPU-based capacity **{fcap:.1%}** ({fcap_lo:.1%}-{fcap_hi:.1%}); surge/floor throughput "
       f"**{sf:.1%}** ({sf_lo:.1%}-{sf_hi:.1%})")
-print(f"CPU us per request over the empty filter, paired median: floor "
+print(f"route-only floor/empty, paired per round: throughput **{rtp:.1%}** "
+      f"({rtp_lo:.1%}-{rtp_hi:.1%}), CPU-based capacity **{rcap:.1%}** ({rcap_lo:.1%}-{rcap_hi:.1%})")
+print(f"CPU us per request over the empty filter, paired median: route only "
+      f"**{statistics.median(route_extra):+.2f}**, floor "
       f"**{statistics.median(floor_extra):+.2f}**, surge **{statistics.median(extra):+.2f}**")
 print(f"surge_filter.wasm: {os.path.getsize(surge_wasm)} bytes "
       f"({os.path.getsize(surge_wasm) / 1024:.1f} KiB); empty_filter.wasm: "

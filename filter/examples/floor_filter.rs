@@ -2,14 +2,19 @@
 //! per-route requests, errors and latency need (the route name, the response status, a clock
 //! read at each end) and keeps nothing. It answers "what would any filter that counts per route
 //! cost on this ABI?", so surge-filter's own work can be told apart from the price of asking.
+//!
+//! Its plugin configuration names the calls to make, comma-separated: `route`, `status`,
+//! `clock`; empty means all three. `route` alone is the least any filter keyed by route can
+//! do: count requests per route, with no errors and no latency.
 
 #[cfg(target_arch = "wasm32")]
 mod floor {
+    use std::cell::Cell;
     use std::hint::black_box;
 
     use proxy_wasm::hostcalls;
-    use proxy_wasm::traits::{Context, HttpContext};
-    use proxy_wasm::types::{Action, MapType, Status};
+    use proxy_wasm::traits::{Context, HttpContext, RootContext};
+    use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, Status};
 
     #[link(wasm_import_module = "env")]
     unsafe extern "C" {
@@ -19,6 +24,46 @@ mod floor {
             return_value_data: *mut *mut u8,
             return_value_size: *mut usize,
         ) -> Status;
+    }
+
+    /// Which host calls each request makes; set once per VM by `on_configure`.
+    #[derive(Clone, Copy)]
+    struct Calls {
+        route: bool,
+        status: bool,
+        clock: bool,
+    }
+
+    impl Calls {
+        const ALL: Calls = Calls {
+            route: true,
+            status: true,
+            clock: true,
+        };
+
+        fn parse(config: &str) -> Result<Calls, String> {
+            if config.trim().is_empty() {
+                return Ok(Calls::ALL);
+            }
+            let mut calls = Calls {
+                route: false,
+                status: false,
+                clock: false,
+            };
+            for name in config.split(',').map(str::trim) {
+                match name {
+                    "route" => calls.route = true,
+                    "status" => calls.status = true,
+                    "clock" => calls.clock = true,
+                    other => return Err(format!("unknown host call {other:?}")),
+                }
+            }
+            Ok(calls)
+        }
+    }
+
+    thread_local! {
+        static CALLS: Cell<Calls> = const { Cell::new(Calls::ALL) };
     }
 
     /// `xds.route_name`, read with a pre-encoded path as surge-filter reads it.
@@ -40,30 +85,71 @@ mod floor {
         black_box(hostcalls::get_current_time().ok());
     }
 
-    struct Floor;
+    struct FloorRoot;
+
+    impl Context for FloorRoot {}
+
+    impl RootContext for FloorRoot {
+        fn on_configure(&mut self, size: usize) -> bool {
+            let bytes = hostcalls::get_buffer(BufferType::PluginConfiguration, 0, size)
+                .ok()
+                .flatten()
+                .unwrap_or_default();
+            match Calls::parse(&String::from_utf8_lossy(&bytes)) {
+                Ok(calls) => {
+                    CALLS.set(calls);
+                    true
+                }
+                Err(error) => {
+                    let _ = hostcalls::log(LogLevel::Error, &format!("floor filter: {error}"));
+                    false
+                }
+            }
+        }
+
+        fn get_type(&self) -> Option<ContextType> {
+            Some(ContextType::HttpContext)
+        }
+
+        fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+            Some(Box::new(Floor { calls: CALLS.get() }))
+        }
+    }
+
+    struct Floor {
+        calls: Calls,
+    }
 
     impl Context for Floor {}
 
     impl HttpContext for Floor {
         fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-            black_box(route_name());
-            now();
+            if self.calls.route {
+                black_box(route_name());
+            }
+            if self.calls.clock {
+                now();
+            }
             Action::Continue
         }
 
         fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-            black_box(hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok());
+            if self.calls.status {
+                black_box(
+                    hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, ":status").ok(),
+                );
+            }
             Action::Continue
         }
 
         fn on_log(&mut self) {
-            now();
+            if self.calls.clock {
+                now();
+            }
         }
     }
 
     proxy_wasm::main! {{
-        proxy_wasm::set_http_context(|_context_id, _root_context_id| -> Box<dyn HttpContext> {
-            Box::new(Floor)
-        });
+        proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> { Box::new(FloorRoot) });
     }}
 }
