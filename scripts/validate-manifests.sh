@@ -151,6 +151,7 @@ render all-options --include-crds --set namespace.create=true --set serviceMonit
   --set priorityClassName=system-cluster-critical --set 'scaler.gatewayNamespaces={istio-system,istio-ingress}'
 render no-token --set token.enabled=false --set networkPolicy.egress.enabled=false --set podDisruptionBudget.enabled=false
 render existing-secret --set token.existingSecret=my-token --set scaler.identity=required
+render watch-namespaces --set 'scaler.watchNamespaces={web,shop}'
 must_fail "helm template refuses replicaCount=2 (no leader election yet)" "replicaCount (must be 1|does not match)" \
   "$helm" template "$release" "$chart" --namespace "$namespace" --set replicaCount=2
 must_fail "helm template refuses scaler.identity=sometimes" "scaler.identity must be" \
@@ -163,6 +164,9 @@ must_fail "helm template refuses scaler.limits.reportBurst=0 (the flag takes 1..
 must_fail "helm template refuses a gateway namespace with a comma (the flag would split it)" \
   "scaler.gatewayNamespaces.0: Does not match pattern" \
   "$helm" template "$release" "$chart" --namespace "$namespace" --set-json 'scaler.gatewayNamespaces=["istio-system,web"]'
+must_fail "helm template refuses a watch namespace that is not a namespace name" \
+  "scaler.watchNamespaces.0: Does not match pattern" \
+  "$helm" template "$release" "$chart" --namespace "$namespace" --set 'scaler.watchNamespaces={Web}'
 # Helm reads numbers in a values file as floats: a large limit must still render as an integer.
 printf 'scaler:\n  limits:\n    maxInstanceRoutes: 5000000\n' >"$work/large-limit.yaml"
 run "a large limit from a values file renders as an integer flag, not 5e+06" \
@@ -201,6 +205,7 @@ echo "== wiring, security and dashboard"
 run "scaler and headroom pods meet the restricted Pod Security profile" \
   "$py" "$checks" restricted "$work/render/defaults.yaml" "$work/render/all-options.yaml" deploy/karpenter/headroom.yaml
 run "RBAC grants exactly the scaler's least-privilege list" "$py" "$checks" rbac "$work/render/defaults.yaml"
+run "RBAC with watchNamespaces: a Role in each, nothing cluster-wide" "$py" "$checks" rbac "$work/render/watch-namespaces.yaml" web,shop
 run "filter's scaler cluster, PeerAuthentication and AuthorizationPolicy match the chart" \
   "$py" "$checks" wiring "$work/render/defaults.yaml" istio
 for board in deploy/grafana/*.json; do
@@ -261,6 +266,8 @@ must_fail "scaler pod allowing privilege escalation" "allowPrivilegeEscalation m
   "$py" "$checks" restricted "$broken/chart.yaml"
 must_fail "ClusterRole granting update on the scale subresource" "deployments/scale grants \['update'\]" \
   "$py" "$checks" rbac "$broken/chart.yaml"
+must_fail "watchNamespaces render lacking the Role of one namespace" "Roles in namespaces \[.shop., .web.\], expected one in each of" \
+  "$py" "$checks" rbac "$work/render/watch-namespaces.yaml" web,shop,jobs
 # 7. A dashboard querying a metric the scaler does not have: the dashboard check must fail.
 sed 's/surge_panic_mode/surge_no_such_metric/g' deploy/grafana/surge-scaler.json >"$broken/dashboard.json"
 must_fail "dashboard querying a metric the scaler does not register" "surge_no_such_metric is not registered" \

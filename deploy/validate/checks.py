@@ -10,7 +10,8 @@
                                           match the chart's Service, ports and labels
     checks.py restricted FILE...          every pod template meets the Pod Security Standards'
                                           `restricted` profile (the fields it requires)
-    checks.py rbac CHART_RENDER           the scaler's RBAC grants nothing beyond its least-privilege list
+    checks.py rbac CHART_RENDER [NS,...]  the scaler's RBAC grants nothing beyond its least-privilege list
+                                          (with NS: only Roles, one in each of those namespaces)
     checks.py dashboard DASHBOARD SCALER_SRC
                                           the dashboard parses and every metric it queries is
                                           registered by the scaler
@@ -273,20 +274,35 @@ RBAC_ALLOWED = {
 }
 
 
-def cmd_rbac(chart_render):
+def cmd_rbac(chart_render, namespaces=None):
+    """Cluster-wide (no NAMESPACES): one ClusterRole and no Role. With NAMESPACES (the chart's
+    scaler.watchNamespaces): no ClusterRole, one Role and RoleBinding in each. Either way every
+    role grants exactly the least-privilege list."""
     errors = []
     docs = load_docs(chart_render)
-    for kind in ("Role", "RoleBinding"):
-        for extra in find(docs, kind):
-            errors.append(f"{kind} {extra['metadata']['name']}: the scaler needs no namespaced grant")
-    roles = find(docs, "ClusterRole")
-    if len(roles) != 1:
-        errors.append(f"expected one ClusterRole, found {len(roles)}")
-        roles = []
-    granted = {}
+    if namespaces is None:
+        for kind in ("Role", "RoleBinding"):
+            for extra in find(docs, kind):
+                errors.append(f"{kind} {extra['metadata']['name']}: the scaler needs no namespaced grant")
+        roles = find(docs, "ClusterRole")
+        if len(roles) != 1:
+            errors.append(f"expected one ClusterRole, found {len(roles)}")
+            roles = []
+    else:
+        for kind in ("ClusterRole", "ClusterRoleBinding"):
+            for extra in find(docs, kind):
+                errors.append(f"{kind} {extra['metadata']['name']}: with watchNamespaces nothing is cluster-wide")
+        roles = find(docs, "Role")
+        for kind in ("Role", "RoleBinding"):
+            found = sorted(d["metadata"].get("namespace", "") for d in find(docs, kind))
+            if found != sorted(namespaces):
+                errors.append(f"{kind}s in namespaces {found}, expected one in each of {sorted(namespaces)}")
     for role in roles:
+        granted = {}
+        scope = role["metadata"].get("namespace")
+        name = f"{role['kind']} {role['metadata']['name']}" + (f" in {scope}" if scope else "")
         for i, rule in enumerate(role.get("rules") or []):
-            where = f"ClusterRole {role['metadata']['name']} rules[{i}]"
+            where = f"{name} rules[{i}]"
             if rule.get("resourceNames") or rule.get("nonResourceURLs"):
                 errors.append(f"{where}: resourceNames/nonResourceURLs are not expected")
             for g in rule.get("apiGroups") or []:
@@ -298,15 +314,17 @@ def cmd_rbac(chart_render):
                     if extra:
                         errors.append(f"{where}: {g or 'core'}/{r} grants {sorted(extra)} beyond the least-privilege list")
                     granted.setdefault((g, r), set()).update(verbs)
-    if roles:
         for (g, r), verbs in sorted(RBAC_ALLOWED.items()):
             lacking = verbs - granted.get((g, r), set())
             if lacking:
-                errors.append(f"ClusterRole: {g or 'core'}/{r} lacks {sorted(lacking)}, which the scaler needs")
+                errors.append(f"{name}: {g or 'core'}/{r} lacks {sorted(lacking)}, which the scaler needs")
     for e in errors:
         print(f"FAIL {e}")
     if not errors:
-        print("OK   the ClusterRole grants exactly the least-privilege list; no Role")
+        if namespaces is None:
+            print("OK   the ClusterRole grants exactly the least-privilege list; no Role")
+        else:
+            print(f"OK   a Role in each of {', '.join(namespaces)} grants exactly the least-privilege list; nothing cluster-wide")
     return 1 if errors else 0
 
 
@@ -431,6 +449,8 @@ def main(argv):
         return cmd_restricted(args)
     if cmd == "rbac" and len(args) == 1:
         return cmd_rbac(args[0])
+    if cmd == "rbac" and len(args) == 2:
+        return cmd_rbac(args[0], [n for n in args[1].split(",") if n])
     if cmd == "dashboard" and len(args) == 2:
         return cmd_dashboard(*args)
     print(__doc__)

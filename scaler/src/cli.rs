@@ -50,9 +50,16 @@ pub struct RunArgs {
     /// Log format.
     #[arg(long, env = "SURGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
-    /// Watch SurgeScalers in this namespace only (all namespaces when unset).
-    #[arg(long, env = "SURGE_WATCH_NAMESPACE")]
-    pub watch_namespace: Option<String>,
+    /// Watch SurgeScalers in these namespaces only (comma-separated; all namespaces when
+    /// unset), one watch each, so that the scaler needs no cluster-wide RBAC.
+    #[arg(
+        long,
+        alias = "watch-namespace",
+        env = "SURGE_WATCH_NAMESPACES",
+        value_delimiter = ',',
+        value_parser = parse_namespace
+    )]
+    pub watch_namespaces: Vec<String>,
     /// Slow decision tick in milliseconds: how often each target is re-evaluated without new
     /// reports (scale-down, staleness). Surges are decided on ingest, not on this tick.
     #[arg(long, env = "SURGE_TICK_MS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
@@ -93,6 +100,26 @@ pub struct RunArgs {
         default_value = "istio-system,istio-ingress"
     )]
     pub gateway_namespaces: Vec<String>,
+}
+
+/// A namespace name as the API server accepts it: an RFC 1123 label.
+fn parse_namespace(value: &str) -> Result<String, String> {
+    let valid = !value.is_empty()
+        && value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if valid {
+        Ok(value.to_owned())
+    } else {
+        Err(
+            "not a namespace name (lowercase letters, digits and '-', at most 63, \
+             starting and ending with a letter or digit)"
+                .to_owned(),
+        )
+    }
 }
 
 impl RunArgs {
@@ -170,6 +197,36 @@ mod tests {
             panic!("expected run")
         };
         assert_eq!(any.gateway_namespaces(), None);
+    }
+
+    #[test]
+    fn watch_namespaces_take_a_list_and_name_the_flag_of_a_bad_one() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["surge-scaler", "run"];
+            all.extend_from_slice(args);
+            Cli::try_parse_from(all).map(|cli| match cli.command {
+                Command::Run(run) => run.watch_namespaces,
+                _ => panic!("expected run"),
+            })
+        };
+        assert_eq!(parse(&[]).unwrap(), Vec::<String>::new());
+        assert_eq!(
+            parse(&["--watch-namespaces", "web,shop"]).unwrap(),
+            vec!["web".to_owned(), "shop".to_owned()]
+        );
+        // The flag's earlier, singular spelling still works.
+        assert_eq!(
+            parse(&["--watch-namespace", "web"]).unwrap(),
+            vec!["web".to_owned()]
+        );
+        for bad in ["Web", "web,", "-web", "a_b", &"x".repeat(64)] {
+            let flag = format!("--watch-namespaces={bad}");
+            let error = parse(&[&flag]).unwrap_err().to_string();
+            assert!(
+                error.contains("--watch-namespaces") && error.contains("not a namespace name"),
+                "{bad:?}: {error}"
+            );
+        }
     }
 
     #[test]

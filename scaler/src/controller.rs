@@ -185,65 +185,98 @@ impl Context {
 }
 
 /// Watches SurgeScalers until `shutdown` turns true, then stops every loop after its in-flight
-/// writes. `ready` is set once the first full list has been seen.
+/// writes. `namespaces` empty: one watch over the whole cluster; else one watch per namespace,
+/// so that the scaler needs no cluster-wide grant (the chart's `watchNamespaces`). `ready` is
+/// set once every watch's first full list has been seen.
 pub async fn run(
     ctx: Arc<Context>,
-    namespace: Option<String>,
+    namespaces: Vec<String>,
     ready: Arc<AtomicBool>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let api: Api<SurgeScaler> = match &namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
+    let scopes: Vec<Option<String>> = if namespaces.is_empty() {
+        vec![None]
+    } else {
+        namespaces.into_iter().map(Some).collect()
     };
-    let stream = watcher(api, watcher::Config::default()).default_backoff();
-    let mut stream = std::pin::pin!(stream);
+    let streams = scopes.iter().enumerate().map(|(index, scope)| {
+        let api: Api<SurgeScaler> = match scope {
+            Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+            None => Api::all(ctx.client.clone()),
+        };
+        watcher(api, watcher::Config::default())
+            .default_backoff()
+            .map(move |event| (index, event))
+            .boxed()
+    });
+    let mut stream = futures::stream::select_all(streams);
     let mut loops: HashMap<TargetKey, LoopHandle> = HashMap::new();
-    let mut listed: HashSet<TargetKey> = HashSet::new();
+    // Per watch: the keys its current (re)list has shown, and whether a list has completed.
+    let mut listed: Vec<HashSet<TargetKey>> = vec![HashSet::new(); scopes.len()];
+    let mut synced = vec![false; scopes.len()];
     loop {
-        let event = tokio::select! {
+        let (index, event) = tokio::select! {
             _ = shutdown.changed() => break,
-            event = stream.next() => event,
+            next = stream.next() => match next {
+                Some(next) => next,
+                None => break,
+            },
         };
         match event {
-            Some(Ok(watcher::Event::Apply(scaler))) => {
+            Ok(watcher::Event::Apply(scaler)) => {
                 upsert(&ctx, &mut loops, scaler, &shutdown);
             }
-            Some(Ok(watcher::Event::InitApply(scaler))) => {
+            Ok(watcher::Event::InitApply(scaler)) => {
                 if let Some(key) = key_of(&scaler) {
-                    listed.insert(key);
+                    listed[index].insert(key);
                 }
                 upsert(&ctx, &mut loops, scaler, &shutdown);
             }
-            Some(Ok(watcher::Event::Delete(scaler))) => {
+            Ok(watcher::Event::Delete(scaler)) => {
                 if let Some(key) = key_of(&scaler) {
                     remove(&ctx, &mut loops, &key);
                 }
             }
-            Some(Ok(watcher::Event::Init)) => listed.clear(),
-            Some(Ok(watcher::Event::InitDone)) => {
-                // Anything not in the fresh list was deleted while the watch was down.
-                let gone: Vec<TargetKey> = loops
-                    .keys()
-                    .filter(|k| !listed.contains(k))
-                    .cloned()
-                    .collect();
+            Ok(watcher::Event::Init) => listed[index].clear(),
+            Ok(watcher::Event::InitDone) => {
+                // Anything of this watch's scope not in its fresh list was deleted while the
+                // watch was down; the other watches' targets are theirs to prune.
+                let gone =
+                    gone_after_relist(loops.keys(), scopes[index].as_deref(), &listed[index]);
                 for key in gone {
                     remove(&ctx, &mut loops, &key);
                 }
-                ready.store(true, Ordering::Release);
+                synced[index] = true;
+                if synced.iter().all(|s| *s) {
+                    ready.store(true, Ordering::Release);
+                }
             }
-            Some(Err(error)) => {
+            Err(error) => {
                 ctx.metrics.api_error(Operation::watch, "error");
-                tracing::warn!(%error, "SurgeScaler watch failed; retrying with backoff");
+                let namespace = scopes[index].as_deref().unwrap_or("*");
+                tracing::warn!(%error, namespace, "SurgeScaler watch failed; retrying with backoff");
             }
-            None => break,
         }
     }
     // Loops see the same shutdown signal; wait for each to finish its in-flight writes.
     for (_, handle) in loops.drain() {
         let _ = handle.join.await;
     }
+}
+
+/// The targets a watch's completed (re)list shows deleted: those of its scope (one namespace,
+/// or all for `None`) that the list did not contain. Another watch's targets are never among
+/// them, so one namespace's relist cannot stop the loops of another.
+fn gone_after_relist<'a>(
+    running: impl Iterator<Item = &'a TargetKey>,
+    scope: Option<&str>,
+    listed: &HashSet<TargetKey>,
+) -> Vec<TargetKey> {
+    running
+        .filter(|k| scope.is_none_or(|ns| k.namespace == ns))
+        .filter(|k| !listed.contains(*k))
+        .cloned()
+        .collect()
 }
 
 struct LoopHandle {

@@ -205,7 +205,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     ));
     let controller = tokio::spawn(controller::run(
         ctx,
-        args.watch_namespace.clone(),
+        args.watch_namespaces.clone(),
         ready,
         shutdown_rx,
     ));

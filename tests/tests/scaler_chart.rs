@@ -180,9 +180,57 @@ impl Grant {
 fn chart_manifest() -> Vec<Value> {
     let manifest = std::fs::read_to_string(workspace().join("deploy/manifests/surge.yaml"))
         .expect("deploy/manifests/surge.yaml is readable");
-    serde_yaml::Deserializer::from_str(&manifest)
-        .map(|doc| Value::deserialize(doc).expect("surge.yaml is YAML"))
+    yaml_documents(&manifest)
+}
+
+/// The chart rendered as `deploy/manifests/surge.yaml` is, with `--set` values on top; by the
+/// helm that `make tools` installs into `.tools/helm`.
+fn chart_rendered_with(set: &[&str]) -> Vec<Value> {
+    let helm = workspace().join(".tools/helm/bin/helm");
+    assert!(
+        helm.exists(),
+        "{} is missing: run `make tools` (scripts/tools.sh installs helm)",
+        helm.display()
+    );
+    let mut command = Command::new(&helm);
+    command
+        .args(["template", "surge"])
+        .arg(workspace().join("deploy/chart/surge"))
+        .args(["--namespace", "surge-system"]);
+    for value in set {
+        command.args(["--set", value]);
+    }
+    let output = command.output().expect("helm runs");
+    assert!(
+        output.status.success(),
+        "helm template --set {set:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    yaml_documents(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn yaml_documents(text: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(text)
+        .map(|doc| Value::deserialize(doc).expect("the chart renders YAML"))
         .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The scaler container's `args` in the chart's Deployment.
+fn chart_args(docs: &[Value]) -> Vec<String> {
+    let containers = chart_deployment(docs)
+        .pointer("/spec/template/spec/containers")
+        .and_then(Value::as_array)
+        .expect("the Deployment has containers");
+    let scaler = containers
+        .iter()
+        .find(|c| c["name"] == "scaler")
+        .expect("a container named scaler");
+    scaler["args"]
+        .as_array()
+        .expect("the scaler has args")
+        .iter()
+        .map(|a| a.as_str().expect("every arg is a string").to_owned())
         .collect()
 }
 
@@ -255,7 +303,9 @@ fn grants_of_the_chart(docs: &[Value]) -> (String, Vec<Grant>) {
 /// (group, resource, verb) of each grant that no request used.
 fn judge(requests: &[RequestRecord], grants: &[Grant]) -> (Vec<String>, Vec<String>) {
     let mut denied = Vec::new();
-    let mut used: BTreeSet<(usize, String, String, String)> = BTreeSet::new();
+    // Keyed by the rule's origin, not by the grant: with `watchNamespaces` the same Role is
+    // bound in several namespaces, and a rule is used when a request in any of them used it.
+    let mut used: BTreeSet<(String, String, String, String)> = BTreeSet::new();
     for r in requests {
         let asked = match attributes(&r.method, &r.path, &r.query) {
             Ok(asked) => asked,
@@ -276,7 +326,7 @@ fn judge(requests: &[RequestRecord], grants: &[Grant]) -> (Vec<String>, Vec<Stri
         }
         for i in allowing {
             used.insert((
-                i,
+                grants[i].origin.clone(),
                 asked.group.clone(),
                 asked.resource.clone(),
                 asked.verb.to_owned(),
@@ -284,7 +334,11 @@ fn judge(requests: &[RequestRecord], grants: &[Grant]) -> (Vec<String>, Vec<Stri
         }
     }
     let mut unused = Vec::new();
-    for (i, grant) in grants.iter().enumerate() {
+    let mut judged = BTreeSet::new();
+    for grant in grants {
+        if !judged.insert(grant.origin.clone()) {
+            continue;
+        }
         let rule = &grant.rule;
         if !rule.resource_names.is_empty() || !rule.non_resource_urls.is_empty() {
             unused.push(format!(
@@ -295,7 +349,12 @@ fn judge(requests: &[RequestRecord], grants: &[Grant]) -> (Vec<String>, Vec<Stri
         for group in &rule.api_groups {
             for resource in &rule.resources {
                 for verb in &rule.verbs {
-                    let triple = (i, group.clone(), resource.clone(), verb.clone());
+                    let triple = (
+                        grant.origin.clone(),
+                        group.clone(),
+                        resource.clone(),
+                        verb.clone(),
+                    );
                     if group == "*" || resource.contains('*') || verb == "*" {
                         unused.push(format!(
                             "{}: a wildcard ({verb} {group}/{resource}) grants more than any \
@@ -507,12 +566,68 @@ fn body_has(r: &RequestRecord, text: &str) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_grant_is_used() {
-    let (account, grants) = grants_of_the_chart(&chart_manifest());
-    assert!(!grants.is_empty(), "surge.yaml grants {account} nothing");
+    life_cycle(chart_manifest(), false).await;
+}
+
+/// `scaler.watchNamespaces`: the chart grants Roles in those namespaces and nothing
+/// cluster-wide, passes `--watch-namespaces`, and the scaler's whole life cycle stays inside them:
+/// the SurgeScaler in `elsewhere`, raised in the cluster-wide run, is not even read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_namespaces_the_chart_grants_roles_only_there_and_the_scaler_stays_inside() {
+    let docs = chart_rendered_with(&["scaler.watchNamespaces={web,shop,jobs}"]);
+    let cluster_wide: Vec<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "ClusterRole" || d["kind"] == "ClusterRoleBinding")
+        .map(|d| format!("{} {}", d["kind"], d["metadata"]["name"]))
+        .collect();
+    assert!(
+        cluster_wide.is_empty(),
+        "with watchNamespaces the chart still grants cluster-wide: {cluster_wide:?}"
+    );
+    let roles: BTreeSet<String> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role")
+        .map(|d| {
+            d["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(
+        roles,
+        BTreeSet::from(["jobs".to_owned(), "shop".to_owned(), "web".to_owned()])
+    );
+    life_cycle(docs, true).await;
+}
+
+/// The whole life cycle of `api_with_every_kind_of_target` plus `elsewhere/stray` (a Deployment
+/// below its SurgeScaler's minimum), with the scaler started with the chart's
+/// `--watch-namespaces` if it has one; every request judged against the chart's RBAC.
+async fn life_cycle(docs: Vec<Value>, namespaced: bool) {
+    let (account, grants) = grants_of_the_chart(&docs);
+    assert!(!grants.is_empty(), "the chart grants {account} nothing");
+    let watch_args: Vec<String> = chart_args(&docs)
+        .into_iter()
+        .filter(|a| a.starts_with("--watch-namespaces"))
+        .collect();
+    assert_eq!(
+        watch_args.is_empty(),
+        !namespaced,
+        "the chart's --watch-namespaces args: {watch_args:?}"
+    );
 
     let started = Instant::now();
     let bin = scaler_bin();
     let api = api_with_every_kind_of_target().await;
+    api.create_deployment("elsewhere", "stray", 1).unwrap();
+    api.store()
+        .create(
+            resources::SURGESCALERS,
+            "elsewhere",
+            surgescaler("elsewhere", "stray", "Deployment", 2, 4),
+        )
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("surge-scaler-chart-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
@@ -527,6 +642,7 @@ async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_gra
             "--admin-addr",
             &admin.to_string(),
         ])
+        .args(&watch_args)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
@@ -569,6 +685,13 @@ async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_gra
     })
     .await;
     assert_eq!(raised.body.as_deref(), Some(r#"{"spec":{"replicas":2}}"#));
+    if !namespaced {
+        expect_request(&api, "scale PATCH of elsewhere/stray", |r| {
+            r.method == "PATCH"
+                && r.path == "/apis/apps/v1/namespaces/elsewhere/deployments/stray/scale"
+        })
+        .await;
+    }
 
     // web/api: scaled up by reports (calm, then a surge of 800 rps: 8 replicas).
     let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
@@ -646,6 +769,23 @@ async fn every_api_request_of_a_life_cycle_is_granted_by_the_chart_and_every_gra
         );
     }
 
+    if namespaced {
+        let outside: Vec<String> = requests
+            .iter()
+            .filter(|r| {
+                attributes(&r.method, &r.path, &r.query).map_or(true, |asked| {
+                    asked.namespace.is_none() || asked.namespace.as_deref() == Some("elsewhere")
+                })
+            })
+            .map(|r| format!("{} {}?{}", r.method, r.path, r.query))
+            .collect();
+        assert!(
+            outside.is_empty(),
+            "with --watch-namespaces the scaler asked outside web, shop and jobs:\n  {}",
+            outside.join("\n  ")
+        );
+    }
+
     let mut seen: BTreeMap<String, usize> = BTreeMap::new();
     for r in &requests {
         if let Ok(asked) = attributes(&r.method, &r.path, &r.query) {
@@ -716,23 +856,10 @@ fn store_set_max_replicas(api: &KubeApi, namespace: &str, name: &str, max: u32) 
 
 #[test]
 fn the_charts_flags_parse_as_the_scaler_parses_them_and_keep_its_default_limits() {
-    let docs = chart_manifest();
-    let containers = chart_deployment(&docs)
-        .pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-        .expect("the Deployment has containers");
-    let scaler = containers
-        .iter()
-        .find(|c| c["name"] == "scaler")
-        .expect("a container named scaler");
-    let args: Vec<&str> = scaler["args"]
-        .as_array()
-        .expect("the scaler has args")
-        .iter()
-        .map(|a| a.as_str().expect("every arg is a string"))
-        .collect();
-    let cli = Cli::try_parse_from(std::iter::once("surge-scaler").chain(args.iter().copied()))
-        .unwrap_or_else(|e| panic!("the scaler refuses the chart's args {args:?}: {e}"));
+    let args = chart_args(&chart_manifest());
+    let cli =
+        Cli::try_parse_from(std::iter::once("surge-scaler").chain(args.iter().map(String::as_str)))
+            .unwrap_or_else(|e| panic!("the scaler refuses the chart's args {args:?}: {e}"));
     let ScalerCommand::Run(run) = cli.command else {
         panic!("the chart runs {:?}, not `run`", args.first())
     };
@@ -747,4 +874,17 @@ fn the_charts_flags_parse_as_the_scaler_parses_them_and_keep_its_default_limits(
         run.gateway_namespaces(),
         Some(vec!["istio-system".to_owned()])
     );
+    assert!(
+        run.watch_namespaces.is_empty(),
+        "the chart watches every namespace by default"
+    );
+
+    let args = chart_args(&chart_rendered_with(&["scaler.watchNamespaces={web,shop}"]));
+    let cli =
+        Cli::try_parse_from(std::iter::once("surge-scaler").chain(args.iter().map(String::as_str)))
+            .unwrap_or_else(|e| panic!("the scaler refuses the chart's args {args:?}: {e}"));
+    let ScalerCommand::Run(run) = cli.command else {
+        panic!("the chart runs {:?}, not `run`", args.first())
+    };
+    assert_eq!(run.watch_namespaces, ["web", "shop"]);
 }

@@ -636,3 +636,27 @@ async fn when_reports_stop_the_scale_is_held_not_lowered_and_an_event_says_so() 
     assert_eq!(condition(patch, "MetricsStale")["status"], "True");
     assert_eq!(condition(patch, "Active")["status"], "False");
 }
+
+#[test]
+fn a_namespaces_relist_prunes_only_its_own_deleted_targets() {
+    let key = |namespace: &str, name: &str| TargetKey {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+    };
+    let running = [key("web", "api"), key("web", "old"), key("shop", "cart")];
+    let listed: HashSet<TargetKey> = [key("web", "api")].into_iter().collect();
+    // web's relist shows web/old gone; shop/cart is shop's watch's to judge.
+    assert_eq!(
+        gone_after_relist(running.iter(), Some("web"), &listed),
+        [key("web", "old")]
+    );
+    // shop's relist did not list shop/cart: gone; web's targets untouched.
+    assert_eq!(
+        gone_after_relist(running.iter(), Some("shop"), &HashSet::new()),
+        [key("shop", "cart")]
+    );
+    // One watch over the cluster judges every target.
+    let mut gone = gone_after_relist(running.iter(), None, &listed);
+    gone.sort();
+    assert_eq!(gone, [key("shop", "cart"), key("web", "old")]);
+}

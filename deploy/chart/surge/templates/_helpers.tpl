@@ -34,3 +34,35 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "surge.envoyCluster" -}}
 outbound|{{ .Values.scaler.ingestPort }}||{{ include "surge.fullname" . }}.{{ .Release.Namespace }}.svc.cluster.local
 {{- end -}}
+
+{{/*
+The RBAC rules of the scaler: exactly the API calls it makes (templates/rbac.yaml binds them).
+*/}}
+{{- define "surge.rbacRules" }}
+rules:
+  # kube-runtime's watcher: a list, then a watch from its resourceVersion. Never a get.
+  - apiGroups: ["surge.dev"]
+    resources: ["surgescalers"]
+    verbs: ["list", "watch"]
+  # Status is written with merge patches only.
+  - apiGroups: ["surge.dev"]
+    resources: ["surgescalers/status"]
+    verbs: ["patch"]
+  # Only the scale subresource, never the workloads themselves.
+  - apiGroups: ["apps"]
+    resources: ["deployments/scale", "statefulsets/scale"]
+    verbs: ["get", "patch"]
+  # Listed in the target's namespace to refuse a target another autoscaler drives.
+  - apiGroups: ["autoscaling"]
+    resources: ["horizontalpodautoscalers"]
+    verbs: ["list"]
+  # Needed also without KEDA: the API server authorizes before it routes, so a denied list is a
+  # 403 (the target stays refused) where an allowed one is a 404 (KEDA absent: no conflict).
+  - apiGroups: ["keda.sh"]
+    resources: ["scaledobjects"]
+    verbs: ["list"]
+  # kube-runtime's Recorder: create, then patch the same Event when it repeats (a series).
+  - apiGroups: ["events.k8s.io"]
+    resources: ["events"]
+    verbs: ["create", "patch"]
+{{- end }}
