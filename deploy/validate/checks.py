@@ -292,11 +292,24 @@ def cmd_rbac(chart_render, namespaces=None):
         for kind in ("ClusterRole", "ClusterRoleBinding"):
             for extra in find(docs, kind):
                 errors.append(f"{kind} {extra['metadata']['name']}: with watchNamespaces nothing is cluster-wide")
+        if not namespaces:
+            errors.append("no namespaces given to check the Roles against")
         roles = find(docs, "Role")
         for kind in ("Role", "RoleBinding"):
             found = sorted(d["metadata"].get("namespace", "") for d in find(docs, kind))
             if found != sorted(namespaces):
                 errors.append(f"{kind}s in namespaces {found}, expected one in each of {sorted(namespaces)}")
+        role_names = {(r["metadata"].get("namespace"), r["metadata"]["name"]) for r in roles}
+        accounts = {(sa["metadata"].get("namespace"), sa["metadata"]["name"]) for sa in find(docs, "ServiceAccount")}
+        for binding in find(docs, "RoleBinding"):
+            ns, name = binding["metadata"].get("namespace"), binding["metadata"]["name"]
+            ref = binding.get("roleRef") or {}
+            if ref.get("kind") != "Role" or (ns, ref.get("name")) not in role_names:
+                errors.append(f"RoleBinding {name} in {ns}: roleRef {ref} is not the Role in its namespace")
+            subjects = {(s.get("namespace"), s.get("name")) for s in binding.get("subjects") or []
+                        if s.get("kind") == "ServiceAccount"}
+            if not subjects or not subjects <= accounts:
+                errors.append(f"RoleBinding {name} in {ns}: subjects {sorted(subjects)} are not the chart's ServiceAccount")
     for role in roles:
         granted = {}
         scope = role["metadata"].get("namespace")

@@ -9,7 +9,6 @@
 
 #[cfg(target_arch = "wasm32")]
 mod floor {
-    use std::cell::Cell;
     use std::hint::black_box;
 
     use proxy_wasm::hostcalls;
@@ -26,7 +25,7 @@ mod floor {
         ) -> Status;
     }
 
-    /// Which host calls each request makes; set once per VM by `on_configure`.
+    /// Which host calls each request makes; set by the root context's `on_configure`.
     #[derive(Clone, Copy)]
     struct Calls {
         route: bool,
@@ -62,10 +61,6 @@ mod floor {
         }
     }
 
-    thread_local! {
-        static CALLS: Cell<Calls> = const { Cell::new(Calls::ALL) };
-    }
-
     /// `xds.route_name`, read with a pre-encoded path as surge-filter reads it.
     fn route_name() -> Option<Vec<u8>> {
         const PATH: &[u8] = b"xds\0route_name";
@@ -85,7 +80,10 @@ mod floor {
         black_box(hostcalls::get_current_time().ok());
     }
 
-    struct FloorRoot;
+    /// One per plugin configuration: each hands its own calls to the requests it creates.
+    struct FloorRoot {
+        calls: Calls,
+    }
 
     impl Context for FloorRoot {}
 
@@ -97,7 +95,7 @@ mod floor {
                 .unwrap_or_default();
             match Calls::parse(&String::from_utf8_lossy(&bytes)) {
                 Ok(calls) => {
-                    CALLS.set(calls);
+                    self.calls = calls;
                     true
                 }
                 Err(error) => {
@@ -112,7 +110,7 @@ mod floor {
         }
 
         fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-            Some(Box::new(Floor { calls: CALLS.get() }))
+            Some(Box::new(Floor { calls: self.calls }))
         }
     }
 
@@ -150,6 +148,8 @@ mod floor {
     }
 
     proxy_wasm::main! {{
-        proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> { Box::new(FloorRoot) });
+        proxy_wasm::set_root_context(|_context_id| -> Box<dyn RootContext> {
+            Box::new(FloorRoot { calls: Calls::ALL })
+        });
     }}
 }

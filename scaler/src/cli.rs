@@ -102,8 +102,10 @@ pub struct RunArgs {
     pub gateway_namespaces: Vec<String>,
 }
 
-/// A namespace name as the API server accepts it: an RFC 1123 label.
+/// A namespace name as the API server accepts it: an RFC 1123 label (spaces around it are
+/// dropped, as `--gateway-namespaces` drops them).
 fn parse_namespace(value: &str) -> Result<String, String> {
+    let value = value.trim();
     let valid = !value.is_empty()
         && value.len() <= 63
         && value
@@ -132,6 +134,15 @@ impl RunArgs {
             .filter(|n| !n.is_empty())
             .collect();
         (!names.iter().any(|n| n == "*")).then_some(names)
+    }
+
+    /// The namespaces to watch, each once (empty: all). A repeated name would run two watches
+    /// of one namespace, each pruning what the other just added after its relist.
+    pub fn watch_namespaces(&self) -> Vec<String> {
+        let mut names = self.watch_namespaces.clone();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// The per-source limits the flags describe.
@@ -219,6 +230,18 @@ mod tests {
             parse(&["--watch-namespace", "web"]).unwrap(),
             vec!["web".to_owned()]
         );
+        // Repeated (the chart's flag and one in extraArgs): watched once each, sorted.
+        let cli = Cli::try_parse_from([
+            "surge-scaler",
+            "run",
+            "--watch-namespaces=web, shop",
+            "--watch-namespace=web",
+        ])
+        .unwrap();
+        let Command::Run(run) = cli.command else {
+            panic!("expected run")
+        };
+        assert_eq!(run.watch_namespaces(), ["shop", "web"]);
         for bad in ["Web", "web,", "-web", "a_b", &"x".repeat(64)] {
             let flag = format!("--watch-namespaces={bad}");
             let error = parse(&[&flag]).unwrap_err().to_string();

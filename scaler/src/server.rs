@@ -57,6 +57,27 @@ pub enum RunError {
     /// A server stopped with an error.
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// An environment variable from an earlier release is set; it is no longer read, and
+    /// ignoring it would widen what the scaler watches.
+    #[error("{old} is no longer read: set {new} (comma-separated) instead")]
+    RenamedEnv {
+        /// The variable that is set.
+        old: &'static str,
+        /// What replaces it.
+        new: &'static str,
+    },
+}
+
+/// Environment variables that earlier releases read, with what replaced them.
+const RENAMED_ENV: &[(&str, &str)] = &[("SURGE_WATCH_NAMESPACE", "SURGE_WATCH_NAMESPACES")];
+
+/// Refuses to start when a renamed variable is still set: `SURGE_WATCH_NAMESPACE=web` silently
+/// ignored would have the scaler follow every namespace.
+fn refuse_renamed_env(is_set: impl Fn(&str) -> bool) -> Result<(), RunError> {
+    match RENAMED_ENV.iter().find(|(old, _)| is_set(old)) {
+        Some(&(old, new)) => Err(RunError::RenamedEnv { old, new }),
+        None => Ok(()),
+    }
 }
 
 /// Sets up tracing in the chosen format (`RUST_LOG` filters, default `info`).
@@ -123,6 +144,7 @@ async fn shutdown_signal() {
 /// Runs the scaler until a shutdown signal.
 pub async fn run(args: RunArgs) -> Result<(), RunError> {
     init_logging(args.log_format);
+    refuse_renamed_env(|name| std::env::var_os(name).is_some())?;
     let token = load_token(&args)?;
     let ingest_listener = bind(args.ingest_addr).await?;
     let admin_listener = bind(args.admin_addr).await?;
@@ -205,7 +227,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     ));
     let controller = tokio::spawn(controller::run(
         ctx,
-        args.watch_namespaces.clone(),
+        args.watch_namespaces(),
         ready,
         shutdown_rx,
     ));
@@ -229,5 +251,22 @@ fn token_state(args: &RunArgs) -> &'static str {
         "required"
     } else {
         "none"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_old_watch_namespace_variable_stops_the_start_and_names_its_replacement() {
+        let error = refuse_renamed_env(|name| name == "SURGE_WATCH_NAMESPACE").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "SURGE_WATCH_NAMESPACE is no longer read: set SURGE_WATCH_NAMESPACES \
+             (comma-separated) instead"
+        );
+        assert!(refuse_renamed_env(|name| name == "SURGE_WATCH_NAMESPACES").is_ok());
+        assert!(refuse_renamed_env(|_| false).is_ok());
     }
 }

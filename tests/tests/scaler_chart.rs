@@ -1,11 +1,14 @@
 //! The real `surge-scaler` binary against what the chart installs (`deploy/manifests/surge.yaml`,
-//! the chart rendered, kept equal to `helm template` by `scripts/validate-manifests.sh`).
+//! the chart rendered, kept equal to `helm template` by `scripts/validate-manifests.sh`; and the
+//! chart rendered with `scaler.watchNamespaces`, by helm at test time).
 //!
 //! RBAC: the scaler runs a whole life cycle against the sandbox's embedded Kubernetes API, which
 //! logs every request. Each request is turned into the attributes a real API server authorizes
 //! (group, resource/subresource, verb, namespace) and must be allowed by the roles bound to the
 //! chart's ServiceAccount; each (group, resource, verb) those roles grant must have been used by
 //! some request. So the grant can neither fall short of the code nor grow past it unnoticed.
+//! With `watchNamespaces` the grants are Roles in those namespaces only, so a request anywhere
+//! else (or across the cluster) is denied.
 //!
 //! Flags: the Deployment's `args` must parse with the scaler's own parser, and the limits the
 //! chart sets by default must be the scaler's defaults.
@@ -13,8 +16,8 @@
 //! ```text
 //!  surge-scaler --HTTP--> KubeApi (logs method, path, query)
 //!                              |
-//!             request -> (group, resource[/sub], verb, namespace) -> allowed by surge.yaml?
-//!             surge.yaml rule -> (group, resource, verb) ...........-> used by a request?
+//!             request -> (group, resource[/sub], verb, namespace) -> allowed by the render?
+//!             rendered rule -> (group, resource, verb) .............-> used by a request?
 //! ```
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -183,8 +186,9 @@ fn chart_manifest() -> Vec<Value> {
     yaml_documents(&manifest)
 }
 
-/// The chart rendered as `deploy/manifests/surge.yaml` is, with `--set` values on top; by the
-/// helm that `make tools` installs into `.tools/helm`.
+/// `helm template` of the chart with its defaults and `--set` values on top (release `surge` in
+/// `surge-system`, as `deploy/manifests/surge.yaml`, without its CRD and Namespace), by the helm
+/// that `make tools` installs into `.tools/helm`.
 fn chart_rendered_with(set: &[&str]) -> Vec<Value> {
     let helm = workspace().join(".tools/helm/bin/helm");
     assert!(
@@ -628,7 +632,10 @@ async fn life_cycle(docs: Vec<Value>, namespaced: bool) {
             surgescaler("elsewhere", "stray", "Deployment", 2, 4),
         )
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("surge-scaler-chart-{}", std::process::id()));
+    // One directory per life cycle: under plain `cargo test` both run at once in one process.
+    let scope = if namespaced { "namespaced" } else { "cluster" };
+    let dir =
+        std::env::temp_dir().join(format!("surge-scaler-chart-{scope}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "web").unwrap();
