@@ -920,6 +920,76 @@ async fn a_quiet_surgescaler_watch_is_not_cut_by_the_client_read_timeout() {
     );
 }
 
+/// `/readyz` of the scaler: 200 or not.
+async fn is_ready(client: &HttpClient, admin: SocketAddr) -> bool {
+    let probe = http::Request::get(format!("http://{admin}/readyz"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    matches!(
+        tokio::time::timeout(Duration::from_millis(500), client.request(probe)).await,
+        Ok(Ok(response)) if response.status() == 200
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_namespaces_the_scaler_is_ready_only_once_every_namespace_is_listed() {
+    // The scaler may list web but not jobs (no Role there yet): its web watch is up, but it
+    // must not report ready, so a Service does not send it reports it would judge on half its
+    // SurgeScalers. Once jobs answers, it turns ready without a restart.
+    let api = api_with_one_target_using(Options::default(), 10).await;
+    api.forbid_namespace("jobs", true);
+    let dir = work_dir("readiness-namespaces");
+    std::fs::create_dir_all(&dir).unwrap();
+    let kubeconfig = dir.join("kubeconfig");
+    api.write_kubeconfig(&kubeconfig, "web").unwrap();
+    let scaler = RunningScaler::start(
+        &dir,
+        &kubeconfig,
+        "info",
+        &["--watch-namespaces", "web,jobs"],
+    );
+    let client = http_client();
+    let listed = |ns: &'static str, status: u16| {
+        move |r: &RequestRecord| {
+            r.method == "GET"
+                && r.path == format!("/apis/surge.dev/v1alpha1/namespaces/{ns}/surgescalers")
+                && !r.query.contains("watch=true")
+                && r.status == status
+        }
+    };
+    api.wait_for_request(Duration::from_secs(10), listed("web", 200))
+        .await
+        .expect("the web list");
+    api.wait_for_request(Duration::from_secs(10), listed("jobs", 403))
+        .await
+        .expect("the jobs list, refused");
+    // web's watch is open; for 3 s of jobs refusing, never ready.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        assert!(
+            !is_ready(&client, scaler.admin).await,
+            "ready while the jobs namespace could not be listed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refusals = api
+        .requests()
+        .iter()
+        .filter(|r| listed("jobs", 403)(r))
+        .count();
+    api.forbid_namespace("jobs", false);
+    let allowed = Instant::now();
+    wait_ready(&client, scaler.admin, Duration::from_secs(40)).await;
+    println!(
+        "{refusals} refused lists of jobs, ready {:?} after they were allowed",
+        allowed.elapsed()
+    );
+    assert!(
+        api.requests().iter().any(|r| listed("jobs", 200)(r)),
+        "ready without having listed jobs"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // The Kubernetes API cut off by the kernel (nftables on the API's port).
 

@@ -99,6 +99,9 @@ struct Shared {
     requests: Mutex<Vec<RequestRecord>>,
     logged: watch::Sender<usize>,
     watches: Watches,
+    /// Namespaces every request into is answered 403, as RBAC answers a caller with no Role
+    /// there ([`KubeApi::forbid_namespace`]).
+    forbidden: Mutex<std::collections::BTreeSet<String>>,
 }
 
 impl Shared {
@@ -134,6 +137,7 @@ impl KubeApi {
             requests: Mutex::new(Vec::new()),
             logged,
             watches: Watches::default(),
+            forbidden: Mutex::default(),
         });
         let app = axum::Router::new()
             .fallback(server::handle)
@@ -248,6 +252,22 @@ impl KubeApi {
     /// it by watching again (or listing).
     pub fn cut_watches(&self, how: WatchCut) -> usize {
         self.shared.watches.cut_open(how)
+    }
+
+    /// Fault hook: from now on answers every request into `namespace` with 403 Forbidden
+    /// (`forbidden` true), or serves them again (false): a caller whose Role there is missing
+    /// or removed. This API does no RBAC otherwise.
+    pub fn forbid_namespace(&self, namespace: &str, forbidden: bool) {
+        let mut set = self
+            .shared
+            .forbidden
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if forbidden {
+            set.insert(namespace.to_owned());
+        } else {
+            set.remove(namespace);
+        }
     }
 
     /// Fault hook: cuts each of the next `n` watch streams to start right after it has sent

@@ -52,21 +52,26 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         .and_then(|v| v.to_str().ok())
         .map(|v| v.split(';').next().unwrap_or(v).trim().to_string());
     let body = axum::body::to_bytes(body, MAX_BODY).await;
+    let forbidden_in = forbidden_namespace(&shared, parts.uri.path());
     let (reply, body_text) = match body {
         Ok(bytes) => {
             let text = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
-            let reply = route(
-                &shared,
-                &parts.method,
-                parts.uri.path(),
-                parts.uri.query().unwrap_or(""),
-                &query,
-                content_type.as_deref(),
-                bytes,
-            )
-            .await
-            .unwrap_or_else(Reply::from);
-            (reply, text)
+            if let Some(namespace) = forbidden_in {
+                (Reply::from(ApiError::forbidden(&namespace)), text)
+            } else {
+                let reply = route(
+                    &shared,
+                    &parts.method,
+                    parts.uri.path(),
+                    parts.uri.query().unwrap_or(""),
+                    &query,
+                    content_type.as_deref(),
+                    bytes,
+                )
+                .await
+                .unwrap_or_else(Reply::from);
+                (reply, text)
+            }
         }
         Err(_) => (
             Reply::from(ApiError {
@@ -107,6 +112,14 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
         HeaderValue::from_static("application/json"),
     );
     response
+}
+
+/// The namespace of `path` (`.../namespaces/<ns>/...`) if requests into it are forbidden.
+fn forbidden_namespace(shared: &Shared, path: &str) -> Option<String> {
+    let (_, rest) = path.split_once("/namespaces/")?;
+    let namespace = rest.split('/').next()?;
+    let forbidden = shared.forbidden.lock().unwrap_or_else(|e| e.into_inner());
+    forbidden.contains(namespace).then(|| namespace.to_owned())
 }
 
 fn percent_decode(s: &str) -> String {

@@ -113,6 +113,17 @@ impl ApiError {
         )
     }
 
+    /// 403: the caller may not make this request in `namespace` (RBAC's answer).
+    pub fn forbidden(namespace: &str) -> Self {
+        Self::new(
+            403,
+            "Forbidden",
+            format!(
+                "the caller is not allowed to make this request in the namespace {namespace:?}"
+            ),
+        )
+    }
+
     /// 410: a watch asked for a resourceVersion older than the kept history.
     pub fn expired(rv: u64) -> Self {
         Self::new(410, "Expired", format!("too old resource version: {rv}"))
