@@ -10,6 +10,7 @@ pub mod chart;
 pub mod compare;
 pub mod kubeapi;
 pub mod load;
+pub mod nft;
 pub mod pods;
 pub mod report;
 pub mod run;

@@ -220,6 +220,22 @@ pub struct RunResult {
     /// Whether `chart.png` was written (unset until the outputs are).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub png_chart: Option<PngChart>,
+    /// Network faults injected, as they happened.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub faults: Vec<FaultRecord>,
+}
+
+/// A network fault the run injected.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultRecord {
+    /// Which (`drop_reports`).
+    pub fault: String,
+    /// When it began, seconds since the run's start (as `timeline[].t`).
+    pub from_s: f64,
+    /// When it ended.
+    pub until_s: f64,
+    /// Packets the kernel dropped meanwhile, as its rule counted them.
+    pub packets_dropped: Option<u64>,
 }
 
 /// What became of `chart.png`, which needs librsvg's `rsvg-convert` on the PATH.
@@ -488,6 +504,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         scale_writes,
         api_calls: count_calls(c.requests),
         png_chart: None,
+        faults: Vec::new(),
     }
 }
 
@@ -766,6 +783,7 @@ load:
                 scale_writes: Vec::new(),
                 api_calls: Vec::new(),
                 png_chart: None,
+                faults: Vec::new(),
             })
             .contains("89.66 % (5000 requests: 1483 slower, 3000 failed)")
         );

@@ -24,8 +24,9 @@ use crate::app::AppModel;
 use crate::envoy::{EnvoyError, locate_envoy, locate_filter_wasm};
 use crate::kubeapi::{KubeApi, Options, resources};
 use crate::load::{self, Recorder};
+use crate::nft::NftTable;
 use crate::pods::{PodTemplate, Pods};
-use crate::report::{self, Collected, PngChart, RunResult};
+use crate::report::{self, Collected, FaultRecord, PngChart, RunResult};
 use crate::scaler::{Scaler, ScalerError, ScalerOptions, free_port, locate_scaler};
 use crate::scenario::{Fault, Reachability, Scenario};
 use crate::tap::{ReportSeen, Tap};
@@ -87,6 +88,8 @@ pub struct Sandbox {
     scaler: Option<Scaler>,
     scaler_options: ScalerOptions,
     tap: Option<Tap>,
+    /// Where the proxies send their reports (the tap, or the refusing/hanging stand-in).
+    report_to: SocketAddr,
     _hanging: Option<JoinHandle<()>>,
 }
 
@@ -183,6 +186,7 @@ impl Sandbox {
                 log: scaler_log,
             },
             tap,
+            report_to,
             _hanging: hanging,
         };
         sandbox.apply_surgescaler(scenario)?;
@@ -273,6 +277,11 @@ impl Sandbox {
         self.scaler_options.admin
     }
 
+    /// The port the proxies send their reports to.
+    pub fn report_port(&self) -> u16 {
+        self.report_to.port()
+    }
+
     /// Reports that passed from the proxies to the scaler so far.
     pub fn reports(&self) -> Vec<ReportSeen> {
         self.tap.as_ref().map(Tap::seen).unwrap_or_default()
@@ -319,21 +328,35 @@ pub async fn run(
         ))
     };
 
-    let mut faults: Vec<(f64, bool)> = scenario
+    let mut faults: Vec<(f64, FaultStep)> = scenario
         .faults
         .iter()
-        .flat_map(|f| match f {
-            Fault::KillScaler {
-                at_s,
-                restart_after_s,
-            } => {
-                let at = scenario.warmup_s as f64 + at_s;
-                [(at, false), (at + restart_after_s, true)]
-            }
+        .flat_map(|f| {
+            let (at_s, start, length_s, end) = match f {
+                Fault::KillScaler {
+                    at_s,
+                    restart_after_s,
+                } => (
+                    *at_s,
+                    FaultStep::KillScaler,
+                    *restart_after_s,
+                    FaultStep::RestartScaler,
+                ),
+                Fault::DropReports { at_s, for_s } => (
+                    *at_s,
+                    FaultStep::DropReports,
+                    *for_s,
+                    FaultStep::DeliverReports,
+                ),
+            };
+            let at = scenario.warmup_s as f64 + at_s;
+            [(at, start), (at + length_s, end)]
         })
         .collect();
     faults.sort_by(|a, b| a.0.total_cmp(&b.0));
     let mut faults = faults.into_iter().peekable();
+    let mut dropping: Option<(NftTable, f64)> = None;
+    let mut fault_records = Vec::new();
 
     let mut failure = None;
     let mut interrupted = false;
@@ -350,17 +373,48 @@ pub async fn run(
         }
         if let Some(at) = next_fault
             && Instant::now() >= at
-            && let Some((_, restart)) = faults.next()
+            && let Some((_, step)) = faults.next()
         {
-            if restart {
-                tracing::info!("fault: restarting the scaler");
-                if let Err(error) = sandbox.start_scaler().await {
-                    failure = Some(format!("restarting the scaler failed: {error}"));
-                    break;
+            let t = start.elapsed().as_secs_f64();
+            match step {
+                FaultStep::RestartScaler => {
+                    tracing::info!("fault: restarting the scaler");
+                    if let Err(error) = sandbox.start_scaler().await {
+                        failure = Some(format!("restarting the scaler failed: {error}"));
+                        break;
+                    }
                 }
-            } else {
-                tracing::info!("fault: killing the scaler");
-                sandbox.kill_scaler();
+                FaultStep::KillScaler => {
+                    tracing::info!("fault: killing the scaler");
+                    sandbox.kill_scaler();
+                }
+                FaultStep::DropReports => {
+                    tracing::info!("fault: the kernel drops every report packet");
+                    match drop_reports(sandbox.report_port()) {
+                        Ok(table) => dropping = Some((table, t)),
+                        Err(error) => {
+                            failure = Some(format!("faults: drop_reports: {error:#}"));
+                            break;
+                        }
+                    }
+                }
+                FaultStep::DeliverReports => {
+                    tracing::info!("fault over: reports are delivered again");
+                    if let Some((table, from_s)) = dropping.take() {
+                        match table.clear() {
+                            Ok(counters) => fault_records.push(FaultRecord {
+                                fault: "drop_reports".into(),
+                                from_s,
+                                until_s: t,
+                                packets_dropped: Some(counters.dropped),
+                            }),
+                            Err(error) => {
+                                failure = Some(format!("faults: drop_reports: {error:#}"));
+                                break;
+                            }
+                        }
+                    }
+                }
             }
             continue;
         }
@@ -401,8 +455,26 @@ pub async fn run(
         failure,
         interrupted,
     });
+    result.faults = fault_records;
     write_outputs(&mut result, &options.out_dir)?;
     Ok(result)
+}
+
+/// One edge of a scenario fault, in time order.
+#[derive(Debug, Clone, Copy)]
+enum FaultStep {
+    KillScaler,
+    RestartScaler,
+    DropReports,
+    DeliverReports,
+}
+
+/// A table dropping every packet to the report port; reports flow again when it is cleared or
+/// dropped.
+fn drop_reports(port: u16) -> anyhow::Result<NftTable> {
+    let table = NftTable::create()?;
+    table.drop_all(port)?;
+    Ok(table)
 }
 
 /// Writes `chart.svg`, `chart.png` when `rsvg-convert` is installed, and `result.json` (which

@@ -273,6 +273,15 @@ pub enum Fault {
         /// Downtime in seconds.
         restart_after_s: f64,
     },
+    /// Have the kernel drop every packet the proxies send towards the scaler (nftables on its
+    /// port) from `at_s` seconds into the load for `for_s` seconds: reports lost in flight,
+    /// connections hanging. Needs root and `nft`.
+    DropReports {
+        /// When, in seconds from the start of the load.
+        at_s: f64,
+        /// How long, in seconds.
+        for_s: f64,
+    },
 }
 
 /// A whole scenario file.
@@ -457,20 +466,23 @@ impl Scenario {
         }
         let total = self.load_seconds();
         for (i, fault) in self.faults.iter().enumerate() {
-            let Fault::KillScaler {
-                at_s,
-                restart_after_s,
-            } = fault;
+            let (kind, at_s, length_field, length) = match fault {
+                Fault::KillScaler {
+                    at_s,
+                    restart_after_s,
+                } => ("kill_scaler", at_s, "restart_after_s", restart_after_s),
+                Fault::DropReports { at_s, for_s } => ("drop_reports", at_s, "for_s", for_s),
+            };
             if !(at_s.is_finite() && *at_s >= 0.0 && *at_s < total) {
                 return fail(
-                    &format!("faults[{i}].kill_scaler.at_s"),
+                    &format!("faults[{i}].{kind}.at_s"),
                     format!("must be within the load (0..{total} s), got {at_s}"),
                 );
             }
-            if !(restart_after_s.is_finite() && *restart_after_s >= 0.0) {
+            if !(length.is_finite() && *length >= 0.0) {
                 return fail(
-                    &format!("faults[{i}].kill_scaler.restart_after_s"),
-                    format!("must be a non-negative number, got {restart_after_s}"),
+                    &format!("faults[{i}].{kind}.{length_field}"),
+                    format!("must be a non-negative number, got {length}"),
                 );
             }
         }

@@ -193,6 +193,70 @@ faults:
     // `play` asserted no failure: the restarted scaler answered /readyz.
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_dropped_by_the_kernel_through_a_step_hold_the_scale_then_scale_up_once_through() {
+    // The kernel drops every packet to the scaler's report port from 0.5 s before the step to
+    // 2.5 s after it: the whole path (real Envoys, filter, scaler, API) with the reports of the
+    // step lost in flight or stuck on dead connections.
+    let result = play(
+        "reports_dropped",
+        "name: reports-dropped-by-the-kernel
+warmup_s: 4
+pods: {startup_delay_ms: 500}
+scaler: {min_replicas: 1, max_replicas: 5, target: 70}
+load:
+  - steady: {rps: 30, seconds: 2}
+  - steady: {rps: 250, seconds: 10}
+faults:
+  - drop_reports: {at_s: 1.5, for_s: 3}
+",
+    )
+    .await;
+    assert_eq!(result.faults.len(), 1, "{:?}", result.faults);
+    let fault = &result.faults[0];
+    let dropped = fault.packets_dropped.unwrap_or(0);
+    assert!(dropped > 0, "the rule dropped nothing: {fault:?}");
+    let writes: Vec<(f64, i64)> = result
+        .scale_writes
+        .iter()
+        .filter(|w| (200..300).contains(&w.status))
+        .filter_map(|w| Some((w.t, w.replicas?)))
+        .collect();
+    assert!(
+        writes
+            .iter()
+            .all(|(t, _)| *t < fault.from_s || *t >= fault.until_s),
+        "a scale write while every report was dropped ({:.2}-{:.2} s): {writes:?}",
+        fault.from_s,
+        fault.until_s
+    );
+    let (first_t, first) = *writes
+        .iter()
+        .find(|(t, _)| *t >= fault.until_s)
+        .unwrap_or_else(|| panic!("no scale-up after the fault: {writes:?}"));
+    let after = first_t - fault.until_s;
+    println!(
+        "{dropped} packets dropped over {:.2}-{:.2} s; first write ({first}) {:.0} ms after",
+        fault.from_s,
+        fault.until_s,
+        after * 1000.0
+    );
+    // A report stuck on a dead connection waits out the filter's 1 s timeout, and TCP's
+    // retransmission timers add up to a second more.
+    assert!(
+        after < 3.0,
+        "the scale-up came {after:.2} s after the fault"
+    );
+    assert!(first >= 2, "first write after the fault: {first}");
+    let s = &result.summary;
+    assert_eq!(s.scale_downs, 0, "scaled down on missing data: {writes:?}");
+    assert!(
+        (3..=5).contains(&s.max_desired),
+        "max desired {}",
+        s.max_desired
+    );
+}
+
 async fn unreachable(test: &str, how: &str) {
     let result = play(
         test,
