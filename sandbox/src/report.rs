@@ -589,6 +589,16 @@ pub fn summary_text(result: &RunResult) -> String {
         "replicas: max desired {}, max ready {}; scale writes {} ({} down)\n",
         s.max_desired, s.max_ready, s.scale_writes, s.scale_downs
     ));
+    for fault in &result.faults {
+        let dropped = fault
+            .packets_dropped
+            .map(|n| format!(", {n} packets dropped"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "fault {}: {:.1}-{:.1} s{dropped}\n",
+            fault.fault, fault.from_s, fault.until_s
+        ));
+    }
     if let Some(png) = &result.png_chart {
         out.push_str(&png.sentence());
         out.push('\n');
@@ -786,6 +796,33 @@ load:
                 faults: Vec::new(),
             })
             .contains("89.66 % (5000 requests: 1483 slower, 3000 failed)")
+        );
+    }
+
+    #[test]
+    fn the_summary_says_which_faults_ran_and_what_they_dropped() {
+        let mut result = build(&Collected {
+            scenario: &scenario(),
+            start: Instant::now(),
+            played_seconds: 10.0,
+            seconds: &[],
+            pods: &[],
+            requests: &[],
+            reports: &[],
+            failure: None,
+            interrupted: false,
+        });
+        assert!(!summary_text(&result).contains("fault"));
+        result.faults.push(FaultRecord {
+            fault: "drop_reports".into(),
+            from_s: 5.5015,
+            until_s: 8.501,
+            packets_dropped: Some(7),
+        });
+        assert!(
+            summary_text(&result).contains("fault drop_reports: 5.5-8.5 s, 7 packets dropped\n"),
+            "{}",
+            summary_text(&result)
         );
     }
 
