@@ -618,6 +618,40 @@ mod tests {
     }
 
     #[test]
+    fn a_fault_outside_the_load_or_of_negative_length_names_its_field() {
+        let load = "load:\n  - steady: {rps: 10, seconds: 5}\n";
+        let parsed = Scenario::parse(&format!(
+            "name: x\n{load}faults:\n  - drop_reports: {{at_s: 1, for_s: 2}}\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            parsed.faults,
+            [Fault::DropReports {
+                at_s: 1.0,
+                for_s: 2.0
+            }]
+        );
+        for (fault, field) in [
+            (
+                "drop_reports: {at_s: 9, for_s: 2}",
+                "faults[0].drop_reports.at_s",
+            ),
+            (
+                "drop_reports: {at_s: 1, for_s: -2}",
+                "faults[0].drop_reports.for_s",
+            ),
+            (
+                "kill_scaler: {at_s: 1, restart_after_s: -1}",
+                "faults[0].kill_scaler.restart_after_s",
+            ),
+        ] {
+            let err =
+                Scenario::parse(&format!("name: x\n{load}faults:\n  - {fault}\n")).unwrap_err();
+            assert!(err.contains(field), "{fault}: {err}");
+        }
+    }
+
+    #[test]
     fn trace_file_is_read_relative_to_the_scenario_and_checked() {
         let dir = std::env::temp_dir().join(format!("surge-trace-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
