@@ -554,6 +554,18 @@ async fn a_slow_api_delays_the_scale_patch_and_one_slower_than_the_timeout_write
     // No delay.
     let (sent, patch) = reporter.calm_then_800_rps(&api).await;
     let undelayed = patch.received - sent;
+    // The writes that follow it (status, Event) land before the delay starts: a target's calls
+    // are serialized, so one of them caught by the delay would hold the next PATCH behind it
+    // (seen once on CI: 1.2 s, three delayed calls).
+    api.wait_for_request(Duration::from_secs(5), |r| {
+        r.path.ends_with("/surgescalers/api/status")
+            && r.body
+                .as_deref()
+                .is_some_and(|b| b.contains("\"desiredReplicas\":8"))
+    })
+    .await
+    .expect("the status says 8");
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     // 400 ms per request, below the 1 s timeout: 1600 rps in 100 ms.
     proxy.set_read_delay(Duration::from_millis(400));
