@@ -183,31 +183,24 @@ def paired(i, invert=False, variant="surge", base="empty"):
     ratios = [(e[i] / s[i]) if invert else (s[i] / e[i]) for s, e in zip(by[variant], by[base])]
     q = statistics.quantiles(ratios, n=4) if len(ratios) >= 2 else [ratios[0]] * 3
     return statistics.median(ratios), q[0], q[2]
-tp, tp_lo, tp_hi = paired(0)
-cap, cap_lo, cap_hi = paired(4, invert=True)
-ftp, ftp_lo, ftp_hi = paired(0, variant="floor")
-fcap, fcap_lo, fcap_hi = paired(4, invert=True, variant="floor")
-rtp, rtp_lo, rtp_hi = paired(0, variant="route")
-rcap, rcap_lo, rcap_hi = paired(4, invert=True, variant="route")
-sf, sf_lo, sf_hi = paired(0, base="floor")
-extra = [s[4] - e[4] for s, e in zip(by["surge"], by["empty"])]
-floor_extra = [f[4] - e[4] for f, e in zip(by["floor"], by["empty"])]
-route_extra = [f[4] - e[4] for f, e in zip(by["route"], by["empty"])]
+def ratios(variant, base="empty"):
+    (tp, tp_lo, tp_hi), (cap, cap_lo, cap_hi) = (paired(0, variant=variant, base=base),
+                                                 paired(4, invert=True, variant=variant, base=base))
+    return (f"throughput **{tp:.1%}** ({tp_lo:.1%}-{tp_hi:.1%}), "
+            f"CPU-based capacity **{cap:.1%}** ({cap_lo:.1%}-{cap_hi:.1%})")
+def cpu_over_empty(variant):
+    return statistics.median(v[4] - e[4] for v, e in zip(by[variant], by["empty"]))
 print()
 print(f"surge/empty, medians: throughput **{med['surge'][0] / med['empty'][0]:.1%}**, "
       f"CPU-based capacity (empty CPU per request / surge CPU per request) "
       f"**{med['empty'][3] / med['surge'][3]:.1%}**; non-2xx responses over all runs: {bad}")
-print(f"surge/empty, paired per round (median, interquartile range): throughput "
-      f"**{tp:.1%}** ({tp_lo:.1%}-{tp_hi:.1%}), CPU-based capacity **{cap:.1%}** "
-      f"({cap_lo:.1%}-{cap_hi:.1%})")
-print(f"floor/empty, paired per round: throughput **{ftp:.1%}** ({ftp_lo:.1%}-{ftp_hi:.1%}), "
-      f"CPU-based capacity **{fcap:.1%}** ({fcap_lo:.1%}-{fcap_hi:.1%}); surge/floor throughput "
-      f"**{sf:.1%}** ({sf_lo:.1%}-{sf_hi:.1%})")
-print(f"route-only floor/empty, paired per round: throughput **{rtp:.1%}** "
-      f"({rtp_lo:.1%}-{rtp_hi:.1%}), CPU-based capacity **{rcap:.1%}** ({rcap_lo:.1%}-{rcap_hi:.1%})")
-print(f"CPU us per request over the empty filter, paired median: route only "
-      f"**{statistics.median(route_extra):+.2f}**, floor "
-      f"**{statistics.median(floor_extra):+.2f}**, surge **{statistics.median(extra):+.2f}**")
+print("paired per round (median, interquartile range):")
+for variant, base, label in [("surge", "empty", "surge/empty"), ("floor", "empty", "floor/empty"),
+                             ("route", "empty", "route-only floor/empty"),
+                             ("surge", "floor", "surge/floor")]:
+    print(f"  {label}: {ratios(variant, base)}")
+print("CPU us per request over the empty filter, paired median: "
+      + ", ".join(f"{v} **{cpu_over_empty(v):+.2f}**" for v in ("route", "floor", "surge")))
 print(f"surge_filter.wasm: {os.path.getsize(surge_wasm)} bytes "
       f"({os.path.getsize(surge_wasm) / 1024:.1f} KiB); empty_filter.wasm: "
       f"{os.path.getsize(empty_wasm)} bytes; floor_filter.wasm: {os.path.getsize(floor_wasm)} bytes")

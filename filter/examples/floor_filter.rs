@@ -26,7 +26,7 @@ mod floor {
     }
 
     /// Which host calls each request makes; set by the root context's `on_configure`.
-    #[derive(Clone, Copy)]
+    #[derive(Clone, Copy, Default)]
     struct Calls {
         route: bool,
         status: bool,
@@ -44,11 +44,7 @@ mod floor {
             if config.trim().is_empty() {
                 return Ok(Calls::ALL);
             }
-            let mut calls = Calls {
-                route: false,
-                status: false,
-                clock: false,
-            };
+            let mut calls = Calls::default();
             for name in config.split(',').map(str::trim) {
                 match name {
                     "route" => calls.route = true,

@@ -235,7 +235,7 @@ pub struct FaultRecord {
     /// When it ended.
     pub until_s: f64,
     /// Packets the kernel dropped meanwhile, as its rule counted them.
-    pub packets_dropped: Option<u64>,
+    pub packets_dropped: u64,
 }
 
 /// What became of `chart.png`, which needs librsvg's `rsvg-convert` on the PATH.
@@ -590,13 +590,9 @@ pub fn summary_text(result: &RunResult) -> String {
         s.max_desired, s.max_ready, s.scale_writes, s.scale_downs
     ));
     for fault in &result.faults {
-        let dropped = fault
-            .packets_dropped
-            .map(|n| format!(", {n} packets dropped"))
-            .unwrap_or_default();
         out.push_str(&format!(
-            "fault {}: {:.1}-{:.1} s{dropped}\n",
-            fault.fault, fault.from_s, fault.until_s
+            "fault {}: {:.1}-{:.1} s, {} packets dropped\n",
+            fault.fault, fault.from_s, fault.until_s, fault.packets_dropped
         ));
     }
     if let Some(png) = &result.png_chart {
@@ -817,7 +813,7 @@ load:
             fault: "drop_reports".into(),
             from_s: 5.5015,
             until_s: 8.501,
-            packets_dropped: Some(7),
+            packets_dropped: 7,
         });
         assert!(
             summary_text(&result).contains("fault drop_reports: 5.5-8.5 s, 7 packets dropped\n"),

@@ -406,7 +406,7 @@ pub async fn run(
                                 fault: "drop_reports".into(),
                                 from_s,
                                 until_s: t,
-                                packets_dropped: Some(counters.dropped),
+                                packets_dropped: counters.dropped,
                             }),
                             Err(error) => {
                                 failure = Some(format!("faults: drop_reports: {error:#}"));

@@ -100,17 +100,22 @@ pub async fn request(
     }
 }
 
+/// Whether the scaler's `/readyz` answers 200 (within 500 ms).
+pub async fn is_ready(client: &HttpClient, admin: SocketAddr) -> bool {
+    let probe = http::Request::get(format!("http://{admin}/readyz"))
+        .body(Full::new(Bytes::new()))
+        .expect("a well-formed request");
+    matches!(
+        tokio::time::timeout(std::time::Duration::from_millis(500), client.request(probe)).await,
+        Ok(Ok(response)) if response.status() == 200
+    )
+}
+
 /// Waits until the scaler's admin listener answers `/readyz` with 200; panics after `within`.
 pub async fn wait_ready(client: &HttpClient, admin: SocketAddr, within: std::time::Duration) {
     let deadline = std::time::Instant::now() + within;
     loop {
-        let probe = http::Request::get(format!("http://{admin}/readyz"))
-            .body(Full::new(Bytes::new()))
-            .expect("a well-formed request");
-        if let Ok(Ok(response)) =
-            tokio::time::timeout(std::time::Duration::from_millis(500), client.request(probe)).await
-            && response.status() == 200
-        {
+        if is_ready(client, admin).await {
             return;
         }
         assert!(

@@ -22,7 +22,8 @@ use surge_e2e::capture::{Capture, Captured};
 use surge_e2e::delay_proxy::DelayProxy;
 use surge_e2e::nft::{Counters, NftTable};
 use surge_e2e::scaler::{
-    HttpClient, RunningScaler, api_with_one_target_using, http_client, request, wait_ready,
+    HttpClient, RunningScaler, api_with_one_target_using, http_client, is_ready, request,
+    wait_ready,
 };
 use surge_e2e::upstream::{self, Upstream};
 use surge_sandbox::envoy::{
@@ -930,17 +931,6 @@ async fn a_quiet_surgescaler_watch_is_not_cut_by_the_client_read_timeout() {
         api_errors_of(&metrics, "watch"),
         reads.iter().map(|r| &r.query).collect::<Vec<_>>()
     );
-}
-
-/// `/readyz` of the scaler: 200 or not.
-async fn is_ready(client: &HttpClient, admin: SocketAddr) -> bool {
-    let probe = http::Request::get(format!("http://{admin}/readyz"))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    matches!(
-        tokio::time::timeout(Duration::from_millis(500), client.request(probe)).await,
-        Ok(Ok(response)) if response.status() == 200
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -214,7 +214,7 @@ faults:
     .await;
     assert_eq!(result.faults.len(), 1, "{:?}", result.faults);
     let fault = &result.faults[0];
-    let dropped = fault.packets_dropped.unwrap_or(0);
+    let dropped = fault.packets_dropped;
     assert!(dropped > 0, "the rule dropped nothing: {fault:?}");
     let writes: Vec<(f64, i64)> = result
         .scale_writes

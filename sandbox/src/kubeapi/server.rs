@@ -56,10 +56,9 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
     let (reply, body_text) = match body {
         Ok(bytes) => {
             let text = (!bytes.is_empty()).then(|| String::from_utf8_lossy(&bytes).into_owned());
-            if let Some(namespace) = forbidden_in {
-                (Reply::from(ApiError::forbidden(&namespace)), text)
-            } else {
-                let reply = route(
+            let reply = match forbidden_in {
+                Some(namespace) => Reply::from(ApiError::forbidden(&namespace)),
+                None => route(
                     &shared,
                     &parts.method,
                     parts.uri.path(),
@@ -69,9 +68,9 @@ pub(super) async fn handle(State(shared): State<Arc<Shared>>, req: Request) -> R
                     bytes,
                 )
                 .await
-                .unwrap_or_else(Reply::from);
-                (reply, text)
-            }
+                .unwrap_or_else(Reply::from),
+            };
+            (reply, text)
         }
         Err(_) => (
             Reply::from(ApiError {
