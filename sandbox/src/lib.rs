@@ -19,4 +19,4 @@ pub mod scenario;
 pub mod tap;
 
 pub mod envoy;
-pub mod process;
+pub use surge_cluster::process;

@@ -83,6 +83,17 @@ enum Command {
         /// A result.json written by `run`.
         result: PathBuf,
     },
+    /// Start a real control plane (etcd, kube-apiserver, kube-controller-manager,
+    /// kube-scheduler, built by `make tools`) on loopback and keep it until Ctrl-C or SIGTERM,
+    /// or until the process that started this one exits. Prints the admin kubeconfig's path.
+    Cluster {
+        /// Folder for its certificates, kubeconfigs, data, logs and audit log.
+        #[arg(long, default_value = "sandbox-out/cluster")]
+        dir: PathBuf,
+        /// Only etcd and the API server (enough to validate manifests; starts faster).
+        #[arg(long)]
+        api_only: bool,
+    },
     /// Check a scenario file and print it back as read.
     Check {
         /// Scenario file (YAML).
@@ -125,7 +136,11 @@ async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SURGE_SANDBOX_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // kube's client logs every failed request at ERROR, also the expected ones
+                // while a starting API server is polled; the errors that matter are returned.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,kube_client::client::builder=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -173,6 +188,7 @@ async fn main() -> ExitCode {
             .map_err(|e| e.to_string())
         }
         Command::Chart { result } => redraw(&result),
+        Command::Cluster { dir, api_only } => cluster(dir, api_only).await,
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
         }),
@@ -260,6 +276,42 @@ fn redraw(result_path: &std::path::Path) -> Result<(), String> {
     println!("wrote {}", svg.display());
     let png = surge_sandbox::run::write_png(&svg, &result_path.with_file_name("chart.png"));
     println!("{}", png.sentence());
+    Ok(())
+}
+
+/// `surge-sandbox cluster`: a control plane for a script or a person with kubectl.
+async fn cluster(dir: PathBuf, api_only: bool) -> Result<(), String> {
+    // A script that starts this in the background and is killed takes it along (the components
+    // die with this process in turn).
+    // SAFETY: prctl with these arguments only sets a flag of this process.
+    #[cfg(target_os = "linux")]
+    unsafe {
+        libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGTERM as libc::c_ulong,
+            0,
+            0,
+            0,
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut options = surge_cluster::Options::new(&dir);
+    options.controllers = !api_only;
+    let plane = tokio::select! {
+        plane = surge_cluster::ControlPlane::start(options) => plane.map_err(|e| e.to_string())?,
+        () = shutdown_signal() => return Err("interrupted".into()),
+    };
+    let times = plane.start_times();
+    println!("kubeconfig: {}", plane.admin_kubeconfig().display());
+    println!(
+        "ready in {:.1} s (etcd {:.1} s, kube-apiserver {:.1} s, controllers {:.1} s); Ctrl-C stops it",
+        times.total.as_secs_f64(),
+        times.etcd.as_secs_f64(),
+        times.apiserver.as_secs_f64(),
+        times.controllers.as_secs_f64()
+    );
+    shutdown_signal().await;
+    drop(plane);
     Ok(())
 }
 

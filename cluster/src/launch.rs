@@ -1,0 +1,123 @@
+//! Starting a component process and waiting for it to be ready: the steps every component of
+//! [`crate::control_plane`] goes through.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kube::{Client, Config};
+
+use crate::control_plane::{ClusterError, Result, api, io};
+use crate::process::ChildGuard;
+
+/// A free loopback port (bound, then released for the component to bind).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Starts `program args` with its output appended to `log`.
+pub(crate) fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<ChildGuard> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(io(format!("open {}", log.display())))?;
+    let file_err = file
+        .try_clone()
+        .map_err(io(format!("open {}", log.display())))?;
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file)
+        .stderr(file_err);
+    Ok(ChildGuard::spawn(name, command)?)
+}
+
+/// A plain-HTTP GET on loopback (etcd's `/health`); the status code, or `None`.
+pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    stream
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).ok()?;
+    std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Polls `ready` every 50 ms until it says yes, the process exits, or `timeout` passes.
+pub(crate) async fn await_ready<F, Fut>(
+    component: &str,
+    process: &mut ChildGuard,
+    log: &Path,
+    timeout: Duration,
+    mut ready: F,
+) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = std::result::Result<(), String>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = process.try_status()? {
+            return Err(ClusterError::NotReady {
+                component: component.into(),
+                timeout,
+                reason: format!("it exited with {status}"),
+                log: log.to_path_buf(),
+                tail: tail(log, 20),
+            });
+        }
+        let last = match ready().await {
+            Ok(()) => return Ok(()),
+            Err(why) => why,
+        };
+        if Instant::now() >= deadline {
+            return Err(ClusterError::NotReady {
+                component: component.into(),
+                timeout,
+                reason: last,
+                log: log.to_path_buf(),
+                tail: tail(log, 20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// GET `path` through `client`; Ok on a 2xx answer.
+pub(crate) async fn get_ok(client: &Client, path: &str) -> std::result::Result<(), String> {
+    let request = http::Request::get(path)
+        .body(Vec::new())
+        .map_err(|e| e.to_string())?;
+    client
+        .request_text(request)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+/// A client for a component's own HTTPS port (self-signed certificate, anonymous `/healthz`).
+pub(crate) fn component_client(port: u16) -> Result<Client> {
+    let url = format!("https://127.0.0.1:{port}")
+        .parse()
+        .map_err(|e| io("component URL")(std::io::Error::other(format!("{e}"))))?;
+    let mut config = Config::new(url);
+    config.accept_invalid_certs = true;
+    config.connect_timeout = Some(Duration::from_millis(500));
+    config.read_timeout = Some(Duration::from_secs(2));
+    Client::try_from(config).map_err(api("build a client for a component"))
+}
