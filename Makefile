@@ -6,9 +6,11 @@ WASM := target/wasm32-wasip1/release/surge_filter.wasm
 
 .PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox compare fuzz
 
-## The whole burst path on this machine: real Envoy + filter, real scaler, embedded Kubernetes API.
+## The whole burst path on this machine: real Envoy + filter, real scaler, and the embedded
+## Kubernetes API (default) or, with KUBE=real, the real control plane built by `make tools`.
+KUBE ?= embedded
 sandbox: tools wasm bins
-	./target/debug/surge-sandbox run $(SCENARIO)
+	./target/debug/surge-sandbox run --kube $(KUBE) $(SCENARIO)
 
 ## Everything CI checks: lint (fmt, clippy native + wasm32, docs), unit, end-to-end, manifests.
 test: tools lint wasm bins
@@ -52,7 +54,7 @@ bench-scaler: tools
 	taskset -c 1 $(CARGO) test -p surge-e2e --test scaler_bench -- --ignored --nocapture --test-threads 1
 
 bench-sandbox: tools wasm bins
-	./target/debug/surge-sandbox bench-reaction --runs 20
+	./target/debug/surge-sandbox bench-reaction --runs 20 --kube $(KUBE)
 
 compare: tools wasm bins
 	./target/debug/surge-sandbox compare --out target/compare

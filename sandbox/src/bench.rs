@@ -12,12 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use serde_json::json;
 
-use crate::kubeapi::{Part, resources};
 use crate::load::{self, Recorder, quantile_us};
-use crate::pods::Pods;
-use crate::run::{NAMESPACE, RunError, Sandbox, WORKLOAD};
+use crate::run::RunError;
+use crate::sandbox::{KubeMode, Sandbox, StartOptions};
 use crate::scenario::Scenario;
 
 /// Settings of the benchmark.
@@ -64,11 +62,12 @@ pub struct BenchResult {
     pub step_rps: f64,
 }
 
-/// Runs the benchmark with `scenario`'s pods and SurgeScaler bounds.
+/// Runs the benchmark with `scenario`'s pods and SurgeScaler bounds, on `kube`.
 pub async fn bench_reaction(
     scenario: &Scenario,
     options: &BenchOptions,
     out_dir: &Path,
+    kube: KubeMode,
 ) -> Result<BenchResult, RunError> {
     let mut scenario = scenario.clone();
     if !options.fresh_scaler {
@@ -76,30 +75,20 @@ pub async fn bench_reaction(
         scenario.scaler.scale_down_stabilization_s = Some(0);
     }
     let min = scenario.scaler.min_replicas;
-    let mut sandbox = Sandbox::start(&scenario, out_dir, !options.fresh_scaler).await?;
-    let endpoints = sandbox
-        .pods
-        .as_ref()
-        .map(Pods::endpoints)
-        .unwrap_or_default();
+    let start = StartOptions {
+        start_scaler: !options.fresh_scaler,
+        kube,
+        ..StartOptions::embedded(out_dir)
+    };
+    let mut sandbox = Sandbox::start(&scenario, &start).await?;
+    let endpoints = sandbox.endpoints();
     let base = options.base_rps;
     let mut runs_ms = Vec::new();
     let mut surge_report_ms = Vec::new();
     for run in 0..options.runs {
         if options.fresh_scaler {
             sandbox.kill_scaler();
-            sandbox
-                .api
-                .store()
-                .modify(
-                    resources::DEPLOYMENTS,
-                    NAMESPACE,
-                    WORKLOAD,
-                    Part::Scale,
-                    false,
-                    |_| Ok(json!({"spec": {"replicas": min}})),
-                )
-                .map_err(|e| RunError::Setup(format!("reset replicas: {}", e.message)))?;
+            sandbox.set_replicas(min).await?;
             wait_settled(&sandbox, min, Duration::from_secs(30)).await?;
             sandbox.start_scaler().await?;
             play_base(&endpoints, base, options.base_seconds).await;
@@ -130,7 +119,6 @@ pub async fn bench_reaction(
             Recorder::default(),
         ));
         let patch = sandbox
-            .api
             .wait_for_request(
                 Duration::from_secs_f64(options.step_seconds) + Duration::from_millis(20),
                 |r| r.is_scale_write() && r.received >= step_at && (200..300).contains(&r.status),
@@ -205,9 +193,7 @@ async fn play_base(endpoints: &crate::pods::Endpoints, rps: f64, seconds: f64) {
 
 fn settled(sandbox: &Sandbox, replicas: u32) -> bool {
     sandbox
-        .pods
-        .as_ref()
-        .and_then(Pods::current)
+        .current()
         .is_some_and(|c| c.desired == replicas && c.ready == replicas && c.running == replicas)
 }
 

@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -228,7 +228,9 @@ impl WasmFilter {
 /// an optional wasm filter, and the admin interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bootstrap {
-    /// Listener port on 127.0.0.1; 0 lets Envoy pick (see [`Envoy::listener_addr`]).
+    /// Listener address: 127.0.0.1, or a pod's own loopback address on the sandbox's node.
+    pub listener_ip: IpAddr,
+    /// Listener port; 0 lets Envoy pick (see [`Envoy::listener_addr`]).
     pub listener_port: u16,
     /// Admin port on 127.0.0.1; 0 lets Envoy pick (see [`Envoy::admin_addr`]).
     pub admin_port: u16,
@@ -255,6 +257,7 @@ impl Bootstrap {
     /// but the catch-all and no filter.
     pub fn new(upstream: SocketAddr, scaler: SocketAddr) -> Self {
         Self {
+            listener_ip: IpAddr::from([127, 0, 0, 1]),
             listener_port: 0,
             admin_port: 0,
             upstream,
@@ -283,6 +286,13 @@ impl Bootstrap {
     /// Sets the node identity.
     pub fn node(mut self, node: NodeIdentity) -> Self {
         self.node = node;
+        self
+    }
+
+    /// Sets the listener's address and port (port 0: any free port).
+    pub fn listener(mut self, addr: SocketAddr) -> Self {
+        self.listener_ip = addr.ip();
+        self.listener_port = addr.port();
         self
     }
 
@@ -350,7 +360,7 @@ impl Bootstrap {
             "static_resources": {
                 "listeners": [{
                     "name": "virtualInbound",
-                    "address": socket("127.0.0.1", self.listener_port),
+                    "address": socket(&self.listener_ip.to_string(), self.listener_port),
                     "filter_chains": [{
                         "filters": [{
                             "name": "envoy.filters.network.http_connection_manager",

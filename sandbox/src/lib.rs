@@ -5,15 +5,20 @@
 //! embedded database stands in for a server.
 
 pub mod app;
+pub mod app_pod;
 pub mod bench;
 pub mod chart;
 pub mod compare;
+pub mod endpoints;
 pub mod kubeapi;
 pub mod load;
 pub mod nft;
+pub mod node;
 pub mod pods;
+pub mod real;
 pub mod report;
 pub mod run;
+pub mod sandbox;
 pub mod scaler;
 pub mod scenario;
 pub mod tap;

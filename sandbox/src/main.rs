@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use surge_sandbox::bench::{BenchOptions, bench_reaction};
-use surge_sandbox::run::{RunOptions, run};
+use surge_sandbox::run::{KubeMode, RunOptions, run};
 use surge_sandbox::scenario::{DEFAULT_SCENARIO, Scenario};
 
 /// The whole Surge burst path on one machine: real Envoy sidecars with the filter, the real
@@ -29,6 +29,13 @@ enum Command {
         /// No per-second progress lines.
         #[arg(long)]
         quiet: bool,
+        /// Which Kubernetes: the embedded API (quick, not a Kubernetes) or the real control
+        /// plane built by `make tools` (the chart installed with helm, real Pods).
+        #[arg(long, value_enum, default_value_t = KubeMode::Embedded)]
+        kube: KubeMode,
+        /// Extra `helm install --set KEY=VALUE` for the chart (with `--kube real`).
+        #[arg(long = "helm-set", value_name = "KEY=VALUE")]
+        helm_set: Vec<String>,
     },
     /// Measure the time from a 10x load step to the first scale PATCH over many runs.
     BenchReaction {
@@ -51,6 +58,9 @@ enum Command {
         /// instead of stepping a running one.
         #[arg(long)]
         fresh_scaler: bool,
+        /// Which Kubernetes (see `run --kube`).
+        #[arg(long, value_enum, default_value_t = KubeMode::Embedded)]
+        kube: KubeMode,
     },
     /// Replay the comparison: the classic Prometheus+KEDA+HPA chain, the tutorial's counter
     /// variant, Knative's KPA and Surge's own decision code, simulated on the same traces;
@@ -196,12 +206,16 @@ async fn main() -> ExitCode {
             scenario,
             out,
             quiet,
+            kube,
+            helm_set,
         } => match load_scenario(scenario.as_ref()) {
             Err(e) => Err(e),
             Ok(scenario) => {
                 let options = RunOptions {
                     out_dir: out.clone(),
                     live: !quiet,
+                    kube,
+                    helm_set,
                 };
                 match run(&scenario, &options, shutdown_signal()).await {
                     Ok(result) => {
@@ -227,6 +241,7 @@ async fn main() -> ExitCode {
             step_rps,
             out,
             fresh_scaler,
+            kube,
         } => match load_scenario(scenario.as_ref()) {
             Err(e) => Err(e),
             Ok(scenario) => {
@@ -239,7 +254,7 @@ async fn main() -> ExitCode {
                     fresh_scaler,
                 };
                 tokio::select! {
-                    r = bench_reaction(&scenario, &options, &out) => match r {
+                    r = bench_reaction(&scenario, &options, &out, kube) => match r {
                         Ok(result) => {
                             println!(
                                 "step {base_rps} -> {step_rps} rps, {} runs: first scale PATCH p50 {} ms, p99 {} ms, min {} ms, max {} ms, missed {}; first surge report p50 {} ms",

@@ -12,8 +12,8 @@ use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::app::{App, AppModel};
-use crate::envoy::{Bootstrap, Envoy, EnvoyOptions, NodeIdentity, WasmFilter};
+use crate::app::AppModel;
+use crate::app_pod::{self, AppPod, AppPodSpec};
 use crate::kubeapi::KubeApi;
 
 /// How long a pod that is scaled away may finish its in-flight requests.
@@ -58,6 +58,14 @@ pub struct Endpoint {
 /// The ready endpoints, shared with the load generator (the Service's endpoints).
 pub type Endpoints = Arc<RwLock<Vec<Endpoint>>>;
 
+/// Endpoints that are one fixed address.
+pub fn fixed_endpoint(name: &str, addr: SocketAddr) -> Endpoints {
+    Arc::new(RwLock::new(vec![Endpoint {
+        pod: name.to_owned(),
+        addr,
+    }]))
+}
+
 /// One change of the pod counts.
 #[derive(Debug, Clone, Copy)]
 pub struct PodCounts {
@@ -79,39 +87,18 @@ enum Phase {
     Failed,
 }
 
-/// A started pod. Its Envoy lives on a thread of its own, which starts it (blocking until it is
-/// ready) and kills it when the pod stops; dropping the runtime stops that thread. (Which thread
-/// owns it does not matter for `PR_SET_PDEATHSIG`: every child is forked by the process-lifetime
-/// spawner of [`crate::process`].)
-struct PodRuntime {
-    app: App,
-    listener: SocketAddr,
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for PodRuntime {
-    fn drop(&mut self) {
-        drop(self.stop.take());
-        if let Some(thread) = self.thread.take() {
-            // Killing and reaping Envoy takes milliseconds.
-            let _ = thread.join();
-        }
-    }
-}
-
 struct Pod {
     name: String,
     created: Instant,
     phase: Phase,
-    runtime: Option<PodRuntime>,
-    start: Option<JoinHandle<Result<PodRuntime, String>>>,
+    runtime: Option<AppPod>,
+    start: Option<JoinHandle<Result<AppPod, String>>>,
 }
 
 struct Draining {
     since: Instant,
-    runtime: Option<PodRuntime>,
-    start: Option<JoinHandle<Result<PodRuntime, String>>>,
+    runtime: Option<AppPod>,
+    start: Option<JoinHandle<Result<AppPod, String>>>,
 }
 
 /// The running controller; [`Pods::shutdown`] stops every pod.
@@ -180,73 +167,19 @@ impl Drop for Pods {
     }
 }
 
-fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<PodRuntime, String>> {
-    let template = template.clone();
-    let name = name.to_string();
-    tokio::spawn(async move {
-        let app = App::start(template.model)
-            .await
-            .map_err(|e| format!("app of {name}: {e}"))?;
-        let plugin_config = json!({"report_interval_ms": 1000});
-        let bootstrap = Bootstrap::new(app.addr(), template.scaler_addr)
-            .filter(WasmFilter::surge(&template.wasm, &plugin_config))
-            .node(NodeIdentity {
-                pod: name.clone(),
-                namespace: template.namespace.clone(),
-                workload: template.workload.clone(),
-                owner: format!(
-                    "kubernetes://apis/apps/v1/namespaces/{}/deployments/{}",
-                    template.namespace, template.workload
-                ),
-            });
-        let options = EnvoyOptions {
-            binary: template.envoy_binary.clone(),
-            concurrency: template.envoy_concurrency,
-            base_id: None,
-            work_dir: template.work_dir.join(&name),
-            log_level: "warning".into(),
-            ready_timeout: Duration::from_secs(30),
-            extra_args: Vec::new(),
-            // Start at the lowest priority, serve at the normal one (below): on a cluster a new
-            // pod starts on CPU of its own; here Envoy's start (V8 compiling the filter for
-            // each worker) would otherwise take the cores from the pods already serving.
-            nice: Some(19),
-        };
-        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel::<Result<SocketAddr, String>>();
-        let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name(format!("envoy-{name}"))
-            .spawn(move || match Envoy::start(&bootstrap, &options) {
-                Ok(envoy) => {
-                    // Back to normal priority once ready (root may lower niceness; elsewhere the
-                    // pod keeps serving at nice 19, like the other pods).
-                    let mut renice = std::process::Command::new("renice");
-                    renice
-                        .args(["-n", "0", "-p", &envoy.pid().to_string()])
-                        .stdout(std::process::Stdio::null())
-                        .stderr(std::process::Stdio::null());
-                    let _ = crate::process::status(renice);
-                    let _ = ready_tx.send(Ok(envoy.listener_addr()));
-                    // Park until the pod is stopped (sender dropped), then kill Envoy.
-                    let _ = stop_rx.recv();
-                    drop(envoy);
-                }
-                Err(error) => {
-                    let _ = ready_tx.send(Err(error.to_string()));
-                }
-            })
-            .map_err(|e| format!("thread for {name}: {e}"))?;
-        let mut runtime = PodRuntime {
-            app,
-            listener: SocketAddr::from(([127, 0, 0, 1], 0)),
-            stop: Some(stop_tx),
-            thread: Some(thread),
-        };
-        runtime.listener = ready_rx
-            .await
-            .map_err(|_| format!("envoy of {name}: start thread ended"))?
-            .map_err(|e| format!("envoy of {name}: {e}"))?;
-        Ok(runtime)
+fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<AppPod, String>> {
+    app_pod::start(AppPodSpec {
+        name: name.to_owned(),
+        namespace: template.namespace.clone(),
+        workload: template.workload.clone(),
+        model: template.model,
+        envoy_concurrency: template.envoy_concurrency,
+        scaler_addr: template.scaler_addr,
+        plugin_config: json!({"report_interval_ms": 1000}),
+        wasm: template.wasm.clone(),
+        envoy_binary: template.envoy_binary.clone(),
+        work_dir: template.work_dir.join(name),
+        listener: SocketAddr::from(([127, 0, 0, 1], 0)),
     })
 }
 
@@ -343,7 +276,7 @@ async fn control(
                     .unwrap_or_else(|e| e.into_inner())
                     .push(Endpoint {
                         pod: pod.name.clone(),
-                        addr: runtime.listener,
+                        addr: runtime.listener(),
                     });
             }
         }
@@ -358,7 +291,7 @@ async fn control(
                 d.start = None;
                 return false;
             }
-            let idle = d.runtime.as_ref().is_none_or(|r| r.app.in_flight() == 0);
+            let idle = d.runtime.as_ref().is_none_or(|r| r.in_flight() == 0);
             !(idle || now >= d.since + DRAIN_TIMEOUT)
         });
 

@@ -1,39 +1,29 @@
-//! `surge-sandbox run`: the embedded API, the pods (real Envoys with the filter), the real
-//! scaler, a SurgeScaler, the scenario's load and faults; then the report.
+//! `surge-sandbox run`: a sandbox ([`crate::sandbox`]: Kubernetes, the pods with real Envoys
+//! and the filter, the real scaler, a SurgeScaler), the scenario's load and faults; then the
+//! report.
 //!
 //! ```text
 //!  load generator --HTTP--> pod Envoy (filter) --> app        (one per ready replica)
 //!                               | reports (POST /v1/reports)
 //!                               v
-//!                          surge-scaler --PATCH deployments/app/scale--> embedded API
+//!                          surge-scaler --PATCH deployments/app/scale--> Kubernetes API
 //!                                                                           | spec.replicas
-//!  pods controller <--------------------------------------------------------'
-//!     `-- starts/stops pods, writes status.readyReplicas back
+//!  pods (embedded controller, or the real controllers and the sandbox's node) <--'
 //! ```
 
 use std::future::Future;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::json;
-use tokio::task::JoinHandle;
-
-use crate::app::AppModel;
-use crate::envoy::{EnvoyError, locate_envoy, locate_filter_wasm};
-use crate::kubeapi::{KubeApi, Options, resources};
+use crate::envoy::EnvoyError;
 use crate::load::{self, Recorder};
 use crate::nft::NftTable;
-use crate::pods::{PodTemplate, Pods};
+use crate::pods::PodCounts;
 use crate::report::{self, Collected, FaultRecord, PngChart, RunResult};
-use crate::scaler::{Scaler, ScalerError, ScalerOptions, free_port, locate_scaler};
-use crate::scenario::{Fault, Reachability, Scenario};
-use crate::tap::{ReportSeen, Tap};
-
-/// The SurgeScaler CRD the scaler engineer generates; its schema defaults are applied by the
-/// embedded API as a real API server would.
-const SURGESCALER_CRD: &str = include_str!("../../deploy/crds/surgescaler.yaml");
+pub use crate::sandbox::{KubeMode, Sandbox, StartOptions};
+use crate::scaler::ScalerError;
+use crate::scenario::{Fault, Scenario};
 
 /// Namespace of the sandbox's workload.
 pub const NAMESPACE: &str = "default";
@@ -65,7 +55,7 @@ pub enum RunError {
     Interrupted,
 }
 
-fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
+pub(crate) fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RunError {
     let context = context.into();
     move |source| RunError::Io { context, source }
 }
@@ -77,221 +67,20 @@ pub struct RunOptions {
     pub out_dir: PathBuf,
     /// Print one progress line per second.
     pub live: bool,
+    /// Which Kubernetes.
+    pub kube: KubeMode,
+    /// Extra `helm install --set` values (real Kubernetes only).
+    pub helm_set: Vec<String>,
 }
 
-/// The running parts of a sandbox (API, pods, scaler); dropping it stops every process.
-pub struct Sandbox {
-    /// The embedded API.
-    pub api: Arc<KubeApi>,
-    /// The pods controller.
-    pub pods: Option<Pods>,
-    scaler: Option<Scaler>,
-    scaler_options: ScalerOptions,
-    tap: Option<Tap>,
-    /// Where the proxies send their reports (the tap, or the refusing/hanging stand-in).
-    report_to: SocketAddr,
-    _hanging: Option<JoinHandle<()>>,
-}
-
-/// A listener that accepts connections and never answers (a hung scaler).
-async fn hanging_listener() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    Ok((addr, task))
-}
-
-impl Sandbox {
-    /// Starts the API, the Deployment at `minReplicas`, the pods and (unless `start_scaler` is
-    /// false) the scaler, and applies the SurgeScaler. Waits until the first pods are ready.
-    pub async fn start(
-        scenario: &Scenario,
-        out_dir: &Path,
-        start_scaler: bool,
-    ) -> Result<Self, RunError> {
-        let envoy_binary = locate_envoy()?;
-        let wasm = locate_filter_wasm()?;
-        let scaler_binary = locate_scaler()?;
-        std::fs::create_dir_all(out_dir).map_err(io(format!("create {}", out_dir.display())))?;
-        let pods_dir = out_dir.join("pods");
-        let _ = std::fs::remove_dir_all(&pods_dir);
-
-        let api = Arc::new(
-            KubeApi::start(Options::default())
-                .await
-                .map_err(io("start the embedded API"))?,
-        );
-        api.register_crd(SURGESCALER_CRD).map_err(RunError::Setup)?;
-        let kubeconfig = out_dir.join("kubeconfig.yaml");
-        api.write_kubeconfig(&kubeconfig, NAMESPACE)
-            .map_err(io("write the kubeconfig"))?;
-        api.create_deployment(NAMESPACE, WORKLOAD, scenario.scaler.min_replicas)
-            .map_err(|e| RunError::Setup(format!("create the Deployment: {}", e.message)))?;
-
-        let ingest = free_port().map_err(io("pick the scaler's ingest port"))?;
-        let admin = free_port().map_err(io("pick the scaler's admin port"))?;
-        let mut tap = None;
-        let (report_to, hanging) = match scenario.scaler.reachability {
-            Reachability::Reachable => {
-                let started = Tap::start(ingest)
-                    .await
-                    .map_err(io("start the report tap"))?;
-                let addr = started.addr();
-                tap = Some(started);
-                (addr, None)
-            }
-            Reachability::Refused => (free_port().map_err(io("pick a closed port"))?, None),
-            Reachability::Hanging => {
-                let (addr, task) = hanging_listener()
-                    .await
-                    .map_err(io("start a hanging listener"))?;
-                (addr, Some(task))
-            }
-        };
-        let pods = Pods::start(
-            Arc::clone(&api),
-            PodTemplate {
-                namespace: NAMESPACE.into(),
-                workload: WORKLOAD.into(),
-                model: AppModel {
-                    concurrency: scenario.pods.concurrency,
-                    service_time: Duration::from_millis(scenario.pods.service_time_ms),
-                    queue: scenario.pods.queue,
-                },
-                startup_delay: Duration::from_millis(scenario.pods.startup_delay_ms),
-                fail_after: scenario.pods.fail_after,
-                envoy_concurrency: scenario.pods.envoy_concurrency,
-                scaler_addr: report_to,
-                wasm,
-                envoy_binary,
-                work_dir: pods_dir,
-            },
-        );
-        let scaler_log = out_dir.join("scaler.log");
-        let _ = std::fs::remove_file(&scaler_log);
-        let mut sandbox = Self {
-            api,
-            pods: Some(pods),
-            scaler: None,
-            scaler_options: ScalerOptions {
-                binary: scaler_binary,
-                kubeconfig,
-                ingest,
-                admin,
-                log: scaler_log,
-            },
-            tap,
-            report_to,
-            _hanging: hanging,
-        };
-        sandbox.apply_surgescaler(scenario)?;
-        sandbox
-            .wait_ready(scenario.scaler.min_replicas, Duration::from_secs(60))
-            .await?;
-        if start_scaler {
-            sandbox.start_scaler().await?;
-        }
-        Ok(sandbox)
-    }
-
-    /// Creates the SurgeScaler for the Deployment from the scenario (as `kubectl apply` would).
-    fn apply_surgescaler(&self, scenario: &Scenario) -> Result<(), RunError> {
-        let s = &scenario.scaler;
-        let mut spec = json!({
-            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKLOAD},
-            "minReplicas": s.min_replicas,
-            "maxReplicas": s.max_replicas,
-            "metric": {"type": s.metric, "target": s.target},
-        });
-        if let Some(stable) = s.stable_window_s {
-            spec["windows"] = json!({"stableSeconds": stable});
-        }
-        if let Some(window) = s.scale_down_stabilization_s {
-            spec["behavior"] = json!({"scaleDown": {"stabilizationWindowSeconds": window}});
-        }
-        self.api
-            .store()
-            .create(
-                resources::SURGESCALERS,
-                NAMESPACE,
-                json!({
-                    "apiVersion": "surge.dev/v1alpha1",
-                    "kind": "SurgeScaler",
-                    "metadata": {"name": WORKLOAD, "namespace": NAMESPACE},
-                    "spec": spec,
-                }),
-            )
-            .map(|_| ())
-            .map_err(|e| RunError::Setup(format!("apply the SurgeScaler: {}", e.message)))
-    }
-
-    /// Waits until at least `ready` pods are ready.
-    pub async fn wait_ready(&self, ready: u32, timeout: Duration) -> Result<(), RunError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now_ready = self
-                .pods
-                .as_ref()
-                .and_then(Pods::current)
-                .map_or(0, |c| c.ready);
-            if now_ready >= ready {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(RunError::Setup(format!(
-                    "only {now_ready} of {ready} pods became ready within {timeout:?} (see the Envoy logs under pods/)"
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// Starts the scaler (again); waits until it is ready.
-    pub async fn start_scaler(&mut self) -> Result<(), RunError> {
-        if let Some(old) = self.scaler.take() {
-            old.kill();
-        }
-        let options = self.scaler_options.clone();
-        let scaler =
-            tokio::task::spawn_blocking(move || Scaler::start(&options, Duration::from_secs(20)))
-                .await
-                .map_err(|e| RunError::Setup(format!("scaler start task: {e}")))??;
-        self.scaler = Some(scaler);
-        Ok(())
-    }
-
-    /// Kills the scaler (SIGKILL).
-    pub fn kill_scaler(&mut self) {
-        if let Some(scaler) = self.scaler.take() {
-            scaler.kill();
-        }
-    }
-
-    /// The scaler's admin address (`/metrics`, `/healthz`, `/readyz`).
-    pub fn scaler_admin(&self) -> SocketAddr {
-        self.scaler_options.admin
-    }
-
-    /// The port the proxies send their reports to.
-    pub fn report_port(&self) -> u16 {
-        self.report_to.port()
-    }
-
-    /// Reports that passed from the proxies to the scaler so far.
-    pub fn reports(&self) -> Vec<ReportSeen> {
-        self.tap.as_ref().map(Tap::seen).unwrap_or_default()
-    }
-
-    /// Stops the scaler and every pod.
-    pub async fn shutdown(mut self) {
-        self.kill_scaler();
-        if let Some(pods) = self.pods.take() {
-            pods.shutdown().await;
+impl RunOptions {
+    /// On the embedded API, files under `out_dir`, with progress lines when `live`.
+    pub fn embedded(out_dir: impl Into<PathBuf>, live: bool) -> Self {
+        Self {
+            out_dir: out_dir.into(),
+            live,
+            kube: KubeMode::Embedded,
+            helm_set: Vec::new(),
         }
     }
 }
@@ -304,15 +93,18 @@ pub async fn run(
     cancel: impl Future<Output = ()>,
 ) -> Result<RunResult, RunError> {
     tokio::pin!(cancel);
+    let start_options = StartOptions {
+        out_dir: options.out_dir.clone(),
+        start_scaler: true,
+        kube: options.kube,
+        helm_set: options.helm_set.clone(),
+        announce: options.live,
+    };
     let mut sandbox = tokio::select! {
-        started = Sandbox::start(scenario, &options.out_dir, true) => started?,
+        started = Sandbox::start(scenario, &start_options) => started?,
         () = &mut cancel => return Err(RunError::Interrupted),
     };
-    let endpoints = sandbox
-        .pods
-        .as_ref()
-        .map(Pods::endpoints)
-        .unwrap_or_default();
+    let endpoints = sandbox.endpoints();
     let recorder: Recorder = Recorder::default();
     let total = Duration::from_secs_f64(scenario.total_seconds());
     let start = Instant::now() + Duration::from_millis(100);
@@ -422,7 +214,7 @@ pub async fn run(
             if options.live {
                 println!(
                     "{}",
-                    live_line(scenario, second, &recorder, sandbox.pods.as_ref())
+                    live_line(scenario, second, &recorder, sandbox.current())
                 );
             }
             second += 1;
@@ -438,8 +230,8 @@ pub async fn run(
         let _ = load_task.await;
         scenario.total_seconds()
     };
-    let history = sandbox.pods.as_ref().map(Pods::history).unwrap_or_default();
-    let requests = sandbox.api.requests();
+    let history = sandbox.history();
+    let requests = sandbox.requests();
     let reports = sandbox.reports();
     sandbox.shutdown().await;
 
@@ -515,14 +307,18 @@ fn convert_with(mut convert: std::process::Command, svg: &Path, png: &Path) -> P
     }
 }
 
-fn live_line(scenario: &Scenario, second: u64, recorder: &Recorder, pods: Option<&Pods>) -> String {
+fn live_line(
+    scenario: &Scenario,
+    second: u64,
+    recorder: &Recorder,
+    counts: Option<PodCounts>,
+) -> String {
     let stats = recorder
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .get(second as usize)
         .cloned()
         .unwrap_or_default();
-    let counts = pods.and_then(Pods::current);
     let p99 = stats
         .quantile_ms(0.99)
         .map_or("     -".to_string(), |v| format!("{v:>6.0}"));

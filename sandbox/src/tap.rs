@@ -19,6 +19,8 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 
+use crate::pods::Endpoints;
+
 /// One report as it passed.
 #[derive(Debug, Clone)]
 pub struct ReportSeen {
@@ -33,7 +35,10 @@ pub struct ReportSeen {
 }
 
 struct TapState {
-    scaler: SocketAddr,
+    /// The scaler's ready endpoints (one fixed address on the embedded API; the scaler
+    /// Service's EndpointSlices on the real control plane).
+    scaler: Endpoints,
+    next: std::sync::atomic::AtomicUsize,
     client: Client<HttpConnector, Full<Bytes>>,
     seen: Mutex<Vec<ReportSeen>>,
 }
@@ -60,11 +65,26 @@ async fn forward(State(state): State<Arc<TapState>>, request: Request) -> Respon
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let report: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let scaler = {
+        let endpoints = state.scaler.read().unwrap_or_else(|e| e.into_inner());
+        let next = state
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (!endpoints.is_empty()).then(|| endpoints[next % endpoints.len()].addr)
+    };
+    let Some(scaler) = scaler else {
+        // What a proxy answers for a cluster with no ready endpoint.
+        return note(
+            &state,
+            at,
+            &report,
+            status_only(StatusCode::SERVICE_UNAVAILABLE),
+        );
+    };
     let mut upstream = http::Request::builder()
         .method(parts.method.clone())
         .uri(format!(
-            "http://{}{}",
-            state.scaler,
+            "http://{scaler}{}",
             parts.uri.path_and_query().map_or("/", |p| p.as_str())
         ));
     for (name, value) in &parts.headers {
@@ -87,6 +107,11 @@ async fn forward(State(state): State<Arc<TapState>>, request: Request) -> Respon
         }
         Err(_) => status_only(StatusCode::BAD_REQUEST),
     };
+    note(&state, at, &report, reply)
+}
+
+/// Notes a report and what it was answered.
+fn note(state: &TapState, at: Instant, report: &Value, reply: Response) -> Response {
     state
         .seen
         .lock()
@@ -114,14 +139,15 @@ fn status_only(code: StatusCode) -> Response {
 }
 
 impl Tap {
-    /// Starts a tap on 127.0.0.1 forwarding to `scaler`.
-    pub async fn start(scaler: SocketAddr) -> std::io::Result<Self> {
+    /// Starts a tap on 127.0.0.1 forwarding to the ready `scaler` endpoints (round-robin).
+    pub async fn start(scaler: Endpoints) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         let state = Arc::new(TapState {
             scaler,
+            next: std::sync::atomic::AtomicUsize::new(0),
             client: Client::builder(TokioExecutor::new()).build(connector),
             seen: Mutex::new(Vec::new()),
         });

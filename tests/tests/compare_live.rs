@@ -28,10 +28,7 @@ async fn replayed_decisions_scale_up_within_a_report_interval_of_the_live_sandbo
     let scenario = Scenario::parse(SCENARIO).unwrap();
     let out_dir = workspace_root().join("target/e2e/compare/live_10x");
     let _ = std::fs::remove_dir_all(&out_dir);
-    let options = RunOptions {
-        out_dir,
-        live: true,
-    };
+    let options = RunOptions::embedded(out_dir, true);
     let result = run(&scenario, &options, std::future::pending())
         .await
         .unwrap_or_else(|e| panic!("sandbox run failed: {e}"));

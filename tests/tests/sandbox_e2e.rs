@@ -22,10 +22,7 @@ fn out_dir(test: &str) -> PathBuf {
 
 async fn play(test: &str, yaml: &str) -> RunResult {
     let scenario = Scenario::parse(yaml).unwrap_or_else(|e| panic!("scenario: {e}"));
-    let options = RunOptions {
-        out_dir: out_dir(test),
-        live: true,
-    };
+    let options = RunOptions::embedded(out_dir(test), true);
     let result = run(&scenario, &options, std::future::pending())
         .await
         .unwrap_or_else(|e| panic!("sandbox run failed: {e}"));

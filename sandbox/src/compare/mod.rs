@@ -139,10 +139,7 @@ pub async fn compare_live<F: Future<Output = ()>>(
             scenario: scenario.name.clone(),
             message,
         };
-        let options = RunOptions {
-            out_dir: out_dir.join("live").join(&scenario.name),
-            live: false,
-        };
+        let options = RunOptions::embedded(out_dir.join("live").join(&scenario.name), false);
         let outcome = run(scenario, &options, cancel())
             .await
             .map_err(|e| failed(e.to_string()))?;

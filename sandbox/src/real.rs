@@ -1,0 +1,527 @@
+//! The sandbox on the real control plane (`surge-sandbox run --kube real`): Kubernetes 1.35 as
+//! built by `make tools`, the chart installed with helm, the scaler running as the chart's pod
+//! under the chart's ServiceAccount, the app as a Deployment whose Pods the real controllers
+//! make and the real scheduler binds to the sandbox's node ([`crate::node`]).
+//!
+//! ```text
+//!  ControlPlane (etcd, kube-apiserver, controller-manager, scheduler)
+//!     ^  helm install deploy/chart/surge (CRD, RBAC, ServiceAccount, Secret, Service, Deployment)
+//!     |  Deployment/app + Service/app + SurgeScaler/app (as kubectl apply would)
+//!     |
+//!  node (kubelet): runs the scaler pod and the app pods (Envoy + filter + app)
+//!  ServiceEndpoints(app)    --> load generator      (what an EndpointSlice says is ready)
+//!  ServiceEndpoints(scaler) --> report tap --> scaler pod
+//!  audit log --> the scaler's API calls, timed by the API server
+//! ```
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use kube::Client;
+use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::{Value, json};
+use surge_cluster::audit::{AuditLog, AuditRecord};
+use surge_cluster::{ControlPlane, Options as PlaneOptions};
+use tokio::task::JoinHandle;
+
+use crate::endpoints::ServiceEndpoints;
+use crate::envoy::workspace_root;
+use crate::kubeapi::RequestRecord;
+use crate::node::containers::{
+    APP_IMAGE, ENV_CONCURRENCY, ENV_QUEUE, ENV_SERVICE_TIME_MS, ENV_STARTUP_DELAY_MS, PROXY_IMAGE,
+};
+use crate::node::{AppRuntime, Node, NodeOptions};
+use crate::pods::{Endpoints, PodCounts};
+use crate::run::{NAMESPACE, RunError, WORKLOAD};
+use crate::scenario::Scenario;
+
+/// The chart's release, namespace and objects' name, as INSTALL.md installs them.
+pub const RELEASE: &str = "surge";
+/// The namespace the chart is installed into.
+pub const SCALER_NAMESPACE: &str = "surge-system";
+/// The chart's ServiceAccount, Service and Deployment.
+pub const SCALER_NAME: &str = "surge-scaler";
+/// The node's name.
+pub const NODE_NAME: &str = "surge-sandbox-node";
+/// The port the app's sidecar serves on (the Service's target port).
+const APP_PORT: u16 = 8080;
+
+fn setup(context: &str) -> impl FnOnce(String) -> RunError + '_ {
+    move |e| RunError::Setup(format!("{context}: {e}"))
+}
+
+fn kube_setup(context: &str) -> impl FnOnce(kube::Error) -> RunError + '_ {
+    move |e| RunError::Setup(format!("{context}: {e}"))
+}
+
+/// The Kubernetes side of a sandbox on the real control plane.
+pub struct RealKube {
+    // Drop order: the node (and every pod's processes) before the control plane.
+    node: Option<Node>,
+    observer: Option<JoinHandle<()>>,
+    app: Option<ServiceEndpoints>,
+    scaler: ServiceEndpoints,
+    scaler_admin: ServiceEndpoints,
+    history: Arc<Mutex<Vec<PodCounts>>>,
+    audit: Mutex<AuditLog>,
+    /// An instant and the same moment in Unix microseconds, to place audit times.
+    clock: (Instant, i64),
+    client: Client,
+    plane: ControlPlane,
+}
+
+impl Drop for RealKube {
+    fn drop(&mut self) {
+        if let Some(observer) = self.observer.take() {
+            observer.abort();
+        }
+    }
+}
+
+fn unix_us() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
+}
+
+impl RealKube {
+    /// Starts the control plane (files under `out_dir/cluster`) and installs the chart with
+    /// helm (`helm_set`: extra `--set` values). Prints the kubeconfig's path when `announce`.
+    pub async fn start(
+        out_dir: &Path,
+        helm_set: &[String],
+        announce: bool,
+    ) -> Result<Self, RunError> {
+        let dir = out_dir.join("cluster");
+        let _ = std::fs::remove_dir_all(&dir);
+        let plane = ControlPlane::start(PlaneOptions::new(&dir))
+            .await
+            .map_err(|e| RunError::Setup(format!("start the control plane: {e}")))?;
+        if announce {
+            let times = plane.start_times();
+            println!(
+                "control plane ready in {:.1} s (Kubernetes {}); watch it with:\n  export KUBECONFIG={}\n  kubectl get surge,deploy,pods -A",
+                times.total.as_secs_f64(),
+                surge_cluster::components::kubernetes_version(),
+                std::path::absolute(plane.admin_kubeconfig())
+                    .unwrap_or_else(|_| plane.admin_kubeconfig().to_path_buf())
+                    .display()
+            );
+        }
+        let mut helm = plane.helm().map_err(|e| RunError::Setup(e.to_string()))?;
+        helm.args(["install", RELEASE])
+            .arg(workspace_root().join("deploy/chart/surge"))
+            .args(["--namespace", SCALER_NAMESPACE, "--create-namespace"]);
+        for set in helm_set {
+            helm.args(["--set", set]);
+        }
+        let output = tokio::task::spawn_blocking(move || helm.output())
+            .await
+            .map_err(|e| RunError::Setup(format!("helm: {e}")))?
+            .map_err(|source| RunError::Io {
+                context: "run helm".into(),
+                source,
+            })?;
+        if !output.status.success() {
+            return Err(RunError::Setup(format!(
+                "helm install failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )));
+        }
+        let client = plane
+            .client()
+            .await
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let scaler =
+            ServiceEndpoints::follow(client.clone(), SCALER_NAMESPACE, SCALER_NAME, Some("http"));
+        let scaler_admin =
+            ServiceEndpoints::follow(client.clone(), SCALER_NAMESPACE, SCALER_NAME, Some("admin"));
+        Ok(Self {
+            node: None,
+            observer: None,
+            app: None,
+            scaler,
+            scaler_admin,
+            history: Arc::default(),
+            audit: Mutex::new(plane.audit_log()),
+            clock: (Instant::now(), unix_us()),
+            client,
+            plane,
+        })
+    }
+
+    /// The scaler Service's ready endpoints (where the report tap forwards).
+    pub fn scaler_endpoints(&self) -> Endpoints {
+        self.scaler.endpoints()
+    }
+
+    /// The scaler pod's admin address (`/metrics`, `/readyz`), once it is ready.
+    pub fn scaler_admin(&self) -> Option<SocketAddr> {
+        let endpoints = self.scaler_admin.endpoints();
+        let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
+        endpoints.first().map(|e| e.addr)
+    }
+
+    /// The administrator's kubeconfig.
+    pub fn kubeconfig(&self) -> &Path {
+        self.plane.admin_kubeconfig()
+    }
+
+    /// The control plane.
+    pub fn plane(&self) -> &ControlPlane {
+        &self.plane
+    }
+
+    /// The control plane, to fault it.
+    pub fn plane_mut(&mut self) -> &mut ControlPlane {
+        &mut self.plane
+    }
+
+    /// Registers the node and starts serving pods; app pods report to `report_to`.
+    pub async fn start_node(
+        &mut self,
+        scenario: &Scenario,
+        pods_dir: PathBuf,
+        report_to: SocketAddr,
+        envoy_binary: PathBuf,
+        wasm: PathBuf,
+    ) -> Result<(), RunError> {
+        // The filter's token, from the chart's Secret, as INSTALL.md has it put into the
+        // WasmPlugin's pluginConfig.
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), SCALER_NAMESPACE);
+        let token = secrets
+            .get("surge-scaler-token")
+            .await
+            .ok()
+            .and_then(|s| s.data?.get("token").map(|t| t.0.clone()))
+            .and_then(|t| String::from_utf8(t).ok());
+        let mut plugin_config = json!({"report_interval_ms": 1000});
+        if let Some(token) = token {
+            plugin_config["token"] = json!(token);
+        }
+        let kubeconfig = self.plane.dir().join("node.kubeconfig");
+        self.plane
+            .certificate_kubeconfig(
+                &kubeconfig,
+                &format!("system:node:{NODE_NAME}"),
+                &["system:nodes"],
+            )
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        let node = Node::start(NodeOptions {
+            name: NODE_NAME.into(),
+            kubeconfig,
+            work_dir: pods_dir,
+            cpu: "16".into(),
+            memory: "64Gi".into(),
+            max_pods: 110,
+            app: AppRuntime {
+                envoy_binary,
+                wasm,
+                envoy_concurrency: scenario.pods.envoy_concurrency,
+                report_to,
+                plugin_config,
+                fail_after: scenario.pods.fail_after,
+                port: APP_PORT,
+            },
+            server: self.plane.server(),
+            ca_pem: self.plane.pki().ca_pem(),
+        })
+        .await
+        .map_err(|e| RunError::Setup(format!("start the node: {e}")))?;
+        self.node = Some(node);
+        Ok(())
+    }
+
+    /// Waits until the scaler pod is ready (its Service has a ready endpoint).
+    pub async fn wait_scaler_ready(&self, timeout: Duration) -> Result<(), RunError> {
+        let deadline = Instant::now() + timeout;
+        while self.scaler.ready() == 0 {
+            if Instant::now() >= deadline {
+                return Err(RunError::Setup(format!(
+                    "the scaler pod was not ready within {timeout:?} (see {}/pods/surge-scaler-*/scaler.log and `kubectl -n {SCALER_NAMESPACE} describe pods`)",
+                    self.plane
+                        .dir()
+                        .parent()
+                        .unwrap_or(Path::new("."))
+                        .display()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(())
+    }
+
+    /// Creates the app's Deployment (at `minReplicas`), Service and SurgeScaler, as `kubectl
+    /// apply` would, and starts following them.
+    pub async fn deploy_app(
+        &mut self,
+        scenario: &Scenario,
+        surgescaler: Value,
+    ) -> Result<(), RunError> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
+        deployments
+            .create(&PostParams::default(), &app_deployment(scenario))
+            .await
+            .map_err(kube_setup("create the app's Deployment"))?;
+        let services: Api<k8s_openapi::api::core::v1::Service> =
+            Api::namespaced(self.client.clone(), NAMESPACE);
+        let service = serde_json::from_value(json!({
+            "metadata": {"name": WORKLOAD, "namespace": NAMESPACE},
+            "spec": {
+                "selector": {"app": WORKLOAD},
+                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
+            },
+        }))
+        .map_err(|e| setup("the app's Service")(e.to_string()))?;
+        services
+            .create(&PostParams::default(), &service)
+            .await
+            .map_err(kube_setup("create the app's Service"))?;
+        let resource = kube::api::ApiResource {
+            group: "surge.dev".into(),
+            version: "v1alpha1".into(),
+            api_version: "surge.dev/v1alpha1".into(),
+            kind: "SurgeScaler".into(),
+            plural: "surgescalers".into(),
+        };
+        let scalers: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), NAMESPACE, &resource);
+        let object: DynamicObject = serde_json::from_value(surgescaler)
+            .map_err(|e| setup("the SurgeScaler")(e.to_string()))?;
+        scalers
+            .patch(
+                WORKLOAD,
+                &PatchParams::apply("kubectl").force(),
+                &Patch::Apply(&object),
+            )
+            .await
+            .map_err(kube_setup("apply the SurgeScaler"))?;
+        let app = ServiceEndpoints::follow(self.client.clone(), NAMESPACE, WORKLOAD, Some("http"));
+        self.observer = Some(tokio::spawn(observe(
+            self.client.clone(),
+            app.endpoints(),
+            app.changes(),
+            self.node.as_ref().map(Node::running_counter),
+            Arc::clone(&self.history),
+        )));
+        self.app = Some(app);
+        Ok(())
+    }
+
+    /// The app Service's ready endpoints (what the load generator sends to).
+    pub fn endpoints(&self) -> Endpoints {
+        self.app
+            .as_ref()
+            .map(ServiceEndpoints::endpoints)
+            .unwrap_or_default()
+    }
+
+    /// Every change of the counts so far.
+    pub fn history(&self) -> Vec<PodCounts> {
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The node.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_ref()
+    }
+
+    /// The scaler's API calls so far, as the API server audited them.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
+        let user = format!("system:serviceaccount:{SCALER_NAMESPACE}:{SCALER_NAME}");
+        audit
+            .refresh()
+            .iter()
+            .filter(|r| r.user == user)
+            .map(|r| self.record(r))
+            .collect()
+    }
+
+    /// Waits (polling the audit log) for the scaler's first call matching `matches`.
+    pub async fn wait_for_request(
+        &self,
+        timeout: Duration,
+        matches: impl Fn(&RequestRecord) -> bool,
+    ) -> Option<RequestRecord> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(found) = self.requests().into_iter().find(|r| matches(r)) {
+                return Some(found);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    fn record(&self, r: &AuditRecord) -> RequestRecord {
+        let (at, at_us) = self.clock;
+        let offset = r.received_unix_us - at_us;
+        let received = if offset >= 0 {
+            at + Duration::from_micros(offset as u64)
+        } else {
+            at.checked_sub(Duration::from_micros(offset.unsigned_abs()))
+                .unwrap_or(at)
+        };
+        RequestRecord {
+            received,
+            unix_ms: (r.received_unix_us / 1000) as u64,
+            method: r.method().into(),
+            path: r.path().into(),
+            query: r.query().into(),
+            // The audit log does not keep the patch's content type.
+            content_type: None,
+            field_manager: r.query_param("fieldManager").map(str::to_owned),
+            status: r.code,
+            body: r.request_object.as_ref().map(Value::to_string),
+        }
+    }
+
+    /// Sets the Deployment's replicas through its scale subresource, as an administrator.
+    pub async fn set_replicas(&self, replicas: u32) -> Result<(), RunError> {
+        let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
+        deployments
+            .patch_scale(
+                WORKLOAD,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"replicas": replicas}})),
+            )
+            .await
+            .map(|_| ())
+            .map_err(kube_setup("set the replicas"))
+    }
+
+    /// Stops the node (every pod's processes), then the control plane.
+    pub async fn shutdown(mut self) {
+        if let Some(node) = self.node.take() {
+            node.shutdown().await;
+        }
+    }
+}
+
+/// The app's Deployment: the app container (its capacity in its env) and the sidecar Istio's
+/// injector would add.
+fn app_deployment(scenario: &Scenario) -> Deployment {
+    let pods = &scenario.pods;
+    let value = json!({
+        "metadata": {"name": WORKLOAD, "namespace": NAMESPACE, "labels": {"app": WORKLOAD}},
+        "spec": {
+            "replicas": scenario.scaler.min_replicas,
+            "selector": {"matchLabels": {"app": WORKLOAD}},
+            "template": {
+                "metadata": {"labels": {"app": WORKLOAD}},
+                "spec": {
+                    "terminationGracePeriodSeconds": 5,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": APP_IMAGE,
+                            "ports": [{"name": "http", "containerPort": APP_PORT}],
+                            "env": [
+                                {"name": ENV_CONCURRENCY, "value": pods.concurrency.to_string()},
+                                {"name": ENV_SERVICE_TIME_MS, "value": pods.service_time_ms.to_string()},
+                                {"name": ENV_QUEUE, "value": pods.queue.to_string()},
+                                {"name": ENV_STARTUP_DELAY_MS, "value": pods.startup_delay_ms.to_string()},
+                            ],
+                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                        },
+                        {
+                            "name": "istio-proxy",
+                            "image": PROXY_IMAGE,
+                            "ports": [{"name": "http-envoy-prom", "containerPort": 15090}],
+                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                        },
+                    ],
+                },
+            },
+        },
+    });
+    serde_json::from_value(value).unwrap_or_default()
+}
+
+/// Follows desired replicas (the Deployment's spec), replicas (its pods not being deleted),
+/// ready (the Service's ready endpoints) and running (pods with processes on the node), and
+/// notes each change.
+async fn observe(
+    client: Client,
+    endpoints: Endpoints,
+    mut endpoint_changes: tokio::sync::watch::Receiver<u64>,
+    running: Option<Arc<std::sync::atomic::AtomicU32>>,
+    history: Arc<Mutex<Vec<PodCounts>>>,
+) {
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
+    let mut deployment_events = watcher(
+        deployments,
+        watcher::Config::default().fields(&format!("metadata.name={WORKLOAD}")),
+    )
+    .default_backoff()
+    .applied_objects()
+    .boxed();
+    let mut pod_events = watcher(
+        pods,
+        watcher::Config::default().labels(&format!("app={WORKLOAD}")),
+    )
+    .default_backoff()
+    .boxed();
+    let mut desired = 0u32;
+    let mut live: BTreeSet<String> = BTreeSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let mut last = None;
+    loop {
+        tokio::select! {
+            Some(event) = deployment_events.next() => {
+                if let Ok(deployment) = event {
+                    desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
+                }
+            }
+            Some(event) = pod_events.next() => match event {
+                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
+                    let name = pod.metadata.name.clone().unwrap_or_default();
+                    if pod.metadata.deletion_timestamp.is_some() {
+                        live.remove(&name);
+                    } else {
+                        live.insert(name);
+                    }
+                }
+                Ok(watcher::Event::Delete(pod)) => {
+                    live.remove(&pod.metadata.name.unwrap_or_default());
+                }
+                Ok(watcher::Event::Init) => live.clear(),
+                _ => {}
+            },
+            _ = endpoint_changes.changed() => {}
+            _ = tick.tick() => {}
+        }
+        let ready = endpoints.read().unwrap_or_else(|e| e.into_inner()).len() as u32;
+        let running = running
+            .as_ref()
+            .map_or(0, |r| r.load(std::sync::atomic::Ordering::SeqCst));
+        let counts = (desired, live.len() as u32, ready, running);
+        if last != Some(counts) {
+            last = Some(counts);
+            history
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(PodCounts {
+                    at: Instant::now(),
+                    desired,
+                    replicas: counts.1,
+                    ready,
+                    running,
+                });
+        }
+    }
+}
