@@ -10,6 +10,8 @@
 #                   3.6 and helm 3, built from their published Go modules into .tools/ by
 #                   cluster/build-components.sh (versions: cluster/versions.env); the tests and
 #                   `make sandbox KUBE=real` run them (cluster/)
+#   CRDs            Istio's, Karpenter's (and its AWS provider's) and prometheus-operator's, from
+#                   their Go modules into .tools/crds/ by cluster/fetch-crds.sh, for the manifests
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -49,3 +51,4 @@ if ! cargo nextest --version >/dev/null 2>&1; then
 fi
 
 "$root/cluster/build-components.sh"
+"$root/cluster/fetch-crds.sh"
