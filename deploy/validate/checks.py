@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Checks behind scripts/validate-manifests.sh that no off-the-shelf validator does.
 
-    checks.py split OUTDIR FILE...        split YAML streams into core kinds (for kubernetes-validate)
-                                          and custom resources (for validate-crs), one file per input
+    checks.py core OUTDIR FILE...         the objects of kinds Kubernetes serves itself (for
+                                          kubernetes-validate, which skips custom resources), one
+                                          file per input
+    checks.py namespaces OUT FILE...      write to OUT the Namespaces the files define (with their
+                                          labels), a bare one for each other namespace they use and
+                                          the `default` ServiceAccount of each: what a server-side
+                                          dry run of the files needs to exist
     checks.py kv-output FILE              fail on kubernetes-validate output that hides a problem
                                           (a core kind without a schema is only a warning there)
     checks.py wiring CHART_RENDER ISTIO_DIR
@@ -61,12 +66,10 @@ def describe(doc):
     return f"{doc.get('kind', '?')} {ns + '/' if ns else ''}{meta.get('name', '?')}"
 
 
-def cmd_split(out, files):
-    """One core file and one custom file per input, named after the input's path."""
-    os.makedirs(os.path.join(out, "core"), exist_ok=True)
-    os.makedirs(os.path.join(out, "custom"), exist_ok=True)
-    counts = {"core": 0, "custom": 0}
-    failures = 0
+def cmd_core(out, files):
+    """One file of core objects per input, named after the input's path."""
+    os.makedirs(out, exist_ok=True)
+    count, custom, failures = 0, 0, 0
     for path in files:
         try:
             docs = load_docs(path)
@@ -78,19 +81,46 @@ def cmd_split(out, files):
             print(f"FAIL {path}: no Kubernetes object in this file")
             failures += 1
             continue
-        name = path.strip("./").replace("/", "__")
-        for part in ("core", "custom"):
-            chosen = [d for d in docs if is_core(d) == (part == "core")]
-            for d in chosen:
-                if not d.get("apiVersion") or not d.get("kind"):
-                    print(f"FAIL {path}: {describe(d)}: apiVersion and kind are required")
-                    failures += 1
-            if chosen:
-                counts[part] += len(chosen)
-                with open(os.path.join(out, part, name), "w", encoding="utf-8") as f:
-                    yaml.safe_dump_all(chosen, f, sort_keys=False)
-    print(f"{counts['core']} core objects, {counts['custom']} custom resources from {len(files)} files")
+        for d in docs:
+            if not d.get("apiVersion") or not d.get("kind"):
+                print(f"FAIL {path}: {describe(d)}: apiVersion and kind are required")
+                failures += 1
+        core = [d for d in docs if is_core(d)]
+        custom += len(docs) - len(core)
+        if core:
+            count += len(core)
+            with open(os.path.join(out, path.strip("./").replace("/", "__")), "w", encoding="utf-8") as f:
+                yaml.safe_dump_all(core, f, sort_keys=False)
+    print(f"{count} core objects from {len(files)} files (and {custom} custom resources, for the API server only)")
     return 1 if failures else 0
+
+
+def cmd_namespaces(out, files):
+    """Namespaces first: a server-side dry run of a namespaced object needs its namespace to exist.
+    The first definition of a Namespace wins; the API server judges each one in the dry run."""
+    defined, used = {}, set()
+    for path in files:
+        try:
+            docs = load_docs(path)
+        except yaml.YAMLError:
+            continue  # reported by the dry run
+        for d in docs:
+            meta = d.get("metadata") or {}
+            if d.get("kind") == "Namespace" and d.get("apiVersion") == "v1" and meta.get("name"):
+                defined.setdefault(meta["name"], {"apiVersion": "v1", "kind": "Namespace",
+                                                  "metadata": {"name": meta["name"], "labels": meta.get("labels") or {}}})
+            if meta.get("namespace"):
+                used.add(meta["namespace"])
+    objects = [defined[n] for n in sorted(defined)]
+    objects += [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": n}} for n in sorted(used - set(defined))]
+    # What the controller-manager (not running: an API server alone) would add to each: a pod's
+    # admission needs its ServiceAccount, `default` unless it names one.
+    objects += [{"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": n}}
+                for n in sorted(set(defined) | used)]
+    with open(out, "w", encoding="utf-8") as f:
+        yaml.safe_dump_all(objects, f, sort_keys=False)
+    print(f"namespaces: {', '.join(sorted(set(defined) | used)) or 'none'}")
+    return 0
 
 
 def cmd_kv_output(path):
@@ -452,8 +482,10 @@ def main(argv):
         print(__doc__)
         return 2
     cmd, args = argv[1], argv[2:]
-    if cmd == "split" and len(args) >= 2:
-        return cmd_split(args[0], args[1:])
+    if cmd == "core" and len(args) >= 2:
+        return cmd_core(args[0], args[1:])
+    if cmd == "namespaces" and len(args) >= 2:
+        return cmd_namespaces(args[0], args[1:])
     if cmd == "kv-output" and len(args) == 1:
         return cmd_kv_output(args[0])
     if cmd == "wiring" and len(args) == 2:
