@@ -22,29 +22,24 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::autoscaling::v1::Scale;
-use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{
-    Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
-};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::api::Api;
+use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
-use crate::crd::{
-    MetricType, ObservedMetric, SurgeScaler, SurgeScalerStatus, TargetKind, condition,
-};
-use crate::decision::{self, Decision, DecisionState, Freshness, Input, Limit, Policy, Reason};
+use crate::crd::{SurgeScaler, SurgeScalerStatus};
+use crate::decision::{self, Decision, DecisionState, Freshness, Input, Policy, Reason};
 use crate::hub::{Hub, Selector, TargetKey, Wake};
 use crate::metrics::{Metrics, Operation};
 use crate::window::WindowConfig;
+
+pub use scale::ScaleView;
+use status::{Write, metric_name, rescale_reason, writer};
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "surge-scaler";
@@ -343,23 +338,6 @@ fn remove(ctx: &Context, loops: &mut HashMap<TargetKey, LoopHandle>, key: &Targe
     ctx.metrics.forget(key);
 }
 
-/// The target's scale as last read or written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ScaleView {
-    /// `spec.replicas`.
-    pub replicas: i32,
-    /// `status.replicas`.
-    pub ready: i32,
-}
-
-impl ScaleView {
-    fn from_scale(scale: &Scale) -> Self {
-        let replicas = scale.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-        let ready = scale.status.as_ref().map_or(replicas, |s| s.replicas);
-        Self { replicas, ready }
-    }
-}
-
 /// One SurgeScaler's decision loop.
 pub struct TargetLoop {
     ctx: Arc<Context>,
@@ -484,133 +462,6 @@ impl TargetLoop {
             self.target_missing = None;
         }
         self.scaler = scaler;
-    }
-
-    fn scale_api_path(&self) -> (TargetKind, &str) {
-        let target = &self.scaler.spec.scale_target_ref;
-        (target.kind, target.name.as_str())
-    }
-
-    async fn get_scale(&self) -> Result<Scale, ApiError> {
-        let (kind, name) = self.scale_api_path();
-        let client = self.ctx.client.clone();
-        let ns = &self.key.namespace;
-        match kind {
-            TargetKind::Deployment => {
-                let api: Api<Deployment> = Api::namespaced(client, ns);
-                self.ctx
-                    .call(Operation::get_scale, api.get_scale(name))
-                    .await
-            }
-            TargetKind::StatefulSet => {
-                let api: Api<StatefulSet> = Api::namespaced(client, ns);
-                self.ctx
-                    .call(Operation::get_scale, api.get_scale(name))
-                    .await
-            }
-        }
-    }
-
-    async fn patch_scale(&self, replicas: i32) -> Result<Scale, ApiError> {
-        let (kind, name) = self.scale_api_path();
-        let client = self.ctx.client.clone();
-        let ns = &self.key.namespace;
-        let params = PatchParams {
-            field_manager: Some(FIELD_MANAGER.to_owned()),
-            ..PatchParams::default()
-        };
-        let patch = Patch::Merge(json!({"spec": {"replicas": replicas}}));
-        match kind {
-            TargetKind::Deployment => {
-                let api: Api<Deployment> = Api::namespaced(client, ns);
-                self.ctx
-                    .call(
-                        Operation::patch_scale,
-                        api.patch_scale(name, &params, &patch),
-                    )
-                    .await
-            }
-            TargetKind::StatefulSet => {
-                let api: Api<StatefulSet> = Api::namespaced(client, ns);
-                self.ctx
-                    .call(
-                        Operation::patch_scale,
-                        api.patch_scale(name, &params, &patch),
-                    )
-                    .await
-            }
-        }
-    }
-
-    /// Looks for an HPA or a KEDA ScaledObject driving the same target.
-    async fn find_conflict(&self) -> Result<Option<String>, ApiError> {
-        let target = &self.scaler.spec.scale_target_ref;
-        let kind = match target.kind {
-            TargetKind::Deployment => "Deployment",
-            TargetKind::StatefulSet => "StatefulSet",
-        };
-        let hpas: Api<HorizontalPodAutoscaler> =
-            Api::namespaced(self.ctx.client.clone(), &self.key.namespace);
-        let list = self
-            .ctx
-            .call(Operation::list_conflicts, hpas.list(&ListParams::default()))
-            .await?;
-        for hpa in list {
-            let driven = hpa.spec.as_ref().is_some_and(|s| {
-                s.scale_target_ref.kind == kind && s.scale_target_ref.name == target.name
-            });
-            if driven {
-                return Ok(Some(format!(
-                    "HorizontalPodAutoscaler {} already scales {kind} {}",
-                    hpa.name_any(),
-                    target.name
-                )));
-            }
-        }
-        let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
-        let resource = ApiResource::from_gvk_with_plural(&gvk, "scaledobjects");
-        let scaled: Api<DynamicObject> =
-            Api::namespaced_with(self.ctx.client.clone(), &self.key.namespace, &resource);
-        match self
-            .ctx
-            .call(
-                Operation::list_conflicts,
-                scaled.list(&ListParams::default()),
-            )
-            .await
-        {
-            Ok(list) => {
-                for object in list {
-                    let reference = &object.data["spec"]["scaleTargetRef"];
-                    let object_kind = reference["kind"].as_str().unwrap_or("Deployment");
-                    if object_kind == kind && reference["name"].as_str() == Some(&target.name) {
-                        return Ok(Some(format!(
-                            "KEDA ScaledObject {} already scales {kind} {}",
-                            object.name_any(),
-                            target.name
-                        )));
-                    }
-                }
-            }
-            // KEDA not installed: nothing can conflict from there.
-            Err(error) if error.code() == Some(404) => {}
-            Err(error) => return Err(error),
-        }
-        Ok(None)
-    }
-
-    /// Queues an Event for the target's writer; never waits for the API.
-    async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
-        let event = Event {
-            type_,
-            reason: reason.to_owned(),
-            note: Some(note),
-            action: action.to_owned(),
-            secondary: None,
-        };
-        if self.writes.try_send(Write::Event(event)).is_err() {
-            tracing::warn!(target = %self.key, "event queue full; dropping an event");
-        }
     }
 
     /// One pass: conflicts, scale, decision, patch, events, status.
@@ -778,280 +629,9 @@ impl TargetLoop {
         }
         self.write_status(Some((observation, sources))).await;
     }
-
-    fn conditions(&self, previous: &[Condition]) -> Vec<Condition> {
-        let generation = self.scaler.metadata.generation;
-        let mut wanted: Vec<(&str, bool, String, String)> = Vec::new();
-        if let Some(conflict) = &self.conflict {
-            wanted.push((
-                condition::READY,
-                false,
-                "ConflictingAutoscaler".into(),
-                conflict.clone(),
-            ));
-        } else if let Some(missing) = &self.target_missing {
-            wanted.push((
-                condition::READY,
-                false,
-                "TargetNotFound".into(),
-                missing.clone(),
-            ));
-        } else {
-            wanted.push((
-                condition::READY,
-                true,
-                "ScaleTargetFound".into(),
-                "the target's scale can be read and written".into(),
-            ));
-        }
-        if let Some(decision) = &self.last_decision {
-            let stale = decision.reason == Reason::MetricsStale;
-            wanted.push((
-                condition::ACTIVE,
-                !stale,
-                if stale {
-                    "NoFreshMetrics"
-                } else {
-                    "ValidMetricFound"
-                }
-                .into(),
-                if stale {
-                    "no fresh reports: holding the scale".into()
-                } else {
-                    "computing the scale from fresh reports".into()
-                },
-            ));
-            wanted.push((
-                condition::METRICS_STALE,
-                stale,
-                if stale {
-                    "NoFreshReports"
-                } else {
-                    "FreshReports"
-                }
-                .into(),
-                if stale {
-                    format!(
-                        "no source reported within {} s; the scale is held",
-                        self.scaler.spec.stale_after_seconds
-                    )
-                } else {
-                    "reports are fresh".into()
-                },
-            ));
-            let (limited, reason, message) = match decision.limit {
-                Some(Limit::TooManyReplicas) => (
-                    true,
-                    "TooManyReplicas",
-                    "the desired count is more than maxReplicas",
-                ),
-                Some(Limit::TooFewReplicas) => (
-                    true,
-                    "TooFewReplicas",
-                    "the desired count is less than minReplicas",
-                ),
-                Some(Limit::ScaleUpLimit) => {
-                    (true, "ScaleUpLimit", "a scale-up policy limits the change")
-                }
-                Some(Limit::ScaleDownLimit) => (
-                    true,
-                    "ScaleDownLimit",
-                    "a scale-down policy limits the change",
-                ),
-                None => (
-                    false,
-                    "DesiredWithinRange",
-                    "the desired count is within the acceptable range",
-                ),
-            };
-            wanted.push((
-                condition::SCALING_LIMITED,
-                limited,
-                reason.into(),
-                message.into(),
-            ));
-        }
-        wanted
-            .into_iter()
-            .map(|(type_, status, reason, message)| {
-                let status = if status { "True" } else { "False" }.to_owned();
-                let last_transition_time = previous
-                    .iter()
-                    .find(|c| c.type_ == type_ && c.status == status)
-                    .map_or_else(
-                        || Time(Timestamp::now()),
-                        |c| c.last_transition_time.clone(),
-                    );
-                Condition {
-                    type_: type_.to_owned(),
-                    status,
-                    reason,
-                    message,
-                    observed_generation: generation,
-                    last_transition_time,
-                }
-            })
-            .collect()
-    }
-
-    async fn write_status(&mut self, observed: Option<(decision::Observation, usize)>) {
-        let previous = self
-            .last_status
-            .clone()
-            .or_else(|| self.scaler.status.clone())
-            .unwrap_or_default();
-        let metric = self.scaler.spec.metric.type_;
-        let status = SurgeScalerStatus {
-            current_replicas: self.scale.map(|s| s.replicas).or(previous.current_replicas),
-            desired_replicas: self
-                .last_decision
-                .map(|d| d.desired)
-                .or(previous.desired_replicas),
-            observed_metric: observed
-                .map(|(o, sources)| ObservedMetric {
-                    stable: round2(o.stable),
-                    panic: round2(o.panic),
-                    sources: u32::try_from(sources).unwrap_or(u32::MAX),
-                    summary: format!(
-                        "{:.1}{}/{}",
-                        o.stable,
-                        metric_name(metric),
-                        self.scaler.spec.metric.target
-                    ),
-                })
-                .or(previous.observed_metric.clone()),
-            panic: self.last_decision.is_some_and(|d| d.panic),
-            last_scale_time: self.last_scale_time.clone(),
-            conditions: self.conditions(&previous.conditions),
-            observed_generation: self.scaler.metadata.generation,
-        };
-        let same_shape = self.last_status.as_ref().is_some_and(|last| {
-            last.current_replicas == status.current_replicas
-                && last.desired_replicas == status.desired_replicas
-                && last.panic == status.panic
-                && last.last_scale_time == status.last_scale_time
-                && last.conditions == status.conditions
-                && last.observed_generation == status.observed_generation
-        });
-        let fresh_enough = self
-            .status_written_at
-            .is_some_and(|t| t.elapsed() < STATUS_REFRESH);
-        if same_shape && (fresh_enough || self.last_status.as_ref() == Some(&status)) {
-            return;
-        }
-        if self.writes.try_send(Write::Status(status.clone())).is_err() {
-            tracing::warn!(target = %self.key, "status queue full; the next change rewrites it");
-            return;
-        }
-        self.last_status = Some(status);
-        self.status_written_at = Some(Instant::now());
-    }
 }
 
-/// A write that does not decide anything: done off the decision path, so a slow status or
-/// Event write never delays the next scale PATCH.
-enum Write {
-    Event(Event),
-    Status(SurgeScalerStatus),
-}
-
-/// Writes a target's Events and status in order until the loop drops its sender, then
-/// finishes what is queued (shutdown waits for it).
-async fn writer(
-    ctx: Arc<Context>,
-    key: TargetKey,
-    reference: k8s_openapi::api::core::v1::ObjectReference,
-    mut queue: tokio::sync::mpsc::Receiver<Write>,
-) {
-    let api: Api<SurgeScaler> = Api::namespaced(ctx.client.clone(), &key.namespace);
-    let params = PatchParams {
-        field_manager: Some(FIELD_MANAGER.to_owned()),
-        ..PatchParams::default()
-    };
-    while let Some(write) = queue.recv().await {
-        match write {
-            Write::Event(event) => {
-                let _ = ctx
-                    .call(
-                        Operation::create_event,
-                        ctx.recorder.publish(&event, &reference),
-                    )
-                    .await;
-            }
-            Write::Status(mut status) => {
-                // Only the newest status matters: skip to the last one queued.
-                let mut events = Vec::new();
-                while let Ok(next) = queue.try_recv() {
-                    match next {
-                        Write::Status(newer) => status = newer,
-                        Write::Event(event) => events.push(event),
-                    }
-                }
-                let patch = Patch::Merge(json!({ "status": status }));
-                if let Err(error) = ctx
-                    .call(
-                        Operation::patch_status,
-                        api.patch_status(&key.name, &params, &patch),
-                    )
-                    .await
-                {
-                    tracing::debug!(target = %key, %error, "status write failed");
-                }
-                for event in events {
-                    let _ = ctx
-                        .call(
-                            Operation::create_event,
-                            ctx.recorder.publish(&event, &reference),
-                        )
-                        .await;
-                }
-            }
-        }
-    }
-}
-
-fn round2(value: f64) -> f64 {
-    (value * 100.0).round() / 100.0
-}
-
-fn metric_name(metric: MetricType) -> &'static str {
-    match metric {
-        MetricType::Rps => "rps",
-        MetricType::Concurrency => "concurrency",
-    }
-}
-
-/// The reason part of a SuccessfulRescale message, in the HPA's words where they fit.
-fn rescale_reason(
-    decision: &Decision,
-    observation: &decision::Observation,
-    policy: &Policy,
-    metric: MetricType,
-) -> String {
-    let name = metric_name(metric);
-    let (value, window) = match (decision.panic, observation.burst) {
-        (true, Some(burst)) if burst >= observation.panic => (burst, "surge burst estimate"),
-        (true, _) => (observation.panic, "panic window"),
-        (false, _) => (observation.stable, "stable window"),
-    };
-    let direction = if decision.reason == Reason::ScaleDown {
-        "below"
-    } else {
-        "above"
-    };
-    let mut reason = format!(
-        "{name} {value:.1} ({window}) {direction} target {} per replica",
-        policy.target
-    );
-    match decision.limit {
-        Some(Limit::TooManyReplicas) => reason.push_str("; capped at maxReplicas"),
-        Some(Limit::TooFewReplicas) => reason.push_str("; raised to minReplicas"),
-        Some(Limit::ScaleUpLimit) => reason.push_str("; limited by a scale-up policy"),
-        Some(Limit::ScaleDownLimit) => reason.push_str("; limited by a scale-down policy"),
-        None => {}
-    }
-    reason
-}
-
+mod scale;
+mod status;
 #[cfg(test)]
 mod tests;

@@ -2,7 +2,7 @@
 //! (method, path, query, content type, body), including conflicts, errors and timeouts.
 
 use super::*;
-use crate::crd::SurgeScalerSpec;
+use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
 use http::{Request, Response};
 use kube::client::Body;
 use serde_json::Value;
