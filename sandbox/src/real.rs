@@ -92,13 +92,9 @@ fn unix_us() -> i64 {
 }
 
 impl RealKube {
-    /// Starts the control plane (files under `out_dir/cluster`) and installs the chart with
-    /// helm (`helm_set`: extra `--set` values). Prints the kubeconfig's path when `announce`.
-    pub async fn start(
-        out_dir: &Path,
-        helm_set: &[String],
-        announce: bool,
-    ) -> Result<Self, RunError> {
+    /// Starts the control plane (files under `out_dir/cluster`). Prints the kubeconfig's path
+    /// when `announce`.
+    pub async fn start(out_dir: &Path, announce: bool) -> Result<Self, RunError> {
         let dir = out_dir.join("cluster");
         let _ = std::fs::remove_dir_all(&dir);
         let plane = ControlPlane::start(PlaneOptions::new(&dir))
@@ -114,26 +110,6 @@ impl RealKube {
                     .unwrap_or_else(|_| plane.admin_kubeconfig().to_path_buf())
                     .display()
             );
-        }
-        let mut helm = plane.helm().map_err(|e| RunError::Setup(e.to_string()))?;
-        helm.args(["install", RELEASE])
-            .arg(workspace_root().join("deploy/chart/surge"))
-            .args(["--namespace", SCALER_NAMESPACE, "--create-namespace"]);
-        for set in helm_set {
-            helm.args(["--set", set]);
-        }
-        let output = tokio::task::spawn_blocking(move || helm.output())
-            .await
-            .map_err(|e| RunError::Setup(format!("helm: {e}")))?
-            .map_err(|source| RunError::Io {
-                context: "run helm".into(),
-                source,
-            })?;
-        if !output.status.success() {
-            return Err(RunError::Setup(format!(
-                "helm install failed: {}",
-                String::from_utf8_lossy(&output.stderr).trim()
-            )));
         }
         let client = plane
             .client()
@@ -157,9 +133,50 @@ impl RealKube {
         })
     }
 
+    /// `helm install`s the chart into `surge-system`, with `helm_set` (extra `--set` values).
+    pub async fn install_chart(&self, helm_set: &[String]) -> Result<(), RunError> {
+        let mut helm = self
+            .plane
+            .helm()
+            .map_err(|e| RunError::Setup(e.to_string()))?;
+        helm.args(["install", RELEASE])
+            .arg(workspace_root().join("deploy/chart/surge"))
+            .args(["--namespace", SCALER_NAMESPACE, "--create-namespace"]);
+        for set in helm_set {
+            helm.args(["--set", set]);
+        }
+        let output = tokio::task::spawn_blocking(move || helm.output())
+            .await
+            .map_err(|e| RunError::Setup(format!("helm: {e}")))?
+            .map_err(|source| RunError::Io {
+                context: "run helm".into(),
+                source,
+            })?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(RunError::Setup(format!(
+                "helm install failed: {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
     /// The scaler Service's ready endpoints (where the report tap forwards).
     pub fn scaler_endpoints(&self) -> Endpoints {
         self.scaler.endpoints()
+    }
+
+    /// The scaler pod's report ingest address, once it is ready.
+    pub fn scaler_ingest(&self) -> Option<SocketAddr> {
+        let endpoints = self.scaler.endpoints();
+        let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
+        endpoints.first().map(|e| e.addr)
+    }
+
+    /// A client with the administrator's identity.
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     /// The scaler pod's admin address (`/metrics`, `/readyz`), once it is ready.

@@ -262,8 +262,8 @@ impl Sandbox {
         wasm: PathBuf,
         pods_dir: PathBuf,
     ) -> Result<Self, RunError> {
-        let mut real =
-            RealKube::start(&options.out_dir, &options.helm_set, options.announce).await?;
+        let mut real = RealKube::start(&options.out_dir, options.announce).await?;
+        real.install_chart(&options.helm_set).await?;
         let (tap, report_to, hanging) =
             report_path(scenario.scaler.reachability, real.scaler_endpoints()).await?;
         real.start_node(scenario, pods_dir, report_to, envoy_binary, wasm)

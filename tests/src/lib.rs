@@ -5,6 +5,7 @@
 pub mod capture;
 pub mod delay_proxy;
 pub mod fuzz_checks;
+pub mod installed;
 /// nftables faults on one loopback port (the sandbox uses them too).
 pub use surge_sandbox::nft;
 pub mod scaler;

@@ -6,6 +6,7 @@
 //! |---|---|
 //! | [`APP_IMAGE`] + [`PROXY_IMAGE`] (an app pod with its Istio sidecar) | the sandbox's app (finite capacity, start-up delay from its env) and a real Envoy 1.40 with the surge filter ([`crate::app_pod`]) |
 //! | `.../surge-scaler:<tag>` (the chart's scaler) | the `surge-scaler` binary with the container's `args` and `env` |
+//! | [`PAUSE_IMAGE`] (in every container of the pod) | nothing: the containers are running and ready at once, as pause containers are (tests' pods that only need to exist) |
 //! | anything else | nothing: the container waits in `ErrImagePull`, as on a node that cannot pull it |
 //!
 //! There are no mount or network namespaces either: a container's `0.0.0.0` listen address
@@ -26,6 +27,9 @@ pub const APP_IMAGE: &str = "surge.dev/sandbox-app:1";
 /// node runs upstream Envoy 1.40 with the surge filter for it (see the README: no Istio build
 /// of Envoy can run here).
 pub const PROXY_IMAGE: &str = "docker.io/istio/proxyv2:1.30.3";
+
+/// Kubernetes' pause image: a container that only exists.
+pub const PAUSE_IMAGE: &str = "registry.k8s.io/pause:3.10";
 
 /// The app's settings, read from its container's environment.
 pub const ENV_CONCURRENCY: &str = "SANDBOX_CONCURRENCY";
@@ -48,6 +52,8 @@ pub enum Program {
         /// The owning Deployment (the proxy's `WORKLOAD_NAME`).
         workload: String,
     },
+    /// Pause containers: nothing runs, every container is running and ready at once.
+    Pause,
     /// The surge-scaler binary, as the container asks.
     Scaler {
         /// The container.
@@ -131,6 +137,9 @@ pub fn program(pod: &Pod) -> Program {
         return Program::Scaler {
             container: Box::new(one.clone()),
         };
+    }
+    if !images.is_empty() && images.iter().all(|i| *i == PAUSE_IMAGE) {
+        return Program::Pause;
     }
     if images.len() == 2 && images.contains(&APP_IMAGE) && images.contains(&PROXY_IMAGE) {
         let app = containers
@@ -271,6 +280,8 @@ mod tests {
                 "{image}"
             );
         }
+        let pause = pod(json!({"spec": {"containers": [{"name": "p", "image": PAUSE_IMAGE}]}}));
+        assert_eq!(program(&pause), Program::Pause);
         let nginx = pod(json!({"spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]}}));
         assert!(matches!(
             program(&nginx),

@@ -81,6 +81,8 @@ pub(super) struct AppContainers {
 pub(super) enum Runtime {
     App(Box<AppContainers>),
     Scaler(Box<ScalerContainer>),
+    /// Pause containers, started when the pod was accepted.
+    Pause,
     Unrunnable {
         reason: &'static str,
         message: String,
@@ -179,6 +181,7 @@ impl LocalPod {
                 liveness: None,
                 waiting: None,
             })),
+            Program::Pause => Runtime::Pause,
             Program::Unrunnable { reason, message } => Runtime::Unrunnable { reason, message },
         };
         Some(Self {
@@ -210,7 +213,7 @@ impl LocalPod {
         match &self.runtime {
             Runtime::App(app) => app.start.is_some() || app.pod.is_some(),
             Runtime::Scaler(scaler) => scaler.process.is_some(),
-            Runtime::Unrunnable { .. } => false,
+            Runtime::Pause | Runtime::Unrunnable { .. } => false,
         }
     }
 
@@ -251,7 +254,7 @@ impl LocalPod {
                 changed
             }
             Runtime::Scaler(scaler) => scaler.progress(now),
-            Runtime::Unrunnable { .. } => false,
+            Runtime::Pause | Runtime::Unrunnable { .. } => false,
         }
     }
 
@@ -324,6 +327,19 @@ impl LocalPod {
                 last_state: scaler.last_state.clone(),
                 restart_count: scaler.restart_count,
             }],
+            Runtime::Pause => self
+                .images
+                .iter()
+                .map(|(name, _)| {
+                    container(
+                        name,
+                        ContainerState::Running {
+                            started_at: self.start_time.clone(),
+                            ready: true,
+                        },
+                    )
+                })
+                .collect(),
             Runtime::Unrunnable { reason, message } => self
                 .images
                 .iter()
@@ -394,7 +410,7 @@ impl LocalPod {
                 }
                 scaler.process.is_none()
             }
-            Runtime::Unrunnable { .. } => true,
+            Runtime::Pause | Runtime::Unrunnable { .. } => true,
         }
     }
 

@@ -1,0 +1,406 @@
+//! The scaler on the real control plane (Kubernetes 1.35, etcd, the controller-manager and the
+//! scheduler, built by `make tools`), installed by `helm install` of the chart and running as
+//! the chart's pod under its ServiceAccount, so that every call it makes is authenticated and
+//! authorized by the chart's own RBAC. The API server's audit log says what it did.
+//!
+//! ```text
+//!  test --reports--> scaler pod (the sandbox's node runs it) --PATCH .../scale--> kube-apiserver
+//!                                                                    |  Deployment, ReplicaSet
+//!  kubectl get/describe, audit log  <--------------------------------'  controllers, scheduler,
+//!                                                                       node: pause pods Ready
+//! ```
+
+// Tests fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DynamicObject};
+use serde_json::Value;
+use surge_e2e::installed::{
+    apply, eventually, install, kubectl_ok, pause_deployment, post_report, replicas, report,
+    scale_writes, wait_ready_replicas,
+};
+use surge_e2e::scaler::http_client;
+use surge_sandbox::real::RealKube;
+
+fn surgescalers(kube: &RealKube, namespace: &str) -> Api<DynamicObject> {
+    let resource = kube::api::ApiResource {
+        group: "surge.dev".into(),
+        version: "v1alpha1".into(),
+        api_version: "surge.dev/v1alpha1".into(),
+        kind: "SurgeScaler".into(),
+        plural: "surgescalers".into(),
+    };
+    Api::namespaced_with(kube.client(), namespace, &resource)
+}
+
+/// The SurgeScaler `namespace/name`, as the API server has it.
+async fn surgescaler(kube: &RealKube, namespace: &str, name: &str) -> Value {
+    let object = surgescalers(kube, namespace).get(name).await.unwrap();
+    serde_json::to_value(object).unwrap()
+}
+
+fn condition<'a>(scaler: &'a Value, kind: &str) -> Option<&'a Value> {
+    scaler["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == kind)
+}
+
+/// A SurgeScaler that names only what has no default: the API server fills in the rest.
+fn minimal_surgescaler(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: surge.dev/v1alpha1
+kind: SurgeScaler
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: {name}}}
+  maxReplicas: 10
+  metric: {{type: rps, target: 100}}
+"
+    )
+}
+
+/// Calm reports (50 rps, half a replica's worth), then a surge report (800 rps over 100 ms).
+async fn calm_then_surge(kube: &RealKube, namespace: &str, name: &str, pod: &str) {
+    let client = http_client();
+    for (seq, time_ms, total, surge) in [
+        (1, 10_000, 0, false),
+        (2, 11_000, 50, false),
+        (3, 11_100, 130, true),
+    ] {
+        let status = post_report(
+            kube,
+            &client,
+            &report(namespace, name, pod, seq, time_ms, total, surge),
+        )
+        .await;
+        assert_eq!(status, 200, "report {seq} refused");
+        if !surge {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installed_scaler_scales_a_real_deployment_and_kubectl_shows_its_work() {
+    let kube = install("life_cycle", &[], &[]).await;
+    apply(&kube, &pause_deployment("web", "api", 1));
+    apply(&kube, &minimal_surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
+
+    // The CRD's defaults, applied by the API server (structural schema defaulting).
+    let stored = surgescaler(&kube, "web", "api").await;
+    let spec = &stored["spec"];
+    assert_eq!(spec["minReplicas"], 1, "{spec}");
+    assert_eq!(spec["panicThreshold"], 2.0, "{spec}");
+    assert_eq!(spec["scaleTargetRef"]["apiVersion"], "apps/v1", "{spec}");
+    assert_eq!(
+        spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"], 300,
+        "{spec}"
+    );
+
+    calm_then_surge(&kube, "web", "api", "api-7d9f-abcde").await;
+    let write = eventually(
+        "a scale write of web/api",
+        Duration::from_secs(5),
+        || async { scale_writes(&kube, "web", "api").into_iter().next() },
+    )
+    .await;
+    assert_eq!(write.status, 200);
+    assert_eq!(write.field_manager.as_deref(), Some("surge-scaler"));
+    assert_eq!(replicas(&write), Some(8));
+    // The real Deployment and ReplicaSet controllers make the pods, the real scheduler binds
+    // them to the node, the node reports them Ready.
+    wait_ready_replicas(&kube, "web", "api", 8, Duration::from_secs(30)).await;
+
+    let status = eventually(
+        "status with 8 current replicas",
+        Duration::from_secs(15),
+        || async {
+            let scaler = surgescaler(&kube, "web", "api").await;
+            (scaler["status"]["currentReplicas"] == 8).then_some(scaler)
+        },
+    )
+    .await;
+    assert_eq!(status["status"]["desiredReplicas"], 8, "{status}");
+    assert_eq!(
+        condition(&status, "Ready").unwrap()["status"],
+        "True",
+        "{status}"
+    );
+
+    // kubectl: the short name, the printer columns, the Events.
+    let table = kubectl_ok(&kube, &["get", "surge", "-n", "web", "-o", "wide"], None);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "TARGET", "MIN", "MAX", "CURRENT", "DESIRED", "METRIC", "PANIC", "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+    assert_eq!(&row[..6], ["api", "api", "1", "10", "8", "8"], "{table}");
+    let described = kubectl_ok(
+        &kube,
+        &["describe", "surgescaler", "api", "-n", "web"],
+        None,
+    );
+    assert!(
+        described.contains("SuccessfulRescale") && described.contains("New size: 8"),
+        "{described}"
+    );
+    let events = kubectl_ok(
+        &kube,
+        &[
+            "get",
+            "events",
+            "-n",
+            "web",
+            "--field-selector",
+            "reason=SuccessfulRescale",
+        ],
+        None,
+    );
+    assert!(events.contains("surgescaler/api"), "{events}");
+
+    // Everything the scaler asked, the chart's RBAC allowed: no 401 or 403 in the audit log.
+    let refused: Vec<String> = kube
+        .requests()
+        .iter()
+        .filter(|r| r.status == 401 || r.status == 403)
+        .map(|r| format!("{} {} -> {}", r.method, r.path, r.status))
+        .collect();
+    assert!(refused.is_empty(), "refused: {refused:?}");
+    // Only the scale subresource was written, never the Deployment itself.
+    let deployment_writes: Vec<String> = kube
+        .requests()
+        .iter()
+        .filter(|r| {
+            r.method != "GET" && r.path.contains("/deployments/") && !r.path.ends_with("/scale")
+        })
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(deployment_writes.is_empty(), "{deployment_writes:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_driven_by_a_real_hpa_is_refused_with_a_condition_and_an_event() {
+    let kube = install("hpa_conflict", &[], &[]).await;
+    apply(&kube, &pause_deployment("shop", "legacy", 1));
+    apply(
+        &kube,
+        "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: legacy, namespace: shop}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: legacy}
+  minReplicas: 1
+  maxReplicas: 5
+  metrics:
+    - type: Resource
+      resource: {name: cpu, target: {type: Utilization, averageUtilization: 80}}
+",
+    );
+    apply(&kube, &minimal_surgescaler("shop", "legacy"));
+    let refused = eventually(
+        "ConflictingAutoscaler in the status",
+        Duration::from_secs(15),
+        || async {
+            let scaler = surgescaler(&kube, "shop", "legacy").await;
+            let ready = condition(&scaler, "Ready")?.clone();
+            (ready["reason"] == "ConflictingAutoscaler").then_some(ready)
+        },
+    )
+    .await;
+    assert_eq!(refused["status"], "False");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("HorizontalPodAutoscaler legacy"),
+        "{refused}"
+    );
+    let events = kubectl_ok(
+        &kube,
+        &[
+            "get",
+            "events",
+            "-n",
+            "shop",
+            "--field-selector",
+            "reason=ConflictingAutoscaler",
+        ],
+        None,
+    );
+    assert!(events.contains("surgescaler/legacy"), "{events}");
+
+    // A surge for the refused target writes nothing: the HPA owns its scale.
+    calm_then_surge(&kube, "shop", "legacy", "legacy-5c4d-fghij").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(scale_writes(&kube, "shop", "legacy").is_empty());
+    let deployments: Api<Deployment> = Api::namespaced(kube.client(), "shop");
+    let replicas = deployments
+        .get("legacy")
+        .await
+        .unwrap()
+        .spec
+        .unwrap()
+        .replicas;
+    assert_eq!(replicas, Some(1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_killed_mid_burst_holds_the_scale_and_the_pending_scale_up_lands_once_back()
+{
+    let mut kube = install("apiserver_restart", &[], &[]).await;
+    apply(&kube, &pause_deployment("web", "api", 2));
+    apply(&kube, &minimal_surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 2, Duration::from_secs(30)).await;
+    let client = http_client();
+    // Steady: 150 rps for three seconds, what two replicas of 100 rps want. (The scaler times
+    // reports by their arrival, so they are sent at the pace they describe.)
+    let mut seq = 0;
+    let mut total = 0;
+    let mut time_ms = 10_000;
+    for _ in 0..4 {
+        seq += 1;
+        let status = post_report(
+            &kube,
+            &client,
+            &report("web", "api", "api-1", seq, time_ms, total, false),
+        )
+        .await;
+        assert_eq!(status, 200);
+        total += 150;
+        time_ms += 1_000;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let moved: Vec<_> = scale_writes(&kube, "web", "api")
+        .iter()
+        .map(|w| (w.status, w.body.clone()))
+        .collect();
+    assert!(moved.is_empty(), "steady load moved the scale: {moved:?}");
+
+    kube.plane_mut().kill_apiserver();
+    // The burst arrives while the API server is gone: 900 rps.
+    for _ in 0..3 {
+        seq += 1;
+        total += 900;
+        time_ms += 1_000;
+        let status = post_report(
+            &kube,
+            &client,
+            &report("web", "api", "api-1", seq, time_ms, total, seq % 2 == 0),
+        )
+        .await;
+        assert_eq!(
+            status, 200,
+            "the scaler stopped taking reports without its API server"
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let restarted = std::time::Instant::now();
+    kube.plane_mut().restart_apiserver().await.unwrap();
+    // Reports keep coming at the burst rate (900 rps); the pending scale-up lands once the API
+    // server is back, then the scale follows the burst to 9 as the windows fill with it.
+    let mut burst_reports = || {
+        seq += 1;
+        total += 90;
+        time_ms += 100;
+        report("web", "api", "api-1", seq, time_ms, total, false)
+    };
+    let mut first_up = None;
+    let mut reached = None;
+    let deadline = restarted + Duration::from_secs(20);
+    while reached.is_none() && std::time::Instant::now() < deadline {
+        let _ = post_report(&kube, &client, &burst_reports()).await;
+        let writes = scale_writes(&kube, "web", "api");
+        let accepted: Vec<_> = writes
+            .iter()
+            .filter(|w| (200..300).contains(&w.status))
+            .collect();
+        first_up = first_up.or_else(|| accepted.first().map(|w| w.received));
+        reached = accepted
+            .iter()
+            .find(|w| replicas(w) >= Some(9))
+            .map(|w| w.received);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_up = first_up.expect("no scale write within 20 s of the API server's return");
+    println!(
+        "API server back -> first scale write {:?}, -> 9 replicas {:?}",
+        first_up.saturating_duration_since(restarted),
+        reached.map(|r| r.saturating_duration_since(restarted))
+    );
+    assert!(
+        first_up.saturating_duration_since(restarted) < Duration::from_secs(5),
+        "the pending scale-up waited {:?} after the API server was back",
+        first_up.saturating_duration_since(restarted)
+    );
+    assert!(reached.is_some(), "the scale never followed the burst to 9");
+    // Never a scale-down, before, during or after: each write at least the one before.
+    let all: Vec<i64> = scale_writes(&kube, "web", "api")
+        .iter()
+        .filter(|w| (200..300).contains(&w.status))
+        .filter_map(replicas)
+        .collect();
+    assert!(
+        all.windows(2).all(|w| w[1] >= w[0]) && all[0] > 2,
+        "{all:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_watch_namespaces_the_chart_confines_the_scaler_to_them_and_rbac_agrees() {
+    let kube = install(
+        "watch_namespaces",
+        &["web"],
+        &["scaler.watchNamespaces={web}"],
+    )
+    .await;
+    for namespace in ["web", "elsewhere"] {
+        apply(&kube, &pause_deployment(namespace, "api", 1));
+        apply(&kube, &minimal_surgescaler(namespace, "api"));
+        wait_ready_replicas(&kube, namespace, "api", 1, Duration::from_secs(30)).await;
+    }
+    // No ClusterRole: the chart's Role is in web only, and the API server enforces it.
+    let can = |verb: &str, resource: &str, namespace: &str| {
+        let user = "--as=system:serviceaccount:surge-system:surge-scaler";
+        let (resource, sub) = resource.split_once('/').unwrap_or((resource, ""));
+        let sub = format!("--subresource={sub}");
+        let output = surge_e2e::installed::kubectl(
+            &kube,
+            &["auth", "can-i", verb, resource, &sub, "-n", namespace, user],
+            None,
+        );
+        String::from_utf8_lossy(&output.stdout).trim() == "yes"
+    };
+    assert!(can("patch", "deployments.apps/scale", "web"));
+    assert!(can("list", "surgescalers.surge.dev", "web"));
+    assert!(!can("patch", "deployments.apps/scale", "elsewhere"));
+    assert!(!can("list", "surgescalers.surge.dev", "elsewhere"));
+
+    calm_then_surge(&kube, "web", "api", "api-1").await;
+    calm_then_surge(&kube, "elsewhere", "api", "api-2").await;
+    let write = eventually("a scale write in web", Duration::from_secs(5), || async {
+        scale_writes(&kube, "web", "api").into_iter().next()
+    })
+    .await;
+    assert_eq!((write.status, replicas(&write)), (200, Some(8)));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // Nothing outside web, not even a read, and nothing it was refused.
+    let outside: Vec<String> = kube
+        .requests()
+        .iter()
+        .filter(|r| !r.path.contains("/namespaces/web/") || r.status == 403)
+        .map(|r| format!("{} {} -> {}", r.method, r.path, r.status))
+        .collect();
+    assert!(outside.is_empty(), "{outside:?}");
+    let untouched = surgescaler(&kube, "elsewhere", "api").await;
+    assert!(untouched.get("status").is_none(), "{untouched}");
+}
