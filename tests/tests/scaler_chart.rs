@@ -188,14 +188,9 @@ fn chart_manifest() -> Vec<Value> {
 
 /// `helm template` of the chart with its defaults and `--set` values on top (release `surge` in
 /// `surge-system`, as `deploy/manifests/surge.yaml`, without its CRD and Namespace), by the helm
-/// that `make tools` installs into `.tools/helm`.
+/// that `make tools` builds into `.tools/helm`.
 fn chart_rendered_with(set: &[&str]) -> Vec<Value> {
-    let helm = workspace().join(".tools/helm/bin/helm");
-    assert!(
-        helm.exists(),
-        "{} is missing: run `make tools` (scripts/tools.sh installs helm)",
-        helm.display()
-    );
+    let helm = surge_cluster::components::helm().unwrap_or_else(|e| panic!("{e}"));
     let mut command = Command::new(&helm);
     command
         .args(["template", "surge"])
@@ -634,6 +629,18 @@ async fn life_cycle(docs: Vec<Value>) {
             surgescaler("elsewhere", "stray", "Deployment", 2, 4),
         )
         .unwrap();
+    // What the scaler will read: its writes must be valid only at these versions.
+    let version_of = |kind: &'static str, name: &str| {
+        let ty = resources::find("apps", "v1", kind).unwrap();
+        api.store().get(ty, "web", name).unwrap()["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (db_version, api_version) = (
+        version_of("statefulsets", "db"),
+        version_of("deployments", "api"),
+    );
     // One directory per life cycle: under plain `cargo test` both run at once in one process.
     let scope = if namespaced { "namespaced" } else { "cluster" };
     let dir =
@@ -693,7 +700,13 @@ async fn life_cycle(docs: Vec<Value>) {
         r.method == "PATCH" && r.path == "/apis/apps/v1/namespaces/web/statefulsets/db/scale"
     })
     .await;
-    assert_eq!(raised.body.as_deref(), Some(r#"{"spec":{"replicas":2}}"#));
+    assert_eq!(
+        raised.body,
+        Some(format!(
+            r#"{{"metadata":{{"resourceVersion":"{db_version}"}},"spec":{{"replicas":2}}}}"#
+        ))
+    );
+    assert_eq!(raised.status, 200);
     if !namespaced {
         expect_request(&api, "scale PATCH of elsewhere/stray", |r| {
             r.method == "PATCH"
@@ -718,7 +731,13 @@ async fn life_cycle(docs: Vec<Value>) {
         r.method == "PATCH" && r.path == "/apis/apps/v1/namespaces/web/deployments/api/scale"
     })
     .await;
-    assert_eq!(up.body.as_deref(), Some(r#"{"spec":{"replicas":8}}"#));
+    assert_eq!(
+        up.body,
+        Some(format!(
+            r#"{{"metadata":{{"resourceVersion":"{api_version}"}},"spec":{{"replicas":8}}}}"#
+        ))
+    );
+    assert_eq!(up.status, 200);
     let rescaled = expect_request(&api, "SuccessfulRescale Event for web/api", |r| {
         r.method == "POST"
             && r.path == "/apis/events.k8s.io/v1/namespaces/web/events"
