@@ -8,13 +8,17 @@
 //!  TargetLoop: wake on (report that can move the answer | slow tick | spec change)
 //!     conflict check (HPA / KEDA ScaledObject on the same target: refuse)
 //!     scale known? else GET .../scale
-//!     Hub::observe -> decision::decide -> PATCH .../scale {"spec":{"replicas":N}}
+//!     Hub::observe -> decision::decide
+//!       -> PATCH .../scale {"metadata":{"resourceVersion":RV},"spec":{"replicas":N}}
+//!          409 (changed since read): GET .../scale, decide again (at most 3 in a row)
 //!     Event SuccessfulRescale, PATCH .../surgescalers/x/status
 //! ```
 //!
 //! A loop never writes the whole Deployment, only its scale, under the field manager
-//! `surge-scaler`. API failures are counted and retried on the next wake-up with a fresh
-//! decision rather than by replaying an old one.
+//! `surge-scaler`, and only with the resourceVersion of the scale it decided on, so it never
+//! overwrites a change it has not seen (an operator's `kubectl scale`). API failures are
+//! counted and retried on the next wake-up with a fresh decision rather than by replaying an
+//! old one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,7 +27,6 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use k8s_openapi::jiff::Timestamp;
 use kube::api::Api;
 use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -33,13 +36,15 @@ use tokio::task::JoinHandle;
 
 use crate::clock::Clock;
 use crate::crd::{SurgeScaler, SurgeScalerStatus};
-use crate::decision::{self, Decision, DecisionState, Freshness, Input, Policy, Reason};
+use crate::decision::{
+    self, Decision, DecisionState, Freshness, Input, Millis, Observation, Policy, Reason,
+};
 use crate::hub::{Hub, Selector, TargetKey, Wake};
 use crate::metrics::{Metrics, Operation};
 use crate::window::WindowConfig;
 
 pub use scale::ScaleView;
-use status::{Write, metric_name, rescale_reason, writer};
+use status::{Write, metric_name, writer};
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "surge-scaler";
@@ -51,6 +56,10 @@ const SCALE_REFRESH: Duration = Duration::from_secs(5);
 /// Least time between two decisions woken by metric changes (surge reports do not wait):
 /// coalesces the wake-ups of thousands of reports a second into a bounded decision rate.
 const MIN_DECISION_GAP: Duration = Duration::from_millis(10);
+/// Writes refused in a row because the scale changed since it was read (409) that a step
+/// answers at once with a fresh read and decision; after the last one the step gives up and the
+/// next wake-up starts over with a fresh read.
+const MAX_CONFLICTS_IN_A_ROW: u32 = 3;
 /// Status is rewritten at least this often while values change (observed metric).
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
 
@@ -464,71 +473,63 @@ impl TargetLoop {
         self.scaler = scaler;
     }
 
-    /// One pass: conflicts, scale, decision, patch, events, status.
+    /// One pass: conflicts, scale, decision, patch, events, status. A write refused because
+    /// the scale changed since it was read (409) is followed at once by a fresh read and a
+    /// fresh decision, up to [`MAX_CONFLICTS_IN_A_ROW`] times.
     pub async fn step(&mut self) {
         // Conflicts first: a target driven by another autoscaler is never written.
-        if self
-            .conflict_checked_at
-            .is_none_or(|t| t.elapsed() >= CONFLICT_RECHECK)
-        {
-            match self.find_conflict().await {
-                Ok(found) => {
-                    self.conflict_checked_at = Some(Instant::now());
-                    if found.is_some() && found != self.conflict {
-                        let note = found.clone().unwrap_or_default();
-                        tracing::warn!(target = %self.key, %note, "refusing a target another autoscaler drives");
-                        self.publish(EventType::Warning, "ConflictingAutoscaler", "Refuse", note)
-                            .await;
-                    }
-                    self.conflict = found;
-                }
-                Err(error) => {
-                    tracing::warn!(target = %self.key, %error, "could not check for conflicting autoscalers");
-                    if self.conflict_checked_at.is_none() {
-                        // Never written before a check succeeded once.
-                        return;
-                    }
-                }
-            }
+        if !self.check_conflicts().await {
+            return;
         }
-        if self.conflict.is_some() {
+        let due = self
+            .scale_read_at
+            .is_none_or(|t| t.elapsed() >= SCALE_REFRESH);
+        if (self.scale.is_none() || due) && !self.read_scale().await {
             self.write_status(None).await;
             return;
         }
-
-        if self.scale.is_none()
-            || self
-                .scale_read_at
-                .is_none_or(|t| t.elapsed() >= SCALE_REFRESH)
-        {
-            match self.get_scale().await {
-                Ok(scale) => {
-                    self.scale = Some(ScaleView::from_scale(&scale));
-                    self.scale_read_at = Some(Instant::now());
-                    self.target_missing = None;
-                }
-                Err(error) => {
-                    tracing::warn!(target = %self.key, %error, "could not read the target's scale");
-                    if error.code() == Some(404) {
-                        let (kind, name) = self.scale_api_path();
-                        self.target_missing = Some(format!("{kind:?} {name} not found"));
-                        self.scale = None;
-                        self.write_status(None).await;
+        let mut conflicts = 0;
+        loop {
+            let Some(scale) = self.scale.clone() else {
+                return;
+            };
+            let now = self.ctx.clock.now();
+            let (decision, observation, sources) = self.decide(&scale, now);
+            self.announce_stale(&decision).await;
+            if decision.desired != scale.replicas {
+                match self.write_scale(&scale, &decision, &observation, now).await {
+                    Ok(()) => {}
+                    Err(error) if error.code() == Some(409) => {
+                        conflicts += 1;
+                        if conflicts < MAX_CONFLICTS_IN_A_ROW {
+                            // The scale changed since it was read (another writer, or the
+                            // Deployment controller's status update after the last write):
+                            // read it again and decide on what it is now.
+                            tracing::debug!(target = %self.key, desired = decision.desired, conflicts, "scale changed since read; re-reading");
+                            if !self.read_scale().await {
+                                self.write_status(None).await;
+                                return;
+                            }
+                            continue;
+                        }
+                        tracing::warn!(target = %self.key, %error, conflicts, "scale changed before each write; waiting for the next wake-up");
                     }
-                    if self.scale.is_none() {
-                        return;
+                    Err(error) => {
+                        tracing::warn!(target = %self.key, %error, desired = decision.desired, "scale patch failed");
                     }
                 }
             }
-        }
-        let Some(scale) = self.scale else {
+            self.write_status(Some((observation, sources))).await;
             return;
-        };
+        }
+    }
 
+    /// Observes the target's windows and decides on `scale`; records the decision in the
+    /// metrics and for the status.
+    fn decide(&mut self, scale: &ScaleView, now: Millis) -> (Decision, Observation, usize) {
         let started = Instant::now();
-        let now = self.ctx.clock.now();
         let (observation, sources) = self.ctx.hub.observe(&self.key, now).unwrap_or((
-            decision::Observation {
+            Observation {
                 stable: 0.0,
                 panic: 0.0,
                 burst: None,
@@ -569,65 +570,28 @@ impl TargetLoop {
             decision.panic,
             sources,
         );
+        (decision, observation, sources)
+    }
 
-        if decision.reason == Reason::MetricsStale {
-            if !self.stale_announced {
-                self.stale_announced = true;
-                self.publish(
-                    EventType::Warning,
-                    "MetricsStale",
-                    "Hold",
-                    format!(
-                        "no fresh reports from any source; holding {} replicas",
-                        decision.desired
-                    ),
-                )
-                .await;
-            }
-        } else {
+    /// One MetricsStale Warning each time the data goes stale.
+    async fn announce_stale(&mut self, decision: &Decision) {
+        if decision.reason != Reason::MetricsStale {
             self.stale_announced = false;
+            return;
         }
-
-        if decision.desired != scale.replicas {
-            match self.patch_scale(decision.desired).await {
-                Ok(reply) => {
-                    let after = ScaleView::from_scale(&reply);
-                    self.state
-                        .record_scale(now, scale.replicas, decision.desired);
-                    self.scale = Some(ScaleView {
-                        replicas: decision.desired,
-                        ready: after.ready,
-                    });
-                    self.last_scale_time = Some(Time(Timestamp::now()));
-                    self.ctx
-                        .metrics
-                        .patched(&self.key, decision.desired > scale.replicas);
-                    let why = rescale_reason(
-                        &decision,
-                        &observation,
-                        &self.policy,
-                        self.scaler.spec.metric.type_,
-                    );
-                    tracing::info!(target = %self.key, from = scale.replicas, to = decision.desired, %why, "rescaled");
-                    self.publish(
-                        EventType::Normal,
-                        "SuccessfulRescale",
-                        "Scale",
-                        format!("New size: {}; reason: {why}", decision.desired),
-                    )
-                    .await;
-                }
-                Err(error) => {
-                    tracing::warn!(target = %self.key, %error, desired = decision.desired, "scale patch failed");
-                    // Re-read the scale before the next attempt (409: someone else wrote it).
-                    self.scale = None;
-                    if error.code() == Some(409) {
-                        self.wake.surge.notify_one();
-                    }
-                }
-            }
+        if !self.stale_announced {
+            self.stale_announced = true;
+            self.publish(
+                EventType::Warning,
+                "MetricsStale",
+                "Hold",
+                format!(
+                    "no fresh reports from any source; holding {} replicas",
+                    decision.desired
+                ),
+            )
+            .await;
         }
-        self.write_status(Some((observation, sources))).await;
     }
 }
 

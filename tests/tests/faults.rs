@@ -618,7 +618,15 @@ async fn a_slow_api_delays_the_scale_patch_and_one_slower_than_the_timeout_write
     // it is counted as `timeout` or `error` depending on which fires first.
     assert_eq!(api_errors_of(&metrics, "patch_scale"), 1, "{metrics}");
 
-    // The delay goes: the next step re-reads the scale and writes the pending scale-up.
+    // The delay goes: the next step re-reads the scale and writes the pending scale-up, valid
+    // only at the version it read.
+    let read_version = api
+        .store()
+        .get(surge_sandbox::kubeapi::resources::DEPLOYMENTS, "web", "api")
+        .unwrap()["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     proxy.set_read_delay(Duration::ZERO);
     let fault_off = Instant::now();
     let mut written = None;
@@ -646,7 +654,12 @@ async fn a_slow_api_delays_the_scale_patch_and_one_slower_than_the_timeout_write
         .collect();
     assert_eq!(
         scale_calls,
-        ["GET ", "PATCH {\"spec\":{\"replicas\":20}}"],
+        [
+            "GET ".to_owned(),
+            format!(
+                r#"PATCH {{"metadata":{{"resourceVersion":"{read_version}"}},"spec":{{"replicas":20}}}}"#
+            )
+        ],
         "re-read the scale, then write the capped scale-up"
     );
     assert_eq!(api.desired_replicas("web", "api").unwrap(), 20);

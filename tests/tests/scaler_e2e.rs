@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use surge_e2e::scaler::{
     Answer, api_with_one_target, free_addr, http_client, request, scaler_bin, wait_ready,
 };
+use surge_sandbox::kubeapi::resources;
 use surge_sandbox::process::ChildGuard;
 
 fn report(seq: u64, time_ms: u64, requests_total: u64, surge: bool) -> Value {
@@ -103,6 +104,12 @@ async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly(
         "no scale write expected under calm load"
     );
 
+    // The Deployment as the scaler read it: its write must be valid only at this version.
+    let read_version = api
+        .store()
+        .get(resources::DEPLOYMENTS, "web", "api")
+        .unwrap()["metadata"]["resourceVersion"]
+        .clone();
     // Surge: 80 requests in the next 100 ms (800 rps), sent early with surge: true.
     let sent = Instant::now();
     let Answer { status, body, .. } = request(
@@ -131,7 +138,12 @@ async fn a_surge_report_reaches_a_scale_patch_at_once_and_sigterm_stops_cleanly(
         Some("application/merge-patch+json")
     );
     let patched: Value = serde_json::from_str(patch.body.as_deref().unwrap()).unwrap();
-    assert_eq!(patched, json!({"spec": {"replicas": 8}}));
+    assert_eq!(
+        patched,
+        json!({"metadata": {"resourceVersion": read_version}, "spec": {"replicas": 8}})
+    );
+    // The precondition held: the version was the current one.
+    assert_eq!(patch.status, 200);
     // Acted on the burst estimate at once, not after a 6 s panic average or a tick.
     assert!(latency < Duration::from_secs(2), "took {latency:?}");
     assert_eq!(api.desired_replicas("web", "api").unwrap(), 8);

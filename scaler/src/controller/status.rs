@@ -154,7 +154,11 @@ impl TargetLoop {
             .unwrap_or_default();
         let metric = self.scaler.spec.metric.type_;
         let status = SurgeScalerStatus {
-            current_replicas: self.scale.map(|s| s.replicas).or(previous.current_replicas),
+            current_replicas: self
+                .scale
+                .as_ref()
+                .map(|s| s.replicas)
+                .or(previous.current_replicas),
             desired_replicas: self
                 .last_decision
                 .map(|d| d.desired)
