@@ -220,8 +220,13 @@ async fn main() -> ExitCode {
                 match run(&scenario, &options, shutdown_signal()).await {
                     Ok(result) => {
                         println!("\n{}", surge_sandbox::report::summary_text(&result));
+                        let logs = match kube {
+                            KubeMode::Embedded => "{0}/scaler.log, {0}/pods/",
+                            KubeMode::Real => "{0}/pods/<pod>/, {0}/cluster/logs/, audit: {0}/cluster/audit.log",
+                        }
+                        .replace("{0}", &out.display().to_string());
                         println!(
-                            "wrote {0}/result.json and {0}/chart.svg (logs: {0}/scaler.log, {0}/pods/)",
+                            "wrote {0}/result.json and {0}/chart.svg (logs: {logs})",
                             out.display()
                         );
                         match &result.failure {

@@ -223,6 +223,9 @@ pub struct RunResult {
     /// Network faults injected, as they happened.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<FaultRecord>,
+    /// Which Kubernetes the run had, in words (every figure above depends on it).
+    #[serde(default)]
+    pub kubernetes: String,
 }
 
 /// A network fault the run injected.
@@ -505,6 +508,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         api_calls: count_calls(c.requests),
         png_chart: None,
         faults: Vec::new(),
+        kubernetes: String::new(),
     }
 }
 
@@ -536,6 +540,9 @@ pub fn summary_text(result: &RunResult) -> String {
     let s = &result.summary;
     let mut out = String::new();
     out.push_str(&format!("== {} ==\n", result.scenario.name));
+    if !result.kubernetes.is_empty() {
+        out.push_str(&format!("kubernetes: {}\n", result.kubernetes));
+    }
     if let Some(failure) = &result.failure {
         out.push_str(&format!("run cut short: {failure}\n"));
     }
@@ -790,6 +797,7 @@ load:
                 api_calls: Vec::new(),
                 png_chart: None,
                 faults: Vec::new(),
+                kubernetes: String::new(),
             })
             .contains("89.66 % (5000 requests: 1483 slower, 3000 failed)")
         );

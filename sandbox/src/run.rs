@@ -248,6 +248,7 @@ pub async fn run(
         interrupted,
     });
     result.faults = fault_records;
+    result.kubernetes = options.kube.describe();
     write_outputs(&mut result, &options.out_dir)?;
     Ok(result)
 }

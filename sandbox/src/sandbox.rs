@@ -156,6 +156,24 @@ pub fn surgescaler(scenario: &Scenario) -> Value {
     })
 }
 
+impl KubeMode {
+    /// What this Kubernetes is, for the summary and `result.json`.
+    pub fn describe(self) -> String {
+        match self {
+            Self::Embedded => "embedded API (sandbox/src/kubeapi: not a Kubernetes; no controllers, \
+                               scheduler, kubelet, RBAC or admission; pods simulated by the sandbox)"
+                .into(),
+            Self::Real => format!(
+                "real: kube-apiserver, kube-controller-manager, kube-scheduler {}, etcd {}; the \
+                 chart installed by helm {}; the sandbox's node as kubelet",
+                surge_cluster::components::kubernetes_version(),
+                surge_cluster::components::etcd_version(),
+                surge_cluster::components::helm_version()
+            ),
+        }
+    }
+}
+
 impl Sandbox {
     /// Starts Kubernetes, the Deployment at `minReplicas`, its pods and (see
     /// [`StartOptions::start_scaler`]) the scaler, and applies the SurgeScaler. Waits until the
