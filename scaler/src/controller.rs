@@ -11,14 +11,14 @@
 //!     Hub::observe -> decision::decide
 //!       -> PATCH .../scale {"metadata":{"resourceVersion":RV},"spec":{"replicas":N}}
 //!          409 (changed since read): GET .../scale, decide again (at most 3 in a row)
-//!     Event SuccessfulRescale, PATCH .../surgescalers/x/status
+//!     Event SuccessfulRescale (or FailedRescale, FailedGetScale), PATCH .../surgescalers/x/status
 //! ```
 //!
 //! A loop never writes the whole Deployment, only its scale, under the field manager
 //! `surge-scaler`, and only with the resourceVersion of the scale it decided on, so it never
 //! overwrites a change it has not seen (an operator's `kubectl scale`). API failures are
-//! counted and retried on the next wake-up with a fresh decision rather than by replaying an
-//! old one.
+//! counted, shown in the `AbleToScale` condition and one Warning Event per distinct failure,
+//! and retried on the next wake-up with a fresh decision rather than by replaying an old one.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -44,7 +44,7 @@ use crate::metrics::{Metrics, Operation};
 use crate::window::WindowConfig;
 
 pub use scale::ScaleView;
-use status::{Write, metric_name, writer};
+use status::{Able, Write, metric_name, writer};
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "surge-scaler";
@@ -57,8 +57,8 @@ const SCALE_REFRESH: Duration = Duration::from_secs(5);
 /// coalesces the wake-ups of thousands of reports a second into a bounded decision rate.
 const MIN_DECISION_GAP: Duration = Duration::from_millis(10);
 /// Writes refused in a row because the scale changed since it was read (409) that a step
-/// answers at once with a fresh read and decision; after the last one the step gives up and the
-/// next wake-up starts over with a fresh read.
+/// answers at once with a fresh read and decision; after the last one the step gives up (status
+/// and a Warning Event say so) and the next wake-up starts over with a fresh read.
 const MAX_CONFLICTS_IN_A_ROW: u32 = 3;
 /// Status is rewritten at least this often while values change (observed metric).
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
@@ -108,6 +108,17 @@ impl ApiError {
             Self::Status { operation, .. }
             | Self::Timeout { operation, .. }
             | Self::Other { operation, .. } => *operation,
+        }
+    }
+
+    /// The API server's own message (it names what was refused and why), or what went wrong
+    /// on the way to it.
+    fn message(&self) -> String {
+        match self {
+            Self::Status { message, .. } | Self::Other { message, .. } => message.clone(),
+            Self::Timeout { timeout, .. } => {
+                format!("no answer from the API server within {timeout:?}")
+            }
         }
     }
 
@@ -365,6 +376,8 @@ pub struct TargetLoop {
     last_scale_time: Option<Time>,
     stale_announced: bool,
     last_decision: Option<Decision>,
+    /// What the last read or write of the scale showed (the `AbleToScale` condition).
+    able: Option<Able>,
     writes: tokio::sync::mpsc::Sender<Write>,
     writer: Option<JoinHandle<()>>,
 }
@@ -406,6 +419,7 @@ impl TargetLoop {
             last_scale_time,
             stale_announced: false,
             last_decision: None,
+            able: None,
             writes,
             writer: Some(writer),
         }
@@ -465,10 +479,15 @@ impl TargetLoop {
     fn update_spec(&mut self, scaler: Arc<SurgeScaler>) {
         let generation_changed = scaler.metadata.generation != self.scaler.metadata.generation;
         self.policy = Policy::from_spec(&scaler.spec);
-        if generation_changed || scaler.spec.scale_target_ref != self.scaler.spec.scale_target_ref {
+        let target_changed = scaler.spec.scale_target_ref != self.scaler.spec.scale_target_ref;
+        if generation_changed || target_changed {
             self.conflict_checked_at = None;
             self.scale = None;
             self.target_missing = None;
+        }
+        if target_changed {
+            // What the old target's scale showed says nothing about the new one.
+            self.able = None;
         }
         self.scaler = scaler;
     }
@@ -496,7 +515,9 @@ impl TargetLoop {
             let now = self.ctx.clock.now();
             let (decision, observation, sources) = self.decide(&scale, now);
             self.announce_stale(&decision).await;
-            if decision.desired != scale.replicas {
+            if decision.desired == scale.replicas {
+                self.scale_needs_no_write();
+            } else {
                 match self.write_scale(&scale, &decision, &observation, now).await {
                     Ok(()) => {}
                     Err(error) if error.code() == Some(409) => {
@@ -513,9 +534,13 @@ impl TargetLoop {
                             continue;
                         }
                         tracing::warn!(target = %self.key, %error, conflicts, "scale changed before each write; waiting for the next wake-up");
+                        self.scale_write_failed(&decision, &observation, &error, conflicts)
+                            .await;
                     }
                     Err(error) => {
                         tracing::warn!(target = %self.key, %error, desired = decision.desired, "scale patch failed");
+                        self.scale_write_failed(&decision, &observation, &error, 0)
+                            .await;
                     }
                 }
             }

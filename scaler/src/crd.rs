@@ -329,8 +329,12 @@ pub struct ObservedMetric {
 
 /// Condition types written to `status.conditions`.
 pub mod condition {
-    /// The SurgeScaler is valid and its target can be scaled.
+    /// The target exists and no other autoscaler drives it (reads and writes of its scale:
+    /// `ABLE_TO_SCALE`).
     pub const READY: &str = "Ready";
+    /// The target's scale can be read and written (False: `FailedGetScale`,
+    /// `FailedUpdateScale`, with the API's message), as the HPA's condition of that name.
+    pub const ABLE_TO_SCALE: &str = "AbleToScale";
     /// Surge is actively computing a scale from fresh metrics.
     pub const ACTIVE: &str = "Active";
     /// The desired scale was clamped to `minReplicas`/`maxReplicas` or a rate policy.

@@ -92,13 +92,15 @@ impl TargetLoop {
     }
 
     /// GETs the target's scale. True when there is a scale to decide on afterwards: the one
-    /// just read or, when a periodic re-read failed, the one known before.
+    /// just read or, when a periodic re-read failed, the one known before. A failure sets
+    /// `AbleToScale` to False (`FailedGetScale`) with one Warning Event per distinct failure.
     pub(super) async fn read_scale(&mut self) -> bool {
         match self.get_scale().await {
             Ok(scale) => {
                 self.scale = Some(ScaleView::from_scale(&scale));
                 self.scale_read_at = Some(Instant::now());
                 self.target_missing = None;
+                self.scale_read_succeeded();
                 true
             }
             Err(error) => {
@@ -108,6 +110,7 @@ impl TargetLoop {
                     self.target_missing = Some(format!("{kind:?} {name} not found"));
                     self.scale = None;
                 }
+                self.scale_read_failed(&error).await;
                 self.scale.is_some()
             }
         }
@@ -146,6 +149,7 @@ impl TargetLoop {
         self.state
             .record_scale(now, scale.replicas, decision.desired);
         self.last_scale_time = Some(Time(Timestamp::now()));
+        self.scale_write_succeeded(decision.desired);
         self.ctx
             .metrics
             .patched(&self.key, decision.desired > scale.replicas);

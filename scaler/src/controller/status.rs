@@ -10,13 +10,109 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::events::{Event, EventType};
 use serde_json::json;
 
-use super::{Context, FIELD_MANAGER, STATUS_REFRESH, TargetLoop};
+use super::{ApiError, Context, FIELD_MANAGER, STATUS_REFRESH, TargetLoop};
 use crate::crd::{MetricType, ObservedMetric, SurgeScaler, SurgeScalerStatus, condition};
 use crate::decision::{self, Decision, Limit, Policy, Reason};
 use crate::hub::TargetKey;
 use crate::metrics::Operation;
 
+/// What the last read or write of the target's scale showed: the `AbleToScale` condition, named
+/// and worded as the HPA's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Able {
+    /// The scale was read, and neither written by this loop since nor refused.
+    Read,
+    /// The scale was written, to this many replicas.
+    Rescaled(i32),
+    /// Reading the scale failed: what the API (or the way to it) said.
+    FailedGet(String),
+    /// Writing the scale failed: what the API (or the way to it) said.
+    FailedUpdate(String),
+    /// Writing the scale was refused because it changed between each read and write, too
+    /// often in a row: the same condition as `FailedUpdate`, but a fresh read that needs no
+    /// write ends it (the contention is over), where a refusal needs a write that lands.
+    Contended(String),
+}
+
 impl TargetLoop {
+    /// A read of the scale succeeded: clears a read failure, not a write failure (the next
+    /// write has yet to show that the API accepts it).
+    pub(super) fn scale_read_succeeded(&mut self) {
+        if matches!(self.able, None | Some(Able::FailedGet(_))) {
+            self.able = Some(Able::Read);
+        }
+    }
+
+    /// A read of the scale failed: `AbleToScale` False, and a `FailedGetScale` Warning unless
+    /// the previous read failed the same way (the loop retries at every wake-up).
+    pub(super) async fn scale_read_failed(&mut self, error: &ApiError) {
+        let message = error.message();
+        let failure = Able::FailedGet(message.clone());
+        if self.able.as_ref() != Some(&failure) {
+            self.publish(EventType::Warning, "FailedGetScale", "GetScale", message)
+                .await;
+        }
+        self.able = Some(failure);
+    }
+
+    /// The decision matched the scale (no write needed): ends a contention, whose write the
+    /// other writer's change made unnecessary, but not a refusal, which still stands.
+    pub(super) fn scale_needs_no_write(&mut self) {
+        if matches!(self.able, Some(Able::Contended(_))) {
+            self.able = Some(Able::Read);
+        }
+    }
+
+    /// A write of the scale succeeded: `AbleToScale` True again.
+    pub(super) fn scale_write_succeeded(&mut self, replicas: i32) {
+        self.able = Some(Able::Rescaled(replicas));
+    }
+
+    /// A write of the scale failed (`conflicts`: how many 409s in a row ended it, 0 for other
+    /// failures): `AbleToScale` False, and a `FailedRescale` Warning unless the previous write
+    /// failed the same way.
+    pub(super) async fn scale_write_failed(
+        &mut self,
+        decision: &Decision,
+        observation: &decision::Observation,
+        error: &ApiError,
+        conflicts: u32,
+    ) {
+        let message = if conflicts > 0 {
+            format!(
+                "the scale changed between each read and write, {conflicts} times in a row \
+                 (another writer keeps changing it); retrying at the next wake-up: {}",
+                error.message()
+            )
+        } else {
+            error.message()
+        };
+        let failure = if conflicts > 0 {
+            Able::Contended(message.clone())
+        } else {
+            Able::FailedUpdate(message.clone())
+        };
+        if self.able.as_ref() != Some(&failure) {
+            let why = rescale_reason(
+                decision,
+                observation,
+                &self.policy,
+                self.scaler.spec.metric.type_,
+            );
+            self.publish(
+                EventType::Warning,
+                "FailedRescale",
+                "Scale",
+                format!(
+                    "New size: {}; reason: {why}; error: {message}",
+                    decision.desired
+                ),
+            )
+            .await;
+        }
+        self.able = Some(failure);
+    }
+
     /// Queues an Event for the target's writer; never waits for the API.
     pub(super) async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
         let event = Event {
@@ -53,8 +149,33 @@ impl TargetLoop {
                 condition::READY,
                 true,
                 "ScaleTargetFound".into(),
-                "the target's scale can be read and written".into(),
+                "the target exists and no other autoscaler drives it".into(),
             ));
+        }
+        if let Some(able) = &self.able {
+            let (status, reason, message) = match able {
+                Able::Read => (
+                    true,
+                    "SucceededGetScale",
+                    "the target's current scale was read".to_owned(),
+                ),
+                Able::Rescaled(replicas) => (
+                    true,
+                    "SucceededRescale",
+                    format!("the target's scale was updated to {replicas}"),
+                ),
+                Able::FailedGet(message) => (
+                    false,
+                    "FailedGetScale",
+                    format!("unable to get the target's current scale: {message}"),
+                ),
+                Able::FailedUpdate(message) | Able::Contended(message) => (
+                    false,
+                    "FailedUpdateScale",
+                    format!("unable to update the target's scale: {message}"),
+                ),
+            };
+            wanted.push((condition::ABLE_TO_SCALE, status, reason.into(), message));
         }
         if let Some(decision) = &self.last_decision {
             let stale = decision.reason == Reason::MetricsStale;

@@ -310,6 +310,11 @@ async fn a_surge_patches_only_the_scale_subresource_under_the_field_manager() {
     assert_eq!(s["observedGeneration"], 3);
     assert!(s["lastScaleTime"].is_string());
     assert_eq!(condition(&status_patch.body, "Ready")["status"], "True");
+    let able = condition(&status_patch.body, "AbleToScale");
+    assert_eq!(
+        (able["status"].as_str(), able["reason"].as_str()),
+        (Some("True"), Some("SucceededRescale"))
+    );
     assert_eq!(condition(&status_patch.body, "Active")["status"], "True");
     assert_eq!(
         condition(&status_patch.body, "MetricsStale")["status"],

@@ -1,6 +1,6 @@
 //! Writes of the scale: each carries the resourceVersion it was decided on; a 409 is answered
-//! at once with a fresh read and decision (a bounded number of times); other failures wait for
-//! the next wake-up.
+//! at once with a fresh read and decision (a bounded number of times); refused writes and
+//! failed reads show in the `AbleToScale` condition and one Warning Event per distinct failure.
 
 use super::*;
 
@@ -10,6 +10,19 @@ const CONFLICT_MESSAGE: &str = "Operation cannot be fulfilled on deployments.app
 
 fn conflict() -> Value {
     api_status(409, "Conflict", CONFLICT_MESSAGE)
+}
+
+/// What a real API server answers when the scaler's Role lacks `verb` on `deployments/scale`.
+fn forbidden_message(verb: &str) -> String {
+    format!(
+        "deployments.apps \"api\" is forbidden: User \
+         \"system:serviceaccount:surge-system:surge-scaler\" cannot {verb} resource \
+         \"deployments/scale\" in API group \"apps\" in the namespace \"web\""
+    )
+}
+
+fn forbidden(verb: &str) -> Value {
+    api_status(403, "Forbidden", &forbidden_message(verb))
 }
 
 #[tokio::test]
@@ -40,6 +53,11 @@ async fn a_409_re_reads_the_scale_at_once_and_writes_with_the_fresh_resource_ver
     assert_eq!(seen[6].body["reason"], "SuccessfulRescale");
     let status = &seen[7].body;
     assert_eq!(status["status"]["currentReplicas"], 8);
+    // A conflict the re-read resolved is not a failure.
+    assert_eq!(
+        condition(status, "AbleToScale")["reason"],
+        "SucceededRescale"
+    );
     assert!(
         ctx.metrics
             .encode()
@@ -117,11 +135,15 @@ async fn after_a_409_the_decision_is_made_on_the_fresh_replicas_not_the_stale_on
         ),
         (Some(10), Some(10))
     );
+    assert_eq!(
+        condition(&seen[5].body, "AbleToScale")["reason"],
+        "SucceededGetScale"
+    );
     assert_eq!(target.scale.as_ref().map(|s| s.replicas), Some(10));
 }
 
 #[tokio::test]
-async fn repeated_conflicts_stop_after_three_immediate_retries() {
+async fn repeated_conflicts_stop_after_three_immediate_retries_and_say_so() {
     let (mut target, handle, ctx) = setup(Duration::from_secs(2));
     surge(&ctx, 800);
     let mut script = no_conflicts();
@@ -132,7 +154,8 @@ async fn repeated_conflicts_stop_after_three_immediate_retries() {
         expect("PATCH", PATCH_SCALE, 409, conflict()),
         expect("GET", SCALE, 200, scale_at(1, "9")),
         expect("PATCH", PATCH_SCALE, 409, conflict()),
-        // Three in a row: no fourth attempt in this step.
+        // Three in a row: no fourth attempt in this step, a Warning and the condition instead.
+        expect("POST", EVENTS, 201, Value::Null),
         expect(
             "PATCH",
             STATUS,
@@ -140,7 +163,7 @@ async fn repeated_conflicts_stop_after_three_immediate_retries() {
             serde_json::to_value(scaler()).unwrap(),
         ),
         // The next wake-up starts with a fresh read: the other writer set 8, which is what
-        // Surge wants too. No write.
+        // Surge wants too. No write, and the contention is over.
         expect("GET", SCALE, 200, scale_at(8, "14")),
         expect(
             "PATCH",
@@ -175,7 +198,31 @@ async fn repeated_conflicts_stop_after_three_immediate_retries() {
         .map(|&i| &seen[i].body["metadata"]["resourceVersion"])
         .collect();
     assert_eq!(versions, ["7", "8", "9"]);
-    assert_eq!(seen[10].body["status"]["currentReplicas"], 8);
+    let event = &seen[8].body;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("FailedRescale"))
+    );
+    let note = event["note"].as_str().unwrap();
+    assert!(note.starts_with("New size: 8; reason: "), "{note}");
+    assert!(note.contains(CONFLICT_MESSAGE), "{note}");
+    let able = condition(&seen[9].body, "AbleToScale");
+    assert_eq!(
+        (able["status"].as_str(), able["reason"].as_str()),
+        (Some("False"), Some("FailedUpdateScale"))
+    );
+    assert!(
+        able["message"]
+            .as_str()
+            .unwrap()
+            .contains("3 times in a row"),
+        "{able}"
+    );
+    let able = condition(&seen[11].body, "AbleToScale");
+    assert_eq!(
+        (able["status"].as_str(), able["reason"].as_str()),
+        (Some("True"), Some("SucceededGetScale"))
+    );
 }
 
 #[tokio::test]
@@ -187,6 +234,7 @@ async fn server_errors_and_throttling_are_counted_and_retried_with_a_fresh_read(
         script.extend([
             expect("GET", SCALE, 200, scale_at(2, "7")),
             expect("PATCH", PATCH_SCALE, code, status(code, "Failed")),
+            expect("POST", EVENTS, 201, Value::Null),
             expect(
                 "PATCH",
                 STATUS,
@@ -207,11 +255,191 @@ async fn server_errors_and_throttling_are_counted_and_retried_with_a_fresh_read(
         target.step().await;
         target.step().await;
         let seen = server.await.unwrap();
-        assert_eq!(seen[6].body, scale_patch_at(5, "8"), "after {code}");
+        assert_eq!(seen[4].body["reason"], "FailedRescale", "after {code}");
+        assert_eq!(
+            condition(&seen[5].body, "AbleToScale")["reason"],
+            "FailedUpdateScale",
+            "after {code}"
+        );
+        assert_eq!(seen[7].body, scale_patch_at(5, "8"), "after {code}");
+        assert_eq!(seen[8].body["reason"], "SuccessfulRescale", "after {code}");
+        assert_eq!(
+            condition(&seen[9].body, "AbleToScale")["reason"],
+            "SucceededRescale",
+            "after {code}"
+        );
         let expected =
             format!("surge_kube_api_errors_total{{operation=\"patch_scale\",code=\"{code}\"}} 1");
         assert!(ctx.metrics.encode().contains(&expected), "after {code}");
     }
+}
+
+#[tokio::test]
+async fn a_forbidden_scale_write_is_shown_once_and_cleared_by_the_next_write_that_lands() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let mut script = no_conflicts();
+    script.extend([
+        expect("GET", SCALE, 200, scale_at(1, "7")),
+        expect("PATCH", PATCH_SCALE, 403, forbidden("patch")),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+        // The retry at the next wake-up fails the same way: no second Event, and the status
+        // (unchanged) is not rewritten.
+        expect("GET", SCALE, 200, scale_at(1, "7")),
+        expect("PATCH", PATCH_SCALE, 403, forbidden("patch")),
+        // The Role is fixed: the write lands and the condition clears.
+        expect("GET", SCALE, 200, scale_at(1, "7")),
+        expect("PATCH", PATCH_SCALE, 200, scale_at(8, "8")),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    for _ in 0..3 {
+        target.step().await;
+    }
+    let seen = server.await.unwrap();
+    let event = &seen[4].body;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("FailedRescale"))
+    );
+    let note = event["note"].as_str().unwrap();
+    assert!(note.starts_with("New size: 8; reason: rps 800.0"), "{note}");
+    assert!(
+        note.ends_with(&format!("; error: {}", forbidden_message("patch"))),
+        "{note}"
+    );
+    let failed = condition(&seen[5].body, "AbleToScale");
+    assert_eq!(
+        (failed["status"].as_str(), failed["reason"].as_str()),
+        (Some("False"), Some("FailedUpdateScale"))
+    );
+    assert_eq!(
+        failed["message"].as_str().unwrap(),
+        format!(
+            "unable to update the target's scale: {}",
+            forbidden_message("patch")
+        )
+    );
+    // The missing permission is the scaler's problem, not the target's: Ready stays True.
+    assert_eq!(condition(&seen[5].body, "Ready")["status"], "True");
+    assert_eq!(seen[9].body, scale_patch_at(8, "7"));
+    assert_eq!(seen[10].body["reason"], "SuccessfulRescale");
+    let cleared = condition(&seen[11].body, "AbleToScale");
+    assert_eq!(
+        (cleared["status"].as_str(), cleared["reason"].as_str()),
+        (Some("True"), Some("SucceededRescale"))
+    );
+    assert_eq!(cleared["message"], "the target's scale was updated to 8");
+    assert!(
+        ctx.metrics
+            .encode()
+            .contains("surge_kube_api_errors_total{operation=\"patch_scale\",code=\"403\"} 2")
+    );
+}
+
+#[tokio::test]
+async fn a_failed_read_of_the_scale_is_shown_once_as_failed_get_scale() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let mut script = no_conflicts();
+    script.extend([
+        expect("GET", SCALE, 403, forbidden("get")),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+        // Again at the next wake-up: no second Event, no status rewrite, no write.
+        expect("GET", SCALE, 403, forbidden("get")),
+        // Readable again: the decision goes on and the condition clears.
+        expect("GET", SCALE, 200, scale_at(1, "7")),
+        expect("PATCH", PATCH_SCALE, 200, scale_at(8, "8")),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    for _ in 0..3 {
+        target.step().await;
+    }
+    let seen = server.await.unwrap();
+    let event = &seen[3].body;
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("FailedGetScale"))
+    );
+    assert_eq!(event["note"].as_str().unwrap(), forbidden_message("get"));
+    let failed = condition(&seen[4].body, "AbleToScale");
+    assert_eq!(
+        (failed["status"].as_str(), failed["reason"].as_str()),
+        (Some("False"), Some("FailedGetScale"))
+    );
+    assert_eq!(
+        failed["message"].as_str().unwrap(),
+        format!(
+            "unable to get the target's current scale: {}",
+            forbidden_message("get")
+        )
+    );
+    assert_eq!(seen[7].body, scale_patch_at(8, "7"));
+    assert_eq!(
+        condition(&seen[9].body, "AbleToScale")["reason"],
+        "SucceededRescale"
+    );
+}
+
+#[tokio::test]
+async fn a_missing_target_is_not_found_and_failed_get_scale() {
+    let (mut target, handle, ctx) = setup(Duration::from_secs(2));
+    surge(&ctx, 800);
+    let mut script = no_conflicts();
+    script.extend([
+        expect(
+            "GET",
+            SCALE,
+            404,
+            api_status(404, "NotFound", "deployments.apps \"api\" not found"),
+        ),
+        expect("POST", EVENTS, 201, Value::Null),
+        expect(
+            "PATCH",
+            STATUS,
+            200,
+            serde_json::to_value(scaler()).unwrap(),
+        ),
+    ]);
+    let server = tokio::spawn(serve(handle, script));
+    target.step().await;
+    let seen = server.await.unwrap();
+    assert_eq!(seen[3].body["reason"], "FailedGetScale");
+    assert_eq!(seen[3].body["note"], "deployments.apps \"api\" not found");
+    let ready = condition(&seen[4].body, "Ready");
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("TargetNotFound"))
+    );
+    assert_eq!(
+        condition(&seen[4].body, "AbleToScale")["reason"],
+        "FailedGetScale"
+    );
 }
 
 #[tokio::test]
@@ -222,6 +450,7 @@ async fn a_hanging_api_server_times_out_and_the_loop_carries_on() {
     script.extend([
         expect("GET", SCALE, 200, scale(1)),
         expect("PATCH", PATCH_SCALE, 0, Value::Null),
+        expect("POST", EVENTS, 201, Value::Null),
         expect(
             "PATCH",
             STATUS,
@@ -237,7 +466,13 @@ async fn a_hanging_api_server_times_out_and_the_loop_carries_on() {
         elapsed < Duration::from_millis(1500),
         "step took {elapsed:?}"
     );
-    let _ = server.await.unwrap();
+    let seen = server.await.unwrap();
+    assert_eq!(seen[4].body["reason"], "FailedRescale");
+    let note = seen[4].body["note"].as_str().unwrap();
+    assert!(
+        note.ends_with("error: no answer from the API server within 200ms"),
+        "{note}"
+    );
     assert!(
         ctx.metrics
             .encode()
