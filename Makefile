@@ -6,9 +6,9 @@ WASM := target/wasm32-wasip1/release/surge_filter.wasm
 
 .PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox compare fuzz
 
-## The whole burst path on this machine: real Envoy + filter, real scaler, and the embedded
-## Kubernetes API (default) or, with KUBE=real, the real control plane built by `make tools`.
-KUBE ?= embedded
+## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
+## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
+KUBE ?= real
 sandbox: tools wasm bins
 	./target/debug/surge-sandbox run --kube $(KUBE) $(SCENARIO)
 

@@ -1,8 +1,10 @@
 //! `surge-sandbox`: the whole Surge burst path on one machine.
 //!
 //! Real Envoy sidecars running the real filter (V8), the real `surge-scaler` binary over real
-//! HTTP, and an embedded Kubernetes API ([`kubeapi`]) standing in for the cluster, as an
-//! embedded database stands in for a server.
+//! HTTP, and Kubernetes: by default the real control plane ([`real`], built by `make tools`)
+//! with the sandbox's node as kubelet ([`node`]); or, for quick runs and fault hooks a real
+//! server lacks, an embedded API ([`kubeapi`]) with its own pods controller ([`pods`]).
+//! [`sandbox`] starts either behind one interface; [`run`] plays a scenario on it.
 
 pub mod app;
 pub mod app_pod;

@@ -9,7 +9,7 @@ use surge_sandbox::run::{KubeMode, RunOptions, run};
 use surge_sandbox::scenario::{DEFAULT_SCENARIO, Scenario};
 
 /// The whole Surge burst path on one machine: real Envoy sidecars with the filter, the real
-/// surge-scaler, an embedded Kubernetes API.
+/// surge-scaler, on a real Kubernetes control plane (or the embedded API).
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
@@ -31,7 +31,7 @@ enum Command {
         quiet: bool,
         /// Which Kubernetes: the embedded API (quick, not a Kubernetes) or the real control
         /// plane built by `make tools` (the chart installed with helm, real Pods).
-        #[arg(long, value_enum, default_value_t = KubeMode::Embedded)]
+        #[arg(long, value_enum, default_value_t = KubeMode::Real)]
         kube: KubeMode,
         /// Extra `helm install --set KEY=VALUE` for the chart (with `--kube real`).
         #[arg(long = "helm-set", value_name = "KEY=VALUE")]
@@ -59,7 +59,7 @@ enum Command {
         #[arg(long)]
         fresh_scaler: bool,
         /// Which Kubernetes (see `run --kube`).
-        #[arg(long, value_enum, default_value_t = KubeMode::Embedded)]
+        #[arg(long, value_enum, default_value_t = KubeMode::Real)]
         kube: KubeMode,
     },
     /// Replay the comparison: the classic Prometheus+KEDA+HPA chain, the tutorial's counter
@@ -208,37 +208,39 @@ async fn main() -> ExitCode {
             quiet,
             kube,
             helm_set,
-        } => match load_scenario(scenario.as_ref()) {
-            Err(e) => Err(e),
-            Ok(scenario) => {
-                let options = RunOptions {
-                    out_dir: out.clone(),
-                    live: !quiet,
-                    kube,
-                    helm_set,
-                };
-                match run(&scenario, &options, shutdown_signal()).await {
-                    Ok(result) => {
-                        println!("\n{}", surge_sandbox::report::summary_text(&result));
-                        let logs = match kube {
+        } => {
+            match load_scenario(scenario.as_ref()) {
+                Err(e) => Err(e),
+                Ok(scenario) => {
+                    let options = RunOptions {
+                        out_dir: out.clone(),
+                        live: !quiet,
+                        kube,
+                        helm_set,
+                    };
+                    match run(&scenario, &options, shutdown_signal()).await {
+                        Ok(result) => {
+                            println!("\n{}", surge_sandbox::report::summary_text(&result));
+                            let logs = match kube {
                             KubeMode::Embedded => "{0}/scaler.log, {0}/pods/",
                             KubeMode::Real => "{0}/pods/<pod>/, {0}/cluster/logs/, audit: {0}/cluster/audit.log",
                         }
                         .replace("{0}", &out.display().to_string());
-                        println!(
-                            "wrote {0}/result.json and {0}/chart.svg (logs: {logs})",
-                            out.display()
-                        );
-                        match &result.failure {
-                            Some(f) => Err(f.clone()),
-                            None if result.interrupted => Err("interrupted".into()),
-                            None => Ok(()),
+                            println!(
+                                "wrote {0}/result.json and {0}/chart.svg (logs: {logs})",
+                                out.display()
+                            );
+                            match &result.failure {
+                                Some(f) => Err(f.clone()),
+                                None if result.interrupted => Err("interrupted".into()),
+                                None => Ok(()),
+                            }
                         }
+                        Err(e) => Err(e.to_string()),
                     }
-                    Err(e) => Err(e.to_string()),
                 }
             }
-        },
+        }
         Command::BenchReaction {
             runs,
             scenario,

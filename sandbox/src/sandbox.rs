@@ -38,11 +38,12 @@ const SURGESCALER_CRD: &str = include_str!("../../deploy/crds/surgescaler.yaml")
 #[serde(rename_all = "lowercase")]
 pub enum KubeMode {
     /// The embedded API of `src/kubeapi/` and the sandbox's pods controller: starts in
-    /// milliseconds, but is not a Kubernetes (sandbox/README.md lists what it lacks).
-    #[default]
+    /// milliseconds and has fault hooks a real server lacks, but is not a Kubernetes
+    /// (sandbox/README.md lists what it lacks).
     Embedded,
     /// The real control plane built by `make tools`, the chart installed with helm, the
     /// sandbox's node playing the kubelet.
+    #[default]
     Real,
 }
 

@@ -1,7 +1,9 @@
 //! End-to-end tests of the sandbox: real Envoys running the filter, the real surge-scaler
-//! binary, the embedded Kubernetes API, short scenarios. Each needs `make test`'s builds (the
-//! filter's .wasm, the workspace binaries, Envoy); a missing one fails the test with a message
-//! saying so.
+//! binary, short scenarios on the embedded Kubernetes API (its fault hooks and quick start);
+//! the same on the real control plane is `kube_sandbox.rs`. The two tests of stopping run the
+//! `surge-sandbox` binary as a user does, on the real control plane (its default). Each needs
+//! `make test`'s builds (the filter's .wasm, the workspace binaries, Envoy, the Kubernetes
+//! components); a missing one fails the test with a message saying so.
 
 // Tests fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -289,7 +291,8 @@ async fn traffic_is_unaffected_when_the_scaler_hangs() {
 }
 
 /// Processes whose command line or environment mentions `needle` (Envoys name their files
-/// under the output directory; the scaler gets `KUBECONFIG=<out>/kubeconfig.yaml`).
+/// under the output directory; the scaler gets a kubeconfig there; the control plane its
+/// certificates, data and logs).
 fn processes_mentioning(needle: &str) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -321,8 +324,16 @@ fn sandbox_bin() -> PathBuf {
     bin
 }
 
+/// The control plane's processes (their names as the kernel keeps them, 15 characters).
+const CONTROL_PLANE: [&str; 4] = [
+    "etcd",
+    "kube-apiserver",
+    "kube-controller",
+    "kube-scheduler",
+];
+
 #[test]
-fn ctrl_c_stops_every_envoy_and_the_scaler() {
+fn ctrl_c_stops_every_envoy_the_scaler_and_the_control_plane() {
     let bin = sandbox_bin();
     let out = out_dir("interrupt");
     let mut child = std::process::Command::new(&bin)
@@ -331,20 +342,31 @@ fn ctrl_c_stops_every_envoy_and_the_scaler() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    // Wait until pods and the scaler run (the kubeconfig appears first, then the scaler log).
-    let out_str = out.to_string_lossy().into_owned();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while processes_mentioning(&out_str).len() < 3 && Instant::now() < deadline {
+    let pid = child.id();
+    let count =
+        |children: &[ProcStat], name: &str| children.iter().filter(|p| p.name == name).count();
+    // Wait until the control plane, the scaler pod and an app pod's Envoy run.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let children = loop {
+        let children = children_of(pid);
+        if count(&children, "envoy") >= 1 && count(&children, "surge-scaler") == 1 {
+            break children;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("no Envoy and scaler within 90 s: {children:?}");
+        }
         std::thread::sleep(Duration::from_millis(100));
+    };
+    for name in CONTROL_PLANE {
+        assert_eq!(
+            count(&children, name),
+            1,
+            "{name} not running: {children:?}"
+        );
     }
-    std::thread::sleep(Duration::from_secs(2));
-    let children = processes_mentioning(&out_str);
-    assert!(
-        children.len() >= 2,
-        "Envoy and scaler not running: {children:?}"
-    );
     let status = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-INT", &pid.to_string()])
         .status()
         .unwrap();
     assert!(status.success());
@@ -360,6 +382,9 @@ fn ctrl_c_stops_every_envoy_and_the_scaler() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(!exit.success(), "an interrupted run reports failure");
+    let left: Vec<&ProcStat> = children.iter().filter(|p| still_runs(p)).collect();
+    assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
+    let out_str = out.to_string_lossy().into_owned();
     let left = processes_mentioning(&out_str);
     assert!(left.is_empty(), "processes left after Ctrl-C: {left:?}");
 }
@@ -408,7 +433,7 @@ fn still_runs(p: &ProcStat) -> bool {
 }
 
 #[test]
-fn kill_9_of_the_sandbox_leaves_no_envoy_and_no_scaler_running() {
+fn kill_9_of_the_sandbox_leaves_no_envoy_no_scaler_and_no_control_plane_running() {
     let bin = sandbox_bin();
     let out = out_dir("kill_9");
     std::fs::create_dir_all(&out).unwrap();
@@ -464,9 +489,12 @@ load:
         count(&started, "envoy") >= 2 && count(&started, "surge-scaler") == 1,
         "children at the kill: {started:?}"
     );
+    for name in CONTROL_PLANE {
+        assert_eq!(count(&started, name), 1, "{name} not running: {started:?}");
+    }
 
     // Envoy gets SIGTERM (it sets its own death signal) and exits within milliseconds; the
-    // scaler gets SIGKILL. Also look for anything started after the snapshot (an Envoy names
+    // scaler and the control plane's processes get SIGKILL. Also look for anything started after the snapshot (an Envoy names
     // files under the output directory).
     let out_str = out.to_string_lossy().into_owned();
     let deadline = Instant::now() + Duration::from_secs(15);
