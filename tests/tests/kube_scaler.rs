@@ -404,3 +404,244 @@ async fn with_watch_namespaces_the_chart_confines_the_scaler_to_them_and_rbac_ag
     let untouched = surgescaler(&kube, "elsewhere", "api").await;
     assert!(untouched.get("status").is_none(), "{untouched}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_role_without_patch_on_the_scale_gives_able_to_scale_false_and_one_event_not_a_crash() {
+    let kube = install(
+        "role_without_patch",
+        &["web"],
+        &["scaler.watchNamespaces={web}"],
+    )
+    .await;
+    apply(&kube, &pause_deployment("web", "api", 1));
+    apply(&kube, &minimal_surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
+    // Take `patch` off deployments/scale in the chart's Role, as a hand-edited Role would.
+    let role = kubectl_ok(
+        &kube,
+        &["get", "role", "surge-scaler", "-n", "web", "-o", "json"],
+        None,
+    );
+    let mut role: Value = serde_json::from_str(&role).unwrap();
+    let mut removed = false;
+    for rule in role["rules"].as_array_mut().unwrap() {
+        let scale = rule["resources"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r == "deployments/scale"));
+        if scale {
+            rule["verbs"] = Value::from(vec!["get"]);
+            removed = true;
+        }
+    }
+    assert!(
+        removed,
+        "the chart's Role has no deployments/scale rule: {role}"
+    );
+    let original = kubectl_ok(
+        &kube,
+        &["get", "role", "surge-scaler", "-n", "web", "-o", "json"],
+        None,
+    );
+    kubectl_ok(&kube, &["replace", "-f", "-"], Some(&role.to_string()));
+
+    calm_then_surge(&kube, "web", "api", "api-1").await;
+    let refused = eventually(
+        "AbleToScale False in the status",
+        Duration::from_secs(10),
+        || async {
+            let scaler = surgescaler(&kube, "web", "api").await;
+            let able = condition(&scaler, "AbleToScale")?.clone();
+            (able["status"] == "False").then_some(able)
+        },
+    )
+    .await;
+    assert_eq!(refused["reason"], "FailedUpdateScale", "{refused}");
+    let message = refused["message"].as_str().unwrap();
+    assert!(
+        message.contains("cannot patch resource \"deployments/scale\" in API group \"apps\""),
+        "{message}"
+    );
+    // The scaler keeps retrying on every report; it publishes one Event, and does not crash.
+    let client = http_client();
+    for seq in 4..10 {
+        let body = report(
+            "web",
+            "api",
+            "api-1",
+            seq,
+            11_100 + seq * 1_000,
+            130 + seq * 800,
+            false,
+        );
+        assert_eq!(post_report(&kube, &client, &body).await, 200);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let refused_writes = scale_writes(&kube, "web", "api")
+        .iter()
+        .filter(|w| w.status == 403)
+        .count();
+    assert!(
+        refused_writes >= 2,
+        "{refused_writes} refused writes: no retries"
+    );
+    let events = kubectl_ok(
+        &kube,
+        &[
+            "get",
+            "events",
+            "-n",
+            "web",
+            "--field-selector",
+            "reason=FailedRescale",
+            "-o",
+            "json",
+        ],
+        None,
+    );
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let items = events["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{events}");
+    assert_eq!(items[0]["type"], "Warning");
+    assert_eq!(
+        items[0].get("count").and_then(Value::as_u64).unwrap_or(1),
+        1,
+        "{events}"
+    );
+    let pods = kubectl_ok(
+        &kube,
+        &[
+            "get",
+            "pods",
+            "-n",
+            "surge-system",
+            "-o",
+            "jsonpath={.items[*].status.containerStatuses[*].restartCount}",
+        ],
+        None,
+    );
+    assert_eq!(pods.trim(), "0", "the scaler restarted");
+
+    // The Role put back: the next report's write lands and the condition clears.
+    let mut original: Value = serde_json::from_str(&original).unwrap();
+    original["metadata"]
+        .as_object_mut()
+        .unwrap()
+        .remove("resourceVersion");
+    kubectl_ok(
+        &kube,
+        &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+        Some(&original.to_string()),
+    );
+    let mut seq = 10;
+    eventually("AbleToScale True again", Duration::from_secs(15), || {
+        seq += 1;
+        let body = report(
+            "web",
+            "api",
+            "api-1",
+            seq,
+            11_100 + seq * 1_000,
+            130 + seq * 800,
+            false,
+        );
+        let client = client.clone();
+        let kube = &kube;
+        async move {
+            let _ = post_report(kube, &client, &body).await;
+            let scaler = surgescaler(kube, "web", "api").await;
+            (condition(&scaler, "AbleToScale")?["status"] == "True").then_some(())
+        }
+    })
+    .await;
+    let landed = scale_writes(&kube, "web", "api")
+        .into_iter()
+        .rev()
+        .find(|w| w.status == 200);
+    assert!(
+        landed.is_some(),
+        "no scale write landed after the Role was put back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrent_writer_makes_scale_writes_conflict_and_the_scaler_decides_again_on_fresh_reads()
+ {
+    let kube = install("concurrent_writer", &[], &[]).await;
+    apply(&kube, &pause_deployment("web", "api", 1));
+    apply(&kube, &minimal_surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
+    // Another writer touches the Deployment every 5 ms (an annotation: what a deploy tool or a
+    // second controller does), so the resourceVersion the scaler read goes stale under it.
+    let writer = {
+        let deployments: Api<Deployment> = Api::namespaced(kube.client(), "web");
+        tokio::spawn(async move {
+            for tick in 0u64.. {
+                let patch = serde_json::json!({"metadata": {"annotations": {"e2e/tick": tick.to_string()}}});
+                let _ = deployments
+                    .patch(
+                        "api",
+                        &kube::api::PatchParams::default(),
+                        &kube::api::Patch::Merge(&patch),
+                    )
+                    .await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    // Wait until the scaler's cached scale is older than the writer's latest change.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    calm_then_surge(&kube, "web", "api", "api-1").await;
+    let client = http_client();
+    let mut seq = 3;
+    let landed = eventually(
+        "a scale write that landed despite the writer",
+        Duration::from_secs(15),
+        || {
+            seq += 1;
+            let body = report(
+                "web",
+                "api",
+                "api-1",
+                seq,
+                11_100 + seq * 100,
+                130 + seq * 80,
+                false,
+            );
+            let client = client.clone();
+            let kube = &kube;
+            async move {
+                let _ = post_report(kube, &client, &body).await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                scale_writes(kube, "web", "api")
+                    .into_iter()
+                    .find(|w| w.status == 200)
+            }
+        },
+    )
+    .await;
+    writer.abort();
+    let writes = scale_writes(&kube, "web", "api");
+    let conflicts = writes.iter().filter(|w| w.status == 409).count();
+    println!(
+        "scale writes: {:?}",
+        writes
+            .iter()
+            .map(|w| (w.status, replicas(w)))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        conflicts >= 1,
+        "no write met a conflict: {:?}",
+        writes.len()
+    );
+    // Each write carried the resourceVersion it was decided against.
+    for write in &writes {
+        let body: Value = serde_json::from_str(write.body.as_deref().unwrap()).unwrap();
+        assert!(
+            body["metadata"]["resourceVersion"].is_string(),
+            "a write without a precondition: {body}"
+        );
+    }
+    assert_eq!(replicas(&landed), Some(8));
+    wait_ready_replicas(&kube, "web", "api", 8, Duration::from_secs(30)).await;
+}
