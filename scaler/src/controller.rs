@@ -494,7 +494,7 @@ impl TargetLoop {
 
     /// One pass: conflicts, scale, decision, patch, events, status. A write refused because
     /// the scale changed since it was read (409) is followed at once by a fresh read and a
-    /// fresh decision, up to [`MAX_CONFLICTS_IN_A_ROW`] times.
+    /// fresh decision, up to `MAX_CONFLICTS_IN_A_ROW` times.
     pub async fn step(&mut self) {
         // Conflicts first: a target driven by another autoscaler is never written.
         if !self.check_conflicts().await {

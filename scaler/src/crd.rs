@@ -305,7 +305,7 @@ pub struct SurgeScalerStatus {
     /// When Surge last changed the target's replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_time: Option<Time>,
-    /// Ready, Active, ScalingLimited, MetricsStale.
+    /// Ready, AbleToScale, Active, ScalingLimited, MetricsStale.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
     /// The `metadata.generation` this status reflects.
