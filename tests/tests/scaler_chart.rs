@@ -2,8 +2,10 @@
 //! the chart rendered, kept equal to `helm template` by `scripts/validate-manifests.sh`; and the
 //! chart rendered with `scaler.watchNamespaces`, by helm at test time).
 //!
-//! RBAC: the scaler runs a whole life cycle against the sandbox's embedded Kubernetes API, which
-//! logs every request. Each request is turned into the attributes a real API server authorizes
+//! RBAC: the real API server judges the chart's RBAC in `kube_scaler.rs` (the chart installed,
+//! the scaler running as its pod: no request refused). This test checks the other direction, that
+//! the grant does not grow past the code: the scaler runs a whole life cycle against the
+//! sandbox's embedded Kubernetes API, which logs every request. Each request is turned into the attributes a real API server authorizes
 //! (group, resource/subresource, verb, namespace) and must be allowed by the roles bound to the
 //! chart's ServiceAccount; each (group, resource, verb) those roles grant must have been used by
 //! some request. So the grant can neither fall short of the code nor grow past it unnoticed.
