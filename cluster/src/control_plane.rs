@@ -35,8 +35,9 @@ use crate::tokens::{client_from, request_token, write_token_kubeconfig};
 
 /// The API server's advertised address (the `kubernetes` Service's endpoint). It must not be a
 /// loopback address (Endpoints refuse those), and nothing here connects to it: clients use
-/// `localhost`. 192.0.2.0/24 is TEST-NET-1, reserved for documentation, so it is nobody's.
-pub const ADVERTISE_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+/// `localhost`. It is from TEST-NET-3 (203.0.113.0/24, reserved for documentation), so unlikely
+/// to be any machine's; were it one, nothing would change, as nothing sends to it.
+pub const ADVERTISE_ADDRESS: IpAddr = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 10));
 /// The Services' virtual IP range.
 pub const SERVICE_CIDR: &str = "10.96.0.0/16";
 

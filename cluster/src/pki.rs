@@ -269,7 +269,7 @@ mod tests {
     fn certificates_are_written_with_private_keys_readable_by_the_owner_only() {
         use std::os::unix::fs::PermissionsExt;
         let dir = std::env::temp_dir().join(format!("surge-pki-{}", std::process::id()));
-        let pki = Pki::create(&dir, &["192.0.2.10".parse().unwrap()]).unwrap();
+        let pki = Pki::create(&dir, &["203.0.113.10".parse().unwrap()]).unwrap();
         for key in [
             &pki.apiserver.1,
             &pki.service_account_key,
