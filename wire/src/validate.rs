@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use crate::{Report, VERSION};
+use crate::{Answer, Held, HoldTotals, Report, VERSION};
 
 /// Bounds a valid report stays within. [`Limits::default`] is what the scaler enforces.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +28,12 @@ pub struct Limits {
     pub max_inflight: u64,
     /// Longest `window_ms`.
     pub max_window_ms: u64,
+    /// Most entries in a report body's `held` (destinations with held requests).
+    pub max_held: usize,
+    /// Most entries in an answer's `cold`.
+    pub max_cold: usize,
+    /// Largest answer body, in bytes (checked by the filter before reading it).
+    pub max_answer_bytes: usize,
 }
 
 impl Default for Limits {
@@ -43,6 +49,9 @@ impl Default for Limits {
             max_cluster_len: 512,
             max_inflight: 1_000_000,
             max_window_ms: 60_000,
+            max_held: 256,
+            max_cold: 256,
+            max_answer_bytes: 256 * 1024,
         }
     }
 }
@@ -153,6 +162,120 @@ impl fmt::Display for ValidationError {
 }
 
 impl std::error::Error for ValidationError {}
+
+/// Why the hold fields of a report body (`held`, `hold_totals`) or an answer's `cold` were
+/// refused. Every variant names the field, as a path such as `held[2].cluster` or `cold[0]`.
+///
+/// Apart from [`ValidationError`], so that code matching every variant of that compiles
+/// unchanged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HoldError {
+    /// More entries than the limit.
+    TooMany {
+        /// `held` or `cold`.
+        field: &'static str,
+        /// How many there were.
+        count: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A destination name is empty.
+    Empty {
+        /// The field.
+        field: String,
+    },
+    /// A destination name is longer than the cluster limit.
+    TooLong {
+        /// The field.
+        field: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A destination name holds a control character.
+    BadCharacter {
+        /// The field.
+        field: String,
+    },
+    /// The same destination appears twice.
+    Duplicate {
+        /// The field of the second occurrence.
+        field: String,
+    },
+    /// `held[].requests` is 0 or above the in-flight limit.
+    Requests {
+        /// The field, e.g. `held[1].requests`.
+        field: String,
+        /// The value.
+        value: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The outcomes in `hold_totals` add up to more than `held_total`.
+    Totals,
+}
+
+impl HoldError {
+    /// The offending field's path, e.g. `held[2].cluster`.
+    pub fn field(&self) -> &str {
+        match self {
+            Self::TooMany { field, .. } => field,
+            Self::Empty { field }
+            | Self::TooLong { field, .. }
+            | Self::BadCharacter { field }
+            | Self::Duplicate { field }
+            | Self::Requests { field, .. } => field,
+            Self::Totals => "hold_totals",
+        }
+    }
+}
+
+impl fmt::Display for HoldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooMany { field, count, max } => {
+                write!(f, "{field}: {count} entries, more than the limit of {max}")
+            }
+            Self::Empty { field } => write!(f, "{field}: must not be empty"),
+            Self::TooLong { field, len, max } => {
+                write!(f, "{field}: {len} bytes, longer than the limit of {max}")
+            }
+            Self::BadCharacter { field } => write!(f, "{field}: contains a control character"),
+            Self::Duplicate { field } => write!(f, "{field}: repeats an earlier destination"),
+            Self::Requests { field, value, max } => {
+                write!(f, "{field}: {value} is outside 1..={max}")
+            }
+            Self::Totals => write!(
+                f,
+                "hold_totals: resumed_total + timed_out_total + cancelled_total is larger than \
+                 held_total"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for HoldError {}
+
+/// Why a report body was refused: its report, or its hold fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BodyError {
+    /// The report's own fields.
+    Report(ValidationError),
+    /// `held` or `hold_totals`.
+    Hold(HoldError),
+}
+
+impl fmt::Display for BodyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Report(e) => e.fmt(f),
+            Self::Hold(e) => e.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for BodyError {}
 
 /// Identity strings are Kubernetes names: no whitespace or control characters at all.
 fn identity(field: &str, value: &str, max: usize, required: bool) -> Result<(), ValidationError> {
@@ -281,10 +404,99 @@ pub(crate) fn report(report: &Report, limits: &Limits) -> Result<(), ValidationE
     Ok(())
 }
 
+/// A destination name: an Envoy cluster name, as bounded as a route's `cluster`.
+fn destination(field: impl Fn() -> String, value: &str, max: usize) -> Result<(), HoldError> {
+    if value.is_empty() {
+        return Err(HoldError::Empty { field: field() });
+    }
+    if value.len() > max {
+        return Err(HoldError::TooLong {
+            field: field(),
+            len: value.len(),
+            max,
+        });
+    }
+    if value.chars().any(char::is_control) {
+        return Err(HoldError::BadCharacter { field: field() });
+    }
+    Ok(())
+}
+
+/// The index of the first name that repeats an earlier one. Quadratic, which the short lists it
+/// checks (at most `max_held` / `max_cold` entries, 256 by default) afford, and which keeps the
+/// sort's code out of the filter's module.
+fn first_repeat(names: &[&str]) -> Option<usize> {
+    (1..names.len()).find(|&i| names[..i].contains(&names[i]))
+}
+
+pub(crate) fn held(
+    held: &[Held],
+    totals: Option<&HoldTotals>,
+    limits: &Limits,
+) -> Result<(), HoldError> {
+    if held.len() > limits.max_held {
+        return Err(HoldError::TooMany {
+            field: "held",
+            count: held.len(),
+            max: limits.max_held,
+        });
+    }
+    for (i, h) in held.iter().enumerate() {
+        destination(
+            || format!("held[{i}].cluster"),
+            &h.cluster,
+            limits.max_cluster_len,
+        )?;
+        if !(1..=limits.max_inflight).contains(&h.requests) {
+            return Err(HoldError::Requests {
+                field: format!("held[{i}].requests"),
+                value: h.requests,
+                max: limits.max_inflight,
+            });
+        }
+    }
+    let names: Vec<&str> = held.iter().map(|h| h.cluster.as_str()).collect();
+    if let Some(i) = first_repeat(&names) {
+        return Err(HoldError::Duplicate {
+            field: format!("held[{i}].cluster"),
+        });
+    }
+    if let Some(t) = totals {
+        let ended = t
+            .resumed_total
+            .saturating_add(t.timed_out_total)
+            .saturating_add(t.cancelled_total);
+        if ended > t.held_total {
+            return Err(HoldError::Totals);
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn answer(answer: &Answer, limits: &Limits) -> Result<(), HoldError> {
+    if answer.cold.len() > limits.max_cold {
+        return Err(HoldError::TooMany {
+            field: "cold",
+            count: answer.cold.len(),
+            max: limits.max_cold,
+        });
+    }
+    for (i, cluster) in answer.cold.iter().enumerate() {
+        destination(|| format!("cold[{i}]"), cluster, limits.max_cluster_len)?;
+    }
+    let names: Vec<&str> = answer.cold.iter().map(String::as_str).collect();
+    if let Some(i) = first_repeat(&names) {
+        return Err(HoldError::Duplicate {
+            field: format!("cold[{i}]"),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Proxy, Role, RouteCounters};
+    use crate::{Proxy, ReportBody, Role, RouteCounters};
     use proptest::prelude::*;
 
     fn route(name: &str) -> RouteCounters {
@@ -453,6 +665,194 @@ mod tests {
         other.cluster = "outbound|80||web.web.svc.cluster.local".into();
         report.routes.push(other);
         assert_eq!(report.validate(&Limits::default()), Ok(()));
+    }
+
+    fn held(cluster: &str, requests: u64) -> Held {
+        Held {
+            cluster: cluster.into(),
+            requests,
+        }
+    }
+
+    fn activation() -> ReportBody {
+        ReportBody {
+            report: sample(),
+            held: vec![
+                held("outbound|8080||app.default.svc.cluster.local", 3),
+                held("outbound|80||web.shop.svc.cluster.local", 1),
+            ],
+            hold_totals: Some(HoldTotals {
+                held_total: 9,
+                resumed_total: 4,
+                timed_out_total: 1,
+                cancelled_total: 0,
+                rejected_total: 2,
+            }),
+        }
+    }
+
+    #[test]
+    fn a_body_without_hold_fields_is_exactly_a_report() {
+        let report_json = serde_json::to_value(sample()).unwrap();
+        let body: ReportBody = serde_json::from_value(report_json.clone()).unwrap();
+        assert_eq!(body, ReportBody::plain(sample()));
+        assert!(!body.is_activation());
+        assert_eq!(serde_json::to_value(&body).unwrap(), report_json);
+        assert_eq!(body.validate(&Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn an_activation_body_is_one_flat_object_that_round_trips() {
+        let json = serde_json::to_value(activation()).unwrap();
+        assert_eq!(json["seq"], 7);
+        assert_eq!(
+            json["held"][0]["cluster"],
+            "outbound|8080||app.default.svc.cluster.local"
+        );
+        assert_eq!(json["held"][0]["requests"], 3);
+        assert_eq!(json["hold_totals"]["rejected_total"], 2);
+        let back: ReportBody = serde_json::from_value(json).unwrap();
+        assert_eq!(back, activation());
+        assert!(back.is_activation());
+        assert_eq!(back.validate(&Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn a_body_refuses_unknown_fields_at_the_top_and_in_held() {
+        let mut json = serde_json::to_value(activation()).unwrap();
+        json["hold"] = 1.into();
+        let err = serde_json::from_value::<ReportBody>(json).unwrap_err();
+        assert!(err.to_string().contains("hold"), "{err}");
+        let mut json = serde_json::to_value(activation()).unwrap();
+        json["held"][0]["requests_total"] = 1.into();
+        assert!(serde_json::from_value::<ReportBody>(json).is_err());
+    }
+
+    #[test]
+    fn each_hold_violation_names_its_field() {
+        let limits = Limits::default();
+        type Mutation = Box<dyn Fn(&mut ReportBody)>;
+        let cases: Vec<(Mutation, &str)> = vec![
+            (
+                Box::new(|b| b.held[1].cluster.clear()),
+                "held[1].cluster: must not be empty",
+            ),
+            (
+                Box::new(|b| b.held[0].cluster = "c".repeat(513)),
+                "held[0].cluster: 513 bytes",
+            ),
+            (
+                Box::new(|b| b.held[0].cluster = "a\nb".into()),
+                "held[0].cluster: contains a control character",
+            ),
+            (
+                Box::new(|b| b.held[1].requests = 0),
+                "held[1].requests: 0 is outside 1..=1000000",
+            ),
+            (
+                Box::new(|b| b.held[0].requests = 1_000_001),
+                "held[0].requests: 1000001 is outside",
+            ),
+            (
+                Box::new(|b| {
+                    b.held
+                        .push(held("outbound|80||web.shop.svc.cluster.local", 2))
+                }),
+                "held[2].cluster: repeats an earlier destination",
+            ),
+            (
+                Box::new(|b| b.held = (0..257).map(|i| held(&i.to_string(), 1)).collect()),
+                "held: 257 entries",
+            ),
+            (
+                Box::new(|b| {
+                    if let Some(t) = b.hold_totals.as_mut() {
+                        t.cancelled_total = 5;
+                    }
+                }),
+                "hold_totals: resumed_total + timed_out_total + cancelled_total",
+            ),
+            (
+                Box::new(|b| b.report.routes[0].errors_total = 11),
+                "routes[0].errors_total: larger",
+            ),
+        ];
+        for (mutate, expected) in cases {
+            let mut body = activation();
+            mutate(&mut body);
+            let message = body.validate(&limits).unwrap_err().to_string();
+            assert!(
+                message.starts_with(expected),
+                "{message:?} should start with {expected:?}"
+            );
+        }
+        let mut body = activation();
+        body.held[0].requests = 0;
+        match body.validate(&limits) {
+            Err(BodyError::Hold(e)) => assert_eq!(e.field(), "held[0].requests"),
+            other => panic!("expected a hold error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_answer_of_an_older_scaler_reads_as_nothing_cold() {
+        for body in [
+            r#"{"outcome":"accepted","targets":1}"#,
+            r#"{"outcome":"unmatched","targets":0}"#,
+            r#"{}"#,
+        ] {
+            let answer: Answer = serde_json::from_str(body).unwrap();
+            assert_eq!(answer, Answer::default(), "{body}");
+            assert_eq!(answer.validate(&Limits::default()), Ok(()));
+        }
+    }
+
+    #[test]
+    fn an_answer_lists_cold_destinations_and_round_trips() {
+        let body = r#"{"outcome":"accepted","targets":1,
+                       "cold":["outbound|8080||app.default.svc.cluster.local"]}"#;
+        let answer: Answer = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            answer.cold,
+            ["outbound|8080||app.default.svc.cluster.local"]
+        );
+        let json = serde_json::to_string(&answer).unwrap();
+        assert_eq!(
+            json,
+            r#"{"cold":["outbound|8080||app.default.svc.cluster.local"]}"#
+        );
+        assert_eq!(serde_json::to_string(&Answer::default()).unwrap(), "{}");
+    }
+
+    #[test]
+    fn each_answer_violation_names_its_entry() {
+        let limits = Limits::default();
+        let answer = |cold: Vec<String>| Answer { cold };
+        let cases: Vec<(Answer, &str)> = vec![
+            (
+                answer(vec!["a".into(), String::new()]),
+                "cold[1]: must not be empty",
+            ),
+            (answer(vec!["c".repeat(513)]), "cold[0]: 513 bytes"),
+            (answer(vec!["a\u{0}".into()]), "cold[0]: contains"),
+            (
+                answer(vec!["a".into(), "b".into(), "a".into()]),
+                "cold[2]: repeats",
+            ),
+            (
+                answer((0..257).map(|i| i.to_string()).collect()),
+                "cold: 257 entries",
+            ),
+        ];
+        for (answer, expected) in cases {
+            let error = answer.validate(&limits).unwrap_err();
+            let message = error.to_string();
+            assert!(
+                message.starts_with(expected),
+                "{message:?} should start with {expected:?}"
+            );
+            assert!(expected.starts_with(error.field()), "{expected}");
+        }
     }
 
     proptest! {
