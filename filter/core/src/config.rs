@@ -69,6 +69,62 @@ impl Default for SurgeConfig {
     }
 }
 
+/// Where the proxy sits, which decides what it counts and whether it holds requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyRole {
+    /// A workload's sidecar, inbound (Istio `SERVER` mode): counts what its own pod serves.
+    Sidecar,
+    /// An ingress gateway: counts what it forwards to each upstream cluster, and holds requests
+    /// for cold destinations.
+    Gateway,
+    /// A sidecar's outbound side (Istio `CLIENT` mode, a second WasmPlugin): counts nothing
+    /// (the destination's own sidecar counts those requests) and holds requests for cold
+    /// destinations.
+    Client,
+}
+
+impl ProxyRole {
+    /// The role reports carry: a client plugin is part of its pod's sidecar.
+    pub fn wire(self) -> Role {
+        match self {
+            Self::Sidecar | Self::Client => Role::Sidecar,
+            Self::Gateway => Role::Gateway,
+        }
+    }
+
+    /// Whether this proxy counts its requests per route key.
+    pub fn counts(self) -> bool {
+        !matches!(self, Self::Client)
+    }
+
+    /// Whether this proxy holds requests for cold destinations: only roles that see requests
+    /// to *other* workloads (a sidecar's inbound requests are already at their destination).
+    pub fn holds(self) -> bool {
+        !matches!(self, Self::Sidecar)
+    }
+}
+
+/// Holding requests for cold destinations (`hold` in `pluginConfig`); see `crate::hold`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HoldConfig {
+    /// Most requests held per destination across the proxy; beyond, a `503` at once.
+    pub max_requests: u64,
+    /// Longest a request is held, in milliseconds; then a `503`.
+    pub timeout_ms: u64,
+    /// The `Retry-After` of those `503`s, in seconds.
+    pub retry_after_s: u64,
+}
+
+impl Default for HoldConfig {
+    fn default() -> Self {
+        Self {
+            max_requests: 100,
+            timeout_ms: 10_000,
+            retry_after_s: 1,
+        }
+    }
+}
+
 /// How requests are grouped into route keys (`route_key` in `pluginConfig`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteKeyConfig {
@@ -113,8 +169,10 @@ pub struct Config {
     pub route_key: RouteKeyConfig,
     /// Most distinct route keys per proxy; later ones are counted under `other`.
     pub max_routes: usize,
-    /// Whether this proxy is a sidecar or a gateway.
-    pub role: Role,
+    /// Where this proxy sits.
+    pub role: ProxyRole,
+    /// Holding requests for cold destinations (gateway and client roles).
+    pub hold: HoldConfig,
 }
 
 impl Default for Config {
@@ -129,15 +187,17 @@ impl Default for Config {
             surge: SurgeConfig::default(),
             route_key: RouteKeyConfig::default(),
             max_routes: 64,
-            role: Role::Sidecar,
+            role: ProxyRole::Sidecar,
+            hold: HoldConfig::default(),
         }
     }
 }
 
 const TOP_FIELDS: &str = "cluster, authority, path, token, report_interval_ms, timeout_ms, \
-                          surge, route_key, max_routes, role";
+                          surge, route_key, max_routes, role, hold";
 const SURGE_FIELDS: &str = "factor, min_rps, check_period_ms, window_ms, min_gap_ms";
 const ROUTE_KEY_FIELDS: &str = "virtual_host_fallback, include_cluster";
+const HOLD_FIELDS: &str = "max_requests, timeout_ms, retry_after_s";
 
 /// Walks the members of an object, refusing a field given twice.
 fn members<'a>(
@@ -219,6 +279,10 @@ pub const MAX_WINDOW_CHECKS: u64 = 64;
 /// Most route keys a proxy may track: the report limit minus one entry for `other`.
 pub const MAX_ROUTES_LIMIT: usize = 255;
 
+/// Largest `hold.max_requests`: with the per-VM cap on held entries
+/// ([`crate::hold::MAX_HELD_PER_VM`]) it bounds the memory holding takes.
+pub const MAX_HOLD_REQUESTS: u64 = 1000;
+
 impl Config {
     /// Parses and validates `pluginConfig`; empty (or only whitespace) means all defaults.
     pub fn parse(bytes: &[u8]) -> Result<Self, ConfigError> {
@@ -256,15 +320,31 @@ impl Config {
                 }
                 "role" => {
                     c.role = match string(value, "role")?.as_str() {
-                        "sidecar" => Role::Sidecar,
-                        "gateway" => Role::Gateway,
+                        "sidecar" => ProxyRole::Sidecar,
+                        "gateway" => ProxyRole::Gateway,
+                        "client" => ProxyRole::Client,
                         other => {
                             return Err(ConfigError::Invalid {
                                 field: "role",
                                 reason: format!(
-                                    "must be \"sidecar\" or \"gateway\" (got \"{other}\")"
+                                    "must be \"sidecar\", \"gateway\" or \"client\" (got \"{other}\")"
                                 ),
                             });
+                        }
+                    }
+                }
+                "hold" => {
+                    for (_, key, value) in members(value, "hold")? {
+                        let h = &mut c.hold;
+                        match key {
+                            "max_requests" => {
+                                h.max_requests = unsigned(value, "hold.max_requests")?
+                            }
+                            "timeout_ms" => h.timeout_ms = unsigned(value, "hold.timeout_ms")?,
+                            "retry_after_s" => {
+                                h.retry_after_s = unsigned(value, "hold.retry_after_s")?
+                            }
+                            other => return Err(unknown("hold", other, HOLD_FIELDS)),
                         }
                     }
                 }
@@ -301,7 +381,7 @@ impl Config {
                 other => return Err(unknown("pluginConfig", other, TOP_FIELDS)),
             }
         }
-        c.route_key.include_cluster = include_cluster.unwrap_or(c.role == Role::Gateway);
+        c.route_key.include_cluster = include_cluster.unwrap_or(c.role == ProxyRole::Gateway);
         Ok(c)
     }
 
@@ -309,6 +389,15 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn invalid(field: &'static str, reason: String) -> Result<(), ConfigError> {
             Err(ConfigError::Invalid { field, reason })
+        }
+        // One message for every plain range, written once (each `format!` is code in the
+        // module every VM loads).
+        fn within(field: &'static str, value: u64, lo: u64, hi: u64) -> Result<(), ConfigError> {
+            if (lo..=hi).contains(&value) {
+                Ok(())
+            } else {
+                invalid(field, format!("must be within {lo}..={hi} (got {value})"))
+            }
         }
         if self.cluster.is_empty() {
             return invalid("cluster", "must not be empty".into());
@@ -330,21 +419,8 @@ impl Config {
                 "must be non-empty, without spaces or control characters".into(),
             );
         }
-        if !(50..=60_000).contains(&self.report_interval_ms) {
-            return invalid(
-                "report_interval_ms",
-                format!(
-                    "must be within 50..=60000 (got {})",
-                    self.report_interval_ms
-                ),
-            );
-        }
-        if !(10..=60_000).contains(&self.timeout_ms) {
-            return invalid(
-                "timeout_ms",
-                format!("must be within 10..=60000 (got {})", self.timeout_ms),
-            );
-        }
+        within("report_interval_ms", self.report_interval_ms, 50, 60_000)?;
+        within("timeout_ms", self.timeout_ms, 10, 60_000)?;
         let surge = &self.surge;
         if !(surge.factor.is_finite() && surge.factor > 1.0) {
             return invalid(
@@ -387,15 +463,16 @@ impl Config {
                 format!("must be at most 60000 (got {})", surge.min_gap_ms),
             );
         }
-        if !(1..=MAX_ROUTES_LIMIT).contains(&self.max_routes) {
-            return invalid(
-                "max_routes",
-                format!(
-                    "must be within 1..={MAX_ROUTES_LIMIT} (got {})",
-                    self.max_routes
-                ),
-            );
-        }
+        let hold = &self.hold;
+        within("hold.max_requests", hold.max_requests, 1, MAX_HOLD_REQUESTS)?;
+        within("hold.timeout_ms", hold.timeout_ms, 100, 120_000)?;
+        within("hold.retry_after_s", hold.retry_after_s, 0, 3600)?;
+        within(
+            "max_routes",
+            u64::try_from(self.max_routes).unwrap_or(u64::MAX),
+            1,
+            MAX_ROUTES_LIMIT as u64,
+        )?;
         Ok(())
     }
 
@@ -440,7 +517,10 @@ mod tests {
         assert_eq!(config.report_interval_ms, 1000);
         assert_eq!(config.cluster, DEFAULT_CLUSTER);
         assert_eq!(config.path, "/v1/reports");
-        assert_eq!(config.role, Role::Sidecar);
+        assert_eq!(config.role, ProxyRole::Sidecar);
+        assert_eq!(config.hold.max_requests, 100);
+        assert_eq!(config.hold.timeout_ms, 10_000);
+        assert_eq!(config.hold.retry_after_s, 1);
         assert!(config.validate().is_ok());
     }
 
@@ -451,7 +531,8 @@ mod tests {
                 "timeout_ms":300,"surge":{"factor":3,"min_rps":1,"check_period_ms":50,
                 "window_ms":100,"min_gap_ms":0},
                 "route_key":{"virtual_host_fallback":false,"include_cluster":false},
-                "max_routes":8,"role":"gateway"}"#,
+                "max_routes":8,"role":"gateway",
+                "hold":{"max_requests":5,"timeout_ms":2000,"retry_after_s":3}}"#,
         )
         .unwrap();
         assert_eq!(config.cluster, "c");
@@ -459,7 +540,15 @@ mod tests {
         assert_eq!(config.surge.factor, 3.0);
         assert!(!config.route_key.include_cluster);
         assert_eq!(config.max_routes, 8);
-        assert_eq!(config.role, Role::Gateway);
+        assert_eq!(config.role, ProxyRole::Gateway);
+        assert_eq!(
+            config.hold,
+            HoldConfig {
+                max_requests: 5,
+                timeout_ms: 2000,
+                retry_after_s: 3
+            }
+        );
     }
 
     #[test]
@@ -470,6 +559,22 @@ mod tests {
         assert!(parse(r#"{"route_key":{"include_cluster":true}}"#).include_cluster);
         assert!(
             !parse(r#"{"route_key":{"include_cluster":false},"role":"gateway"}"#).include_cluster
+        );
+    }
+
+    #[test]
+    fn the_client_role_holds_and_counts_nothing_and_reports_as_its_sidecar() {
+        let config = Config::parse(br#"{"role":"client"}"#).unwrap();
+        assert_eq!(config.role, ProxyRole::Client);
+        assert_eq!(config.role.wire(), Role::Sidecar);
+        assert!(!config.role.counts() && config.role.holds());
+        assert!(ProxyRole::Gateway.counts() && ProxyRole::Gateway.holds());
+        assert_eq!(ProxyRole::Gateway.wire(), Role::Gateway);
+        assert!(ProxyRole::Sidecar.counts() && !ProxyRole::Sidecar.holds());
+        let err = Config::parse(br#"{"hold":{"max_request":3}}"#).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `hold.max_request`"),
+            "{err}"
         );
     }
 
@@ -563,6 +668,12 @@ mod tests {
             (r#"{"surge":{"min_gap_ms":100000}}"#, "surge.min_gap_ms"),
             (r#"{"max_routes":0}"#, "max_routes"),
             (r#"{"max_routes":1000}"#, "max_routes"),
+            (r#"{"hold":{"max_requests":1001}}"#, "hold.max_requests"),
+            (r#"{"hold":{"max_requests":0}}"#, "hold.max_requests"),
+            (r#"{"hold":{"timeout_ms":99}}"#, "hold.timeout_ms"),
+            (r#"{"hold":{"timeout_ms":120001}}"#, "hold.timeout_ms"),
+            (r#"{"hold":{"retry_after_s":3601}}"#, "hold.retry_after_s"),
+            (r#"{"hold":{"max_requests":-1}}"#, "hold.max_requests"),
         ];
         for (json, field) in cases {
             match Config::parse(json.as_bytes()) {
@@ -587,18 +698,38 @@ mod tests {
     /// The shipped WasmPlugins must carry a pluginConfig this filter accepts.
     #[test]
     fn the_shipped_wasmplugins_configs_are_valid() {
-        for file in ["wasmplugin-sidecar.yaml", "wasmplugin-gateway.yaml"] {
+        let parse = |file: &str| {
             let path = format!("{}/../../istio/{file}", env!("CARGO_MANIFEST_DIR"));
-            let Ok(text) = std::fs::read_to_string(&path) else {
-                // The gateway plugin belongs to the install work and may not exist yet.
-                assert_ne!(file, "wasmplugin-sidecar.yaml", "{path} missing");
-                continue;
-            };
+            let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
             let plugin_config = serde_json::to_vec(&yaml["spec"]["pluginConfig"]).unwrap();
             let config = Config::parse(&plugin_config).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert_eq!(config.cluster, DEFAULT_CLUSTER, "{file}");
-        }
+            config
+        };
+        let sidecar = parse("wasmplugin-sidecar.yaml");
+        let gateway = parse("wasmplugin-gateway.yaml");
+        let client = parse("wasmplugin-client.yaml");
+        assert_eq!(sidecar.role, ProxyRole::Sidecar);
+        assert_eq!(gateway.role, ProxyRole::Gateway);
+        assert_eq!(client.role, ProxyRole::Client);
+        // The client plugin shares its sidecar's report stream: either may send a report.
+        assert_eq!(
+            (
+                &client.authority,
+                &client.path,
+                client.report_interval_ms,
+                client.timeout_ms,
+                &client.surge,
+            ),
+            (
+                &sidecar.authority,
+                &sidecar.path,
+                sidecar.report_interval_ms,
+                sidecar.timeout_ms,
+                &sidecar.surge,
+            )
+        );
     }
 
     #[test]

@@ -14,6 +14,17 @@ pub fn metadata_paths(key: &str) -> [Vec<&str>; 2] {
     ]
 }
 
+/// Property paths of the node id, the current name first.
+pub const NODE_ID_PATHS: [&[&str]; 2] = [&["xds", "node", "id"], &["node", "id"]];
+
+/// Whether the node id is an Istio gateway's: `router~<ip>~<pod>.<ns>~<domain>` (a sidecar's
+/// starts with `sidecar~`). A client plugin (Istio `CLIENT` mode, mesh-wide) also lands on
+/// gateways, which match as `CLIENT`; there the gateway's own plugin holds and reports, and
+/// the client plugin stands aside.
+pub fn is_gateway_node(node_id: &[u8]) -> bool {
+    node_id.starts_with(b"router~")
+}
+
 /// What stands in for a missing required identity field, so reports stay valid (and visibly
 /// unattributed) rather than being refused by the scaler.
 pub const UNKNOWN: &str = "unknown";
@@ -89,6 +100,18 @@ mod tests {
     fn whitespace_and_control_characters_are_dropped() {
         let (proxy, _) = proxy(|_| Some(b" we b\n".to_vec()), Role::Sidecar);
         assert_eq!(proxy.namespace, "web_");
+    }
+
+    #[test]
+    fn gateways_are_told_from_sidecars_by_their_node_id() {
+        assert!(is_gateway_node(
+            b"router~10.0.0.9~istio-ingressgateway-5c9d.istio-system~istio-system.svc.cluster.local"
+        ));
+        assert!(!is_gateway_node(
+            b"sidecar~10.0.0.7~web-1.shop~shop.svc.cluster.local"
+        ));
+        assert!(!is_gateway_node(b""));
+        assert_eq!(NODE_ID_PATHS[0], ["xds", "node", "id"]);
     }
 
     #[test]

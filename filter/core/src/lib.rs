@@ -9,12 +9,16 @@
 //!  route / vhost / cluster property bytes --route--> RouteKey --RouteTable--> Slot
 //!  per request: tally::Delta (in VM memory) --flush--> host metrics
 //!  every check: surge::Scheduler (arrivals, recent rate, periodic | surge)
-//!               lease (who reports, seq, instance id) --report--> surge_wire::Report JSON
+//!               lease (who reports, seq, instance id) --report--> surge_wire::ReportBody JSON
+//!  scale from zero: scaler's answer --hold::parse_answer--> ColdSet (shared) -> HoldQueue per
+//!               VM (pause, resume in arrival order, 503 at the cap or timeout) -> HeldTable
+//!               (shared) -> the report's `held`
 //! ```
 //!
 //! Time and host values are arguments everywhere, so every rule is tested natively.
 
 pub mod config;
+pub mod hold;
 pub mod identity;
 pub mod inflight;
 pub mod json;

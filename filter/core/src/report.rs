@@ -1,6 +1,6 @@
 //! Building the report body from the counters the reporter read, and the outcome of sending it.
 
-use surge_wire::{Proxy, Report, Role, RouteCounters, VERSION};
+use surge_wire::{Held, HoldTotals, Proxy, Report, ReportBody, Role, RouteCounters, VERSION};
 
 use crate::route::Slot;
 use crate::surge::{Arrivals, Recent};
@@ -116,6 +116,85 @@ pub fn build(header: Header, readings: Vec<Reading>, recent: Option<&Recent>) ->
 /// serde_json, to the same report.
 pub fn encode(report: &Report) -> Vec<u8> {
     let mut out = Json(Vec::with_capacity(256 + 160 * report.routes.len()));
+    write_report(&mut out, report);
+    out.raw("}");
+    out.0
+}
+
+/// Encodes a whole report body: the report and, when there are any, the hold fields.
+pub fn encode_body(body: &ReportBody) -> Vec<u8> {
+    let report = &body.report;
+    let mut out = Json(Vec::with_capacity(
+        256 + 160 * report.routes.len() + 80 * body.held.len(),
+    ));
+    write_report(&mut out, report);
+    for (i, h) in body.held.iter().enumerate() {
+        out.raw(if i == 0 {
+            ",\"held\":[{\"cluster\":"
+        } else {
+            ",{\"cluster\":"
+        });
+        out.string(&h.cluster);
+        out.raw(",\"requests\":");
+        out.number(h.requests);
+        out.raw("}");
+    }
+    if !body.held.is_empty() {
+        out.raw("]");
+    }
+    if let Some(t) = &body.hold_totals {
+        let fields = [
+            ("held_total", t.held_total),
+            ("resumed_total", t.resumed_total),
+            ("timed_out_total", t.timed_out_total),
+            ("cancelled_total", t.cancelled_total),
+            ("rejected_total", t.rejected_total),
+        ];
+        for (i, (name, value)) in fields.into_iter().enumerate() {
+            out.raw(if i == 0 { ",\"hold_totals\":{" } else { "," });
+            out.string(name);
+            out.raw(":");
+            out.number(value);
+        }
+        out.raw("}");
+    }
+    out.raw("}");
+    out.0
+}
+
+/// The hold fields of a report body: what the proxy holds now, and the totals as read (the
+/// outcome counters before `held_total`, so no outcome is ever read ahead of its hold), kept
+/// consistent with each other and the wire limits.
+pub fn hold_fields(held: Vec<Held>, totals: Option<HoldTotals>) -> (Vec<Held>, Option<HoldTotals>) {
+    let held = held
+        .into_iter()
+        .filter(|h| h.requests > 0)
+        .map(|h| Held {
+            requests: h.requests.min(surge_wire::Limits::default().max_inflight),
+            ..h
+        })
+        .collect();
+    let totals = totals.map(|t| {
+        // Counters are read one by one while VMs add to them; never claim more outcomes than
+        // holds.
+        let mut left = t.held_total;
+        let mut take = |n: u64| {
+            let n = n.min(left);
+            left -= n;
+            n
+        };
+        HoldTotals {
+            resumed_total: take(t.resumed_total),
+            timed_out_total: take(t.timed_out_total),
+            cancelled_total: take(t.cancelled_total),
+            ..t
+        }
+    });
+    (held, totals)
+}
+
+/// Writes the report's fields, leaving its object open for the body's extra fields.
+fn write_report(out: &mut Json, report: &Report) {
     let proxy = &report.proxy;
     out.raw("{\"version\":");
     out.number(u64::from(report.version));
@@ -169,8 +248,6 @@ pub fn encode(report: &Report) -> Vec<u8> {
         out.raw(",\"window_ms\":");
         out.number(window);
     }
-    out.raw("}");
-    out.0
 }
 
 /// A JSON writer for the report's fixed shape.
@@ -487,6 +564,55 @@ mod tests {
         report.time_ms = 0;
         let decoded: Report = serde_json::from_slice(&encode(&report)).unwrap();
         assert_eq!(decoded, report);
+    }
+
+    #[test]
+    fn an_encoded_body_is_wire_json_with_or_without_the_hold_fields() {
+        let report = build(
+            header(),
+            vec![reading(Slot::Index(0), "a", counters(4, 1))],
+            None,
+        );
+        let plain = ReportBody::plain(report.clone());
+        assert_eq!(encode_body(&plain), encode(&report));
+        let (held, hold_totals) = hold_fields(
+            vec![
+                Held {
+                    cluster: "outbound|8080||app.default.svc.cluster.local".into(),
+                    requests: 2,
+                },
+                Held {
+                    cluster: "q\"uote".into(),
+                    requests: 0,
+                },
+            ],
+            Some(HoldTotals {
+                held_total: 5,
+                resumed_total: 4,
+                timed_out_total: 3,
+                cancelled_total: 1,
+                rejected_total: 7,
+            }),
+        );
+        let body = ReportBody {
+            report,
+            held,
+            hold_totals,
+        };
+        assert_eq!(body.held.len(), 1, "empty entries are left out");
+        let totals = body.hold_totals.unwrap();
+        assert_eq!(
+            (
+                totals.resumed_total,
+                totals.timed_out_total,
+                totals.cancelled_total
+            ),
+            (4, 1, 0)
+        );
+        let decoded: ReportBody = serde_json::from_slice(&encode_body(&body)).unwrap();
+        assert_eq!(decoded, body);
+        assert!(decoded.is_activation());
+        assert_eq!(decoded.validate(&Limits::default()), Ok(()));
     }
 
     #[test]

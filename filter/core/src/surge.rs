@@ -26,6 +26,11 @@ pub enum Trigger {
     /// The interval passed while the rate surges: sent on schedule and flagged as a surge, so
     /// that a periodic report falling due at the start of a surge does not hide it.
     PeriodicSurge,
+    /// Nothing else is due, but the proxy holds requests for a cold destination: an activation
+    /// report, sent at every check while anything is held, so that the scaler hears of the held
+    /// demand at once and its answer that the destination is warm arrives within a check
+    /// period. It changes neither the periodic schedule nor the surge baseline.
+    Activation,
 }
 
 impl Trigger {
@@ -250,8 +255,25 @@ impl Scheduler {
         }
     }
 
+    /// Whether a report is due at `now_ms` when the proxy may hold requests: [`Self::due`], or
+    /// else an activation report while `holding`.
+    pub fn due_holding(
+        &self,
+        now_ms: u64,
+        schedule_ms: Option<u64>,
+        holding: bool,
+    ) -> Option<Trigger> {
+        self.due(now_ms, schedule_ms)
+            .or(holding.then_some(Trigger::Activation))
+    }
+
     /// Records that a report was sent at `now_ms`, after observing the arrivals it carries.
     pub fn sent(&mut self, now_ms: u64, trigger: Trigger) {
+        if trigger == Trigger::Activation {
+            // Every check while requests are held: a baseline over 100 ms would be noise, and
+            // the next periodic report still closes the whole interval.
+            return;
+        }
         let total = self
             .samples
             .back()
@@ -346,6 +368,40 @@ mod tests {
         assert_eq!(s.next_schedule(9_000, Some(0), Trigger::Periodic), 9_000);
         assert_eq!(s.next_schedule(1_500, Some(1_000), Trigger::Surge), 1_000);
         assert_eq!(s.next_schedule(1_500, None, Trigger::Periodic), 1_500);
+    }
+
+    #[test]
+    fn while_holding_a_report_goes_out_at_every_check_without_moving_the_schedule() {
+        let mut s = scheduler();
+        let mut schedule = None;
+        let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 50, 3_050);
+        let baseline = s.last_reported_rate();
+        let at = schedule;
+        let mut triggers = Vec::new();
+        for k in 1..=5 {
+            let now = t + 10 * k;
+            s.observe(now, arrivals(total));
+            let trigger = s.due_holding(now, schedule, true);
+            if let Some(trigger) = trigger {
+                s.sent(now, trigger);
+                schedule = Some(s.next_schedule(now, schedule, trigger));
+            }
+            triggers.push(trigger);
+        }
+        assert!(
+            triggers.iter().all(|t| *t == Some(Trigger::Activation)),
+            "{triggers:?}"
+        );
+        assert_eq!(schedule, at);
+        assert_eq!(s.last_reported_rate(), baseline);
+        assert!(!Trigger::Activation.is_surge() && !Trigger::Activation.is_periodic());
+        // Not holding: nothing until the interval.
+        assert_eq!(s.due_holding(t + 60, schedule, false), None);
+        // A periodic report due while holding is the periodic one.
+        assert_eq!(
+            s.due_holding(t + 1_000, schedule, true),
+            Some(Trigger::Periodic)
+        );
     }
 
     #[test]

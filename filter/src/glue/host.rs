@@ -53,6 +53,169 @@ pub(crate) fn property_at(path: PropertyPath) -> Option<Vec<u8>> {
     }
 }
 
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    // The ABI's imports, declared as the SDK declares them; called directly because the SDK's
+    // wrappers panic on any status but the expected ones, and a held request's stream may be
+    // gone by the time the filter answers it.
+    fn proxy_set_effective_context(context_id: u32) -> Status;
+    fn proxy_continue_stream(stream_type: u32) -> Status;
+    fn proxy_send_local_response(
+        status_code: u32,
+        status_code_details_data: *const u8,
+        status_code_details_size: usize,
+        body_data: *const u8,
+        body_size: usize,
+        headers_data: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> Status;
+}
+
+#[link(wasm_import_module = "env")]
+unsafe extern "C" {
+    // Shared queues, declared as the SDK declares them and called directly for the same
+    // reason: the SDK's wrappers panic on statuses a queue of a VM that is gone can return.
+    fn proxy_register_shared_queue(
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> Status;
+    fn proxy_resolve_shared_queue(
+        vm_id_data: *const u8,
+        vm_id_size: usize,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> Status;
+    fn proxy_enqueue_shared_queue(
+        queue_id: u32,
+        value_data: *const u8,
+        value_size: usize,
+    ) -> Status;
+    fn proxy_dequeue_shared_queue(
+        queue_id: u32,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> Status;
+}
+
+/// Registers a shared queue of this root context (its `on_queue_ready` runs when another VM
+/// enqueues); `None` when the host refused.
+pub(crate) fn register_queue(name: &str) -> Option<u32> {
+    let mut id = 0u32;
+    // SAFETY: the name is a live buffer of its length; `id` is a live u32 for the host to fill.
+    let status = unsafe { proxy_register_shared_queue(name.as_ptr(), name.len(), &mut id) };
+    matches!(status, Status::Ok).then_some(id)
+}
+
+/// Wakes the root context that registered queue `name` (in VM configuration `vm_id`): enqueues
+/// one byte; false when no such queue exists (its VM is gone) or the host refused.
+pub(crate) fn wake(vm_id: &str, name: &str) -> bool {
+    let mut id = 0u32;
+    // SAFETY: both strings are live buffers of their lengths; `id` is a live u32.
+    let status = unsafe {
+        proxy_resolve_shared_queue(
+            vm_id.as_ptr(),
+            vm_id.len(),
+            name.as_ptr(),
+            name.len(),
+            &mut id,
+        )
+    };
+    if !matches!(status, Status::Ok) {
+        return false;
+    }
+    let byte = [b'w'];
+    // SAFETY: a live one-byte buffer.
+    matches!(
+        unsafe { proxy_enqueue_shared_queue(id, byte.as_ptr(), byte.len()) },
+        Status::Ok
+    )
+}
+
+/// Empties queue `id` (the wake-ups are all alike; a bounded number is read).
+pub(crate) fn drain_queue(id: u32) {
+    for _ in 0..64 {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: on `Ok` with a non-null pointer the host filled `data` with a buffer of `size`
+        // bytes from this module's allocator, taken back and freed as the property reads do.
+        let status = unsafe { proxy_dequeue_shared_queue(id, &mut data, &mut size) };
+        match status {
+            Status::Ok if !data.is_null() => {
+                drop(unsafe { Vec::from_raw_parts(data, size, size) });
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Makes `context_id` the context later host calls act on (until the callback returns, or the
+/// next call of this); false when the host knows no such context (the request ended).
+pub(crate) fn set_effective_context(context_id: u32) -> bool {
+    // SAFETY: a plain ABI call with an integer argument.
+    matches!(
+        unsafe { proxy_set_effective_context(context_id) },
+        Status::Ok
+    )
+}
+
+/// Resumes the effective context's paused request (Envoy continues it once the current
+/// callback returns); false when the host refused.
+pub(crate) fn resume_request() -> bool {
+    // SAFETY: a plain ABI call; 0 is the ABI's `HttpRequest` stream.
+    matches!(unsafe { proxy_continue_stream(0) }, Status::Ok)
+}
+
+/// Answers the effective context's request with a local `503` and `retry-after`, with a short
+/// plain-text body saying why (Envoy sends it once the current callback returns); false when
+/// the host refused (the request ended, or it was answered already).
+pub(crate) fn send_unavailable(retry_after_s: u64, body: &str) -> bool {
+    // The ABI's header map, written out: two pairs, their lengths, then the NUL-terminated
+    // names and values.
+    let retry_after = retry_after_s.to_string();
+    let mut headers = Vec::with_capacity(80);
+    for n in [2, 11, retry_after.len(), 12, 10] {
+        headers.extend_from_slice(&u32::try_from(n).unwrap_or(0).to_le_bytes());
+    }
+    headers.extend_from_slice(b"retry-after\0");
+    headers.extend_from_slice(retry_after.as_bytes());
+    headers.extend_from_slice(b"\0content-type\0text/plain\0");
+    const DETAILS: &str = "surge_destination_cold";
+    // SAFETY: every pointer is to a live buffer of the given length for the whole call.
+    let status = unsafe {
+        proxy_send_local_response(
+            503,
+            DETAILS.as_ptr(),
+            DETAILS.len(),
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    matches!(status, Status::Ok)
+}
+
+/// The current call response's body, when it has at most `max` bytes.
+pub(crate) fn call_response_body(size: usize, max: usize) -> Option<Vec<u8>> {
+    if size > max {
+        return None;
+    }
+    hostcalls::get_buffer(proxy_wasm::types::BufferType::HttpCallResponseBody, 0, size)
+        .ok()
+        .flatten()
+}
+
+/// Sets a gauge to `value`.
+pub(crate) fn set(metric: Option<u32>, value: u64) {
+    if let Some(id) = metric {
+        let _ = hostcalls::record_metric(id, value);
+    }
+}
+
 /// Milliseconds since the Unix epoch on the proxy's clock (0 if unavailable).
 pub(crate) fn now_ms() -> u64 {
     hostcalls::get_current_time()

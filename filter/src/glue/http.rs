@@ -1,4 +1,5 @@
-//! Per-request context: counts the request under its route key.
+//! Per-request context: counts the request under its route key, and holds it while its
+//! destination is cold.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,6 +9,7 @@ use proxy_wasm::types::Action;
 
 use surge_filter_core::report::{duration_us, is_error, is_error_status};
 
+use super::hold::Decision;
 use super::host;
 use super::root::VmState;
 use surge_filter_core::route::Slot;
@@ -15,23 +17,34 @@ use surge_filter_core::route::Slot;
 /// One request.
 pub(crate) struct SurgeHttp {
     vm: Rc<RefCell<VmState>>,
+    context_id: u32,
+    /// Whether this proxy counts requests: false for a client plugin, whose request path then
+    /// makes no host call at all while nothing is cold.
+    counts: bool,
     /// Set when this context raised the in-flight gauge, so only it lowers it again; with the
     /// time the request reached the filter.
     started: Option<(Slot, u64)>,
     /// Whether the response is an error, once its headers have passed the filter.
     response_error: Option<bool>,
+    /// Set when the request was held; its body and trailers wait while it still is.
+    held: bool,
 }
 
 impl SurgeHttp {
-    pub(crate) fn new(vm: Rc<RefCell<VmState>>) -> Self {
+    pub(crate) fn new(vm: Rc<RefCell<VmState>>, context_id: u32, counts: bool) -> Self {
         Self {
             vm,
+            context_id,
+            counts,
             started: None,
             response_error: None,
+            held: false,
         }
     }
 
-    fn slot(&self) -> Option<Slot> {
+    /// The request's slot, the raw cluster when the key includes it (read anyway: holding
+    /// reuses it), and whether nothing is cold (so holding has nothing to check).
+    fn key(&self) -> Option<(Slot, Option<Vec<u8>>, bool)> {
         let mut vm = self.vm.borrow_mut();
         let config = vm.config.clone()?;
         let options = &config.route_key;
@@ -40,11 +53,53 @@ impl SurgeHttp {
             route = host::property_at(host::VIRTUAL_HOST_NAME).unwrap_or_default();
         }
         let cluster = if options.include_cluster {
-            host::property_at(host::CLUSTER_NAME).unwrap_or_default()
+            Some(host::property_at(host::CLUSTER_NAME).unwrap_or_default())
         } else {
-            Vec::new()
+            None
         };
-        Some(vm.routes.slot_for(&route, &cluster, &config))
+        let slot = vm
+            .routes
+            .slot_for(&route, cluster.as_deref().unwrap_or_default(), &config);
+        Some((slot, cluster, vm.hold.idle()))
+    }
+
+    /// Holds the request if its destination is cold (reading the cluster unless the key did).
+    fn hold(&mut self, cluster: Option<Vec<u8>>) -> Action {
+        let cluster =
+            cluster.unwrap_or_else(|| host::property_at(host::CLUSTER_NAME).unwrap_or_default());
+        let mut vm = self.vm.borrow_mut();
+        // Another destination is cold, not this one: on, with no further host call.
+        if !vm.hold.is_cold(&cluster) {
+            return Action::Continue;
+        }
+        let Some(config) = vm.config.clone() else {
+            return Action::Continue;
+        };
+        let now_ms = host::now_ms();
+        let id = vm.vm_id;
+        match vm
+            .hold
+            .admit(id, self.context_id, &cluster, &config, now_ms)
+        {
+            Decision::Pass => Action::Continue,
+            Decision::Held => {
+                self.held = true;
+                // Publish this VM's in-flight counts now, so the activation report counts the
+                // held request on its route too.
+                if vm.routes.flush() {
+                    vm.routes.publish(id, now_ms);
+                }
+                Action::Pause
+            }
+            Decision::Refused => Action::Pause,
+        }
+    }
+
+    /// Whether the request is still held (the root resumes or answers held requests from its
+    /// tick, which this context does not see).
+    fn still_held(&mut self) -> bool {
+        self.held = self.held && self.vm.borrow().hold.holds(self.context_id);
+        self.held
     }
 }
 
@@ -52,14 +107,47 @@ impl Context for SurgeHttp {}
 
 impl HttpContext for SurgeHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(slot) = self.slot() {
-            self.vm.borrow_mut().routes.pending(slot).start();
-            self.started = Some((slot, host::now_us()));
+        let mut cluster = None;
+        let idle = if self.counts {
+            match self.key() {
+                Some((slot, key_cluster, idle)) => {
+                    self.vm.borrow_mut().routes.pending(slot).start();
+                    self.started = Some((slot, host::now_us()));
+                    cluster = key_cluster;
+                    idle
+                }
+                None => true,
+            }
+        } else {
+            self.vm.borrow().hold.idle()
+        };
+        if idle {
+            return Action::Continue;
         }
-        Action::Continue
+        self.hold(cluster)
+    }
+
+    fn on_http_request_body(&mut self, _body_size: usize, _end_of_stream: bool) -> Action {
+        // Continuing the body would continue the paused headers with it.
+        if self.held && self.still_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        if self.held && self.still_held() {
+            Action::Pause
+        } else {
+            Action::Continue
+        }
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        if !self.counts {
+            return Action::Continue;
+        }
         // A header lookup is cheaper for the host than the `response.code` property, and local
         // replies (503 no healthy upstream, 504 timeout) pass here too.
         self.response_error = Some(is_error_status(host::response_status().as_deref()));
@@ -67,6 +155,16 @@ impl HttpContext for SurgeHttp {
     }
 
     fn on_log(&mut self) {
+        if self.held {
+            // Ended while still held: the client went away, or Envoy reset the stream.
+            let now_ms = host::now_ms();
+            let mut vm = self.vm.borrow_mut();
+            let id = vm.vm_id;
+            vm.hold.ended(id, self.context_id, now_ms);
+        }
+        if !self.counts {
+            return;
+        }
         // Envoy runs on_log for requests an earlier filter rejected too (the context is then
         // created lazily and headers never ran): key them now.
         let now_us = host::now_us();
@@ -74,8 +172,8 @@ impl HttpContext for SurgeHttp {
             // The duration from the clock: the time since the request headers reached this
             // filter, which saves a property read on every request.
             Some((slot, start_us)) => (slot, now_us.saturating_sub(start_us), true),
-            None => match self.slot() {
-                Some(slot) => {
+            None => match self.key() {
+                Some((slot, _, _)) => {
                     let duration = host::property_at(host::REQUEST_DURATION);
                     (slot, duration_us(duration.as_deref()), false)
                 }

@@ -1,8 +1,11 @@
-//! Per-VM root context: configuration, the reporter election and the reports.
+//! Per-VM root context: configuration, the reporter election, the reports, and the held
+//! requests' releases.
 //!
 //! Every VM ticks every check period; the one holding the lease reads the process-wide counters,
 //! asks the scheduler whether a report is due and sends it. Followers only renew nothing and
 //! wait: the lease expires if the reporter stops ticking, and the next VM to tick takes over.
+//! The reporter stores the cold set each answer gives; every VM of a holding role reads it on
+//! its tick and resumes (or ends) its own held requests.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -13,7 +16,8 @@ use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
 use surge_wire::Proxy;
 
-use surge_filter_core::config::Config;
+use surge_filter_core::config::{Config, ProxyRole};
+use surge_filter_core::hold::{self as hold_rules, ColdSet, wake_queue};
 use surge_filter_core::identity;
 use surge_filter_core::lease::{
     INSTANCE_KEY, LEASE_KEY, Lease, LeaseStep, ROUTES_KEY, SEQ_KEY, STATS_EPOCH_METRIC, SeqRecord,
@@ -22,6 +26,7 @@ use surge_filter_core::report::{self, DeliveryLog, Header, Outcome};
 use surge_filter_core::surge::Scheduler;
 use surge_filter_core::tally::FlushClock;
 
+use super::hold::{self, HoldMetrics, VmHold};
 use super::host;
 use super::http::SurgeHttp;
 use super::routes::RouteCache;
@@ -34,6 +39,8 @@ pub(crate) struct VmState {
     pub(crate) config: Option<Rc<Config>>,
     pub(crate) routes: RouteCache,
     pub(crate) flush_clock: FlushClock,
+    /// Requests held for cold destinations (gateway and client roles).
+    pub(crate) hold: VmHold,
 }
 
 /// The filter's own counters (process-wide, like the route metrics).
@@ -81,6 +88,8 @@ struct InFlight {
 
 /// Root context of one VM.
 pub(crate) struct SurgeRoot {
+    /// The root's context id, made effective again after acting on held requests' contexts.
+    context_id: u32,
     vm: Rc<RefCell<VmState>>,
     vm_id: u64,
     proxy: Option<Proxy>,
@@ -89,12 +98,20 @@ pub(crate) struct SurgeRoot {
     scheduler: Option<Scheduler>,
     in_flight: Option<InFlight>,
     delivery: DeliveryLog,
+    /// Whether the last answer could be read (`None` before the first), so a malformed answer
+    /// is logged once per change, not once per report.
+    answer_readable: Option<bool>,
+    /// This VM's wake-up queue (`hold::wake_queue`), once registered.
+    wake_queue: Option<u32>,
+    /// A client plugin on a gateway: it neither holds nor reports (the gateway's plugin does).
+    standing_aside: bool,
 }
 
 impl SurgeRoot {
-    pub(crate) fn new() -> Self {
+    pub(crate) fn new(context_id: u32) -> Self {
         let vm_id = host::random_u64();
         Self {
+            context_id,
             vm: Rc::new(RefCell::new(VmState {
                 vm_id,
                 ..VmState::default()
@@ -105,6 +122,9 @@ impl SurgeRoot {
             scheduler: None,
             in_flight: None,
             delivery: DeliveryLog::default(),
+            answer_readable: None,
+            wake_queue: None,
+            standing_aside: false,
         }
     }
 
@@ -120,6 +140,15 @@ impl SurgeRoot {
             LeaseStep::Follow => false,
             LeaseStep::Claim(lease) => host::shared_set(LEASE_KEY, &lease.encode(), cas),
         }
+    }
+
+    /// Whether this VM holds a live reporter lease (read only: the tick renews it).
+    fn is_reporter(&self, now_ms: u64) -> bool {
+        host::shared_get(LEASE_KEY)
+            .0
+            .as_deref()
+            .and_then(Lease::decode)
+            .is_some_and(|l| l.holder == self.vm_id && l.expires_ms > now_ms)
     }
 
     fn report(&mut self, config: &Config, now_ms: u64) {
@@ -143,9 +172,16 @@ impl SurgeRoot {
             self.in_flight = None;
         }
 
+        let held = self.vm.borrow().hold.held_now(now_ms);
+        let held_metric = self.vm.borrow().hold.metrics.held_now;
+        host::set(
+            held_metric,
+            held.iter().fold(0, |n, h| n.saturating_add(h.requests)),
+        );
         let (stored, cas) = host::shared_get(SEQ_KEY);
         let record = SeqRecord::decode(&stored.unwrap_or_default());
-        let Some(trigger) = scheduler.due(now_ms, record.schedule_ms) else {
+        let Some(trigger) = scheduler.due_holding(now_ms, record.schedule_ms, !held.is_empty())
+        else {
             return;
         };
         let next = record.next(scheduler.next_schedule(now_ms, record.schedule_ms, trigger));
@@ -164,17 +200,23 @@ impl SurgeRoot {
             return;
         };
         let surge = trigger.is_surge();
-        let body = report::encode(&report::build(
-            Header {
-                proxy,
-                instance,
-                seq: next.seq,
-                time_ms: now_ms,
-                surge,
-            },
-            readings,
-            recent.as_ref(),
-        ));
+        let totals = self.vm.borrow().hold.metrics.totals();
+        let (held, hold_totals) = report::hold_fields(held, totals);
+        let body = report::encode_body(&surge_wire::ReportBody {
+            report: report::build(
+                Header {
+                    proxy,
+                    instance,
+                    seq: next.seq,
+                    time_ms: now_ms,
+                    surge,
+                },
+                readings,
+                recent.as_ref(),
+            ),
+            held,
+            hold_totals,
+        });
         let bearer = config.token.as_ref().map(|t| format!("Bearer {t}"));
         let mut headers = vec![
             (":method", "POST"),
@@ -200,6 +242,56 @@ impl SurgeRoot {
         }
     }
 
+    /// Reads a delivered report's answer and stores the cold set it gives (when it changes
+    /// anything); a malformed answer changes nothing and is counted.
+    fn answer(&mut self, body_size: usize) {
+        let limits = surge_wire::Limits::default();
+        let body = if body_size == 0 {
+            Some(Vec::new())
+        } else {
+            host::call_response_body(body_size, limits.max_answer_bytes)
+        };
+        let parsed = match body {
+            Some(body) => hold_rules::parse_answer(&body, &limits),
+            None => Err(hold_rules::AnswerError::TooLarge {
+                len: body_size,
+                max: limits.max_answer_bytes,
+            }),
+        };
+        let metrics = self.vm.borrow().hold.metrics;
+        let readable = parsed.is_ok();
+        if self.answer_readable.replace(readable) != Some(readable) {
+            match &parsed {
+                Err(e) => host::log(
+                    LogLevel::Warn,
+                    &format!("{e}; the cold destinations stay as they were"),
+                ),
+                Ok(_) if self.answer_readable.is_some() => {
+                    host::log(LogLevel::Info, "the scaler's answers are readable again")
+                }
+                Ok(_) => {}
+            }
+        }
+        let now_ms = host::now_ms();
+        match parsed {
+            Ok(answer) => {
+                host::set(metrics.cold_now, answer.cold.len() as u64);
+                let set = ColdSet::new(now_ms, answer);
+                if hold::store_cold(&set)
+                    && let Some(config) = self.config()
+                {
+                    // This VM takes the change up now, and wakes the others that hold requests,
+                    // rather than leave it to their next ticks.
+                    let mut vm = self.vm.borrow_mut();
+                    let id = vm.vm_id;
+                    vm.hold.tick(id, self.context_id, &config, now_ms);
+                    vm.hold.wake_holders(id);
+                }
+            }
+            Err(_) => host::add(metrics.answers_malformed, 1),
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome, cluster: &str) {
         self.metrics.outcome(outcome);
         if let Some(line) = self.delivery.record(outcome, cluster) {
@@ -218,7 +310,7 @@ impl Context for SurgeRoot {
         &mut self,
         token_id: u32,
         num_headers: usize,
-        _body_size: usize,
+        body_size: usize,
         _num_trailers: usize,
     ) {
         if self.in_flight.is_some_and(|f| f.token == token_id) {
@@ -228,6 +320,22 @@ impl Context for SurgeRoot {
         let outcome = Outcome::from_response(num_headers, status.as_deref());
         let cluster = self.config().map(|c| c.cluster.clone()).unwrap_or_default();
         self.finish(outcome, &cluster);
+        // Only a delivered report's answer says anything; no answer changes nothing.
+        if outcome == Outcome::Delivered {
+            self.answer(body_size);
+        }
+    }
+
+    fn on_done(&mut self) -> bool {
+        // The plugin is being shut down (a config push, once the old filter chain drained): the
+        // requests this VM still holds are answered now rather than left to Envoy.
+        if let Some(config) = self.config() {
+            let now_ms = host::now_ms();
+            let mut vm = self.vm.borrow_mut();
+            let id = vm.vm_id;
+            vm.hold.shut_down(id, self.context_id, &config, now_ms);
+        }
+        true
     }
 }
 
@@ -245,7 +353,7 @@ impl RootContext for SurgeRoot {
                 .into_iter()
                 .find_map(|path| host::property(path).filter(|v| !v.is_empty()))
         };
-        let (proxy, missing) = identity::proxy(lookup, config.role);
+        let (proxy, missing) = identity::proxy(lookup, config.role.wire());
         if !missing.is_empty() {
             host::log(
                 LogLevel::Warn,
@@ -257,7 +365,31 @@ impl RootContext for SurgeRoot {
             );
         }
         self.proxy = Some(proxy);
+        self.standing_aside = config.role == ProxyRole::Client
+            && identity::NODE_ID_PATHS
+                .iter()
+                .find_map(|path| host::property(path.to_vec()))
+                .is_some_and(|id| identity::is_gateway_node(&id));
+        if self.standing_aside {
+            host::log(
+                LogLevel::Info,
+                "role client on a gateway (node router~...): this plugin stands aside; the \
+                 gateway's own plugin holds and reports",
+            );
+        }
         self.metrics = OwnMetrics::define();
+        // Istio leaves the VM id empty; the wake-up queues are named within it.
+        let vm_config_id = host::property(vec!["plugin_vm_id"])
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+            .unwrap_or_default();
+        self.vm.borrow_mut().hold.configure(
+            config.role.holds() && !self.standing_aside,
+            HoldMetrics::define(),
+            vm_config_id,
+        );
+        if self.wake_queue.is_none() {
+            self.wake_queue = host::register_queue(&wake_queue(self.vm_id));
+        }
         host::shared_init(ROUTES_KEY, b"");
         // Define every known route metric now, with the epoch gauge, so that they share one
         // lifetime: if the gauge survived from a live VM, so did the counters.
@@ -270,14 +402,20 @@ impl RootContext for SurgeRoot {
         } else {
             host::shared_init(INSTANCE_KEY, instance.as_bytes());
         }
-        let _ = hostcalls::set_tick_period(Duration::from_millis(config.surge.check_period_ms));
+        // A plugin standing aside never ticks (a period of 0 turns the timer off).
+        let period = if self.standing_aside {
+            0
+        } else {
+            config.surge.check_period_ms
+        };
+        let _ = hostcalls::set_tick_period(Duration::from_millis(period));
         self.scheduler = None;
         self.vm.borrow_mut().config = Some(Rc::new(config));
         true
     }
 
     fn on_tick(&mut self) {
-        let Some(config) = self.config() else {
+        let Some(config) = self.config().filter(|_| !self.standing_aside) else {
             return;
         };
         // Every VM, reporter or not, hands its tallied counts to the process-wide metrics, and
@@ -285,9 +423,12 @@ impl RootContext for SurgeRoot {
         let now_ms = host::now_ms();
         {
             let mut vm = self.vm.borrow_mut();
-            let _ = vm.routes.flush();
             let id = vm.vm_id;
-            vm.routes.publish(id, now_ms);
+            if config.role.counts() {
+                let _ = vm.routes.flush();
+                vm.routes.publish(id, now_ms);
+            }
+            vm.hold.tick(id, self.context_id, &config, now_ms);
         }
         if !self.hold_lease(now_ms, config.lease_ms()) {
             // A follower keeps no history: when it takes over it starts afresh, and the shared
@@ -301,8 +442,31 @@ impl RootContext for SurgeRoot {
         self.report(&config, now_ms);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(SurgeHttp::new(self.vm.clone())))
+    fn on_queue_ready(&mut self, queue_id: u32) {
+        // Woken by another VM: a first held request (this VM reports: the activation report goes
+        // out now), or a change of the cold set (this VM holds requests: release them now).
+        host::drain_queue(queue_id);
+        let Some(config) = self.config().filter(|_| !self.standing_aside) else {
+            return;
+        };
+        let now_ms = host::now_ms();
+        {
+            let mut vm = self.vm.borrow_mut();
+            let id = vm.vm_id;
+            vm.hold.tick(id, self.context_id, &config, now_ms);
+        }
+        if self.scheduler.is_some() && self.is_reporter(now_ms) {
+            self.report(&config, now_ms);
+        }
+    }
+
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let counts = self.config().is_none_or(|c| c.role.counts());
+        Some(Box::new(SurgeHttp::new(
+            self.vm.clone(),
+            context_id,
+            counts,
+        )))
     }
 
     fn get_type(&self) -> Option<ContextType> {
