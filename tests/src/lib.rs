@@ -3,6 +3,7 @@
 //! port, a delaying TCP proxy) and the properties the fuzz targets check.
 
 pub mod capture;
+pub mod cold_scaler;
 pub mod delay_proxy;
 pub mod fuzz_checks;
 pub mod installed;
