@@ -19,7 +19,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 # shellcheck source=versions.env
 . "$root/cluster/versions.env"
 tools=$root/.tools
-export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOFLAGS=-buildvcs=false \
+# -modcacherw: the module cache stays deletable (rm -rf .tools, git clean -fdx).
+export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOFLAGS="-buildvcs=false -modcacherw" \
   GOTOOLCHAIN=local CGO_ENABLED=0 GOPROXY=${GOPROXY:-https://proxy.golang.org} GONOSUMDB= GOPRIVATE=
 kube_bin=$tools/kube/$K8S_VERSION/bin
 etcd_bin=$tools/etcd/$ETCD_VERSION/bin
@@ -51,6 +52,13 @@ if $kube_ok && $etcd_ok && $helm_ok; then
 fi
 
 command -v go >/dev/null || { echo "components: go is not installed (Go >= 1.26 is needed)" >&2; exit 1; }
+# etcd 3.6 and helm 3.22 need Go 1.26 (Kubernetes 1.35 needs 1.25); GOTOOLCHAIN=local keeps the
+# build on the machine's Go rather than downloading another.
+if ! go version | grep -Eq 'go1\.(2[6-9]|[3-9][0-9])'; then
+  echo "components: $(go version) is too old: install Go >= 1.26, or run with GOTOOLCHAIN=auto" \
+    "(Go >= 1.21 then fetches the toolchain through the module proxy)" >&2
+  exit 1
+fi
 say "$(go version); building into .tools/ (cold: about 8 minutes on 2 cores)"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
@@ -60,7 +68,7 @@ if ! $kube_ok; then
   staging_version=v0.$minor         # v0.35.4
   mkdir -p "$work/kube"
   cd "$work/kube"
-  go mod init surge.local/kube-components >/dev/null 2>&1
+  go mod init surge.local/kube-components 2>/dev/null
   say "k8s.io/kubernetes@$K8S_VERSION: reading its go.mod"
   gomod=$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
     python3 -c 'import json,sys; d=json.load(sys.stdin); sys.exit(d["Error"]) if d.get("Error") else print(d["GoMod"])')
@@ -75,7 +83,8 @@ if ! $kube_ok; then
   say "replacing ${#staging[@]} staging modules with $staging_version; resolving (downloads ~1 GB the first time)"
   pkgs=()
   for c in "${kube_cmds[@]}"; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
-  go get "${pkgs[@]/%/@$K8S_VERSION}" 2>&1 | grep -v '^go: \(downloading\|added\|upgraded\)' || true
+  # Only grep's "no line left" is forgiven, not a failure of go get (pipefail).
+  go get "${pkgs[@]/%/@$K8S_VERSION}" 2>&1 | { grep -v '^go: \(downloading\|added\|upgraded\)' || true; }
   ldflags="-s -w"
   for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$K8S_VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=${minor%%.*}"
@@ -93,9 +102,9 @@ fi
 if ! $etcd_ok; then
   mkdir -p "$work/etcd"
   cd "$work/etcd"
-  go mod init surge.local/etcd-component >/dev/null 2>&1
+  go mod init surge.local/etcd-component 2>/dev/null
   say "go.etcd.io/etcd/server/v3@$ETCD_VERSION: resolving"
-  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" 2>&1 | grep -v '^go: \(downloading\|added\|upgraded\)' || true
+  go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" 2>&1 | { grep -v '^go: \(downloading\|added\|upgraded\)' || true; }
   say "building etcd $ETCD_VERSION"
   mkdir -p "$etcd_bin"
   go build -trimpath -ldflags "-s -w" -o "$etcd_bin/etcd" go.etcd.io/etcd/server/v3
@@ -114,7 +123,7 @@ if ! $helm_ok; then
     helm_ldflags+=" -X $pkg.k8sVersionMajor=1 -X $pkg.k8sVersionMinor=$client_minor"
   done
   GOBIN=$helm_bin go install -trimpath -ldflags "$helm_ldflags" \
-    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" 2>&1 | grep -v '^go: downloading' || true
+    "helm.sh/helm/v3/cmd/helm@$HELM_VERSION" 2>&1 | { grep -v '^go: downloading' || true; }
   echo "1.$client_minor" >"$helm_bin/kube-version"
   built helm "$helm_bin" "$HELM_VERSION" ||
     { echo "components: $helm_bin/helm does not report $HELM_VERSION" >&2; exit 1; }
