@@ -10,7 +10,6 @@
 
 use std::io::{BufRead, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
 
 use k8s_openapi::jiff::Timestamp;
 use serde::Deserialize;
@@ -21,6 +20,12 @@ pub const POLICY: &str = r#"apiVersion: audit.k8s.io/v1
 kind: Policy
 omitStages: ["RequestReceived"]
 rules:
+  # Heartbeats (node and leader Leases every few seconds) would only fill the log.
+  - level: None
+    resources: [{group: "coordination.k8s.io", resources: ["leases"]}]
+  # Pod status written by the node: who wrote it is enough, not every status body.
+  - level: Metadata
+    resources: [{group: "", resources: ["pods/status"]}]
   # Writes with their bodies: the scale writes are measured and checked from these.
   - level: Request
     verbs: ["create", "update", "patch", "delete", "deletecollection"]
@@ -159,8 +164,13 @@ fn micros(timestamp: &str) -> Option<i64> {
 /// a partial line, something that is not an audit event).
 pub fn parse_line(line: &str) -> Option<AuditRecord> {
     let event: Event = serde_json::from_str(line).ok()?;
-    let keep = event.stage == "ResponseComplete"
-        || (event.stage == "ResponseStarted" && event.verb == "watch");
+    // A watch is kept when it starts streaming (it completes only when it ends); anything else
+    // when it completes.
+    let keep = if event.verb == "watch" {
+        event.stage == "ResponseStarted"
+    } else {
+        event.stage == "ResponseComplete"
+    };
     if !keep {
         return None;
     }
@@ -219,6 +229,11 @@ impl AuditLog {
         let Ok(mut file) = std::fs::File::open(&self.path) else {
             return &self.records;
         };
+        // A file shorter than what was read is a new one (the old was rotated): read it whole.
+        if file.metadata().is_ok_and(|m| m.len() < self.offset) {
+            self.offset = 0;
+            self.partial.clear();
+        }
         if file.seek(SeekFrom::Start(self.offset)).is_err() {
             return &self.records;
         }
@@ -242,29 +257,6 @@ impl AuditLog {
         }
         self.partial = line;
         &self.records
-    }
-
-    /// Every record read so far (see [`AuditLog::refresh`]).
-    pub fn records(&self) -> &[AuditRecord] {
-        &self.records
-    }
-
-    /// Waits (polling every 20 ms) until a record matching `matches` appears, up to `timeout`.
-    pub async fn wait_for(
-        &mut self,
-        timeout: Duration,
-        matches: impl Fn(&AuditRecord) -> bool,
-    ) -> Option<AuditRecord> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(found) = self.refresh().iter().find(|r| matches(r)) {
-                return Some(found.clone());
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
     }
 }
 
@@ -297,6 +289,8 @@ mod tests {
         assert_eq!(parse_line(&started), None);
         let watch = started.replace(r#""verb":"patch""#, r#""verb":"watch""#);
         assert_eq!(parse_line(&watch).unwrap().verb, "watch");
+        let watch_ended = watch.replace("ResponseStarted", "ResponseComplete");
+        assert_eq!(parse_line(&watch_ended), None, "a watch would count twice");
         assert_eq!(parse_line("{\"kind\":\"Event\""), None);
         assert_eq!(parse_line("not json"), None);
     }
@@ -311,6 +305,9 @@ mod tests {
         std::fs::write(&path, format!("{head}{tail}\n{SCALE_PATCH}\n")).unwrap();
         assert_eq!(log.refresh().len(), 2);
         assert_eq!(log.refresh().len(), 2);
+        // Rotated: a new, shorter file is read from its start.
+        std::fs::write(&path, format!("{SCALE_PATCH}\n")).unwrap();
+        assert_eq!(log.refresh().len(), 3);
         let _ = std::fs::remove_file(&path);
     }
 }

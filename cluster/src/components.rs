@@ -11,7 +11,7 @@ const VERSIONS: &str = include_str!("../versions.env");
 #[derive(Debug, thiserror::Error)]
 #[error(
     "{name} {version} is not built (looked at {path}); run `make tools` (it runs \
-     cluster/build-components.sh, about 20 minutes the first time on 2 cores)"
+     cluster/build-components.sh, about 9 minutes the first time on 2 cores)"
 )]
 pub struct Missing {
     /// The binary's name.

@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::authentication::v1::BoundObjectReference;
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
 use kube::api::Api;
@@ -28,10 +27,10 @@ use kube::api::Api;
 use crate::audit::{self, AuditLog};
 use crate::components::{self, Missing};
 use crate::kubeconfig::{self, Credentials};
-use crate::launch::{await_ready, component_client, free_port, get_ok, http_status, start};
+use crate::launch::{await_ready, component_client, free_ports, get_ok, http_status, start};
 use crate::pki::{Pki, PkiError};
 use crate::process::{ChildGuard, ProcessError};
-use crate::tokens::{client_from, request_token, write_token_kubeconfig};
+use crate::tokens::client_from;
 
 /// The API server's advertised address (the `kubernetes` Service's endpoint). It must not be a
 /// loopback address (Endpoints refuse those), and nothing here connects to it: clients use
@@ -178,8 +177,8 @@ impl ControlPlane {
         let pki = Pki::create(&dir.join("pki"), &[ADVERTISE_ADDRESS])?;
         times.pki = started.elapsed();
 
-        let etcd_client = free_port().map_err(io("pick etcd's client port"))?;
-        let etcd_peer = free_port().map_err(io("pick etcd's peer port"))?;
+        let [etcd_client, etcd_peer, apiserver_port] =
+            free_ports().map_err(io("pick etcd's and the API server's ports"))?;
         let etcd_log = logs.join("etcd.log");
         let client_url = format!("http://127.0.0.1:{etcd_client}");
         let peer_url = format!("http://127.0.0.1:{etcd_peer}");
@@ -212,7 +211,6 @@ impl ControlPlane {
         .await?;
         times.etcd = etcd_stage.elapsed();
 
-        let apiserver_port = free_port().map_err(io("pick the API server's port"))?;
         let server = format!("https://localhost:{apiserver_port}");
         let admin_kubeconfig = dir.join("admin.kubeconfig");
         kubeconfig::write_file(
@@ -270,6 +268,8 @@ impl ControlPlane {
             format!("--audit-policy-file={}", audit_policy.display()),
             format!("--audit-log-path={}", dir.join("audit.log").display()),
             "--audit-log-format=json".into(),
+            // Rotation (100 MB by default) would cut the record a long run reads back.
+            "--audit-log-maxsize=100000".into(),
         ];
         apiserver_args.extend(options.apiserver_args.iter().cloned());
 
@@ -340,8 +340,8 @@ impl ControlPlane {
             &Credentials::Certificate(&self.pki.scheduler),
             "kube-system",
         )?;
-        let kcm_port = free_port().map_err(io("pick the controller-manager's port"))?;
-        let scheduler_port = free_port().map_err(io("pick the scheduler's port"))?;
+        let [kcm_port, scheduler_port] =
+            free_ports().map_err(io("pick the controller-manager's and scheduler's ports"))?;
         let kcm = |file: &Path| {
             let file = file.display();
             vec![
@@ -490,29 +490,6 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Writes a kubeconfig at `path` that authenticates as ServiceAccount `namespace/name`,
-    /// with a token from the TokenRequest API (bound to `bound_to`, a Pod, when given, as a
-    /// kubelet's projected token is), valid for `lifetime`.
-    pub async fn service_account_kubeconfig(
-        &self,
-        path: &Path,
-        namespace: &str,
-        name: &str,
-        bound_to: Option<BoundObjectReference>,
-        lifetime: Duration,
-    ) -> Result<()> {
-        let token =
-            request_token(&self.client().await?, namespace, name, bound_to, lifetime).await?;
-        write_token_kubeconfig(
-            path,
-            &self.server(),
-            &self.pki.ca_pem(),
-            namespace,
-            name,
-            &token,
-        )
-    }
-
     /// Kills the API server at once (SIGKILL); etcd and the controllers keep running.
     pub fn kill_apiserver(&mut self) {
         if let Some(mut process) = self.apiserver.take() {
@@ -526,10 +503,5 @@ impl ControlPlane {
         self.kill_apiserver();
         let binary = components::kubernetes("kube-apiserver")?;
         self.start_apiserver_with(&binary).await
-    }
-
-    /// The API server's port.
-    pub fn apiserver_port(&self) -> u16 {
-        self.apiserver_port
     }
 }

@@ -23,10 +23,10 @@ pub mod audit;
 pub mod components;
 pub mod control_plane;
 pub mod kubeconfig;
-mod launch;
+pub mod launch;
 pub mod pki;
 pub mod process;
 pub mod tokens;
 
 pub use control_plane::{ClusterError, ControlPlane, Options, StartTimes};
-pub use launch::free_port;
+pub use launch::{free_port, free_ports};

@@ -196,6 +196,18 @@ impl ChildGuard {
         }
     }
 
+    /// Asks the child to stop (SIGTERM), as a kubelet does before the grace period ends; does
+    /// not wait. Nothing happens if it has already exited.
+    pub fn terminate(&mut self) {
+        if self.is_running() {
+            // SAFETY: kill(2) on the pid of a child this guard has not reaped (it is running),
+            // so the pid cannot have been reused.
+            unsafe {
+                libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+            }
+        }
+    }
+
     /// Kills the child (if still running) and reaps it; returns its exit status.
     pub fn kill(&mut self) -> Result<ExitStatus, ProcessError> {
         if let Some(status) = self.try_status()? {

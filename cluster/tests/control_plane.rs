@@ -62,4 +62,7 @@ async fn a_deployment_gets_a_replicaset_and_pods_that_wait_for_a_node() {
         .unwrap();
     let text = String::from_utf8_lossy(&version.stdout);
     assert!(text.contains("\"gitVersion\": \"v1.35.4\""), "{text}");
+    let dir = plane.dir().to_path_buf();
+    drop(plane);
+    let _ = std::fs::remove_dir_all(dir);
 }
