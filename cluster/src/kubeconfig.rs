@@ -17,6 +17,9 @@ pub enum Credentials<'a> {
     Certificate(&'a CertKey),
     /// A bearer token.
     Token(&'a str),
+    /// A bearer token kept in a file, re-read by the client (kube-rs: about every minute), so
+    /// that whoever writes the file can renew it.
+    TokenFile(&'a Path),
 }
 
 /// The kubeconfig document for `server` (trusting `ca_pem`), user `user`, default `namespace`.
@@ -33,6 +36,7 @@ pub fn document(
             "client-key-data": STANDARD.encode(&cert.key_pem),
         }),
         Credentials::Token(token) => json!({ "token": token }),
+        Credentials::TokenFile(path) => json!({ "tokenFile": path.display().to_string() }),
     };
     json!({
         "apiVersion": "v1",

@@ -15,16 +15,32 @@ use crate::kubeconfig::{self, Credentials};
 
 /// A client from the kubeconfig at `path`.
 pub async fn client_from(path: &Path) -> Result<Client> {
+    client_configured(path, |_| {}).await
+}
+
+/// A client from the kubeconfig at `path` whose every call gives up after `timeout` (connect,
+/// read and write; so not for long watches' idle streams, which kube re-opens).
+pub async fn client_with_timeout(path: &Path, timeout: Duration) -> Result<Client> {
+    client_configured(path, |config| {
+        config.connect_timeout = Some(timeout);
+        config.read_timeout = Some(timeout);
+        config.write_timeout = Some(timeout);
+    })
+    .await
+}
+
+async fn client_configured(path: &Path, configure: impl FnOnce(&mut Config)) -> Result<Client> {
     let kubeconfig = Kubeconfig::read_from(path).map_err(|e| ClusterError::Io {
         context: format!("read {}", path.display()),
         source: std::io::Error::other(e.to_string()),
     })?;
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+    let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
         .map_err(|e| ClusterError::Io {
             context: format!("load {}", path.display()),
             source: std::io::Error::other(e.to_string()),
         })?;
+    configure(&mut config);
     Client::try_from(config).map_err(api(format!("build a client from {}", path.display())))
 }
 
@@ -60,21 +76,22 @@ pub async fn request_token(
         })
 }
 
-/// Writes a token kubeconfig for ServiceAccount `namespace/name`.
-pub fn write_token_kubeconfig(
+/// Writes a kubeconfig for ServiceAccount `namespace/name` whose token is read from
+/// `token_file` (and re-read as it is renewed).
+pub fn write_token_file_kubeconfig(
     path: &Path,
     server: &str,
     ca_pem: &str,
     namespace: &str,
     name: &str,
-    token: &str,
+    token_file: &Path,
 ) -> Result<()> {
     kubeconfig::write_file(
         path,
         server,
         ca_pem,
         &format!("system:serviceaccount:{namespace}:{name}"),
-        &Credentials::Token(token),
+        &Credentials::TokenFile(token_file),
         namespace,
     )?;
     Ok(())

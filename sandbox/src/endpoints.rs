@@ -15,11 +15,16 @@ use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::node::network;
+use crate::node::network::PodNetwork;
 use crate::pods::{Endpoint, Endpoints};
 
-/// The ready endpoints of one slice, on `port` (by name, else the slice's first port).
-pub fn ready_endpoints(slice: &EndpointSlice, port: Option<&str>) -> Vec<Endpoint> {
+/// The ready endpoints of one slice, on `port` (by name, else the slice's first port), at the
+/// addresses `network` serves them on.
+pub fn ready_endpoints(
+    slice: &EndpointSlice,
+    port: Option<&str>,
+    network: PodNetwork,
+) -> Vec<Endpoint> {
     let ports = slice.ports.as_deref().unwrap_or_default();
     let Some(number) = ports
         .iter()
@@ -37,7 +42,7 @@ pub fn ready_endpoints(slice: &EndpointSlice, port: Option<&str>) -> Vec<Endpoin
             let ip: IpAddr = e.addresses.first()?.parse().ok()?;
             Some(Endpoint {
                 pod: e.target_ref.as_ref()?.name.clone()?,
-                addr: network::local_socket(SocketAddr::new(ip, number))?,
+                addr: network.local_socket(SocketAddr::new(ip, number))?,
             })
         })
         .collect()
@@ -57,8 +62,15 @@ impl Drop for ServiceEndpoints {
 }
 
 impl ServiceEndpoints {
-    /// Follows Service `namespace/service`'s ready endpoints on port `port` (its name).
-    pub fn follow(client: Client, namespace: &str, service: &str, port: Option<&str>) -> Self {
+    /// Follows Service `namespace/service`'s ready endpoints on port `port` (its name), served
+    /// by `network`.
+    pub fn follow(
+        client: Client,
+        namespace: &str,
+        service: &str,
+        port: Option<&str>,
+        network: PodNetwork,
+    ) -> Self {
         let endpoints: Endpoints = Arc::default();
         let (notify, changes) = watch::channel(0u64);
         let slices: Api<EndpointSlice> = Api::namespaced(client, namespace);
@@ -74,7 +86,7 @@ impl ServiceEndpoints {
                 let changed = match event {
                     Ok(watcher::Event::Apply(slice)) => {
                         let name = slice.metadata.name.clone().unwrap_or_default();
-                        by_slice.insert(name, ready_endpoints(&slice, port.as_deref()));
+                        by_slice.insert(name, ready_endpoints(&slice, port.as_deref(), network));
                         true
                     }
                     Ok(watcher::Event::Delete(slice)) => {
@@ -88,7 +100,7 @@ impl ServiceEndpoints {
                     Ok(watcher::Event::InitApply(slice)) => {
                         if let Some(pending) = &mut pending {
                             let name = slice.metadata.name.clone().unwrap_or_default();
-                            pending.insert(name, ready_endpoints(&slice, port.as_deref()));
+                            pending.insert(name, ready_endpoints(&slice, port.as_deref(), network));
                         }
                         false
                     }
@@ -153,7 +165,8 @@ mod tests {
             ],
         }))
         .unwrap();
-        let ready = ready_endpoints(&slice, Some("http"));
+        let network = PodNetwork::on(244);
+        let ready = ready_endpoints(&slice, Some("http"), network);
         let pods: Vec<(&str, String)> = ready
             .iter()
             .map(|e| (e.pod.as_str(), e.addr.to_string()))
@@ -165,6 +178,6 @@ mod tests {
                 ("c", "127.244.0.4:8080".into())
             ]
         );
-        assert!(ready_endpoints(&slice, Some("admin")).is_empty());
+        assert!(ready_endpoints(&slice, Some("admin"), network).is_empty());
     }
 }

@@ -92,10 +92,7 @@ pub enum EnvoyError {
 pub type Result<T, E = EnvoyError> = std::result::Result<T, E>;
 
 /// The workspace root (the directory holding the root `Cargo.toml`), found at compile time.
-pub fn workspace_root() -> PathBuf {
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
-    manifest.parent().unwrap_or(manifest).to_path_buf()
-}
+pub use surge_cluster::components::workspace_root;
 
 fn locate(env_var: &str, default: PathBuf, what: &'static str, hint: &str) -> Result<PathBuf> {
     let path = std::env::var_os(env_var).map_or(default, PathBuf::from);
@@ -361,6 +358,8 @@ impl Bootstrap {
                 "listeners": [{
                     "name": "virtualInbound",
                     "address": socket(&self.listener_ip.to_string(), self.listener_port),
+                    // Two Envoys on one address must clash loudly, not share the port.
+                    "enable_reuse_port": false,
                     "filter_chains": [{
                         "filters": [{
                             "name": "envoy.filters.network.http_connection_manager",

@@ -305,16 +305,29 @@ fn redraw(result_path: &std::path::Path) -> Result<(), String> {
 async fn cluster(dir: PathBuf, api_only: bool) -> Result<(), String> {
     // A script that starts this in the background and is killed takes it along (the components
     // die with this process in turn).
-    // SAFETY: prctl with these arguments only sets a flag of this process.
     #[cfg(target_os = "linux")]
-    unsafe {
-        libc::prctl(
-            libc::PR_SET_PDEATHSIG,
-            libc::SIGTERM as libc::c_ulong,
-            0,
-            0,
-            0,
-        );
+    {
+        let parent = std::os::unix::process::parent_id();
+        // SAFETY: prctl with these arguments only sets a flag of this process.
+        let set = unsafe {
+            libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGTERM as libc::c_ulong,
+                0,
+                0,
+                0,
+            )
+        };
+        if set != 0 {
+            return Err(format!(
+                "cannot tie this process to its parent's life: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // The parent may have gone before the flag was set: then no signal will come.
+        if std::os::unix::process::parent_id() != parent {
+            return Err("the process that started this one is gone".into());
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
     let mut options = surge_cluster::Options::new(&dir);

@@ -37,6 +37,7 @@ use crate::kubeapi::RequestRecord;
 use crate::node::containers::{
     APP_IMAGE, ENV_CONCURRENCY, ENV_QUEUE, ENV_SERVICE_TIME_MS, ENV_STARTUP_DELAY_MS, PROXY_IMAGE,
 };
+use crate::node::network::LoopbackRange;
 use crate::node::{AppRuntime, Node, NodeOptions};
 use crate::pods::{Endpoints, PodCounts};
 use crate::run::{NAMESPACE, RunError, WORKLOAD};
@@ -71,9 +72,8 @@ pub struct RealKube {
     scaler_admin: ServiceEndpoints,
     history: Arc<Mutex<Vec<PodCounts>>>,
     audit: Mutex<AuditLog>,
-    /// An instant and the same moment in Unix microseconds, to place audit times.
-    clock: (Instant, i64),
     client: Client,
+    network: LoopbackRange,
     plane: ControlPlane,
 }
 
@@ -115,10 +115,22 @@ impl RealKube {
             .client()
             .await
             .map_err(|e| RunError::Setup(e.to_string()))?;
-        let scaler =
-            ServiceEndpoints::follow(client.clone(), SCALER_NAMESPACE, SCALER_NAME, Some("http"));
-        let scaler_admin =
-            ServiceEndpoints::follow(client.clone(), SCALER_NAMESPACE, SCALER_NAME, Some("admin"));
+        let network = LoopbackRange::claim()
+            .map_err(|e| RunError::Setup(format!("claim a loopback range for the pods: {e}")))?;
+        let scaler = ServiceEndpoints::follow(
+            client.clone(),
+            SCALER_NAMESPACE,
+            SCALER_NAME,
+            Some("http"),
+            network.network(),
+        );
+        let scaler_admin = ServiceEndpoints::follow(
+            client.clone(),
+            SCALER_NAMESPACE,
+            SCALER_NAME,
+            Some("admin"),
+            network.network(),
+        );
         Ok(Self {
             node: None,
             observer: None,
@@ -127,8 +139,8 @@ impl RealKube {
             scaler_admin,
             history: Arc::default(),
             audit: Mutex::new(plane.audit_log()),
-            clock: (Instant::now(), unix_us()),
             client,
+            network,
             plane,
         })
     }
@@ -213,12 +225,23 @@ impl RealKube {
         // The filter's token, from the chart's Secret, as INSTALL.md has it put into the
         // WasmPlugin's pluginConfig.
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), SCALER_NAMESPACE);
-        let token = secrets
-            .get("surge-scaler-token")
+        // No Secret: the chart was installed without a token (token.enabled=false).
+        let secret = secrets
+            .get_opt("surge-scaler-token")
             .await
-            .ok()
-            .and_then(|s| s.data?.get("token").map(|t| t.0.clone()))
-            .and_then(|t| String::from_utf8(t).ok());
+            .map_err(kube_setup("read the chart's token Secret"))?;
+        let token = match secret {
+            None => None,
+            Some(secret) => Some(
+                secret
+                    .data
+                    .and_then(|d| d.get("token").map(|t| t.0.clone()))
+                    .and_then(|t| String::from_utf8(t).ok())
+                    .ok_or_else(|| {
+                        RunError::Setup("the chart's token Secret has no UTF-8 `token` key".into())
+                    })?,
+            ),
+        };
         let mut plugin_config = json!({"report_interval_ms": 1000});
         if let Some(token) = token {
             plugin_config["token"] = json!(token);
@@ -238,6 +261,7 @@ impl RealKube {
             cpu: "16".into(),
             memory: "64Gi".into(),
             max_pods: 110,
+            network: self.network.network(),
             app: AppRuntime {
                 envoy_binary,
                 wasm,
@@ -284,7 +308,7 @@ impl RealKube {
     ) -> Result<(), RunError> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
         deployments
-            .create(&PostParams::default(), &app_deployment(scenario))
+            .create(&PostParams::default(), &app_deployment(scenario)?)
             .await
             .map_err(kube_setup("create the app's Deployment"))?;
         let services: Api<k8s_openapi::api::core::v1::Service> =
@@ -320,7 +344,13 @@ impl RealKube {
             )
             .await
             .map_err(kube_setup("apply the SurgeScaler"))?;
-        let app = ServiceEndpoints::follow(self.client.clone(), NAMESPACE, WORKLOAD, Some("http"));
+        let app = ServiceEndpoints::follow(
+            self.client.clone(),
+            NAMESPACE,
+            WORKLOAD,
+            Some("http"),
+            self.network.network(),
+        );
         self.observer = Some(tokio::spawn(observe(
             self.client.clone(),
             app.endpoints(),
@@ -384,14 +414,10 @@ impl RealKube {
     }
 
     fn record(&self, r: &AuditRecord) -> RequestRecord {
-        let (at, at_us) = self.clock;
-        let offset = r.received_unix_us - at_us;
-        let received = if offset >= 0 {
-            at + Duration::from_micros(offset as u64)
-        } else {
-            at.checked_sub(Duration::from_micros(offset.unsigned_abs()))
-                .unwrap_or(at)
-        };
+        // Placed by its age now, so a step of the wall clock since the start shifts nothing.
+        let age = Duration::from_micros(unix_us().saturating_sub(r.received_unix_us).max(0) as u64);
+        let now = Instant::now();
+        let received = now.checked_sub(age).unwrap_or(now);
         RequestRecord {
             received,
             unix_ms: (r.received_unix_us / 1000) as u64,
@@ -430,7 +456,7 @@ impl RealKube {
 
 /// The app's Deployment: the app container (its capacity in its env) and the sidecar Istio's
 /// injector would add.
-fn app_deployment(scenario: &Scenario) -> Deployment {
+fn app_deployment(scenario: &Scenario) -> Result<Deployment, RunError> {
     let pods = &scenario.pods;
     let value = json!({
         "metadata": {"name": WORKLOAD, "namespace": NAMESPACE, "labels": {"app": WORKLOAD}},
@@ -465,7 +491,7 @@ fn app_deployment(scenario: &Scenario) -> Deployment {
             },
         },
     });
-    serde_json::from_value(value).unwrap_or_default()
+    serde_json::from_value(value).map_err(|e| RunError::Setup(format!("the app's Deployment: {e}")))
 }
 
 /// Follows desired replicas (the Deployment's spec), replicas (its pods not being deleted),
@@ -495,6 +521,8 @@ async fn observe(
     .boxed();
     let mut desired = 0u32;
     let mut live: BTreeSet<String> = BTreeSet::new();
+    // A relist in progress: counted once it is whole, so no false dip shows meanwhile.
+    let mut relisted: Option<BTreeSet<String>> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let mut last = None;
     loop {
@@ -505,19 +533,30 @@ async fn observe(
                 }
             }
             Some(event) = pod_events.next() => match event {
-                Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod)) => {
-                    let name = pod.metadata.name.clone().unwrap_or_default();
-                    if pod.metadata.deletion_timestamp.is_some() {
-                        live.remove(&name);
-                    } else {
-                        live.insert(name);
+                Ok(watcher::Event::Apply(pod)) => {
+                    if let Some(name) = pod.metadata.name {
+                        if pod.metadata.deletion_timestamp.is_some() {
+                            live.remove(&name);
+                        } else {
+                            live.insert(name);
+                        }
+                    }
+                }
+                Ok(watcher::Event::InitApply(pod)) => {
+                    if let (Some(relisted), Some(name)) = (&mut relisted, pod.metadata.name)
+                        && pod.metadata.deletion_timestamp.is_none()
+                    {
+                        relisted.insert(name);
                     }
                 }
                 Ok(watcher::Event::Delete(pod)) => {
-                    live.remove(&pod.metadata.name.unwrap_or_default());
+                    if let Some(name) = pod.metadata.name {
+                        live.remove(&name);
+                    }
                 }
-                Ok(watcher::Event::Init) => live.clear(),
-                _ => {}
+                Ok(watcher::Event::Init) => relisted = Some(BTreeSet::new()),
+                Ok(watcher::Event::InitDone) => live = relisted.take().unwrap_or_default(),
+                Err(_) => {}
             },
             _ = endpoint_changes.changed() => {}
             _ = tick.tick() => {}

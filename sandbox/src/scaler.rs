@@ -2,7 +2,7 @@
 //! generated kubeconfig, killed on drop.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -97,16 +97,9 @@ pub struct Scaler {
     process: ChildGuard,
 }
 
-/// A free loopback port (bound and released; the scaler binds it right after).
+/// A free loopback address (bound and released; the scaler binds it right after).
 pub fn free_port() -> std::io::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    listener.local_addr()
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    Ok(SocketAddr::from(([127, 0, 0, 1], surge_cluster::free_port()?)))
 }
 
 impl Scaler {
@@ -147,7 +140,7 @@ impl Scaler {
                 return Err(ScalerError::NotReady {
                     timeout: ready_timeout,
                     reason: format!("exited with {status}"),
-                    tail: tail(&options.log, 30),
+                    tail: surge_cluster::launch::tail(&options.log, 30),
                 });
             }
             if matches!(
@@ -160,7 +153,7 @@ impl Scaler {
                 return Err(ScalerError::NotReady {
                     timeout: ready_timeout,
                     reason: "timed out".into(),
-                    tail: tail(&options.log, 30),
+                    tail: surge_cluster::launch::tail(&options.log, 30),
                 });
             }
             std::thread::sleep(Duration::from_millis(25));

@@ -23,7 +23,7 @@ mod scaler_container;
 pub mod status;
 mod volumes;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,8 +31,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::api::core::v1::{
+    Node as NodeObject, NodeAddress, NodeCondition, NodeStatus, NodeSystemInfo, Pod,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -40,6 +45,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use network::PodNetwork;
 use pod::{LocalPod, ProbeKind, Runtime, now_rfc3339};
 
 /// How often the node renews its Lease (the kubelet's default).
@@ -48,10 +54,12 @@ const LEASE_RENEW: Duration = Duration::from_secs(10);
 const LEASE_SECONDS: i32 = 40;
 /// How often pods' progress is checked when no event arrives.
 const TICK: Duration = Duration::from_millis(50);
-/// How long after a failed status write the node tries again.
-const STATUS_RETRY: Duration = Duration::from_millis(500);
-/// Lifetime of the ServiceAccount tokens the node gives pods (the kubelet asks for 1 h and
-/// refreshes at 80 %; a sandbox run is minutes).
+/// How long after a failed API call for a pod (status write, delete) the node tries again.
+const API_RETRY: Duration = Duration::from_millis(500);
+/// How long any one API call of the node may take (one slow call must not stall every pod).
+const API_TIMEOUT: Duration = Duration::from_secs(5);
+/// Lifetime of the ServiceAccount tokens the node gives pods (what a kubelet asks for); they
+/// are renewed at 80 % of it.
 const TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 
 /// Why the node could not start.
@@ -106,6 +114,8 @@ pub struct NodeOptions {
     pub max_pods: u32,
     /// App pods.
     pub app: AppRuntime,
+    /// Where pod addresses are served on this machine.
+    pub network: PodNetwork,
     /// The API server's URL and CA, for the kubeconfigs of the pods' ServiceAccounts.
     pub server: String,
     /// The cluster CA (PEM).
@@ -133,7 +143,8 @@ fn api_error(context: impl Into<String>) -> impl FnOnce(kube::Error) -> NodeErro
 impl Node {
     /// Registers the node (Ready, with its capacity) and its Lease, then starts serving pods.
     pub async fn start(options: NodeOptions) -> Result<Self, NodeError> {
-        let client = surge_cluster::tokens::client_from(&options.kubeconfig).await?;
+        let client =
+            surge_cluster::tokens::client_with_timeout(&options.kubeconfig, API_TIMEOUT).await?;
         register(&client, &options).await?;
         renew_lease(&client, &options.name)
             .await
@@ -141,7 +152,16 @@ impl Node {
         let (commands, inbox) = mpsc::unbounded_channel();
         let running = Arc::new(AtomicU32::new(0));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(client, options, inbox, Arc::clone(&running), stopped));
+        // Watches stay open while quiet, so their client has no read timeout.
+        let watch_client = surge_cluster::tokens::client_from(&options.kubeconfig).await?;
+        let task = tokio::spawn(serve(
+            client,
+            watch_client,
+            options,
+            inbox,
+            Arc::clone(&running),
+            stopped,
+        ));
         Ok(Self {
             commands,
             running,
@@ -186,90 +206,121 @@ impl Drop for Node {
     }
 }
 
-async fn register(client: &Client, options: &NodeOptions) -> Result<(), NodeError> {
-    let nodes: Api<NodeObject> = Api::all(client.clone());
-    let now = now_rfc3339();
-    let condition = |kind: &str, status: &str, reason: &str| {
-        json!({"type": kind, "status": status, "reason": reason,
-               "lastHeartbeatTime": now, "lastTransitionTime": now})
+/// The Node object a kubelet registers: capacity, the conditions it reports, its addresses.
+fn node_object(options: &NodeOptions) -> NodeObject {
+    let now = Time(Timestamp::now());
+    let condition = |kind: &str, status: &str, reason: &str| NodeCondition {
+        type_: kind.into(),
+        status: status.into(),
+        reason: Some(reason.into()),
+        last_heartbeat_time: Some(now.clone()),
+        last_transition_time: Some(now.clone()),
+        message: None,
     };
-    let resources = json!({
-        "cpu": options.cpu, "memory": options.memory, "pods": options.max_pods.to_string(),
-    });
-    let node: NodeObject = serde_json::from_value(json!({
-        "metadata": {
-            "name": options.name,
-            "labels": {
-                "kubernetes.io/hostname": options.name,
-                "kubernetes.io/os": "linux",
-                "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-                "node.kubernetes.io/instance-type": "surge-sandbox",
-            },
+    let resources: BTreeMap<String, Quantity> = [
+        ("cpu", options.cpu.clone()),
+        ("memory", options.memory.clone()),
+        ("pods", options.max_pods.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), Quantity(v)))
+    .collect();
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    let labels: BTreeMap<String, String> = [
+        ("kubernetes.io/hostname", options.name.as_str()),
+        ("kubernetes.io/os", "linux"),
+        ("kubernetes.io/arch", arch),
+        ("node.kubernetes.io/instance-type", "surge-sandbox"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    NodeObject {
+        metadata: ObjectMeta {
+            name: Some(options.name.clone()),
+            labels: Some(labels),
+            ..ObjectMeta::default()
         },
-        "status": {
-            "capacity": resources,
-            "allocatable": resources,
-            "conditions": [
+        spec: None,
+        status: Some(NodeStatus {
+            capacity: Some(resources.clone()),
+            allocatable: Some(resources),
+            conditions: Some(vec![
                 condition("MemoryPressure", "False", "KubeletHasSufficientMemory"),
                 condition("DiskPressure", "False", "KubeletHasNoDiskPressure"),
                 condition("PIDPressure", "False", "KubeletHasSufficientPID"),
                 condition("Ready", "True", "KubeletReady"),
-            ],
-            "addresses": [
-                {"type": "InternalIP", "address": network::NODE_IP.to_string()},
-                {"type": "Hostname", "address": options.name},
-            ],
-            "nodeInfo": {
-                "machineID": "", "systemUUID": "", "bootID": "",
-                "kernelVersion": "", "osImage": "surge-sandbox",
-                "containerRuntimeVersion": "surge-sandbox://0",
-                "kubeletVersion": surge_cluster::components::kubernetes_version(),
-                "kubeProxyVersion": "", "operatingSystem": "linux",
-                "architecture": "amd64",
-            },
-        },
-    }))
-    .map_err(|e| NodeError::Api {
-        context: "build the Node".into(),
-        source: kube::Error::SerdeError(e),
-    })?;
+            ]),
+            addresses: Some(vec![
+                NodeAddress {
+                    type_: "InternalIP".into(),
+                    address: network::NODE_IP.to_string(),
+                },
+                NodeAddress {
+                    type_: "Hostname".into(),
+                    address: options.name.clone(),
+                },
+            ]),
+            node_info: Some(NodeSystemInfo {
+                os_image: "surge-sandbox".into(),
+                container_runtime_version: "surge-sandbox://0".into(),
+                kubelet_version: surge_cluster::components::kubernetes_version().into(),
+                operating_system: "linux".into(),
+                architecture: arch.into(),
+                ..NodeSystemInfo::default()
+            }),
+            ..NodeStatus::default()
+        }),
+    }
+}
+
+async fn register(client: &Client, options: &NodeOptions) -> Result<(), NodeError> {
+    let nodes: Api<NodeObject> = Api::all(client.clone());
+    let node = node_object(options);
     match nodes.create(&PostParams::default(), &node).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => {
-            let status = json!({"status": serde_json::to_value(&node.status).unwrap_or_default()});
-            nodes
-                .patch_status(
-                    &options.name,
-                    &PatchParams::default(),
-                    &Patch::Merge(status),
-                )
-                .await
-                .map(|_| ())
-                .map_err(api_error("update the Node's status"))
-        }
+        Err(kube::Error::Api(e)) if e.code == 409 => nodes
+            .patch_status(
+                &options.name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({ "status": node.status })),
+            )
+            .await
+            .map(|_| ())
+            .map_err(api_error("update the Node's status")),
         Err(e) => Err(api_error("register the Node")(e)),
     }
 }
 
 async fn renew_lease(client: &Client, node: &str) -> Result<(), kube::Error> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
-    let now = micro_time(k8s_openapi::jiff::Timestamp::now());
-    let spec =
-        json!({"holderIdentity": node, "leaseDurationSeconds": LEASE_SECONDS, "renewTime": now});
+    let spec = LeaseSpec {
+        holder_identity: Some(node.into()),
+        lease_duration_seconds: Some(LEASE_SECONDS),
+        renew_time: Some(MicroTime(Timestamp::now())),
+        ..LeaseSpec::default()
+    };
     match leases
         .patch(
             node,
             &PatchParams::default(),
-            &Patch::Merge(json!({"spec": spec})),
+            &Patch::Merge(json!({ "spec": spec })),
         )
         .await
     {
         Err(kube::Error::Api(e)) if e.code == 404 => {
-            let lease: Lease = serde_json::from_value(json!({
-                "metadata": {"name": node, "namespace": "kube-node-lease"},
-                "spec": spec,
-            }))
-            .map_err(kube::Error::SerdeError)?;
+            let lease = Lease {
+                metadata: ObjectMeta {
+                    name: Some(node.into()),
+                    namespace: Some("kube-node-lease".into()),
+                    ..ObjectMeta::default()
+                },
+                spec: Some(spec),
+            };
             leases
                 .create(&PostParams::default(), &lease)
                 .await
@@ -279,36 +330,36 @@ async fn renew_lease(client: &Client, node: &str) -> Result<(), kube::Error> {
     }
 }
 
-/// A `MicroTime` as the API wants it: RFC 3339 with exactly six fractional digits.
-fn micro_time(at: k8s_openapi::jiff::Timestamp) -> String {
-    let micros = at.as_microsecond();
-    let seconds = k8s_openapi::jiff::Timestamp::from_second(micros.div_euclid(1_000_000))
-        .unwrap_or(at)
-        .to_string();
-    format!(
-        "{}.{:06}Z",
-        seconds.trim_end_matches('Z'),
-        micros.rem_euclid(1_000_000)
-    )
+/// What the node's loop keeps between events.
+struct NodeState {
+    pods: BTreeMap<String, LocalPod>,
+    next_index: u32,
+    app_pods: u32,
+    /// The pods of a relist in progress (`Init` .. `InitDone`).
+    relisted: Option<BTreeSet<String>>,
 }
 
 /// The node's loop: pod events, probes, commands, the Lease; after each, every pod's progress.
 async fn serve(
     client: Client,
+    watch_client: Client,
     options: NodeOptions,
     mut commands: mpsc::UnboundedReceiver<Command>,
     running: Arc<AtomicU32>,
     mut stopped: watch::Receiver<bool>,
 ) {
-    let pods_api: Api<Pod> = Api::all(client.clone());
+    let pods_api: Api<Pod> = Api::all(watch_client);
     let selector = format!("spec.nodeName={}", options.name);
     let mut events = watcher(pods_api, watcher::Config::default().fields(&selector))
         .default_backoff()
         .boxed();
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(String, ProbeKind, bool)>();
-    let mut pods: BTreeMap<String, LocalPod> = BTreeMap::new();
-    let mut next_index = 2u32;
-    let mut app_pods = 0u32;
+    let mut state = NodeState {
+        pods: BTreeMap::new(),
+        next_index: 2,
+        app_pods: 0,
+        relisted: None,
+    };
     let mut lease = tokio::time::interval(LEASE_RENEW);
     lease.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut tick = tokio::time::interval(TICK);
@@ -317,42 +368,29 @@ async fn serve(
         tokio::select! {
             _ = stopped.changed() => break,
             event = events.next() => match event {
-                Some(Ok(watcher::Event::Apply(pod) | watcher::Event::InitApply(pod))) => {
-                    seen(&mut pods, pod, &options, &mut next_index, &mut app_pods);
-                }
-                Some(Ok(watcher::Event::Delete(pod))) => {
-                    if let Some(uid) = pod.metadata.uid {
-                        // Gone from the API: whatever still runs stops now.
-                        pods.remove(&uid);
-                    }
-                }
-                Some(Ok(_)) => {}
+                Some(Ok(event)) => on_event(&client, &mut state, event, &options).await,
                 Some(Err(error)) => tracing::warn!(%error, "node: watching pods"),
                 None => break,
             },
             Some((uid, kind, ok)) = probe_rx.recv() => {
-                if let Some(pod) = pods.get_mut(&uid) {
+                if let Some(pod) = state.pods.get_mut(&uid) {
                     pod.probe_result(kind, ok, Instant::now());
                 }
             }
-            Some(command) = commands.recv() => match command {
-                Command::KillScaler { restart_after } => {
-                    for pod in pods.values_mut() {
-                        if let Runtime::Scaler(scaler) = &mut pod.runtime {
-                            scaler.stop(Instant::now(), restart_after);
+            Some(command) = commands.recv() => {
+                let now = Instant::now();
+                for pod in state.pods.values_mut() {
+                    if let Runtime::Scaler(scaler) = &mut pod.runtime {
+                        match command {
+                            Command::KillScaler { restart_after } => scaler.kill(now, restart_after),
+                            Command::RestartScaler if scaler.process.is_none() => {
+                                scaler.restart_at = Some(now);
+                            }
+                            Command::RestartScaler => {}
                         }
                     }
                 }
-                Command::RestartScaler => {
-                    for pod in pods.values_mut() {
-                        if let Runtime::Scaler(scaler) = &mut pod.runtime
-                            && scaler.process.is_none()
-                        {
-                            scaler.restart_at = Some(Instant::now());
-                        }
-                    }
-                }
-            },
+            }
             _ = lease.tick() => {
                 if let Err(error) = renew_lease(&client, &options.name).await {
                     tracing::warn!(%error, "node: renewing the Lease");
@@ -360,10 +398,11 @@ async fn serve(
             }
             _ = tick.tick() => {}
         }
-        for pod in pods.values_mut() {
+        for pod in state.pods.values_mut() {
             sync(&client, &options, pod, &probe_tx).await;
         }
-        let app_pods_running = pods
+        let app_pods_running = state
+            .pods
             .values()
             .filter(|p| p.running() && matches!(p.runtime, Runtime::App(_)))
             .count();
@@ -371,7 +410,7 @@ async fn serve(
     }
     // Every pod's processes stop as their LocalPods drop; starts in progress are awaited so
     // that no Envoy started by a blocking thread outlives the node.
-    for (_, pod) in std::mem::take(&mut pods) {
+    for (_, pod) in std::mem::take(&mut state.pods) {
         if let Runtime::App(mut app) = pod.runtime
             && let Some(start) = app.start.take()
         {
@@ -381,19 +420,46 @@ async fn serve(
     running.store(0, Ordering::SeqCst);
 }
 
-/// A pod event: accept a new pod, or start terminating a deleted one.
-fn seen(
-    pods: &mut BTreeMap<String, LocalPod>,
-    pod: Pod,
+/// A watch event of the pods bound to the node.
+async fn on_event(
+    client: &Client,
+    state: &mut NodeState,
+    event: watcher::Event<Pod>,
     options: &NodeOptions,
-    next_index: &mut u32,
-    app_pods: &mut u32,
 ) {
+    match event {
+        watcher::Event::Apply(pod) => seen(client, state, pod, options).await,
+        watcher::Event::Delete(pod) => {
+            if let Some(uid) = pod.metadata.uid {
+                // Gone from the API: whatever still runs stops now.
+                state.pods.remove(&uid);
+            }
+        }
+        watcher::Event::Init => state.relisted = Some(BTreeSet::new()),
+        watcher::Event::InitApply(pod) => {
+            if let (Some(relisted), Some(uid)) = (&mut state.relisted, &pod.metadata.uid) {
+                relisted.insert(uid.clone());
+            }
+            seen(client, state, pod, options).await;
+        }
+        watcher::Event::InitDone => {
+            // A pod the relist did not return was deleted while the watch was down.
+            if let Some(relisted) = state.relisted.take() {
+                state.pods.retain(|uid, _| relisted.contains(uid));
+            }
+        }
+    }
+}
+
+/// A pod seen: accept a new one, or start terminating a deleted one. A pod first seen already
+/// deleted (bound and deleted before the node got to it) is deleted for good at once, as a
+/// kubelet does for a pod it never started.
+async fn seen(client: &Client, state: &mut NodeState, pod: Pod, options: &NodeOptions) {
     let Some(uid) = pod.metadata.uid.clone() else {
         return;
     };
     let deleting = pod.metadata.deletion_timestamp.is_some();
-    if let Some(local) = pods.get_mut(&uid) {
+    if let Some(local) = state.pods.get_mut(&uid) {
         if deleting {
             let grace = pod.metadata.deletion_grace_period_seconds.unwrap_or(30);
             local.begin_termination(Instant::now(), Duration::from_secs(grace.max(0) as u64));
@@ -401,13 +467,18 @@ fn seen(
         return;
     }
     if deleting {
+        let namespace = pod.metadata.namespace.clone().unwrap_or_default();
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        if let Err(error) = delete_for_good(client, &namespace, &name, &uid).await {
+            tracing::warn!(pod = %name, %error, "node: deleting a pod it never ran");
+        }
         return;
     }
-    match LocalPod::accept(&pod, *next_index, options, app_pods) {
+    match LocalPod::accept(&pod, state.next_index, options, &mut state.app_pods) {
         Some(local) => {
-            *next_index += 1;
+            state.next_index += 1;
             tracing::info!(pod = %local.name, ip = %local.pod_ip, "node: pod accepted");
-            pods.insert(uid, local);
+            state.pods.insert(uid, local);
         }
         None => {
             tracing::warn!(?pod.metadata.name, "node: cannot accept the pod (out of addresses)")
@@ -415,7 +486,33 @@ fn seen(
     }
 }
 
-/// One pod's step: prepare, progress, status, probes, termination.
+/// DELETE with grace 0 and a uid precondition: what a kubelet sends once a pod's containers
+/// are gone (the precondition keeps it from deleting a new pod of the same name). A pod already
+/// gone counts as deleted.
+async fn delete_for_good(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+) -> Result<(), kube::Error> {
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let params = DeleteParams {
+        grace_period_seconds: Some(0),
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_owned()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match pods.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(error) => Err(error),
+    }
+}
+
+/// One pod's step: prepare, progress, probes, status, termination. A failed API call is tried
+/// again after [`API_RETRY`], not on every step.
 async fn sync(
     client: &Client,
     options: &NodeOptions,
@@ -426,23 +523,10 @@ async fn sync(
     if pod.removed {
         return;
     }
-    if let Runtime::Scaler(scaler) = &pod.runtime
-        && scaler.prepared.is_none()
-        && scaler.waiting.is_none()
-        && pod.deleting.is_none()
-    {
-        let prepared = volumes::prepare_scaler(client, options, pod).await;
-        if let Runtime::Scaler(scaler) = &mut pod.runtime {
-            match prepared {
-                Ok(prepared) => scaler.prepared = Some(prepared),
-                Err(message) => {
-                    tracing::warn!(pod = %pod.name, %message, "node: cannot run the container");
-                    scaler.waiting = Some(("CreateContainerConfigError", message));
-                }
-            }
-        }
+    if pod.deleting.is_none() {
+        volumes::prepare_or_refresh(client, options, pod, now).await;
     }
-    pod.progress(now).await;
+    pod.progress(now);
 
     let due = pod.due_probes(now);
     if !due.is_empty() {
@@ -464,53 +548,38 @@ async fn sync(
     }
 
     let done = pod.finish_termination(now);
+    if pod.api_after.is_some_and(|at| now < at) {
+        return;
+    }
     let status = status::status(&pod.view(), &mut pod.transitions, &now_rfc3339());
-    if pod.written.as_ref() != Some(&status) && pod.write_after.is_none_or(|at| now >= at) {
+    if pod.written.as_ref() != Some(&status) {
         let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
+        // A strategic merge patch, as a kubelet sends: conditions merge by type and container
+        // statuses by name, so what others wrote (the scheduler's PodScheduled) stays.
+        let patch = Patch::Strategic(json!({ "status": status }));
         match pods
-            .patch_status(
-                &pod.name,
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "status": status })),
-            )
+            .patch_status(&pod.name, &PatchParams::default(), &patch)
             .await
         {
             Ok(_) => {
                 pod.written = Some(status);
-                pod.write_after = None;
+                pod.api_after = None;
             }
-            // Retried a little later; a pod that is gone is removed by its Delete event.
+            // A pod that is gone is removed by its Delete event.
             Err(error) => {
                 tracing::warn!(pod = %pod.name, %error, "node: writing pod status");
-                pod.write_after = Some(now + STATUS_RETRY);
+                pod.api_after = Some(now + API_RETRY);
+                return;
             }
         }
     }
     if done {
-        let pods: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace);
-        let params = DeleteParams {
-            grace_period_seconds: Some(0),
-            preconditions: Some(Preconditions {
-                uid: Some(pod.uid.clone()),
-                resource_version: None,
-            }),
-            ..DeleteParams::default()
-        };
-        match pods.delete(&pod.name, &params).await {
-            Ok(_) => pod.removed = true,
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => pod.removed = true,
-            Err(error) => tracing::debug!(pod = %pod.name, %error, "node: deleting the pod"),
+        match delete_for_good(client, &pod.namespace, &pod.name, &pod.uid).await {
+            Ok(()) => pod.removed = true,
+            Err(error) => {
+                tracing::warn!(pod = %pod.name, %error, "node: deleting the pod");
+                pod.api_after = Some(now + API_RETRY);
+            }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_micro_time_has_six_fractional_digits() {
-        let at = k8s_openapi::jiff::Timestamp::from_microsecond(1_764_748_939_000_027).unwrap();
-        assert_eq!(micro_time(at), "2025-12-03T08:02:19.000027Z");
     }
 }

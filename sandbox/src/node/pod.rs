@@ -6,18 +6,21 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use futures::FutureExt;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::jiff::{Timestamp, Unit};
 use tokio::task::JoinHandle;
 
 use super::containers::{self, Program};
-use super::network;
+use super::network::{self, PodNetwork};
 use super::probe::Probe;
 use super::scaler_container::{CRASH_BACKOFF, ScalerContainer};
 use super::status::{ContainerState, ContainerView, PodView, Transitions};
 use super::{AppRuntime, NodeOptions};
 use crate::app_pod::{self, AppPod, AppPodSpec};
-/// How long a scaled-away app pod may finish its in-flight requests (at most its grace period).
+/// How long a deleted app pod's sidecar keeps serving before it stops (Istio's
+/// `terminationDrainDuration`, 5 s by default; at most the pod's grace period): clients that
+/// have not yet seen the pod leave the EndpointSlices still reach it meanwhile.
 const APP_DRAIN: Duration = Duration::from_secs(5);
 
 /// Now, as the API's timestamps are written (RFC 3339, whole seconds).
@@ -67,6 +70,7 @@ pub(super) struct LocalPod {
     pub(super) name: String,
     pub(super) namespace: String,
     pub(super) pod_ip: Ipv4Addr,
+    network: PodNetwork,
     pub(super) dir: PathBuf,
     pub(super) accepted: Instant,
     pub(super) start_time: String,
@@ -77,8 +81,8 @@ pub(super) struct LocalPod {
     pub(super) transitions: Transitions,
     /// The status last written (to write only changes).
     pub(super) written: Option<serde_json::Value>,
-    /// After a failed write, not before this.
-    pub(super) write_after: Option<Instant>,
+    /// After a failed API call for the pod, no other before this.
+    pub(super) api_after: Option<Instant>,
     /// Deleted from the API (grace 0) once its processes were gone.
     pub(super) removed: bool,
 }
@@ -121,7 +125,7 @@ impl LocalPod {
                         &namespace,
                         workload,
                         model,
-                        pod_ip,
+                        options.network.local_v4(pod_ip),
                         dir.clone(),
                     ))
                 });
@@ -138,19 +142,9 @@ impl LocalPod {
                     proxy_started: None,
                 }))
             }
-            Program::Scaler { container } => Runtime::Scaler(Box::new(ScalerContainer {
-                container: *container,
-                process: None,
-                started: None,
-                restart_count: 0,
-                last_state: None,
-                restart_at: None,
-                prepared: None,
-                startup: None,
-                readiness: None,
-                liveness: None,
-                waiting: None,
-            })),
+            Program::Scaler { container } => {
+                Runtime::Scaler(Box::new(ScalerContainer::new(*container, Instant::now())))
+            }
             Program::Pause => Runtime::Pause,
             Program::Unrunnable { reason, message } => Runtime::Unrunnable { reason, message },
         };
@@ -160,6 +154,7 @@ impl LocalPod {
             name,
             namespace,
             pod_ip,
+            network: options.network,
             dir,
             accepted: Instant::now(),
             start_time: now_rfc3339(),
@@ -168,14 +163,14 @@ impl LocalPod {
             deleting: None,
             transitions: Transitions::new(),
             written: None,
-            write_after: None,
+            api_after: None,
             removed: false,
         })
     }
 
     /// The pod's loopback address on this machine.
     pub(super) fn local_ip(&self) -> IpAddr {
-        network::local(IpAddr::V4(self.pod_ip)).unwrap_or(IpAddr::from([127, 0, 0, 1]))
+        self.network.local_v4(self.pod_ip)
     }
 
     /// True while any of its processes runs (or is being started).
@@ -188,28 +183,29 @@ impl LocalPod {
     }
 
     /// Moves the pod's processes on: a finished start, a start-up delay passed, a process that
-    /// exited, a restart due. True when its reported state changed.
-    pub(super) async fn progress(&mut self, now: Instant) -> bool {
+    /// exited, a restart due.
+    pub(super) fn progress(&mut self, now: Instant) {
         let accepted = self.accepted;
+        let terminating = self.deleting.is_some();
         match &mut self.runtime {
             Runtime::App(app) => {
-                let mut changed = false;
                 if let Some(handle) = &app.start
                     && handle.is_finished()
                     && let Some(handle) = app.start.take()
                 {
-                    match handle.await {
-                        Ok(Ok(pod)) => app.pod = Some(pod),
-                        Ok(Err(error)) => app.failed = Some(error),
-                        Err(error) => app.failed = Some(error.to_string()),
+                    // Finished: its output is there without waiting.
+                    match handle.now_or_never() {
+                        Some(Ok(Ok(pod))) => {
+                            app.pod = Some(pod);
+                            app.proxy_started = Some(now_rfc3339());
+                        }
+                        Some(Ok(Err(error))) => app.failed = Some(error),
+                        Some(Err(error)) => app.failed = Some(error.to_string()),
+                        None => app.failed = Some("its start task did not finish".into()),
                     }
                     if let Some(error) = &app.failed {
                         tracing::warn!(pod = %self.name, %error, "pod failed to start");
                     }
-                    if app.pod.is_some() {
-                        app.proxy_started = Some(now_rfc3339());
-                    }
-                    changed = true;
                 }
                 // The app container "starts" once its start-up delay (image pull and boot,
                 // which this machine cannot do) has passed.
@@ -219,12 +215,10 @@ impl LocalPod {
                     && now >= accepted + app.startup_delay
                 {
                     app.app_started = Some(now_rfc3339());
-                    changed = true;
                 }
-                changed
             }
-            Runtime::Scaler(scaler) => scaler.progress(now),
-            Runtime::Pause | Runtime::Unrunnable { .. } => false,
+            Runtime::Scaler(scaler) => scaler.progress(now, terminating),
+            Runtime::Pause | Runtime::Unrunnable { .. } => {}
         }
     }
 
@@ -290,13 +284,16 @@ impl LocalPod {
                     })
                     .collect()
             }
-            Runtime::Scaler(scaler) => vec![ContainerView {
-                name: scaler.container.name.clone(),
-                image: scaler.container.image.clone().unwrap_or_default(),
-                state: scaler.state(),
-                last_state: scaler.last_state.clone(),
-                restart_count: scaler.restart_count,
-            }],
+            Runtime::Scaler(scaler) => {
+                let (state, last_state, restart_count) = scaler.view();
+                vec![ContainerView {
+                    name: scaler.container.name.clone(),
+                    image: scaler.container.image.clone().unwrap_or_default(),
+                    state,
+                    last_state,
+                    restart_count,
+                }]
+            }
             Runtime::Pause => self
                 .images
                 .iter()
@@ -332,21 +329,15 @@ impl LocalPod {
         }
     }
 
-    /// Starts stopping the pod (its deletion was seen): an app pod finishes its in-flight
-    /// requests first; a scaler gets SIGTERM.
+    /// Starts stopping the pod (its deletion was seen): an app pod's sidecar drains; a scaler
+    /// gets SIGTERM and is never started again.
     pub(super) fn begin_termination(&mut self, now: Instant, grace: Duration) {
         if self.deleting.is_some() {
             return;
         }
         self.deleting = Some((now, grace));
         if let Runtime::Scaler(scaler) = &mut self.runtime {
-            scaler.restart_at = None;
-            if let Some(process) = &scaler.process {
-                // SAFETY: kill(2) with a pid this process spawned and has not reaped.
-                unsafe {
-                    libc::kill(process.id() as libc::pid_t, libc::SIGTERM);
-                }
-            }
+            scaler.terminate();
         }
     }
 
@@ -355,6 +346,7 @@ impl LocalPod {
         let Some((since, grace)) = self.deleting else {
             return false;
         };
+        let late = now >= since + grace;
         match &mut self.runtime {
             Runtime::App(app) => {
                 if let Some(handle) = &app.start {
@@ -364,56 +356,28 @@ impl LocalPod {
                     }
                     app.start = None;
                 }
+                let drained = now >= since + APP_DRAIN.min(grace);
                 let idle = app.pod.as_ref().is_none_or(|p| p.in_flight() == 0);
-                if idle || now >= since + APP_DRAIN.min(grace) {
+                if (drained && idle) || late {
                     app.pod = None;
                 }
                 app.pod.is_none()
             }
-            Runtime::Scaler(scaler) => {
-                if let Some(process) = &mut scaler.process {
-                    let exited = process.try_status().ok().flatten().is_some();
-                    if exited || now >= since + grace {
-                        let _ = process.kill();
-                        scaler.process = None;
-                    }
-                }
-                scaler.process.is_none()
-            }
+            Runtime::Scaler(scaler) => scaler.finish(late),
             Runtime::Pause | Runtime::Unrunnable { .. } => true,
         }
     }
 
     /// Probes due now, with the address to call.
     pub(super) fn due_probes(&self, now: Instant) -> Vec<(ProbeKind, SocketAddr, Probe)> {
-        let Runtime::Scaler(scaler) = &self.runtime else {
-            return Vec::new();
-        };
-        if scaler.process.is_none() || self.deleting.is_some() {
-            return Vec::new();
+        match &self.runtime {
+            Runtime::Scaler(scaler) if self.deleting.is_none() => scaler
+                .due_probes(now)
+                .into_iter()
+                .map(|(kind, probe)| (kind, SocketAddr::new(self.local_ip(), probe.port), probe))
+                .collect(),
+            _ => Vec::new(),
         }
-        let ip = self.local_ip();
-        let started_ok = scaler
-            .startup
-            .as_ref()
-            .is_none_or(|t| t.verdict() == Some(true));
-        [
-            (ProbeKind::Startup, scaler.startup.as_ref(), !started_ok),
-            (ProbeKind::Readiness, scaler.readiness.as_ref(), started_ok),
-            (ProbeKind::Liveness, scaler.liveness.as_ref(), started_ok),
-        ]
-        .into_iter()
-        .filter_map(|(kind, tracker, active)| {
-            let tracker = tracker?;
-            (active && tracker.due(now)).then(|| {
-                (
-                    kind,
-                    SocketAddr::new(ip, tracker.probe().port),
-                    tracker.probe().clone(),
-                )
-            })
-        })
-        .collect()
     }
 
     /// Marks the probes returned by [`LocalPod::due_probes`] as sent.
@@ -428,32 +392,29 @@ impl LocalPod {
         }
     }
 
-    /// Records a probe's result; true when the pod's reported state changed.
-    pub(super) fn probe_result(&mut self, kind: ProbeKind, ok: bool, now: Instant) -> bool {
+    /// Records a probe's result: a startup probe that passes runs readiness at once; a startup
+    /// or liveness probe that fails its threshold restarts the container.
+    pub(super) fn probe_result(&mut self, kind: ProbeKind, ok: bool, now: Instant) {
         let Runtime::Scaler(scaler) = &mut self.runtime else {
-            return false;
+            return;
         };
-        if scaler.process.is_none() {
-            return false;
+        if scaler.process.is_none() || self.deleting.is_some() {
+            return;
         }
         let Some(tracker) = scaler.tracker(kind) else {
-            return false;
+            return;
         };
-        let changed = tracker.record(ok);
-        match (kind, changed) {
+        match (kind, tracker.record(ok)) {
             (ProbeKind::Startup, Some(true)) => {
-                if let Some(readiness) = &mut scaler.readiness {
+                if let Some(readiness) = scaler.tracker(ProbeKind::Readiness) {
                     readiness.run_now(now);
                 }
-                scaler.readiness.is_none()
             }
             (ProbeKind::Startup | ProbeKind::Liveness, Some(false)) => {
                 tracing::info!(pod = %self.name, ?kind, "probe failed: restarting the container");
-                scaler.stop(now, CRASH_BACKOFF);
-                true
+                scaler.kill(now, CRASH_BACKOFF);
             }
-            (ProbeKind::Readiness, Some(_)) => true,
-            _ => false,
+            _ => {}
         }
     }
 }
@@ -464,10 +425,9 @@ fn app_spec(
     namespace: &str,
     workload: String,
     model: crate::app::AppModel,
-    pod_ip: Ipv4Addr,
+    local: IpAddr,
     dir: PathBuf,
 ) -> AppPodSpec {
-    let local = network::local(IpAddr::V4(pod_ip)).unwrap_or(IpAddr::from([127, 0, 0, 1]));
     AppPodSpec {
         name: name.to_owned(),
         namespace: namespace.to_owned(),

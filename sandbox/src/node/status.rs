@@ -115,7 +115,8 @@ impl PodView {
 /// condition's `lastTransitionTime` moves only when its status does.
 pub type Transitions = BTreeMap<&'static str, (bool, String)>;
 
-/// The pod's `status`, as a whole (written with a merge patch, which replaces its lists).
+/// The pod's `status` as the node reports it (written with a strategic merge patch: conditions
+/// merge by type, container statuses by name). `PodScheduled` is the scheduler's to write.
 pub fn status(view: &PodView, transitions: &mut Transitions, now: &str) -> Value {
     let ready = view.ready();
     let mut condition = |kind: &'static str, value: bool| {
@@ -136,7 +137,6 @@ pub fn status(view: &PodView, transitions: &mut Transitions, now: &str) -> Value
         condition("Initialized", true),
         condition("Ready", ready),
         condition("ContainersReady", ready),
-        condition("PodScheduled", true),
     ];
     let containers: Vec<Value> = view
         .containers
@@ -258,9 +258,16 @@ mod tests {
         assert_eq!(condition(&still, "Ready")["lastTransitionTime"], "t0");
         let ready = status(&view(vec![running(true)]), &mut transitions, "t2");
         assert_eq!(condition(&ready, "Ready")["lastTransitionTime"], "t2");
-        assert_eq!(
-            condition(&ready, "PodScheduled")["lastTransitionTime"],
-            "t0"
+        assert_eq!(condition(&ready, "Initialized")["lastTransitionTime"], "t0");
+        let kinds: Vec<&Value> = ready["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| &c["type"])
+            .collect();
+        assert!(
+            !kinds.contains(&&Value::from("PodScheduled")),
+            "the scheduler's condition: {kinds:?}"
         );
     }
 

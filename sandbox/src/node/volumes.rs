@@ -1,33 +1,74 @@
-//! What the node writes before a scaler container starts: its volumes (Secret, ConfigMap,
-//! emptyDir, the projected ServiceAccount volume) and its ServiceAccount's kubeconfig, with a
-//! token bound to the pod from the TokenRequest API, as a kubelet mounts them.
+//! What the node writes before a scaler container starts, as a kubelet mounts it: its volumes
+//! (Secret, ConfigMap, emptyDir, the projected ServiceAccount volume) and its ServiceAccount
+//! token, bound to the pod, from the TokenRequest API; renewed at 80 % of its lifetime.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Instant;
 
 use k8s_openapi::api::authentication::v1::BoundObjectReference;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, KeyToPath, Secret};
 use kube::Client;
 use kube::api::Api;
 
 use super::containers::{self, Mount};
 use super::pod::{LocalPod, Runtime};
-use super::scaler_container;
+use super::scaler_container::{self, Prepared, Token};
 use super::{NodeOptions, TOKEN_LIFETIME};
 
-/// Writes the scaler pod's volumes and its ServiceAccount's kubeconfig, and its command line.
-pub(super) async fn prepare_scaler(
+/// Prepares a scaler pod's container when it is due (retried after a back-off on failure), or
+/// renews its token when that is due. Nothing for other pods.
+pub(super) async fn prepare_or_refresh(
     client: &Client,
     options: &NodeOptions,
-    pod: &LocalPod,
-) -> Result<scaler_container::Prepared, String> {
+    pod: &mut LocalPod,
+    now: Instant,
+) {
     let Runtime::Scaler(scaler) = &pod.runtime else {
-        return Err("not a scaler pod".into());
+        return;
     };
-    let spec = pod.source.spec.clone().unwrap_or_default();
-    std::fs::create_dir_all(&pod.dir).map_err(|e| format!("{}: {e}", pod.dir.display()))?;
-    let account = spec
-        .service_account_name
-        .clone()
+    if scaler.needs_preparing(now) {
+        let prepared = prepare(client, options, pod, now).await;
+        if let Runtime::Scaler(scaler) = &mut pod.runtime {
+            match prepared {
+                Ok(prepared) => scaler.prepared(prepared),
+                Err(message) => {
+                    tracing::warn!(pod = %pod.name, %message, "node: cannot run the container yet");
+                    scaler.preparing_failed(now, message);
+                }
+            }
+        }
+        return;
+    }
+    let Some(token) = scaler.prepared.as_ref().map(|p| p.token.clone()) else {
+        return;
+    };
+    if now < token.refresh_at {
+        return;
+    }
+    match pod_token(client, pod).await {
+        Ok(fresh) => {
+            let written = token
+                .files
+                .iter()
+                .try_for_each(|file| std::fs::write(file, &fresh));
+            if let (Ok(()), Runtime::Scaler(scaler)) = (written, &mut pod.runtime)
+                && let Some(prepared) = &mut scaler.prepared
+            {
+                prepared.token.refresh_at = now + TOKEN_LIFETIME * 4 / 5;
+            }
+        }
+        Err(message) => tracing::warn!(pod = %pod.name, %message, "node: renewing the token"),
+    }
+}
+
+/// A token of the pod's ServiceAccount, bound to the pod (it dies with it).
+async fn pod_token(client: &Client, pod: &LocalPod) -> Result<String, String> {
+    let account = pod
+        .source
+        .spec
+        .as_ref()
+        .and_then(|s| s.service_account_name.clone())
         .unwrap_or_else(|| "default".into());
     let bound = BoundObjectReference {
         api_version: Some("v1".into()),
@@ -35,7 +76,7 @@ pub(super) async fn prepare_scaler(
         name: Some(pod.name.clone()),
         uid: Some(pod.uid.clone()),
     };
-    let token = surge_cluster::tokens::request_token(
+    surge_cluster::tokens::request_token(
         client,
         &pod.namespace,
         &account,
@@ -43,7 +84,25 @@ pub(super) async fn prepare_scaler(
         TOKEN_LIFETIME,
     )
     .await
-    .map_err(|e| e.to_string())?;
+    .map_err(|e| e.to_string())
+}
+
+/// Writes the volumes and the token, and the command line that reads them.
+async fn prepare(
+    client: &Client,
+    options: &NodeOptions,
+    pod: &LocalPod,
+    now: Instant,
+) -> Result<Prepared, String> {
+    let Runtime::Scaler(scaler) = &pod.runtime else {
+        return Err("not a scaler pod".into());
+    };
+    let spec = pod.source.spec.clone().unwrap_or_default();
+    std::fs::create_dir_all(&pod.dir).map_err(|e| format!("{}: {e}", pod.dir.display()))?;
+    let token = pod_token(client, pod).await?;
+    let token_file = pod.dir.join("token");
+    write(&token_file, token.as_bytes())?;
+    let mut token_files = vec![token_file.clone()];
     let mut mounts = Vec::new();
     for mount in scaler.container.volume_mounts.iter().flatten() {
         let volume = spec
@@ -55,8 +114,7 @@ pub(super) async fn prepare_scaler(
         let dir = containers::volume_dir(&pod.dir, &volume.name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-        if let Some(secret) = &volume.secret {
+        let files: Vec<(String, Vec<u8>)> = if let Some(secret) = &volume.secret {
             let name = secret.secret_name.clone().unwrap_or_default();
             let secrets: Api<Secret> = Api::namespaced(client.clone(), &pod.namespace);
             let data = secrets
@@ -65,10 +123,8 @@ pub(super) async fn prepare_scaler(
                 .map_err(|e| format!("volume {}: Secret {name}: {e}", volume.name))?
                 .data
                 .unwrap_or_default();
-            files = select(
-                data.into_iter().map(|(k, v)| (k, v.0)).collect(),
-                secret.items.as_deref(),
-            );
+            let data = data.into_iter().map(|(k, v)| (k, v.0)).collect();
+            select(&volume.name, data, secret.items.as_deref())?
         } else if let Some(map) = &volume.config_map {
             let maps: Api<ConfigMap> = Api::namespaced(client.clone(), &pod.namespace);
             let data = maps
@@ -77,62 +133,80 @@ pub(super) async fn prepare_scaler(
                 .map_err(|e| format!("volume {}: ConfigMap {}: {e}", volume.name, map.name))?
                 .data
                 .unwrap_or_default();
-            files = select(
-                data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect(),
-                map.items.as_deref(),
-            );
+            let data = data.into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+            select(&volume.name, data, map.items.as_deref())?
         } else if volume.projected.is_some() {
             // The ServiceAccount admission's kube-api-access volume.
-            files = vec![
+            token_files.push(dir.join("token"));
+            vec![
                 ("token".into(), token.clone().into_bytes()),
                 ("ca.crt".into(), options.ca_pem.clone().into_bytes()),
                 ("namespace".into(), pod.namespace.clone().into_bytes()),
-            ];
-        } else if volume.empty_dir.is_none() {
+            ]
+        } else if volume.empty_dir.is_some() {
+            Vec::new()
+        } else {
             return Err(format!(
                 "volume {}: only secret, configMap, emptyDir and the projected ServiceAccount \
                  volume are supported on this node",
                 volume.name
             ));
-        }
+        };
         for (path, bytes) in files {
-            let file = dir.join(&path);
-            std::fs::write(&file, bytes).map_err(|e| format!("{}: {e}", file.display()))?;
+            write(&dir.join(&path), &bytes)?;
         }
         mounts.push(Mount {
             mount_path: mount.mount_path.clone(),
             host_dir: dir,
         });
     }
+    let account = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
     let kubeconfig = pod.dir.join("kubeconfig");
-    surge_cluster::tokens::write_token_kubeconfig(
+    surge_cluster::tokens::write_token_file_kubeconfig(
         &kubeconfig,
         &options.server,
         &options.ca_pem,
         &pod.namespace,
         &account,
-        &token,
+        &token_file,
     )
     .map_err(|e| e.to_string())?;
-    scaler_container::prepare(
-        &scaler.container,
-        pod.local_ip(),
-        &mounts,
-        &kubeconfig,
-        pod.dir.join(format!("{}.log", scaler.container.name)),
-    )
+    let (args, env) =
+        scaler_container::command_line(&scaler.container, pod.local_ip(), &mounts, &kubeconfig)?;
+    Ok(Prepared {
+        args,
+        env,
+        log: pod.dir.join(format!("{}.log", scaler.container.name)),
+        token: Token {
+            files: token_files,
+            refresh_at: now + TOKEN_LIFETIME * 4 / 5,
+        },
+    })
 }
 
-/// A volume's files: every key, or the listed `items` at their paths.
+fn write(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
+    std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// A volume's files: every key, or the listed `items` at their paths (a listed key that is
+/// missing fails the mount, as on a kubelet).
 fn select(
+    volume: &str,
     data: BTreeMap<String, Vec<u8>>,
-    items: Option<&[k8s_openapi::api::core::v1::KeyToPath]>,
-) -> Vec<(String, Vec<u8>)> {
+    items: Option<&[KeyToPath]>,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
     match items {
-        None => data.into_iter().collect(),
+        None => Ok(data.into_iter().collect()),
         Some(items) => items
             .iter()
-            .filter_map(|item| Some((item.path.clone(), data.get(&item.key)?.clone())))
+            .map(|item| {
+                data.get(&item.key)
+                    .map(|bytes| (item.path.clone(), bytes.clone()))
+                    .ok_or_else(|| format!("volume {volume}: no key {} to mount", item.key))
+            })
             .collect(),
     }
 }
