@@ -6,14 +6,19 @@
 // Tests fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use surge_cluster::audit::AuditLog;
 use surge_sandbox::envoy::workspace_root;
 use surge_sandbox::report::{RunResult, summary_text};
 use surge_sandbox::run::{KubeMode, RunOptions, run};
 use surge_sandbox::scenario::{DEFAULT_SCENARIO, Scenario};
 
+fn out_dir(test: &str) -> std::path::PathBuf {
+    workspace_root().join("target/e2e/kube-sandbox").join(test)
+}
+
 async fn play(test: &str, yaml: &str) -> RunResult {
     let scenario = Scenario::parse(yaml).unwrap_or_else(|e| panic!("scenario: {e}"));
-    let out_dir = workspace_root().join("target/e2e/kube-sandbox").join(test);
+    let out_dir = out_dir(test);
     let _ = std::fs::remove_dir_all(&out_dir);
     let options = RunOptions {
         kube: KubeMode::Real,
@@ -75,7 +80,7 @@ async fn the_default_burst_scales_real_pods_through_real_envoys_and_the_installe
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_step_down_deletes_real_pods_only_after_they_drained_and_fails_no_request() {
+async fn a_step_down_deletes_real_pods_only_after_their_drain_and_fails_no_request() {
     let result = play(
         "step_down",
         "name: step-up-down
@@ -116,4 +121,41 @@ load:
     assert_eq!(tail_errors, 0, "requests failed while scaling down");
     let last = result.timeline.last().unwrap();
     assert!(last.replicas < 4, "{last:?}");
+
+    // From the API server's audit log: each pod the ReplicaSet controller deleted (gracefully)
+    // was deleted for good by the node only after its sidecar's drain (5 s: Istio's
+    // terminationDrainDuration, the pods' grace period), so clients that had not yet seen it
+    // leave the EndpointSlices still reached it.
+    let mut audit = AuditLog::new(out_dir("step_down").join("cluster/audit.log"));
+    let records = audit.refresh().to_vec();
+    let end = records.last().unwrap().received_unix_us;
+    let deletes = |user: &str| -> Vec<(String, i64)> {
+        records
+            .iter()
+            .filter(|r| r.verb == "delete" && r.resource == "pods" && r.subresource.is_none())
+            .filter(|r| r.user.contains(user) && (200..300).contains(&r.code))
+            .filter_map(|r| Some((r.name.clone()?, r.received_unix_us)))
+            .collect()
+    };
+    let by_replicaset = deletes("replicaset-controller");
+    let by_node = deletes("system:node:");
+    let settled: Vec<&(String, i64)> = by_replicaset
+        .iter()
+        .filter(|(_, at)| end - at > 7_000_000)
+        .collect();
+    assert!(
+        !settled.is_empty(),
+        "no pod was scaled away in time to settle"
+    );
+    for (pod, asked) in settled {
+        let (_, done) = by_node
+            .iter()
+            .find(|(name, _)| name == pod)
+            .unwrap_or_else(|| panic!("{pod}: deleted by the ReplicaSet, never by the node"));
+        let drained = (done - asked) as f64 / 1e6;
+        assert!(
+            (4.9..7.0).contains(&drained),
+            "{pod}: removed {drained:.2} s after its deletion, not after the 5 s drain"
+        );
+    }
 }
