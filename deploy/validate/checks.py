@@ -201,14 +201,16 @@ def cmd_wiring(chart_render, istio_dir):
             errors.append(f"{where}: spec.sha256 must pin the image (64 hex digits)")
         role = cfg.get("role")
         modes = {m.get("mode") for m in spec.get("match", [])}
-        want = {"sidecar": {"SERVER"}, "gateway": {"CLIENT"}}.get(role)
+        # A sidecar counts what its pod serves (inbound); a gateway and a client sidecar see
+        # requests to other workloads (outbound), where requests to a cold one are held.
+        want = {"sidecar": {"SERVER"}, "gateway": {"CLIENT"}, "client": {"CLIENT"}}.get(role)
         if want is None:
-            errors.append(f"{where}: spec.pluginConfig.role must be sidecar or gateway, not {role!r}")
+            errors.append(f"{where}: spec.pluginConfig.role must be sidecar, gateway or client, not {role!r}")
         elif modes != want:
             errors.append(f"{where}: role {role} needs spec.match[].mode {sorted(want)}, found {sorted(m or 'unset' for m in modes)} "
                           "(the default covers both directions and counts every request twice)")
         roles.setdefault(role, []).append(p)
-    for role in ("sidecar", "gateway"):
+    for role in ("sidecar", "gateway", "client"):
         if len(roles.get(role, [])) != 1:
             errors.append(f"{istio_dir}: expected one WasmPlugin with role {role}, found {len(roles.get(role, []))}")
     pins = {(p["spec"].get("url"), p["spec"].get("sha256")) for p in plugins}
