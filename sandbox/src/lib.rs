@@ -12,6 +12,7 @@ pub mod bench;
 pub mod chart;
 pub mod compare;
 pub mod endpoints;
+pub mod ingress;
 pub mod kubeapi;
 pub mod load;
 pub mod nft;
@@ -23,6 +24,7 @@ pub mod run;
 pub mod sandbox;
 pub mod scaler;
 pub mod scenario;
+pub mod service_proxy;
 pub mod tap;
 
 pub mod envoy;

@@ -35,6 +35,10 @@ pub struct SecondStats {
     /// Latencies of the requests answered 2xx, microseconds, from the scheduled time (failed
     /// requests are counted in `errors` only, so a fast 503 cannot improve a percentile).
     pub latencies_us: Vec<u64>,
+    /// What became of the first request scheduled in the second: its latency (microseconds,
+    /// from its scheduled time) and whether it was answered 2xx. The cold start of an app at
+    /// zero is its first request's.
+    pub first: Option<(u64, bool)>,
 }
 
 impl SecondStats {
@@ -100,7 +104,11 @@ pub async fn play(
         while owed >= 1.0 {
             owed -= 1.0;
             let second = t as usize;
-            record(&recorder, second, |s| s.sent += 1);
+            let mut first = false;
+            record(&recorder, second, |s| {
+                first = s.sent == 0;
+                s.sent += 1;
+            });
             let target = {
                 let eps = endpoints.read().unwrap_or_else(|e| e.into_inner());
                 (!eps.is_empty())
@@ -110,6 +118,9 @@ pub async fn play(
                 record(&recorder, second, |s| {
                     s.errors += 1;
                     s.no_endpoint += 1;
+                    if first {
+                        s.first = Some((0, false));
+                    }
                 });
                 continue;
             };
@@ -130,9 +141,16 @@ pub async fn play(
                 })
                 .await;
                 let latency = at.elapsed().as_micros() as u64;
-                record(&recorder, second, |s| match outcome {
-                    Ok(Ok(status)) if status.is_success() => s.latencies_us.push(latency),
-                    _ => s.errors += 1,
+                let ok = matches!(outcome, Ok(Ok(status)) if status.is_success());
+                record(&recorder, second, |s| {
+                    if ok {
+                        s.latencies_us.push(latency);
+                    } else {
+                        s.errors += 1;
+                    }
+                    if first {
+                        s.first = Some((latency, ok));
+                    }
                 });
             });
         }

@@ -72,6 +72,8 @@ pub struct RealKube {
     scaler_admin: ServiceEndpoints,
     history: Arc<Mutex<Vec<PodCounts>>>,
     audit: Mutex<AuditLog>,
+    /// The filter's `pluginConfig` as the WasmPlugins give it (the chart's token).
+    plugin_config: Value,
     client: Client,
     network: LoopbackRange,
     plane: ControlPlane,
@@ -139,6 +141,7 @@ impl RealKube {
             scaler_admin,
             history: Arc::default(),
             audit: Mutex::new(plane.audit_log()),
+            plugin_config: Value::Null,
             client,
             network,
             plane,
@@ -172,6 +175,12 @@ impl RealKube {
                 String::from_utf8_lossy(&output.stderr).trim()
             )))
         }
+    }
+
+    /// The filter's `pluginConfig` the node gives the app pods' sidecars (set by
+    /// [`RealKube::start_node`]).
+    pub fn plugin_config(&self) -> &Value {
+        &self.plugin_config
     }
 
     /// The scaler Service's ready endpoints (where the report tap forwards).
@@ -246,6 +255,7 @@ impl RealKube {
         if let Some(token) = token {
             plugin_config["token"] = json!(token);
         }
+        self.plugin_config = plugin_config.clone();
         let kubeconfig = self.plane.dir().join("node.kubeconfig");
         self.plane
             .certificate_kubeconfig(
@@ -461,7 +471,8 @@ fn app_deployment(scenario: &Scenario) -> Result<Deployment, RunError> {
     let value = json!({
         "metadata": {"name": WORKLOAD, "namespace": NAMESPACE, "labels": {"app": WORKLOAD}},
         "spec": {
-            "replicas": scenario.scaler.min_replicas,
+            // At least one, so that a scale-to-zero scenario starts warm and goes to zero.
+            "replicas": scenario.scaler.min_replicas.max(1),
             "selector": {"matchLabels": {"app": WORKLOAD}},
             "template": {
                 "metadata": {"labels": {"app": WORKLOAD}},

@@ -7,6 +7,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+mod cold_start;
+
+pub use cold_start::ColdStart;
+
+use crate::ingress::HoldCounts;
 use crate::kubeapi::RequestRecord;
 use crate::load::{SecondStats, quantile_us};
 use crate::pods::PodCounts;
@@ -122,6 +127,9 @@ pub struct Summary {
     pub scale_writes: usize,
     /// Accepted scale writes while the load ran that lowered the replicas.
     pub scale_downs: usize,
+    /// The cold start, when the app was at zero when the load came back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cold_start: Option<ColdStart>,
 }
 
 /// What became of a set of scheduled requests. Each request is in exactly one field and
@@ -315,6 +323,8 @@ pub struct Collected<'a> {
     pub requests: &'a [RequestRecord],
     /// Reports seen between the proxies and the scaler.
     pub reports: &'a [ReportSeen],
+    /// The hold counters of the gateway or caller's sidecar in front of the app, if any.
+    pub hold: Option<HoldCounts>,
     /// Whether the run was cut short, and why.
     pub failure: Option<String>,
     /// Whether it was interrupted.
@@ -459,8 +469,9 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         .flat_map(|s| s.latencies_us.iter().copied())
         .collect();
     let outcomes: Outcomes = c.seconds.iter().map(|s| Outcomes::of(s, slo_us)).sum();
-    // The Deployment starts at minReplicas, so a first write below that is a scale-down too.
-    let mut previous = Some(i64::from(scenario.scaler.min_replicas));
+    // The Deployment starts at minReplicas (at least 1), so a first write below that is a
+    // scale-down too.
+    let mut previous = Some(i64::from(scenario.scaler.min_replicas.max(1)));
     let mut scale_downs = 0;
     for w in &accepted {
         if let (Some(p), Some(r)) = (previous, w.replicas)
@@ -495,6 +506,24 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         max_ready: played_timeline.iter().map(|p| p.ready).max().unwrap_or(0),
         scale_writes: accepted.len(),
         scale_downs,
+        cold_start: cold_start::cold_start(&cold_start::Inputs {
+            step_at,
+            firsts: &c.seconds.iter().map(|s| s.first).collect::<Vec<_>>(),
+            reports: &c
+                .reports
+                .iter()
+                .map(|r| (since(c.start, r.at), r.held))
+                .collect::<Vec<_>>(),
+            writes: &accepted
+                .iter()
+                .map(|w| (w.t, w.replicas))
+                .collect::<Vec<_>>(),
+            timeline: &played_timeline
+                .iter()
+                .map(|p| (p.t, p.ready, p.desired))
+                .collect::<Vec<_>>(),
+            hold: c.hold,
+        }),
     };
     RunResult {
         scenario: scenario.clone(),
@@ -606,6 +635,9 @@ pub fn summary_text(result: &RunResult) -> String {
         out.push_str(&png.sentence());
         out.push('\n');
     }
+    if let Some(cold) = &s.cold_start {
+        out.push_str(&cold_start::text(cold));
+    }
     out
 }
 
@@ -639,6 +671,7 @@ load:
             errors,
             no_endpoint: 0,
             latencies_us: ms.iter().map(|ms| ms * 1000).collect(),
+            first: None,
         }
     }
 
@@ -688,6 +721,7 @@ load:
             pods: &pods(start, &[(-1.0, 2, 2, 2)]),
             requests: &[],
             reports: &[],
+            hold: None,
             failure: None,
             interrupted: false,
         })
@@ -813,6 +847,7 @@ load:
             pods: &[],
             requests: &[],
             reports: &[],
+            hold: None,
             failure: None,
             interrupted: false,
         });
@@ -857,8 +892,10 @@ load:
                 at: at(start, 5.0),
                 pod: "app-0".into(),
                 surge: true,
+                held: 0,
                 status: 200,
             }],
+            hold: None,
             failure: None,
             interrupted: true,
         });
@@ -917,6 +954,7 @@ load:
                 pods: &timeline,
                 requests: &[],
                 reports: &[],
+                hold: None,
                 failure: None,
                 interrupted: false,
             })
@@ -954,6 +992,7 @@ load:
                 pods: &timeline,
                 requests: &[],
                 reports: &[],
+                hold: None,
                 failure: None,
                 interrupted: false,
             });

@@ -233,6 +233,7 @@ pub async fn run(
     let history = sandbox.history();
     let requests = sandbox.requests();
     let reports = sandbox.reports();
+    let hold = sandbox.hold_counts();
     sandbox.shutdown().await;
 
     let seconds = recorder.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -244,6 +245,7 @@ pub async fn run(
         pods: &history,
         requests: &requests,
         reports: &reports,
+        hold,
         failure,
         interrupted,
     });

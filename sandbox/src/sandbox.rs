@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::AppModel;
 use crate::envoy::{locate_envoy, locate_filter_wasm};
+use crate::ingress::{HoldCounts, Ingress, IngressOptions, Via};
 use crate::kubeapi::{KubeApi, Options, Part, RequestRecord, resources};
 use crate::pods::{Endpoints, PodCounts, PodTemplate, Pods, fixed_endpoint};
 use crate::real::RealKube;
@@ -90,6 +91,8 @@ enum Backend {
 
 /// A started sandbox; [`Sandbox::shutdown`] (or dropping it) stops every process.
 pub struct Sandbox {
+    // Drop order: the way in before the pods behind it.
+    ingress: Option<Ingress>,
     backend: Backend,
     tap: Option<Tap>,
     /// Where the proxies send their reports (the tap, or the refusing/hanging stand-in).
@@ -149,6 +152,9 @@ pub fn surgescaler(scenario: &Scenario) -> Value {
     if let Some(window) = s.scale_down_stabilization_s {
         spec["behavior"] = json!({"scaleDown": {"stabilizationWindowSeconds": window}});
     }
+    if let Some(idle) = s.idle_s {
+        spec["scaleToZero"] = json!({"idleSeconds": idle, "service": WORKLOAD, "port": 80});
+    }
     json!({
         "apiVersion": "surge.dev/v1alpha1",
         "kind": "SurgeScaler",
@@ -187,6 +193,12 @@ impl Sandbox {
         let pods_dir = out_dir.join("pods");
         let _ = std::fs::remove_dir_all(&pods_dir);
         match options.kube {
+            KubeMode::Embedded if scenario.scaler.min_replicas == 0 => Err(RunError::Setup(
+                "scaler.min_replicas 0 (scale to zero) needs the real control plane (--kube \
+                 real): the embedded API serves no Services or EndpointSlices, which say when \
+                 the app is warm again"
+                    .into(),
+            )),
             KubeMode::Embedded => {
                 Self::start_embedded(scenario, options, envoy_binary, wasm, pods_dir).await
             }
@@ -249,6 +261,7 @@ impl Sandbox {
             .create(resources::SURGESCALERS, NAMESPACE, surgescaler(scenario))
             .map_err(|e| RunError::Setup(format!("apply the SurgeScaler: {}", e.message)))?;
         let mut sandbox = Self {
+            ingress: None,
             backend: Backend::Embedded(Box::new(Embedded {
                 api,
                 pods: Some(pods),
@@ -271,6 +284,9 @@ impl Sandbox {
         if options.start_scaler {
             sandbox.start_scaler().await?;
         }
+        sandbox
+            .start_ingress(scenario, options, json!({"report_interval_ms": 1000}))
+            .await?;
         Ok(sandbox)
     }
 
@@ -289,20 +305,70 @@ impl Sandbox {
             .await?;
         real.wait_scaler_ready(Duration::from_secs(60)).await?;
         real.deploy_app(scenario, surgescaler(scenario)).await?;
-        let sandbox = Self {
+        let plugin_config = real.plugin_config().clone();
+        let mut sandbox = Self {
+            ingress: None,
             backend: Backend::Real(Box::new(real)),
             tap,
             report_to,
             _hanging: hanging,
         };
         sandbox
-            .wait_ready(scenario.scaler.min_replicas, Duration::from_secs(60))
+            .wait_ready(scenario.scaler.min_replicas.max(1), Duration::from_secs(60))
+            .await?;
+        sandbox
+            .start_ingress(scenario, options, plugin_config)
             .await?;
         Ok(sandbox)
     }
 
-    /// The ready endpoints the load goes to.
+    /// Starts where the load enters (the gateway or the caller's sidecar, when the scenario
+    /// has one).
+    async fn start_ingress(
+        &mut self,
+        scenario: &Scenario,
+        options: &StartOptions,
+        plugin_config: Value,
+    ) -> Result<(), RunError> {
+        if scenario.traffic.via == Via::Sidecars {
+            return Ok(());
+        }
+        let ingress = Ingress::start(
+            IngressOptions {
+                via: scenario.traffic.via,
+                namespace: NAMESPACE.into(),
+                service: WORKLOAD.into(),
+                report_to: self.report_to,
+                plugin_config,
+                hold: scenario.traffic.hold,
+                wasm: locate_filter_wasm()?,
+                envoy_binary: locate_envoy()?,
+                envoy_concurrency: scenario.pods.envoy_concurrency,
+                work_dir: options.out_dir.join("ingress"),
+            },
+            self.pod_endpoints(),
+        )
+        .await?;
+        self.ingress = Some(ingress);
+        Ok(())
+    }
+
+    /// The filter's hold counters on the gateway or caller's sidecar, if the load goes through
+    /// one.
+    pub fn hold_counts(&self) -> Option<HoldCounts> {
+        self.ingress.as_ref()?.hold_counts()
+    }
+
+    /// The endpoints the load goes to: the gateway or the caller's sidecar, else the ready pods.
     pub fn endpoints(&self) -> Endpoints {
+        match &self.ingress {
+            Some(ingress) => ingress.endpoints(),
+            None => self.pod_endpoints(),
+        }
+    }
+
+    /// The app Service's ready endpoints.
+    fn pod_endpoints(&self) -> Endpoints {
         match &self.backend {
             Backend::Embedded(e) => e.pods.as_ref().map(Pods::endpoints).unwrap_or_default(),
             Backend::Real(real) => real.endpoints(),
@@ -469,7 +535,8 @@ impl Sandbox {
     }
 
     /// Stops the scaler and every pod.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
+        self.ingress = None;
         match self.backend {
             Backend::Embedded(mut e) => {
                 if let Some(scaler) = e.scaler.take() {

@@ -6,6 +6,10 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::ingress::{Hold, Via};
+
+mod check;
+
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
@@ -245,6 +249,9 @@ pub struct Scaler {
     pub stable_window_s: Option<u32>,
     /// `spec.behavior.scaleDown.stabilizationWindowSeconds`; the CRD's default (300) when absent.
     pub scale_down_stabilization_s: Option<u32>,
+    /// With `min_replicas: 0`: seconds of reported idleness before the app goes to zero
+    /// (`spec.scaleToZero.idleSeconds`).
+    pub idle_s: Option<u32>,
 }
 
 impl Default for Scaler {
@@ -257,8 +264,19 @@ impl Default for Scaler {
             reachability: Reachability::Reachable,
             stable_window_s: None,
             scale_down_stabilization_s: None,
+            idle_s: None,
         }
     }
+}
+
+/// Where the load enters, and how the proxy there holds requests to the app at zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Traffic {
+    /// `sidecars` (straight to the ready pods, the default), `gateway` or `client`.
+    pub via: Via,
+    /// The filter's `hold` settings on the gateway or the caller's sidecar.
+    pub hold: Hold,
 }
 
 /// A fault injected during the run.
@@ -305,6 +323,10 @@ pub struct Scenario {
     /// The SurgeScaler and the scaler's reachability.
     #[serde(default)]
     pub scaler: Scaler,
+    /// Where the load enters (straight to the pods, or through a gateway or a caller's sidecar
+    /// that can hold requests while the app is at zero).
+    #[serde(default)]
+    pub traffic: Traffic,
     /// The load, phase by phase (`- steady: {...}`: each phase a one-key map).
     #[serde(with = "serde_yaml::with::singleton_map_recursive")]
     pub load: Vec<Phase>,
@@ -360,133 +382,6 @@ impl Scenario {
             .check()
             .map_err(|(field, reason)| format!("{field}: {reason}{}", line_of(text, &field)))?;
         Ok(scenario)
-    }
-
-    /// Cross-field rules serde cannot see; answers the field's path and the reason.
-    fn check(&self) -> Result<(), (String, String)> {
-        let fail = |field: &str, reason: String| Err((field.to_string(), reason));
-        if self.load.is_empty() {
-            return fail("load", "at least one phase is needed".into());
-        }
-        for (i, phase) in self.load.iter().enumerate() {
-            match phase {
-                Phase::Spike {
-                    seconds,
-                    peak_seconds,
-                    ..
-                } if peak_seconds.get() >= seconds.get() => {
-                    return fail(
-                        &format!("load[{i}].spike.peak_seconds"),
-                        format!("must be less than seconds ({})", seconds.get()),
-                    );
-                }
-                Phase::Trace { rps } if rps.is_empty() || rps.len() > 3600 => {
-                    return fail(
-                        &format!("load[{i}].trace.rps"),
-                        format!("needs 1..=3600 values, got {}", rps.len()),
-                    );
-                }
-                _ => {}
-            }
-        }
-        let pods = &self.pods;
-        if pods.concurrency == 0 || pods.concurrency > 1000 {
-            return fail(
-                "pods.concurrency",
-                format!("must be within 1..=1000, got {}", pods.concurrency),
-            );
-        }
-        if pods.service_time_ms == 0 || pods.service_time_ms > 60_000 {
-            return fail(
-                "pods.service_time_ms",
-                format!("must be within 1..=60000, got {}", pods.service_time_ms),
-            );
-        }
-        if pods.startup_delay_ms > 600_000 {
-            return fail(
-                "pods.startup_delay_ms",
-                format!("must be at most 600000, got {}", pods.startup_delay_ms),
-            );
-        }
-        if !(1..=16).contains(&pods.envoy_concurrency) {
-            return fail(
-                "pods.envoy_concurrency",
-                format!("must be within 1..=16, got {}", pods.envoy_concurrency),
-            );
-        }
-        let scaler = &self.scaler;
-        if scaler.max_replicas == 0 || scaler.max_replicas > 20 {
-            return fail(
-                "scaler.max_replicas",
-                format!(
-                    "must be within 1..=20 (each replica is a real Envoy), got {}",
-                    scaler.max_replicas
-                ),
-            );
-        }
-        if scaler.min_replicas == 0 || scaler.min_replicas > scaler.max_replicas {
-            return fail(
-                "scaler.min_replicas",
-                format!(
-                    "must be within 1..=max_replicas ({}), got {}",
-                    scaler.max_replicas, scaler.min_replicas
-                ),
-            );
-        }
-        if scaler.metric != "rps" && scaler.metric != "concurrency" {
-            return fail(
-                "scaler.metric",
-                format!("must be `rps` or `concurrency`, got {:?}", scaler.metric),
-            );
-        }
-        if !(scaler.target.is_finite() && scaler.target > 0.0) {
-            return fail(
-                "scaler.target",
-                format!("must be a positive number, got {}", scaler.target),
-            );
-        }
-        if let Some(w) = scaler.stable_window_s
-            && !(6..=3600).contains(&w)
-        {
-            return fail(
-                "scaler.stable_window_s",
-                format!("must be within 6..=3600, got {w}"),
-            );
-        }
-        if let Some(w) = scaler.scale_down_stabilization_s
-            && w > 3600
-        {
-            return fail(
-                "scaler.scale_down_stabilization_s",
-                format!("must be at most 3600, got {w}"),
-            );
-        }
-        if self.slo_ms == 0 {
-            return fail("slo_ms", "must be positive".into());
-        }
-        let total = self.load_seconds();
-        for (i, fault) in self.faults.iter().enumerate() {
-            let (kind, at_s, length_field, length) = match fault {
-                Fault::KillScaler {
-                    at_s,
-                    restart_after_s,
-                } => ("kill_scaler", at_s, "restart_after_s", restart_after_s),
-                Fault::DropReports { at_s, for_s } => ("drop_reports", at_s, "for_s", for_s),
-            };
-            if !(at_s.is_finite() && *at_s >= 0.0 && *at_s < total) {
-                return fail(
-                    &format!("faults[{i}].{kind}.at_s"),
-                    format!("must be within the load (0..{total} s), got {at_s}"),
-                );
-            }
-            if !(length.is_finite() && *length >= 0.0) {
-                return fail(
-                    &format!("faults[{i}].{kind}.{length_field}"),
-                    format!("must be a non-negative number, got {length}"),
-                );
-            }
-        }
-        Ok(())
     }
 
     /// Seconds of load after the warm-up.

@@ -30,6 +30,9 @@ pub struct ReportSeen {
     pub pod: String,
     /// Whether the proxy sent it early because of a surge.
     pub surge: bool,
+    /// Requests the proxy held for cold destinations when it sent the report (an activation
+    /// report has some).
+    pub held: u64,
     /// Status the scaler answered (502: unreachable).
     pub status: u16,
 }
@@ -127,6 +130,14 @@ fn note(state: &TapState, at: Instant, report: &Value, reply: Response) -> Respo
                 .get("surge")
                 .and_then(Value::as_bool)
                 .unwrap_or(false),
+            held: report
+                .get("held")
+                .and_then(Value::as_array)
+                .map_or(0, |held| {
+                    held.iter()
+                        .filter_map(|h| h.get("requests").and_then(Value::as_u64))
+                        .sum()
+                }),
             status: reply.status().as_u16(),
         });
     reply
