@@ -58,7 +58,7 @@ pub(super) fn cold_start(c: &Inputs<'_>) -> Option<ColdStart> {
         .rev()
         .find(|(t, ready, desired)| *t <= step && *ready == 0 && *desired == 0)
         .map(|(t, _, _)| *t)?;
-    let after = |t: f64| (t >= step).then(|| (t - step) * 1000.0);
+    let after = |t: f64| (t >= step).then_some((t - step) * 1000.0);
     let first = c.firsts.get(step as usize).copied().flatten();
     Some(ColdStart {
         zero_at_s,
