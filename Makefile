@@ -53,8 +53,12 @@ bench-scaler: tools
 	$(CARGO) build --release -p surge-scaler --bin surge-scaler --example ingest_load
 	taskset -c 1 $(CARGO) test -p surge-e2e --test scaler_bench -- --ignored --nocapture --test-threads 1
 
+## The reaction on the real control plane and on the embedded API, one after the other in one
+## session (BENCHMARKS.md compares them); then the control plane's start-up over 10 starts.
 bench-sandbox: tools wasm bins
-	./target/debug/surge-sandbox bench-reaction --runs 20 --kube $(KUBE)
+	./target/debug/surge-sandbox bench-reaction --runs 20 --kube real --out sandbox-out/bench-real
+	./target/debug/surge-sandbox bench-reaction --runs 20 --kube embedded --out sandbox-out/bench-embedded
+	./target/debug/surge-sandbox bench-startup --runs 10
 
 compare: tools wasm bins
 	./target/debug/surge-sandbox compare --out target/compare

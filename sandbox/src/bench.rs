@@ -210,3 +210,51 @@ async fn wait_settled(sandbox: &Sandbox, replicas: u32, timeout: Duration) -> Re
     }
     Ok(())
 }
+
+/// Start-up of the real control plane, stage by stage, over several starts
+/// (`bench-startup.json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct StartupResult {
+    /// Each start's times, in seconds: pki, etcd, kube-apiserver, controllers, total.
+    pub runs: Vec<[f64; 5]>,
+    /// The median of each stage.
+    pub median: [f64; 5],
+}
+
+/// Starts and stops the control plane `runs` times under `out_dir/startup`.
+pub async fn bench_startup(runs: u32, out_dir: &Path) -> Result<StartupResult, RunError> {
+    let mut all = Vec::new();
+    for run in 0..runs {
+        let dir = out_dir.join("startup");
+        let _ = std::fs::remove_dir_all(&dir);
+        let plane = surge_cluster::ControlPlane::start(surge_cluster::Options::new(&dir))
+            .await
+            .map_err(|e| RunError::Setup(format!("start the control plane: {e}")))?;
+        let t = plane.start_times();
+        let stages = [t.pki, t.etcd, t.apiserver, t.controllers, t.total].map(|d| d.as_secs_f64());
+        println!(
+            "start {:>2}: {:.2} s (certificates {:.3} s, etcd {:.2} s, kube-apiserver {:.2} s, controllers {:.2} s)",
+            run + 1,
+            stages[4],
+            stages[0],
+            stages[1],
+            stages[2],
+            stages[3]
+        );
+        all.push(stages);
+        drop(plane);
+    }
+    let median = std::array::from_fn(|i| {
+        let mut column: Vec<f64> = all.iter().map(|r| r[i]).collect();
+        column.sort_by(f64::total_cmp);
+        column.get(column.len() / 2).copied().unwrap_or(0.0)
+    });
+    let result = StartupResult { runs: all, median };
+    let json = serde_json::to_string_pretty(&result)
+        .map_err(|e| RunError::Setup(format!("encode the result: {e}")))?;
+    std::fs::write(out_dir.join("bench-startup.json"), json).map_err(|source| RunError::Io {
+        context: "write bench-startup.json".into(),
+        source,
+    })?;
+    Ok(result)
+}

@@ -62,6 +62,15 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KubeMode::Real)]
         kube: KubeMode,
     },
+    /// Start and stop the real control plane several times; print each stage's time.
+    BenchStartup {
+        /// Number of starts.
+        #[arg(long, default_value_t = 10)]
+        runs: u32,
+        /// Output directory.
+        #[arg(long, default_value = "sandbox-out")]
+        out: PathBuf,
+    },
     /// Replay the comparison: the classic Prometheus+KEDA+HPA chain, the tutorial's counter
     /// variant, Knative's KPA and Surge's own decision code, simulated on the same traces;
     /// writes compare.md, compare.json and one SVG chart per scenario.
@@ -198,6 +207,19 @@ async fn main() -> ExitCode {
             .map_err(|e| e.to_string())
         }
         Command::Chart { result } => redraw(&result),
+        Command::BenchStartup { runs, out } => {
+            match surge_sandbox::bench::bench_startup(runs, &out).await {
+                Ok(result) => {
+                    let m = result.median;
+                    println!(
+                        "{runs} starts, medians: {:.2} s in all (certificates {:.3} s, etcd {:.2} s, kube-apiserver {:.2} s, controller-manager and scheduler {:.2} s)",
+                        m[4], m[0], m[1], m[2], m[3]
+                    );
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
         Command::Cluster { dir, api_only } => cluster(dir, api_only).await,
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
