@@ -99,7 +99,10 @@ pub struct Scaler {
 
 /// A free loopback address (bound and released; the scaler binds it right after).
 pub fn free_port() -> std::io::Result<SocketAddr> {
-    Ok(SocketAddr::from(([127, 0, 0, 1], surge_cluster::free_port()?)))
+    Ok(SocketAddr::from((
+        [127, 0, 0, 1],
+        surge_cluster::free_port()?,
+    )))
 }
 
 impl Scaler {
