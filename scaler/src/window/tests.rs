@@ -1,5 +1,5 @@
 use super::*;
-use surge_wire::{Proxy, Role, RouteCounters, VERSION};
+use surge_wire::{Proxy, Report, Role, RouteCounters, VERSION};
 
 fn report(instance: &str, seq: u64, time_ms: u64, routes: &[(&str, u64, u64)]) -> Report {
     Report {
