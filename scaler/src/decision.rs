@@ -86,8 +86,12 @@ impl Policy {
     /// The policy a SurgeScaler spec describes. Out-of-range values that the CRD schema would
     /// refuse are made safe here too (max at least min, target positive), so a resource applied
     /// without schema validation cannot make the arithmetic misbehave.
+    ///
+    /// `min` is at least 1: these rules never take a target to zero. Only the idle rule of
+    /// [`crate::zero`] does, for a spec with `minReplicas: 0` and `scaleToZero`, so a stable
+    /// average that reads zero (or a `minReplicas: 0` without `scaleToZero`) cannot.
     pub fn from_spec(spec: &SurgeScalerSpec) -> Self {
-        let min = spec.min_replicas.max(0);
+        let min = spec.min_replicas.max(1);
         Self {
             min,
             max: spec.max_replicas.max(min),
@@ -152,6 +156,12 @@ pub enum Reason {
     ScaleDown,
     /// The metric asks for the current count (or is within the tolerance).
     Steady,
+    /// The target's sources reported no requests for the idle period: to zero
+    /// ([`crate::zero`]).
+    ScaleToZero,
+    /// Up from zero, or above the metric's count while cold: requests are held for the target,
+    /// or arrive at it while it has no replica ([`crate::zero`]).
+    ScaleFromZero,
 }
 
 /// What limited the recommendation, if anything (as the HPA's `ScalingLimited` reasons).
@@ -210,6 +220,19 @@ impl DecisionState {
     /// Whether panic mode is on.
     pub fn panicking(&self) -> bool {
         self.panic_since.is_some()
+    }
+
+    /// Records `replicas` as a recommendation made at `now`, as if the metric had asked for it:
+    /// the scale-down stabilization then keeps a count decided outside these rules (the
+    /// activation of a cold target) for its window, instead of undoing it at the next decision.
+    pub fn recommend(&mut self, now: Millis, replicas: i32) {
+        match self.recommendations.back_mut() {
+            Some((seen, value)) if *value == replicas => *seen = now,
+            _ => self.recommendations.push_back((now, replicas)),
+        }
+        if self.recommendations.len() > MAX_HISTORY {
+            self.recommendations.pop_front();
+        }
     }
 
     /// Records that the target's replicas were changed from `from` to `to` at `now`; the rate
@@ -307,10 +330,7 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
     // the scale-down window bound the result. Repeats of one value are kept as one entry
     // stamped with when it was last seen, which answers "seen within the window" exactly and
     // keeps the history short however often decisions run.
-    match state.recommendations.back_mut() {
-        Some((seen, value)) if *value == recommendation => *seen = now,
-        _ => state.recommendations.push_back((now, recommendation)),
-    }
+    state.recommend(now, recommendation);
     let keep = policy
         .scale_up
         .stabilization_ms

@@ -11,6 +11,7 @@
 //!
 //! - [`crd`]: the `SurgeScaler` resource.
 //! - [`cli`]: the command line.
+//! - [`decision`] and [`zero`]: the pure scaling rules (scale to zero and back in [`zero`]).
 
 pub mod admin;
 pub mod cli;
@@ -23,3 +24,4 @@ pub mod ingest;
 pub mod metrics;
 pub mod server;
 pub mod window;
+pub mod zero;
