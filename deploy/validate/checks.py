@@ -303,6 +303,9 @@ RBAC_ALLOWED = {
     ("autoscaling", "horizontalpodautoscalers"): {"list"},
     ("keda.sh", "scaledobjects"): {"list"},
     ("events.k8s.io", "events"): {"create", "patch"},
+    # Scale to zero: a Service's ports (when scaleToZero names none) and its EndpointSlices.
+    ("", "services"): {"get"},
+    ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
 }
 
 

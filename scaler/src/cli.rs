@@ -100,6 +100,11 @@ pub struct RunArgs {
         default_value = "istio-system,istio-ingress"
     )]
     pub gateway_namespaces: Vec<String>,
+    /// Scale to zero: milliseconds from a cold target's first ready endpoint (in its Service's
+    /// EndpointSlices) to the answers no longer listing it cold, so that the callers' proxies
+    /// have the endpoint (istiod's EDS lags the EndpointSlice) when their held requests resume.
+    #[arg(long, env = "SURGE_WARM_DELAY_MS", default_value_t = crate::controller::DEFAULT_WARM_DELAY_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub warm_delay_ms: u64,
 }
 
 /// A namespace name as the API server accepts it: an RFC 1123 label (spaces around it are
@@ -198,6 +203,7 @@ mod tests {
         assert_eq!(args.identity, IdentityMode::WhenPresent);
         assert_eq!(args.log_format, LogFormat::Text);
         assert_eq!(args.source_limits(), SourceLimits::default());
+        assert_eq!(args.warm_delay_ms, 500);
         assert_eq!(
             args.gateway_namespaces(),
             Some(vec!["istio-system".to_owned(), "istio-ingress".to_owned()])

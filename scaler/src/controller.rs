@@ -19,6 +19,10 @@
 //! overwrites a change it has not seen (an operator's `kubectl scale`). API failures are
 //! counted, shown in the `AbleToScale` condition and one Warning Event per distinct failure,
 //! and retried on the next wake-up with a fresh decision rather than by replaying an old one.
+//!
+//! A target with scale to zero (`zero.rs`) also has its Service's EndpointSlices followed
+//! (`endpoints.rs`, one watch per target, started and stopped with it), and its loop decides
+//! with the idle clock and the held demand; an activation report wakes it as a surge does.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,23 +32,21 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
-use kube::runtime::events::{EventType, Recorder};
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::clock::Clock;
 use crate::crd::{SurgeScaler, SurgeScalerStatus};
-use crate::decision::{
-    self, Decision, DecisionState, Freshness, Input, Millis, Observation, Policy, Reason,
-};
-use crate::hub::{Hub, Selector, TargetKey, Wake};
-use crate::metrics::{Metrics, Operation};
+use crate::decision::{Decision, DecisionState, Millis, Policy};
+use crate::hub::{Selector, TargetKey, Wake};
+use crate::metrics::Operation;
 use crate::window::WindowConfig;
 
+pub use context::{ApiError, Context};
 pub use scale::ScaleView;
-use status::{Able, Write, metric_name, writer};
+use status::{Able, Write, writer};
+use zero::ZeroLoop;
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "surge-scaler";
@@ -62,142 +64,12 @@ const MIN_DECISION_GAP: Duration = Duration::from_millis(10);
 const MAX_CONFLICTS_IN_A_ROW: u32 = 3;
 /// Status is rewritten at least this often while values change (observed metric).
 const STATUS_REFRESH: Duration = Duration::from_secs(10);
-
-/// A Kubernetes API call that failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ApiError {
-    /// The API answered with an error status.
-    #[error("{operation:?}: HTTP {code}: {message}")]
-    Status {
-        /// The call.
-        operation: Operation,
-        /// HTTP status.
-        code: u16,
-        /// The API's message.
-        message: String,
-    },
-    /// No answer within the timeout.
-    #[error("{operation:?}: no answer within {timeout:?}")]
-    Timeout {
-        /// The call.
-        operation: Operation,
-        /// The timeout.
-        timeout: Duration,
-    },
-    /// Transport or decoding failure.
-    #[error("{operation:?}: {message}")]
-    Other {
-        /// The call.
-        operation: Operation,
-        /// What went wrong.
-        message: String,
-    },
-}
-
-impl ApiError {
-    fn code_label(&self) -> String {
-        match self {
-            Self::Status { code, .. } => code.to_string(),
-            Self::Timeout { .. } => "timeout".into(),
-            Self::Other { .. } => "error".into(),
-        }
-    }
-
-    fn operation(&self) -> Operation {
-        match self {
-            Self::Status { operation, .. }
-            | Self::Timeout { operation, .. }
-            | Self::Other { operation, .. } => *operation,
-        }
-    }
-
-    /// The API server's own message (it names what was refused and why), or what went wrong
-    /// on the way to it.
-    fn message(&self) -> String {
-        match self {
-            Self::Status { message, .. } | Self::Other { message, .. } => message.clone(),
-            Self::Timeout { timeout, .. } => {
-                format!("no answer from the API server within {timeout:?}")
-            }
-        }
-    }
-
-    fn code(&self) -> Option<u16> {
-        match self {
-            Self::Status { code, .. } => Some(*code),
-            _ => None,
-        }
-    }
-}
-
-/// Everything the loops share.
-pub struct Context {
-    /// The Kubernetes client.
-    pub client: Client,
-    /// Reports, windows and wake-ups.
-    pub hub: Arc<Hub>,
-    /// Metrics.
-    pub metrics: Arc<Metrics>,
-    /// The monotonic clock.
-    pub clock: Clock,
-    /// Publishes Events.
-    pub recorder: Recorder,
-    /// Timeout of each API call.
-    pub api_timeout: Duration,
-    /// Slow decision tick.
-    pub tick: Duration,
-}
-
-impl Context {
-    /// A context with an Event recorder reporting as `surge-scaler`.
-    pub fn new(
-        client: Client,
-        hub: Arc<Hub>,
-        metrics: Arc<Metrics>,
-        clock: Clock,
-        api_timeout: Duration,
-        tick: Duration,
-    ) -> Self {
-        let recorder = Recorder::new(client.clone(), FIELD_MANAGER.to_owned().into());
-        Self {
-            client,
-            hub,
-            metrics,
-            clock,
-            recorder,
-            api_timeout,
-            tick,
-        }
-    }
-
-    async fn call<T>(
-        &self,
-        operation: Operation,
-        future: impl Future<Output = Result<T, kube::Error>>,
-    ) -> Result<T, ApiError> {
-        let result = match tokio::time::timeout(self.api_timeout, future).await {
-            Err(_) => Err(ApiError::Timeout {
-                operation,
-                timeout: self.api_timeout,
-            }),
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(kube::Error::Api(status))) => Err(ApiError::Status {
-                operation,
-                code: status.code,
-                message: status.message.clone(),
-            }),
-            Ok(Err(other)) => Err(ApiError::Other {
-                operation,
-                message: other.to_string(),
-            }),
-        };
-        if let Err(error) = &result {
-            self.metrics
-                .api_error(error.operation(), &error.code_label());
-        }
-        result
-    }
-}
+/// How long after a scale-to-zero target's first endpoint turns ready the answers stop listing
+/// it cold, by default (`--warm-delay-ms`): the proxies learn endpoints from istiod's EDS,
+/// after its debounce (100 ms by default) and push, and a request resumed before its proxy has
+/// an endpoint gets Envoy's 503 "no healthy upstream", which Istio's default retries do not
+/// retry.
+pub const DEFAULT_WARM_DELAY_MS: Millis = 500;
 
 /// Watches SurgeScalers until `shutdown` turns true, then stops every loop after its in-flight
 /// writes. `namespaces` empty: one watch over the whole cluster; else one watch per namespace,
@@ -226,6 +98,7 @@ pub async fn run(
     });
     let mut stream = futures::stream::select_all(streams);
     let mut loops: HashMap<TargetKey, LoopHandle> = HashMap::new();
+    let mut followed: HashMap<TargetKey, Followed> = HashMap::new();
     // Per watch: the keys its current (re)list has shown, and whether a list has completed.
     let mut listed: Vec<HashSet<TargetKey>> = vec![HashSet::new(); scopes.len()];
     let mut synced = vec![false; scopes.len()];
@@ -239,17 +112,17 @@ pub async fn run(
         };
         match event {
             Ok(watcher::Event::Apply(scaler)) => {
-                upsert(&ctx, &mut loops, scaler, &shutdown);
+                upsert(&ctx, &mut loops, &mut followed, scaler, &shutdown);
             }
             Ok(watcher::Event::InitApply(scaler)) => {
                 if let Some(key) = key_of(&scaler) {
                     listed[index].insert(key);
                 }
-                upsert(&ctx, &mut loops, scaler, &shutdown);
+                upsert(&ctx, &mut loops, &mut followed, scaler, &shutdown);
             }
             Ok(watcher::Event::Delete(scaler)) => {
                 if let Some(key) = key_of(&scaler) {
-                    remove(&ctx, &mut loops, &key);
+                    remove(&ctx, &mut loops, &mut followed, &key);
                 }
             }
             Ok(watcher::Event::Init) => listed[index].clear(),
@@ -259,7 +132,7 @@ pub async fn run(
                 let gone =
                     gone_after_relist(loops.keys(), scopes[index].as_deref(), &listed[index]);
                 for key in gone {
-                    remove(&ctx, &mut loops, &key);
+                    remove(&ctx, &mut loops, &mut followed, &key);
                 }
                 synced[index] = true;
                 if synced.iter().all(|s| *s) {
@@ -272,6 +145,9 @@ pub async fn run(
                 tracing::warn!(%error, namespace, "SurgeScaler watch failed; retrying with backoff");
             }
         }
+    }
+    for (_, follow) in followed.drain() {
+        follow.task.abort();
     }
     // Loops see the same shutdown signal; wait for each to finish its in-flight writes.
     for (_, handle) in loops.drain() {
@@ -299,6 +175,12 @@ struct LoopHandle {
     join: JoinHandle<()>,
 }
 
+/// The EndpointSlice watch of a scale-to-zero target's Service.
+struct Followed {
+    service: String,
+    task: JoinHandle<()>,
+}
+
 fn key_of(scaler: &SurgeScaler) -> Option<TargetKey> {
     Some(TargetKey {
         namespace: scaler.namespace()?,
@@ -318,18 +200,45 @@ fn window_config(scaler: &SurgeScaler) -> WindowConfig {
 fn upsert(
     ctx: &Arc<Context>,
     loops: &mut HashMap<TargetKey, LoopHandle>,
+    followed: &mut HashMap<TargetKey, Followed>,
     scaler: SurgeScaler,
     shutdown: &watch::Receiver<bool>,
 ) {
     let Some(key) = key_of(&scaler) else {
         return;
     };
+    let config = window_config(&scaler);
     let wake = ctx.hub.register(
         &key,
         Selector::from_spec(&key.namespace, &scaler.spec),
         scaler.spec.metric.type_,
-        window_config(&scaler),
+        config,
     );
+    ctx.hub.set_scale_to_zero(
+        &key,
+        zero::destination(&key.namespace, &scaler.spec),
+        config.stale_ms,
+    );
+    // One EndpointSlice watch per scale-to-zero target, restarted when its Service changes.
+    let service = zero::scale_to_zero(&scaler.spec).map(|z| z.service.clone());
+    if followed
+        .get(&key)
+        .is_some_and(|f| Some(&f.service) != service.as_ref())
+        && let Some(stale) = followed.remove(&key)
+    {
+        stale.task.abort();
+    }
+    if let Some(service) = service
+        && !followed.contains_key(&key)
+    {
+        let task = endpoints::follow(
+            Arc::clone(ctx),
+            key.clone(),
+            service.clone(),
+            Arc::clone(&wake),
+        );
+        followed.insert(key.clone(), Followed { service, task });
+    }
     let scaler = Arc::new(scaler);
     if let Some(handle) = loops.get(&key)
         && !handle.join.is_finished()
@@ -349,10 +258,18 @@ fn upsert(
     );
 }
 
-fn remove(ctx: &Context, loops: &mut HashMap<TargetKey, LoopHandle>, key: &TargetKey) {
+fn remove(
+    ctx: &Context,
+    loops: &mut HashMap<TargetKey, LoopHandle>,
+    followed: &mut HashMap<TargetKey, Followed>,
+    key: &TargetKey,
+) {
     if let Some(handle) = loops.remove(key) {
         // Dropping the sender ends the loop after its current step.
         drop(handle.spec);
+    }
+    if let Some(follow) = followed.remove(key) {
+        follow.task.abort();
     }
     ctx.hub.unregister(key);
     ctx.metrics.forget(key);
@@ -378,6 +295,8 @@ pub struct TargetLoop {
     last_decision: Option<Decision>,
     /// What the last read or write of the scale showed (the `AbleToScale` condition).
     able: Option<Able>,
+    /// Scale to zero, when the spec has it on.
+    zero: Option<ZeroLoop>,
     writes: tokio::sync::mpsc::Sender<Write>,
     writer: Option<JoinHandle<()>>,
 }
@@ -404,6 +323,7 @@ impl TargetLoop {
         ));
         Self {
             policy: Policy::from_spec(&scaler.spec),
+            zero: ZeroLoop::new(&scaler.spec, scaler.status.as_ref()),
             ctx,
             key,
             scaler,
@@ -479,6 +399,7 @@ impl TargetLoop {
     fn update_spec(&mut self, scaler: Arc<SurgeScaler>) {
         let generation_changed = scaler.metadata.generation != self.scaler.metadata.generation;
         self.policy = Policy::from_spec(&scaler.spec);
+        self.zero = ZeroLoop::update(self.zero.take(), &scaler.spec);
         let target_changed = scaler.spec.scale_target_ref != self.scaler.spec.scale_target_ref;
         if generation_changed || target_changed {
             self.conflict_checked_at = None;
@@ -504,9 +425,11 @@ impl TargetLoop {
             .scale_read_at
             .is_none_or(|t| t.elapsed() >= SCALE_REFRESH);
         if (self.scale.is_none() || due) && !self.read_scale().await {
+            self.publish_replicas();
             self.write_status(None).await;
             return;
         }
+        self.refresh_destination().await;
         let mut conflicts = 0;
         loop {
             let Some(scale) = self.scale.clone() else {
@@ -544,83 +467,18 @@ impl TargetLoop {
                     }
                 }
             }
+            self.publish_replicas();
             self.write_status(Some((observation, sources))).await;
             return;
         }
     }
-
-    /// Observes the target's windows and decides on `scale`; records the decision in the
-    /// metrics and for the status.
-    fn decide(&mut self, scale: &ScaleView, now: Millis) -> (Decision, Observation, usize) {
-        let started = Instant::now();
-        let (observation, sources) = self.ctx.hub.observe(&self.key, now).unwrap_or((
-            Observation {
-                stable: 0.0,
-                panic: 0.0,
-                burst: None,
-                freshness: Freshness::Stale,
-            },
-            0,
-        ));
-        let input = Input {
-            current: scale.replicas,
-            ready: scale.ready,
-            observation,
-        };
-        let decision = decision::decide(&self.policy, &mut self.state, &input, now);
-        self.ctx
-            .metrics
-            .decision_seconds(started.elapsed().as_secs_f64());
-        tracing::debug!(
-            target = %self.key,
-            stable = observation.stable,
-            panic = observation.panic,
-            burst = ?observation.burst,
-            freshness = ?observation.freshness,
-            sources,
-            current = scale.replicas,
-            ready = scale.ready,
-            desired = decision.desired,
-            in_panic = decision.panic,
-            "decided"
-        );
-        self.last_decision = Some(decision);
-        self.ctx.metrics.target(
-            &self.key,
-            metric_name(self.scaler.spec.metric.type_),
-            observation.stable,
-            observation.panic,
-            scale.replicas,
-            decision.desired,
-            decision.panic,
-            sources,
-        );
-        (decision, observation, sources)
-    }
-
-    /// One MetricsStale Warning each time the data goes stale.
-    async fn announce_stale(&mut self, decision: &Decision) {
-        if decision.reason != Reason::MetricsStale {
-            self.stale_announced = false;
-            return;
-        }
-        if !self.stale_announced {
-            self.stale_announced = true;
-            self.publish(
-                EventType::Warning,
-                "MetricsStale",
-                "Hold",
-                format!(
-                    "no fresh reports from any source; holding {} replicas",
-                    decision.desired
-                ),
-            )
-            .await;
-        }
-    }
 }
 
+mod context;
+mod decide;
+mod endpoints;
 mod scale;
 mod status;
 #[cfg(test)]
 mod tests;
+mod zero;

@@ -30,11 +30,25 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
+// Scale to zero is two fields that only make sense together: each rule names the other, so that
+// `kubectl apply` says what is missing rather than the scaler ignoring half of it.
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self.minReplicas != 0 || has(self.scaleToZero)",
+        "message": "minReplicas 0 needs spec.scaleToZero (the idle period, and the Service that \
+                    names the destination the proxies hold requests for)"
+    },
+    {
+        "rule": "!has(self.scaleToZero) || self.minReplicas == 0",
+        "message": "spec.scaleToZero needs minReplicas: 0"
+    }
+]))]
 pub struct SurgeScalerSpec {
     /// The workload whose `scale` subresource this SurgeScaler writes.
     pub scale_target_ref: ScaleTargetRef,
-    /// Lowest replica count Surge sets (default 1). 0 allows scaling to zero, which only makes
-    /// sense with a gateway source, since a workload without pods has no sidecars to report.
+    /// Lowest replica count Surge sets (default 1). 0 allows scaling to zero, and then needs
+    /// `scaleToZero`: the target goes to zero only after its sources reported no requests for
+    /// the idle period, and comes back when a caller's proxy holds a request for it.
     #[serde(default = "default_min_replicas")]
     #[schemars(range(min = 0))]
     pub min_replicas: i32,
@@ -70,6 +84,35 @@ pub struct SurgeScalerSpec {
     #[serde(default = "default_stale_after_seconds")]
     #[schemars(range(min = 1, max = 3600))]
     pub stale_after_seconds: u32,
+    /// Scale to zero (only with `minReplicas: 0`): when to go to zero, and the Service whose
+    /// callers' proxies hold requests while the target is cold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZero>,
+}
+
+/// Scale to zero and back. The target goes to zero once its sources have reported no requests
+/// (none completed, in flight or arriving) for `idleSeconds`; missing or stale reports never
+/// count as idle. While it is at zero, or scaled up without a ready endpoint yet, the scaler
+/// lists the Service's destination (`outbound|<port>||<service>.<namespace>.svc.cluster.local`)
+/// as cold to the proxies, whose filters (gateway, client sidecars) hold requests for it; the
+/// first held request scales it up at once.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleToZero {
+    /// Seconds of reported idleness before the target goes to zero (default 300, 10 to 86400).
+    #[serde(default = "default_idle_seconds")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub idle_seconds: u32,
+    /// The Service in front of the target, in the SurgeScaler's namespace: it names the
+    /// destination the proxies hold requests for, and its EndpointSlices say when the target
+    /// has a ready endpoint.
+    #[schemars(length(min = 1, max = 63))]
+    pub service: String,
+    /// The Service port the callers use; every port of the Service when omitted (then the
+    /// scaler reads the Service to learn them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
 }
 
 /// The workload to scale, as in the HPA's `scaleTargetRef`.
@@ -308,9 +351,27 @@ pub struct SurgeScalerStatus {
     /// Ready, AbleToScale, Active, ScalingLimited, MetricsStale.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
+    /// Scale to zero: whether the target is cold, and when it last went to zero and back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale_to_zero: Option<ScaleToZeroStatus>,
     /// The `metadata.generation` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+}
+
+/// The scale-to-zero side of the status.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleToZeroStatus {
+    /// True while the proxies are told the destination is cold (at zero replicas, or scaled up
+    /// without a ready endpoint yet): they hold its requests.
+    pub cold: bool,
+    /// When Surge last scaled the target to zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_to_zero_time: Option<Time>,
+    /// When Surge last scaled the target up from zero.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activation_time: Option<Time>,
 }
 
 /// The metric values behind the last decision.
@@ -335,7 +396,8 @@ pub mod condition {
     /// The target's scale can be read and written (False: `FailedGetScale`,
     /// `FailedUpdateScale`, with the API's message), as the HPA's condition of that name.
     pub const ABLE_TO_SCALE: &str = "AbleToScale";
-    /// Surge is actively computing a scale from fresh metrics.
+    /// Surge is actively computing a scale from fresh metrics (False with `ScaledToZero` while
+    /// the target is at zero).
     pub const ACTIVE: &str = "Active";
     /// The desired scale was clamped to `minReplicas`/`maxReplicas` or a rate policy.
     pub const SCALING_LIMITED: &str = "ScalingLimited";
@@ -367,6 +429,9 @@ fn default_panic_seconds() -> u32 {
 fn default_true() -> bool {
     true
 }
+fn default_idle_seconds() -> u32 {
+    300
+}
 
 /// The CRD as YAML, as `surge-scaler crd` prints it.
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
@@ -395,6 +460,59 @@ mod tests {
         assert!(spec.sources.sidecars);
         assert_eq!(spec.behavior.scale_down.stabilization_window_seconds, 300);
         assert!(spec.behavior.scale_up.policies.is_empty());
+    }
+
+    #[test]
+    fn scale_to_zero_gets_its_default_idle_period_and_needs_a_service() {
+        let spec: SurgeScalerSpec = serde_json::from_value(serde_json::json!({
+            "scaleTargetRef": {"kind": "Deployment", "name": "web"},
+            "minReplicas": 0, "maxReplicas": 10,
+            "metric": {"type": "rps", "target": 100},
+            "scaleToZero": {"service": "web"}
+        }))
+        .unwrap();
+        let zero = spec.scale_to_zero.unwrap();
+        assert_eq!((zero.idle_seconds, zero.port), (300, None));
+        let without_service = serde_json::from_value::<ScaleToZero>(serde_json::json!({
+            "idleSeconds": 60
+        }));
+        assert!(without_service.is_err());
+    }
+
+    #[test]
+    fn the_crd_has_the_scale_to_zero_rules_and_bounds() {
+        use kube::CustomResourceExt;
+        let crd = serde_json::to_value(SurgeScaler::crd()).unwrap();
+        let spec = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"];
+        let rules: Vec<(&str, &str)> = spec["x-kubernetes-validations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["rule"].as_str().unwrap(), r["message"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                (
+                    "self.minReplicas != 0 || has(self.scaleToZero)",
+                    "minReplicas 0 needs spec.scaleToZero (the idle period, and the Service \
+                     that names the destination the proxies hold requests for)"
+                ),
+                (
+                    "!has(self.scaleToZero) || self.minReplicas == 0",
+                    "spec.scaleToZero needs minReplicas: 0"
+                ),
+            ]
+        );
+        let idle = &spec["properties"]["scaleToZero"]["properties"]["idleSeconds"];
+        assert_eq!(
+            (&idle["default"], &idle["minimum"], &idle["maximum"]),
+            (&300.into(), &10.0.into(), &86400.0.into())
+        );
+        assert_eq!(
+            spec["properties"]["scaleToZero"]["required"],
+            serde_json::json!(["service"])
+        );
     }
 
     #[test]
@@ -447,5 +565,18 @@ mod tests {
         let scaler: SurgeScaler = serde_yaml::from_str(&text).unwrap();
         assert_eq!(scaler.spec.min_replicas, 1);
         assert_eq!(scaler.spec.max_replicas, 10);
+    }
+
+    #[test]
+    fn the_scale_to_zero_example_parses_with_both_halves() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/surgescaler-scale-to-zero.yaml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let scaler: SurgeScaler = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(scaler.spec.min_replicas, 0);
+        let zero = scaler.spec.scale_to_zero.unwrap();
+        assert_eq!((zero.service.as_str(), zero.port), ("api", Some(8080)));
     }
 }

@@ -9,11 +9,14 @@
 //!
 //! One mutex guards it all: an ingest holds it for a few microseconds (no I/O, no allocation on
 //! the steady path), far below what two cores can contend on at the target report rates.
+//!
+//! Scale to zero (`zero.rs`): the requests proxies hold for cold targets (an activation report
+//! wakes its target at once, as a surge report does), and the cold list every answer carries.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use surge_wire::{Report, Role};
+use surge_wire::{HoldTotals, Report, ReportBody, Role};
 use tokio::sync::Notify;
 
 use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
@@ -22,6 +25,10 @@ use crate::window::{
     Applied, Capacity, Change, Counters, RouteDelta, SourceLimits, SourceReport, TargetWindow,
     WindowConfig,
 };
+
+mod zero;
+
+pub use zero::{Destination, MAX_COLD, ZeroView};
 
 /// A SurgeScaler's identity: namespace and name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -158,6 +165,8 @@ struct State {
     /// targets in every namespace, and the role is the sender's own claim, so without this a
     /// workload anywhere in the mesh could scale other namespaces' gateway-fed targets.
     gateway_namespaces: Option<Vec<String>>,
+    /// Scale to zero: destinations, holds, the cold list.
+    zero: zero::ZeroTable,
 }
 
 /// What an ingested report did.
@@ -287,129 +296,87 @@ impl Hub {
         let mut state = self.lock();
         unindex(&mut state, key);
         state.targets.remove(key);
+        state.zero.set(key, None);
     }
 
     /// Counts a validated report received at `now`.
     pub fn ingest(&self, report: &Report, now: Millis) -> Ingested {
+        ingest_report(&mut self.lock(), report, now).0
+    }
+
+    /// Counts a validated report body received at `now`: the report, and the requests it says
+    /// its proxy holds for cold destinations. A target whose destination is held wakes at once
+    /// (an activation). Also returns what the proxy's `hold_totals` added since its previous
+    /// report (for the metrics).
+    pub fn ingest_body(&self, body: &ReportBody, now: Millis) -> (Ingested, Option<HoldTotals>) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        if report.proxy.role == Role::Gateway
-            && let Some(allowed) = &state.gateway_namespaces
-            && !allowed.contains(&report.proxy.namespace)
-        {
-            return Ingested::GatewayNamespace;
-        }
-        let (instance, applied) = state.counters.apply(report, now);
-        let (interval_ms, deltas) = match &applied {
-            Applied::Duplicate => return Ingested::Duplicate,
-            Applied::ForeignInstance => return Ingested::ForeignInstance,
-            Applied::Throttled { retry_after_ms } => {
-                return Ingested::Throttled {
-                    retry_after_ms: *retry_after_ms,
-                };
-            }
-            Applied::OverCapacity(Capacity::Instances(limit)) => {
-                return Ingested::OverCapacity(Refusal::Instances(*limit));
-            }
-            Applied::OverCapacity(Capacity::InstanceRoutes(limit)) => {
-                return Ingested::OverCapacity(Refusal::InstanceRoutes(*limit));
-            }
-            Applied::OverCapacity(Capacity::NamespaceInstances(limit)) => {
-                return Ingested::OverCapacity(Refusal::NamespaceInstances(*limit));
-            }
-            Applied::Baseline => (0, None),
-            Applied::Deltas {
-                interval_ms,
-                routes,
-            } => (*interval_ms, Some(routes.as_slice())),
+        let (ingested, instance) = ingest_report(state, &body.report, now);
+        let Some(instance) = instance else {
+            return (ingested, None);
         };
+        let max_per_target = state.counters.limits().max_sources_per_target;
+        let holding = state
+            .zero
+            .apply_held(&instance, &body.held, now, max_per_target);
+        for key in &holding {
+            if let Some(entry) = state.targets.get(key) {
+                entry.wake.surge.notify_one();
+            }
+        }
+        let totals = state
+            .zero
+            .apply_totals(&instance, body.hold_totals.as_ref(), now);
+        (ingested, totals)
+    }
 
-        let mut candidates: Vec<&TargetKey> = Vec::new();
-        match report.proxy.role {
-            Role::Sidecar => {
-                if let Some(workloads) = state.by_workload.get(&report.proxy.namespace) {
-                    if let Some(keys) = workloads.get(&report.proxy.workload) {
-                        candidates.extend(keys);
-                    }
-                    if let Some((_, _, name)) = owner_name(&report.proxy.owner)
-                        && name != report.proxy.workload
-                        && let Some(keys) = workloads.get(name)
-                    {
-                        candidates.extend(keys);
-                    }
-                }
-            }
-            Role::Gateway => {
-                for route in &report.routes {
-                    if let Some((_, host)) = parse_outbound_cluster(&route.cluster)
-                        && let Some(keys) = state.by_host.get(host)
-                    {
-                        candidates.extend(keys);
-                    }
-                }
-            }
-        }
-        candidates.sort();
-        candidates.dedup();
+    /// Sets (`Some`) or clears a target's scale to zero: the destination its callers' proxies
+    /// hold requests for, and how long a hold that no report confirms still counts (the
+    /// target's staleness bound).
+    pub fn set_scale_to_zero(
+        &self,
+        key: &TargetKey,
+        destination: Option<Destination>,
+        hold_ttl_ms: Millis,
+    ) {
+        self.lock()
+            .zero
+            .set(key, destination.map(|d| (d, hold_ttl_ms)));
+    }
 
-        let max_sources = state.counters.limits().max_sources_per_target;
-        let mut counted = 0;
-        let mut refused = false;
-        for key in candidates {
-            let Some(entry) = state.targets.get_mut(key) else {
-                continue;
-            };
-            let sidecar = entry.selector.owns_sidecar(report);
-            let mut total = RouteDelta::default();
-            let mut inflight = 0u64;
-            let mut window_requests = 0u64;
-            let mut selected = 0usize;
-            for (i, route) in report.routes.iter().enumerate() {
-                let from_source = sidecar
-                    || (report.proxy.role == Role::Gateway
-                        && entry.selector.gateway_cluster_selected(&route.cluster));
-                if !from_source || !entry.selector.route_selected(&route.route) {
-                    continue;
-                }
-                selected += 1;
-                inflight = inflight.saturating_add(route.inflight);
-                window_requests =
-                    window_requests.saturating_add(route.window_requests.unwrap_or(0));
-                if let Some(d) = deltas.and_then(|d| d.get(i)) {
-                    total.requests = total.requests.saturating_add(d.requests);
-                    total.busy_us = total.busy_us.saturating_add(d.busy_us);
-                }
-            }
-            // A sidecar is a source even when its selected routes saw no traffic (that is real
-            // zero load); a gateway only when it forwards to the target's Service.
-            if !sidecar && selected == 0 {
-                continue;
-            }
-            if entry.window.sources() >= max_sources && !entry.window.has_source(&instance) {
-                refused = true;
-                continue;
-            }
-            let source = SourceReport {
-                delta: deltas.map(|_| (total, interval_ms)),
-                inflight,
-                window: report.window_ms.map(|span| (window_requests, span)),
-                surge: report.surge,
-            };
-            match entry.window.record(now, &instance, source) {
-                Change::Surge => entry.wake.surge.notify_one(),
-                Change::Significant => entry.wake.change.notify_one(),
-                Change::Minor => {}
-            }
-            counted += 1;
-        }
-        match applied {
-            _ if refused => Ingested::OverCapacity(Refusal::TargetSources {
-                limit: max_sources,
-                counted,
-            }),
-            Applied::Baseline => Ingested::Baseline,
-            _ => Ingested::Counted { targets: counted },
-        }
+    /// The Service's ports, naming the destination of a target whose spec gives no port.
+    pub fn set_destination_ports(&self, key: &TargetKey, ports: Vec<u16>) {
+        self.lock().zero.set_ports(key, ports);
+    }
+
+    /// A scale-to-zero target's `spec.replicas` as last read or written (`None`: unknown).
+    pub fn set_replicas(&self, key: &TargetKey, replicas: Option<i32>) {
+        self.lock().zero.set_replicas(key, replicas);
+    }
+
+    /// A scale-to-zero target's ready endpoints as the proxies likely see them (`None`:
+    /// unknown).
+    pub fn set_ready_endpoints(&self, key: &TargetKey, ready: Option<usize>) {
+        self.lock().zero.set_ready_endpoints(key, ready);
+    }
+
+    /// A scale-to-zero target's holds, quiet and temperature at `now`; `None` for a target
+    /// without scale to zero.
+    pub fn zero_view(&self, key: &TargetKey, now: Millis) -> Option<ZeroView> {
+        let mut guard = self.lock();
+        let state = &mut *guard;
+        let quiet_since = state.targets.get_mut(key)?.window.quiet_since(now);
+        state.zero.view(key, quiet_since, now)
+    }
+
+    /// The destinations every answer lists cold (sorted, at most [`MAX_COLD`]).
+    pub fn cold(&self) -> Arc<[String]> {
+        self.lock().zero.cold()
+    }
+
+    /// Scale-to-zero targets listed cold.
+    pub fn cold_targets(&self) -> usize {
+        self.lock().zero.cold_targets()
     }
 
     /// The metric of a target at `now`, with the number of sources; `None` when unknown.
@@ -420,9 +387,11 @@ impl Hub {
         Some((observation, entry.window.sources()))
     }
 
-    /// Drops per-instance counters not refreshed for `ttl_ms`.
+    /// Drops per-instance counters (and holds, hold totals) not refreshed for `ttl_ms`.
     pub fn expire(&self, now: Millis, ttl_ms: Millis) {
-        self.lock().counters.expire(now, ttl_ms);
+        let mut state = self.lock();
+        state.counters.expire(now, ttl_ms);
+        state.zero.expire(now, ttl_ms);
     }
 
     /// (instances, instance routes, targets) tracked, for metrics and benchmarks.
@@ -434,6 +403,133 @@ impl Hub {
             state.targets.len(),
         )
     }
+}
+
+/// Counts `report` for the targets it feeds; with the instance it was counted under when it
+/// was applied (a baseline or traffic), for the report's hold fields.
+fn ingest_report(state: &mut State, report: &Report, now: Millis) -> (Ingested, Option<Arc<str>>) {
+    if report.proxy.role == Role::Gateway
+        && let Some(allowed) = &state.gateway_namespaces
+        && !allowed.contains(&report.proxy.namespace)
+    {
+        return (Ingested::GatewayNamespace, None);
+    }
+    let (instance, applied) = state.counters.apply(report, now);
+    let (interval_ms, deltas) = match &applied {
+        Applied::Duplicate => return (Ingested::Duplicate, None),
+        Applied::ForeignInstance => return (Ingested::ForeignInstance, None),
+        Applied::Throttled { retry_after_ms } => {
+            let retry_after_ms = *retry_after_ms;
+            return (Ingested::Throttled { retry_after_ms }, None);
+        }
+        Applied::OverCapacity(Capacity::Instances(limit)) => {
+            return (Ingested::OverCapacity(Refusal::Instances(*limit)), None);
+        }
+        Applied::OverCapacity(Capacity::InstanceRoutes(limit)) => {
+            return (
+                Ingested::OverCapacity(Refusal::InstanceRoutes(*limit)),
+                None,
+            );
+        }
+        Applied::OverCapacity(Capacity::NamespaceInstances(limit)) => {
+            return (
+                Ingested::OverCapacity(Refusal::NamespaceInstances(*limit)),
+                None,
+            );
+        }
+        Applied::Baseline => (0, None),
+        Applied::Deltas {
+            interval_ms,
+            routes,
+        } => (*interval_ms, Some(routes.as_slice())),
+    };
+
+    let mut candidates: Vec<&TargetKey> = Vec::new();
+    match report.proxy.role {
+        Role::Sidecar => {
+            if let Some(workloads) = state.by_workload.get(&report.proxy.namespace) {
+                if let Some(keys) = workloads.get(&report.proxy.workload) {
+                    candidates.extend(keys);
+                }
+                if let Some((_, _, name)) = owner_name(&report.proxy.owner)
+                    && name != report.proxy.workload
+                    && let Some(keys) = workloads.get(name)
+                {
+                    candidates.extend(keys);
+                }
+            }
+        }
+        Role::Gateway => {
+            for route in &report.routes {
+                if let Some((_, host)) = parse_outbound_cluster(&route.cluster)
+                    && let Some(keys) = state.by_host.get(host)
+                {
+                    candidates.extend(keys);
+                }
+            }
+        }
+    }
+    candidates.sort();
+    candidates.dedup();
+
+    let max_sources = state.counters.limits().max_sources_per_target;
+    let mut counted = 0;
+    let mut refused = false;
+    for key in candidates {
+        let Some(entry) = state.targets.get_mut(key) else {
+            continue;
+        };
+        let sidecar = entry.selector.owns_sidecar(report);
+        let mut total = RouteDelta::default();
+        let mut inflight = 0u64;
+        let mut window_requests = 0u64;
+        let mut selected = 0usize;
+        for (i, route) in report.routes.iter().enumerate() {
+            let from_source = sidecar
+                || (report.proxy.role == Role::Gateway
+                    && entry.selector.gateway_cluster_selected(&route.cluster));
+            if !from_source || !entry.selector.route_selected(&route.route) {
+                continue;
+            }
+            selected += 1;
+            inflight = inflight.saturating_add(route.inflight);
+            window_requests = window_requests.saturating_add(route.window_requests.unwrap_or(0));
+            if let Some(d) = deltas.and_then(|d| d.get(i)) {
+                total.requests = total.requests.saturating_add(d.requests);
+                total.busy_us = total.busy_us.saturating_add(d.busy_us);
+            }
+        }
+        // A sidecar is a source even when its selected routes saw no traffic (that is real
+        // zero load); a gateway only when it forwards to the target's Service.
+        if !sidecar && selected == 0 {
+            continue;
+        }
+        if entry.window.sources() >= max_sources && !entry.window.has_source(&instance) {
+            refused = true;
+            continue;
+        }
+        let source = SourceReport {
+            delta: deltas.map(|_| (total, interval_ms)),
+            inflight,
+            window: report.window_ms.map(|span| (window_requests, span)),
+            surge: report.surge,
+        };
+        match entry.window.record(now, &instance, source) {
+            Change::Surge => entry.wake.surge.notify_one(),
+            Change::Significant => entry.wake.change.notify_one(),
+            Change::Minor => {}
+        }
+        counted += 1;
+    }
+    let ingested = match applied {
+        _ if refused => Ingested::OverCapacity(Refusal::TargetSources {
+            limit: max_sources,
+            counted,
+        }),
+        Applied::Baseline => Ingested::Baseline,
+        _ => Ingested::Counted { targets: counted },
+    };
+    (ingested, Some(instance))
 }
 
 fn unindex(state: &mut State, key: &TargetKey) {

@@ -4,7 +4,13 @@
 //!  token? (401) -> content-length / body limit (413) -> JSON decode (400) -> validate (422)
 //!    -> SPIFFE namespace of x-forwarded-client-cert == proxy.namespace? (401/403) -> Hub
 //!    -> instance over its report rate (429) or a tracking limit reached (503)
+//!    -> 200 {"outcome": ..., "targets": n, "cold": [destinations at zero or not yet ready]}
 //! ```
+//!
+//! A body is a `surge_wire::ReportBody`: the report, and while its proxy holds requests for
+//! cold destinations, `held` and `hold_totals` (an activation report wakes its target at once).
+//! Every 200 answer lists the cold destinations (`surge_wire::Answer`), so that each proxy
+//! learns at its next report what to hold and what to release.
 //!
 //! Every refusal is a JSON body `{"error": "...", "field": "..."}` naming the field when there
 //! is one; nothing a client sends can make the handler panic.
@@ -19,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use surge_wire::{Limits, Report, ValidationError};
+use surge_wire::{BodyError, Limits, Report, ReportBody, ValidationError};
 
 use crate::cli::IdentityMode;
 use crate::clock::Clock;
@@ -86,7 +92,7 @@ pub enum IngestError {
     },
     /// Values outside the limits.
     #[error("{0}")]
-    Invalid(ValidationError),
+    Invalid(BodyError),
     /// The instance reports faster than the per-source limit; nothing was counted, and its
     /// next report carries this one's traffic (counters are cumulative).
     #[error("instance: reports faster than the per-instance limit; retry in {retry_after_ms} ms")]
@@ -173,7 +179,8 @@ impl IngestError {
             }
             Self::TooLarge { .. } | Self::Body(_) => Some("body".into()),
             Self::Malformed { field, .. } => Some(field.clone()),
-            Self::Invalid(e) => Some(validation_field(e)),
+            Self::Invalid(BodyError::Report(e)) => Some(validation_field(e)),
+            Self::Invalid(BodyError::Hold(e)) => Some(e.field().to_owned()),
             Self::Throttled { .. } | Self::ForeignInstance => Some("instance".into()),
             Self::OverCapacity(Refusal::InstanceRoutes(_)) => Some("routes".into()),
             Self::OverCapacity(_) => Some("instance".into()),
@@ -223,14 +230,19 @@ impl IntoResponse for IngestError {
 }
 
 #[derive(Serialize)]
-struct Accepted {
+struct Accepted<'a> {
     outcome: &'static str,
     targets: usize,
+    /// The complete list of cold destinations (`surge_wire::Answer::cold`); left out when empty,
+    /// which a proxy reads as "nothing cold".
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    cold: &'a [String],
 }
 
 async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
     match receive_inner(&state, &headers, body).await {
         Ok((outcome, targets)) => {
+            let cold = state.hub.cold();
             state.metrics.ingest(outcome);
             let name = match outcome {
                 Outcome::accepted => "accepted",
@@ -243,6 +255,7 @@ async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Bod
                 axum::Json(Accepted {
                     outcome: name,
                     targets,
+                    cold: &cold,
                 }),
             )
                 .into_response()
@@ -290,10 +303,9 @@ async fn receive_inner(
         })?
         .to_bytes();
 
-    let report = decode(&bytes)?;
-    report
-        .validate(&state.limits)
-        .map_err(IngestError::Invalid)?;
+    let body = decode(&bytes)?;
+    body.validate(&state.limits).map_err(IngestError::Invalid)?;
+    let report = &body.report;
 
     if state.identity != IdentityMode::Off {
         let xfcc = headers
@@ -314,7 +326,11 @@ async fn receive_inner(
         }
     }
 
-    Ok(match state.hub.ingest(&report, state.clock.now()) {
+    let (ingested, holds) = state.hub.ingest_body(&body, state.clock.now());
+    if let Some(holds) = holds {
+        state.metrics.proxy_holds(&holds);
+    }
+    Ok(match ingested {
         Ingested::Throttled { retry_after_ms } => {
             return Err(IngestError::Throttled { retry_after_ms });
         }
@@ -328,30 +344,49 @@ async fn receive_inner(
     })
 }
 
-/// Decodes a report. The filter's plain shape takes the fast decoder ([`report_json`]); any
-/// other body takes serde_json; only a failure is decoded again with path tracking, to name
-/// the offending field (tracking costs on every field).
-pub(crate) fn decode(bytes: &[u8]) -> Result<Report, IngestError> {
+/// Decodes a report body. The filter's plain shape takes the fast decoder ([`report_json`]);
+/// any other body takes serde_json (a body with hold fields as a [`ReportBody`]); only a failure
+/// is decoded again with path tracking, to name the offending field (tracking costs on every
+/// field).
+pub(crate) fn decode(bytes: &[u8]) -> Result<ReportBody, IngestError> {
     if let Some(report) = report_json::decode_plain(bytes) {
-        return Ok(report);
+        return Ok(ReportBody::plain(report));
     }
     if let Ok(report) = serde_json::from_slice::<Report>(bytes) {
-        return Ok(report);
+        return Ok(ReportBody::plain(report));
     }
+    if let Ok(body) = serde_json::from_slice::<ReportBody>(bytes) {
+        return Ok(body);
+    }
+    // Name the field by the shape the body claims: a flattened report loses the paths of its
+    // own fields, so only a body with hold fields is tracked as a ReportBody.
+    let with_holds = serde_json::from_slice::<serde_json::Value>(bytes).is_ok_and(|v| {
+        v.as_object()
+            .is_some_and(|o| o.contains_key("held") || o.contains_key("hold_totals"))
+    });
+    if with_holds {
+        tracked::<ReportBody>(bytes)
+    } else {
+        tracked::<Report>(bytes).map(ReportBody::plain)
+    }
+}
+
+/// Decodes `bytes` as a `T` with path tracking: the error names the offending field.
+fn tracked<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IngestError> {
     let mut decoder = serde_json::Deserializer::from_slice(bytes);
-    let report: Report = serde_path_to_error::deserialize(&mut decoder).map_err(|e| {
+    let value: T = serde_path_to_error::deserialize(&mut decoder).map_err(|e| {
         let path = e.path().to_string();
         IngestError::Malformed {
             field: path,
             message: e.into_inner().to_string(),
         }
     })?;
-    // The tracked decode succeeded, so the plain one failed on what follows the report.
+    // The tracked decode succeeded, so the plain one failed on what follows the value.
     decoder.end().map_err(|e| IngestError::Malformed {
         field: ".".into(),
         message: e.to_string(),
     })?;
-    Ok(report)
+    Ok(value)
 }
 
 /// Compares in time independent of where the inputs differ (the length still shows).

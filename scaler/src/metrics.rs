@@ -95,6 +95,31 @@ pub enum Operation {
     list_conflicts,
     /// The SurgeScaler watch.
     watch,
+    /// Reading a scale-to-zero target's Service (its ports).
+    get_service,
+    /// The watch of a scale-to-zero target's EndpointSlices.
+    watch_endpoints,
+}
+
+/// What became of requests the proxies held, as their `hold_totals` count them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum HoldOutcome {
+    /// Held (paused at their headers: the destination was cold).
+    held,
+    /// Resumed when the destination turned warm.
+    resumed,
+    /// Answered 503 at the hold timeout.
+    timed_out,
+    /// Ended while held without an answer from the filter.
+    cancelled,
+    /// Answered 503 at once, never held: the destination's hold was full.
+    rejected,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct HoldLabels {
+    outcome: HoldOutcome,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -115,6 +140,11 @@ pub struct Metrics {
     patches: Family<PatchLabels, Counter>,
     decision_latency: Histogram,
     api_errors: Family<ApiErrorLabels, Counter>,
+    held: Family<TargetLabels, Gauge>,
+    activations: Family<TargetLabels, Counter>,
+    to_zero: Family<TargetLabels, Counter>,
+    cold_targets: Gauge,
+    proxy_holds: Family<HoldLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -175,6 +205,36 @@ impl Default for Metrics {
             "Failed Kubernetes API calls, by operation and status code",
             api_errors.clone(),
         );
+        let held = Family::default();
+        registry.register(
+            "surge_held_requests",
+            "Requests the proxies hold for a scale-to-zero target now (latest count per proxy, summed)",
+            held.clone(),
+        );
+        let activations = Family::default();
+        registry.register(
+            "surge_activations",
+            "Scale writes taking a target up from zero",
+            activations.clone(),
+        );
+        let to_zero = Family::default();
+        registry.register(
+            "surge_scale_to_zero",
+            "Scale writes taking a target to zero after its idle period",
+            to_zero.clone(),
+        );
+        let cold_targets = Gauge::default();
+        registry.register(
+            "surge_cold_targets",
+            "Scale-to-zero targets the answers list as cold (at zero, or without a ready endpoint)",
+            cold_targets.clone(),
+        );
+        let proxy_holds = Family::default();
+        registry.register(
+            "surge_proxy_held_requests",
+            "Requests the proxies held for cold destinations, by what became of them (their hold_totals, summed over all proxies)",
+            proxy_holds.clone(),
+        );
         Self {
             registry,
             ingest,
@@ -186,6 +246,11 @@ impl Default for Metrics {
             patches,
             decision_latency,
             api_errors,
+            held,
+            activations,
+            to_zero,
+            cold_targets,
+            proxy_holds,
         }
     }
 }
@@ -241,9 +306,17 @@ impl Metrics {
                 });
             }
         }
-        for family in [&self.current, &self.desired, &self.panic, &self.sources] {
+        for family in [
+            &self.current,
+            &self.desired,
+            &self.panic,
+            &self.sources,
+            &self.held,
+        ] {
             family.remove(&labels);
         }
+        self.activations.remove(&labels);
+        self.to_zero.remove(&labels);
         for direction in ["up", "down"] {
             self.patches.remove(&PatchLabels {
                 namespace: key.namespace.clone(),
@@ -262,6 +335,42 @@ impl Metrics {
                 direction: if up { "up" } else { "down" },
             })
             .inc();
+    }
+
+    /// Records the requests held for a scale-to-zero target now.
+    pub fn held(&self, key: &TargetKey, requests: u64) {
+        self.held
+            .get_or_create(&TargetLabels::from(key))
+            .set(i64::try_from(requests).unwrap_or(i64::MAX));
+    }
+
+    /// Counts a scale write from zero (`up`) or to zero.
+    pub fn zero_transition(&self, key: &TargetKey, up: bool) {
+        let family = if up { &self.activations } else { &self.to_zero };
+        family.get_or_create(&TargetLabels::from(key)).inc();
+    }
+
+    /// Records how many targets are listed cold.
+    pub fn cold_targets(&self, targets: usize) {
+        self.cold_targets
+            .set(i64::try_from(targets).unwrap_or(i64::MAX));
+    }
+
+    /// Adds what one proxy's `hold_totals` grew by since its previous report.
+    pub fn proxy_holds(&self, added: &surge_wire::HoldTotals) {
+        for (outcome, value) in [
+            (HoldOutcome::held, added.held_total),
+            (HoldOutcome::resumed, added.resumed_total),
+            (HoldOutcome::timed_out, added.timed_out_total),
+            (HoldOutcome::cancelled, added.cancelled_total),
+            (HoldOutcome::rejected, added.rejected_total),
+        ] {
+            if value > 0 {
+                self.proxy_holds
+                    .get_or_create(&HoldLabels { outcome })
+                    .inc_by(value);
+            }
+        }
     }
 
     /// Records how long a decision took.
@@ -309,6 +418,17 @@ mod tests {
         metrics.patched(&key, true);
         metrics.decision_seconds(0.0001);
         metrics.api_error(Operation::patch_scale, "409");
+        metrics.held(&key, 3);
+        metrics.zero_transition(&key, true);
+        metrics.zero_transition(&key, false);
+        metrics.cold_targets(1);
+        metrics.proxy_holds(&surge_wire::HoldTotals {
+            held_total: 9,
+            resumed_total: 4,
+            timed_out_total: 1,
+            cancelled_total: 0,
+            rejected_total: 2,
+        });
         let text = metrics.encode();
         for expected in [
             "surge_ingest_reports_total{outcome=\"accepted\"} 1",
@@ -321,11 +441,19 @@ mod tests {
             "surge_scale_patches_total{namespace=\"web\",name=\"api\",direction=\"up\"} 1",
             "surge_decision_latency_seconds_count 1",
             "surge_kube_api_errors_total{operation=\"patch_scale\",code=\"409\"} 1",
+            "surge_held_requests{namespace=\"web\",name=\"api\"} 3",
+            "surge_activations_total{namespace=\"web\",name=\"api\"} 1",
+            "surge_scale_to_zero_total{namespace=\"web\",name=\"api\"} 1",
+            "surge_cold_targets 1",
+            "surge_proxy_held_requests_total{outcome=\"held\"} 9",
+            "surge_proxy_held_requests_total{outcome=\"rejected\"} 2",
             "# EOF",
         ] {
             assert!(text.contains(expected), "missing {expected:?} in\n{text}");
         }
         metrics.forget(&key);
         assert!(!metrics.encode().contains("name=\"api\""));
+        // Nothing cancelled: no series for it (counters appear with their first request).
+        assert!(!metrics.encode().contains("outcome=\"cancelled\""));
     }
 }

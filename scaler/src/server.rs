@@ -217,14 +217,17 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             }
         })
     };
-    let ctx = Arc::new(Context::new(
-        client,
-        Arc::clone(&hub),
-        Arc::clone(&metrics),
-        clock,
-        timeout,
-        args.tick(),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client,
+            Arc::clone(&hub),
+            Arc::clone(&metrics),
+            clock,
+            timeout,
+            args.tick(),
+        )
+        .with_warm_delay(args.warm_delay_ms),
+    );
     let controller = tokio::spawn(controller::run(
         ctx,
         args.watch_namespaces(),

@@ -153,16 +153,20 @@ impl TargetLoop {
         self.ctx
             .metrics
             .patched(&self.key, decision.desired > scale.replicas);
-        let why = rescale_reason(
-            decision,
-            observation,
-            &self.policy,
-            self.scaler.spec.metric.type_,
-        );
+        // A move to or from zero is its own Event (ScaledToZero, ScaledFromZero), with why.
+        let event = self.zero_written(scale.replicas, decision.desired);
+        let why = self.zero_why(decision).unwrap_or_else(|| {
+            rescale_reason(
+                decision,
+                observation,
+                &self.policy,
+                self.scaler.spec.metric.type_,
+            )
+        });
         tracing::info!(target = %self.key, from = scale.replicas, to = decision.desired, %why, "rescaled");
         self.publish(
             EventType::Normal,
-            "SuccessfulRescale",
+            event,
             "Scale",
             format!("New size: {}; reason: {why}", decision.desired),
         )

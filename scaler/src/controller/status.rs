@@ -212,6 +212,18 @@ impl TargetLoop {
                     "reports are fresh".into()
                 },
             ));
+            // At zero (or coming back from it), no source reporting is what is expected.
+            if let Some(overrides) = self.zero_conditions() {
+                for (type_, (status, reason, message)) in
+                    [condition::ACTIVE, condition::METRICS_STALE]
+                        .into_iter()
+                        .zip(overrides)
+                {
+                    if let Some(c) = wanted.iter_mut().find(|c| c.0 == type_) {
+                        *c = (type_, status, reason.into(), message);
+                    }
+                }
+            }
             let (limited, reason, message) = match decision.limit {
                 Some(Limit::TooManyReplicas) => (
                     true,
@@ -275,6 +287,7 @@ impl TargetLoop {
             .unwrap_or_default();
         let metric = self.scaler.spec.metric.type_;
         let status = SurgeScalerStatus {
+            scale_to_zero: self.zero_status().or(previous.scale_to_zero.clone()),
             current_replicas: self
                 .scale
                 .as_ref()
@@ -303,7 +316,8 @@ impl TargetLoop {
             observed_generation: self.scaler.metadata.generation,
         };
         let same_shape = self.last_status.as_ref().is_some_and(|last| {
-            last.current_replicas == status.current_replicas
+            last.scale_to_zero == status.scale_to_zero
+                && last.current_replicas == status.current_replicas
                 && last.desired_replicas == status.desired_replicas
                 && last.panic == status.panic
                 && last.last_scale_time == status.last_scale_time

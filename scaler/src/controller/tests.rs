@@ -3,8 +3,13 @@
 //! scale writes' precondition, 409s and failures are in `tests/scale_writes.rs`.
 
 use super::*;
+use crate::clock::Clock;
 use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
+use crate::decision::Freshness;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
 use http::{Request, Response};
+use kube::Client;
 use kube::client::Body;
 use serde_json::Value;
 use surge_wire::{Proxy, Report, Role, RouteCounters, VERSION};
@@ -588,3 +593,4 @@ fn a_namespaces_relist_prunes_only_its_own_deleted_targets() {
 }
 
 mod scale_writes;
+mod zero;

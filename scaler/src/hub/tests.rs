@@ -424,3 +424,5 @@ fn gateway_reports_count_only_from_the_allowed_namespaces() {
         assert_eq!(hub.ingest(&make(2), 2000), expected, "{case}");
     }
 }
+
+mod zero;

@@ -521,3 +521,5 @@ async fn a_gateway_report_from_a_namespace_not_allowed_is_a_403() {
         "{body}"
     );
 }
+
+mod holds;

@@ -65,4 +65,14 @@ rules:
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create", "patch"]
+  # Scale to zero: the ports of a SurgeScaler's scaleToZero.service when it names none (read by
+  # name; never listed or watched).
+  - apiGroups: [""]
+    resources: ["services"]
+    verbs: ["get"]
+  # Scale to zero: the Service's ready endpoints, by the label kubernetes.io/service-name
+  # (kube-runtime's watcher: a list, then a watch).
+  - apiGroups: ["discovery.k8s.io"]
+    resources: ["endpointslices"]
+    verbs: ["list", "watch"]
 {{- end }}
