@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm32-wasip1/release/surge_filter.wasm
 
-.PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox compare fuzz
+.PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -59,6 +59,12 @@ bench-sandbox: tools wasm bins
 	./target/debug/surge-sandbox bench-reaction --runs 20 --kube real --out sandbox-out/bench-real
 	./target/debug/surge-sandbox bench-reaction --runs 20 --kube embedded --out sandbox-out/bench-embedded
 	./target/debug/surge-sandbox bench-startup --runs 10
+
+## Scale to zero: Surge's part of 20 cold starts, with the chart's default warm delay and
+## without it (the sandbox's proxies need none; a mesh's do).
+bench-cold-start: tools wasm bins
+	./target/debug/surge-sandbox bench-cold-start --runs 20 --out sandbox-out/bench-cold-start
+	./target/debug/surge-sandbox bench-cold-start --runs 20 --out sandbox-out/bench-cold-start-0 --helm-set scaler.warmDelayMs=0
 
 compare: tools wasm bins
 	./target/debug/surge-sandbox compare --out target/compare

@@ -8,6 +8,8 @@
 //! new scaler process (its first seconds: fail-static, holding the scale) after the Deployment
 //! is reset to `minReplicas`.
 
+pub mod cold_start;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -39,6 +39,9 @@ pub struct SecondStats {
     /// from its scheduled time) and whether it was answered 2xx. The cold start of an app at
     /// zero is its first request's.
     pub first: Option<(u64, bool)>,
+    /// When the first request of the second was scheduled, in seconds from the start (at 20 rps
+    /// the first request after an idle phase leaves up to 50 ms after the load resumed).
+    pub first_at_s: Option<f64>,
 }
 
 impl SecondStats {
@@ -107,6 +110,9 @@ pub async fn play(
             let mut first = false;
             record(&recorder, second, |s| {
                 first = s.sent == 0;
+                if first {
+                    s.first_at_s = Some(t);
+                }
                 s.sent += 1;
             });
             let target = {

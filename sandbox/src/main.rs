@@ -62,6 +62,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = KubeMode::Real)]
         kube: KubeMode,
     },
+    /// Measure Surge's part of a cold start (scale to zero and back through the gateway) over
+    /// many cycles on the real control plane.
+    BenchColdStart {
+        /// Number of cold starts measured.
+        #[arg(long, default_value_t = 20)]
+        runs: u32,
+        /// Output directory.
+        #[arg(long, default_value = "sandbox-out")]
+        out: PathBuf,
+        /// Extra `helm install --set KEY=VALUE` for the chart (e.g. `scaler.warmDelayMs=0`).
+        #[arg(long = "helm-set", value_name = "KEY=VALUE")]
+        helm_set: Vec<String>,
+    },
     /// Start and stop the real control plane several times; print each stage's time.
     BenchStartup {
         /// Number of starts.
@@ -215,6 +228,38 @@ async fn main() -> ExitCode {
                         "{runs} starts, medians: {:.2} s in all (certificates {:.3} s, etcd {:.2} s, kube-apiserver {:.2} s, controller-manager and scheduler {:.2} s)",
                         m[4], m[0], m[1], m[2], m[3]
                     );
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Command::BenchColdStart {
+            runs,
+            out,
+            helm_set,
+        } => {
+            let bench = surge_sandbox::bench::cold_start::bench_cold_start(
+                runs,
+                helm_set,
+                &out,
+                shutdown_signal(),
+            );
+            match bench.await {
+                Ok(b) => {
+                    println!(
+                        "{} cold starts measured, {} missed: Surge's part p50 {} ms, p99 {} ms (less the warm app's answer: p50 {} ms, p99 {} ms; to the scale write p50 {} ms, ready endpoint -> answer p50 {} ms); first request p50 {} ms, Kubernetes and the pod p50 {} ms",
+                        b.runs.len(),
+                        b.missed,
+                        fmt(b.overhead_p50_ms),
+                        fmt(b.overhead_p99_ms),
+                        fmt(b.overhead_net_p50_ms),
+                        fmt(b.overhead_net_p99_ms),
+                        fmt(b.to_write_p50_ms),
+                        fmt(b.to_answer_p50_ms),
+                        fmt(b.latency_p50_ms),
+                        fmt(b.kubernetes_p50_ms)
+                    );
+                    println!("wrote {}/bench-cold-start.json", out.display());
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),

@@ -130,6 +130,10 @@ pub struct Summary {
     /// The cold start, when the app was at zero when the load came back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<ColdStart>,
+    /// Every cold start of the run (the load came back after an idle phase with the app at
+    /// zero), in order, without hold counts (`cold_start` has the run's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cold_starts: Vec<ColdStart>,
 }
 
 /// What became of a set of scheduled requests. Each request is in exactly one field and
@@ -481,6 +485,29 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         }
         previous = w.replicas.or(previous);
     }
+    let firsts: Vec<_> = c
+        .seconds
+        .iter()
+        .map(|s| s.first.zip(s.first_at_s).map(|((us, ok), at)| (at, us, ok)))
+        .collect();
+    let reports: Vec<_> = c
+        .reports
+        .iter()
+        .map(|r| (since(c.start, r.at), r.held))
+        .collect();
+    let writes: Vec<_> = accepted.iter().map(|w| (w.t, w.replicas)).collect();
+    let ready_timeline: Vec<_> = played_timeline
+        .iter()
+        .map(|p| (p.t, p.ready, p.desired))
+        .collect();
+    let cold_inputs = cold_start::Inputs {
+        step_at,
+        firsts: &firsts,
+        reports: &reports,
+        writes: &writes,
+        timeline: &ready_timeline,
+        hold: c.hold,
+    };
     let summary = Summary {
         step_at_s: step_at,
         step_rps,
@@ -506,24 +533,8 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         max_ready: played_timeline.iter().map(|p| p.ready).max().unwrap_or(0),
         scale_writes: accepted.len(),
         scale_downs,
-        cold_start: cold_start::cold_start(&cold_start::Inputs {
-            step_at,
-            firsts: &c.seconds.iter().map(|s| s.first).collect::<Vec<_>>(),
-            reports: &c
-                .reports
-                .iter()
-                .map(|r| (since(c.start, r.at), r.held))
-                .collect::<Vec<_>>(),
-            writes: &accepted
-                .iter()
-                .map(|w| (w.t, w.replicas))
-                .collect::<Vec<_>>(),
-            timeline: &played_timeline
-                .iter()
-                .map(|p| (p.t, p.ready, p.desired))
-                .collect::<Vec<_>>(),
-            hold: c.hold,
-        }),
+        cold_start: cold_start::cold_start(&cold_inputs),
+        cold_starts: cold_start::cold_starts(&cold_inputs, &scenario.returns_from_idle()),
     };
     RunResult {
         scenario: scenario.clone(),
@@ -672,6 +683,7 @@ load:
             no_endpoint: 0,
             latencies_us: ms.iter().map(|ms| ms * 1000).collect(),
             first: None,
+            first_at_s: None,
         }
     }
 

@@ -410,6 +410,28 @@ impl Scenario {
         self.warmup_s as f64 + self.load_seconds() + self.cooldown_s as f64
     }
 
+    /// Where the load comes back after an idle phase (a phase offering nothing throughout):
+    /// seconds from the run's start, one per return, in order. Each is a cold start when the
+    /// app reached zero meanwhile.
+    pub fn returns_from_idle(&self) -> Vec<f64> {
+        let mut out = Vec::new();
+        let mut at = self.warmup_s as f64;
+        let mut idle_before = false;
+        for phase in &self.load {
+            let length = phase.seconds();
+            if length <= 0.0 {
+                continue;
+            }
+            let idle = (0..=20).all(|i| phase.rate_at(length * f64::from(i) / 20.0) == 0.0);
+            if idle_before && !idle {
+                out.push(at);
+            }
+            idle_before = idle;
+            at += length;
+        }
+        out
+    }
+
     /// The load step the summary measures from: the first instant (seconds from the run's
     /// start, sampled every 10 ms) where the rate at least doubles against the rate 1 s before.
     pub fn step_at(&self) -> Option<f64> {
@@ -483,6 +505,18 @@ mod tests {
         let before = s.rate_at(step - 0.5);
         let after = s.rate_at(step + 0.5);
         assert!((after / before - 10.0).abs() < 1e-9, "{before} -> {after}");
+    }
+
+    #[test]
+    fn the_load_returns_after_each_idle_phase_and_only_then() {
+        let s = Scenario::parse(
+            "name: x\nwarmup_s: 2\nload:\n  - steady: {rps: 10, seconds: 3}\n  - steady: {rps: 0, seconds: 20}\n  - ramp: {from: 0, to: 30, seconds: 4}\n  - steady: {rps: 0, seconds: 20}\n  - steady: {rps: 5, seconds: 1}\n  - steady: {rps: 6, seconds: 1}\n",
+        )
+        .unwrap();
+        // A ramp from 0 is load; a busy phase after a busy phase is not a return.
+        assert_eq!(s.returns_from_idle(), vec![25.0, 49.0]);
+        let busy = Scenario::parse(DEFAULT_SCENARIO).unwrap();
+        assert!(busy.returns_from_idle().is_empty());
     }
 
     #[test]
