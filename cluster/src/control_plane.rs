@@ -354,6 +354,11 @@ impl ControlPlane {
         kcm_args.extend([
             "--bind-address=127.0.0.1".into(),
             format!("--secure-port={kcm_port}"),
+            format!("--tls-cert-file={}", self.pki.component_serving.0.display()),
+            format!(
+                "--tls-private-key-file={}",
+                self.pki.component_serving.1.display()
+            ),
             "--leader-elect=false".into(),
             format!(
                 "--service-account-private-key-file={}",
@@ -369,6 +374,11 @@ impl ControlPlane {
         scheduler_args.extend([
             "--bind-address=127.0.0.1".into(),
             format!("--secure-port={scheduler_port}"),
+            format!("--tls-cert-file={}", self.pki.component_serving.0.display()),
+            format!(
+                "--tls-private-key-file={}",
+                self.pki.component_serving.1.display()
+            ),
             "--leader-elect=false".into(),
         ]);
         let kcm_log = self.dir.join("logs/kube-controller-manager.log");
@@ -381,7 +391,7 @@ impl ControlPlane {
             &scheduler_args,
             &scheduler_log,
         )?;
-        let kcm_client = component_client(kcm_port)?;
+        let kcm_client = component_client(kcm_port, self.pki.ca_der())?;
         await_ready(
             "kube-controller-manager",
             &mut controller_manager,
@@ -390,7 +400,7 @@ impl ControlPlane {
             || get_ok(&kcm_client, "/healthz"),
         )
         .await?;
-        let scheduler_client = component_client(scheduler_port)?;
+        let scheduler_client = component_client(scheduler_port, self.pki.ca_der())?;
         await_ready(
             "kube-scheduler",
             &mut scheduler,

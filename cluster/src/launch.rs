@@ -123,13 +123,14 @@ pub(crate) async fn get_ok(client: &Client, path: &str) -> std::result::Result<(
         .map_err(|e| e.to_string())
 }
 
-/// A client for a component's own HTTPS port (self-signed certificate, anonymous `/healthz`).
-pub(crate) fn component_client(port: u16) -> Result<Client> {
+/// A client for a component's own HTTPS port (its serving certificate is the cluster CA's;
+/// `/healthz` is anonymous).
+pub(crate) fn component_client(port: u16, ca_der: Vec<u8>) -> Result<Client> {
     let url = format!("https://127.0.0.1:{port}")
         .parse()
         .map_err(|e| io("component URL")(std::io::Error::other(format!("{e}"))))?;
     let mut config = Config::new(url);
-    config.accept_invalid_certs = true;
+    config.root_cert = Some(vec![ca_der]);
     config.connect_timeout = Some(Duration::from_millis(500));
     config.read_timeout = Some(Duration::from_secs(2));
     Client::try_from(config).map_err(api("build a client for a component"))

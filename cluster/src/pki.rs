@@ -125,6 +125,11 @@ impl Authority {
         self.issuer.pem()
     }
 
+    /// The CA's certificate (DER).
+    pub fn cert_der(&self) -> Vec<u8> {
+        self.issuer.der().to_vec()
+    }
+
     /// A serving certificate for `names` (DNS names or IP addresses).
     pub fn serving(&self, common_name: &str, names: &[String]) -> Result<CertKey> {
         let mut params = CertificateParams::new(names.to_vec()).map_err(sign_error(common_name))?;
@@ -181,6 +186,9 @@ pub struct Pki {
     pub controller_manager: CertKey,
     /// kube-scheduler's client certificate and key.
     pub scheduler: CertKey,
+    /// The controller-manager's and the scheduler's serving certificate and key (loopback), so
+    /// that their `/healthz` is checked against the cluster CA rather than trusted blindly.
+    pub component_serving: (PathBuf, PathBuf),
     /// The front-proxy CA, which aggregated API servers trust for the identity headers.
     pub front_proxy_ca_cert: PathBuf,
     /// The API server's client certificate toward aggregated API servers.
@@ -218,6 +226,12 @@ impl Pki {
         let apiserver = ca
             .serving("kube-apiserver", &names)?
             .write(dir, "apiserver")?;
+        let component_serving = ca
+            .serving(
+                "surge-cluster-components",
+                &["localhost".into(), "127.0.0.1".into()],
+            )?
+            .write(dir, "components")?;
         let admin = ca.client("surge-admin", &["system:masters"])?;
         let controller_manager = ca.client("system:kube-controller-manager", &[])?;
         let scheduler = ca.client("system:kube-scheduler", &[])?;
@@ -238,6 +252,7 @@ impl Pki {
             dir: dir.to_path_buf(),
             ca_cert,
             apiserver,
+            component_serving,
             admin,
             controller_manager,
             scheduler,
@@ -258,6 +273,11 @@ impl Pki {
     /// The cluster CA's certificate (PEM).
     pub fn ca_pem(&self) -> String {
         self.ca.cert_pem()
+    }
+
+    /// The cluster CA's certificate (DER).
+    pub fn ca_der(&self) -> Vec<u8> {
+        self.ca.cert_der()
     }
 }
 

@@ -188,8 +188,16 @@ impl Sandbox {
     pub async fn start(scenario: &Scenario, options: &StartOptions) -> Result<Self, RunError> {
         let envoy_binary = locate_envoy()?;
         let wasm = locate_filter_wasm()?;
-        let out_dir = &options.out_dir;
-        std::fs::create_dir_all(out_dir).map_err(io(format!("create {}", out_dir.display())))?;
+        std::fs::create_dir_all(&options.out_dir)
+            .map_err(io(format!("create {}", options.out_dir.display())))?;
+        // Absolute: the pods' processes run in their own folders, and the paths handed to them
+        // (kubeconfigs, token files) must not depend on where they run.
+        let out_dir = &std::path::absolute(&options.out_dir)
+            .map_err(io(format!("resolve {}", options.out_dir.display())))?;
+        let options = &StartOptions {
+            out_dir: out_dir.clone(),
+            ..options.clone()
+        };
         let pods_dir = out_dir.join("pods");
         let _ = std::fs::remove_dir_all(&pods_dir);
         match options.kube {

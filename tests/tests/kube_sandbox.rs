@@ -16,13 +16,26 @@ fn out_dir(test: &str) -> std::path::PathBuf {
     workspace_root().join("target/e2e/kube-sandbox").join(test)
 }
 
+/// `path` relative to the current directory (the test's package folder, inside the workspace).
+fn relative(path: &std::path::Path) -> std::path::PathBuf {
+    let here = std::env::current_dir().unwrap();
+    let root = workspace_root();
+    let up = here.strip_prefix(&root).unwrap().components().count();
+    let mut out: std::path::PathBuf = std::iter::repeat_n("..", up).collect();
+    out.push(path.strip_prefix(&root).unwrap());
+    assert!(out.is_relative(), "{}", out.display());
+    out
+}
+
 async fn play(test: &str, yaml: &str) -> RunResult {
     let scenario = Scenario::parse(yaml).unwrap_or_else(|e| panic!("scenario: {e}"));
     let out_dir = out_dir(test);
     let _ = std::fs::remove_dir_all(&out_dir);
     let options = RunOptions {
         kube: KubeMode::Real,
-        ..RunOptions::embedded(out_dir, true)
+        // Relative, as `make sandbox` gives it (`sandbox-out`): what the pods' processes are
+        // handed (kubeconfigs, token files) must not depend on the folder they run in.
+        ..RunOptions::embedded(relative(&out_dir), true)
     };
     let result = run(&scenario, &options, std::future::pending())
         .await
