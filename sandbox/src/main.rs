@@ -247,9 +247,10 @@ async fn main() -> ExitCode {
             match bench.await {
                 Ok(b) => {
                     println!(
-                        "{} cold starts measured, {} missed: Surge's part p50 {} ms, p99 {} ms (less the warm app's answer: p50 {} ms, p99 {} ms; to the scale write p50 {} ms, ready endpoint -> answer p50 {} ms); first request p50 {} ms, Kubernetes and the pod p50 {} ms",
+                        "{} cold starts measured, {} missed, {} cycles not at zero: Surge's part p50 {} ms, p99 {} ms (less the warm app's answer: p50 {} ms, p99 {} ms; to the scale write p50 {} ms, ready endpoint -> answer p50 {} ms); first request p50 {} ms, Kubernetes and the pod p50 {} ms",
                         b.runs.len(),
                         b.missed,
+                        b.not_cold,
                         fmt(b.overhead_p50_ms),
                         fmt(b.overhead_p99_ms),
                         fmt(b.overhead_net_p50_ms),

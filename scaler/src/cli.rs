@@ -105,6 +105,12 @@ pub struct RunArgs {
     /// have the endpoint (istiod's EDS lags the EndpointSlice) when their held requests resume.
     #[arg(long, env = "SURGE_WARM_DELAY_MS", default_value_t = crate::controller::DEFAULT_WARM_DELAY_MS, value_parser = clap::value_parser!(u64).range(0..=60_000))]
     pub warm_delay_ms: u64,
+    /// Scale to zero: longest an answer to a report that holds requests for a cold destination
+    /// waits for the cold list to change, so that the held requests resume the moment the
+    /// target is warm rather than at the proxy's next report. Keep it below the filter's
+    /// `timeout_ms` (1000 by default); 0 answers at once.
+    #[arg(long, env = "SURGE_ANSWER_WAIT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=5_000))]
+    pub answer_wait_ms: u64,
 }
 
 /// A namespace name as the API server accepts it: an RFC 1123 label (spaces around it are
@@ -204,6 +210,7 @@ mod tests {
         assert_eq!(args.log_format, LogFormat::Text);
         assert_eq!(args.source_limits(), SourceLimits::default());
         assert_eq!(args.warm_delay_ms, 500);
+        assert_eq!(args.answer_wait_ms, 250);
         assert_eq!(
             args.gateway_namespaces(),
             Some(vec!["istio-system".to_owned(), "istio-ingress".to_owned()])

@@ -219,9 +219,26 @@ pub enum Refusal {
 #[derive(Default)]
 pub struct Hub {
     state: Mutex<State>,
+    /// The cold list changed (a target warmed up or went cold): answers parked on it go out.
+    cold_changed: Notify,
 }
 
 impl Hub {
+    /// Changes the scale-to-zero state with `f`, waking the answers parked on the cold list
+    /// if it changed.
+    fn change_zero<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let (out, changed) = {
+            let mut state = self.lock();
+            let before = state.zero.cold();
+            let out = f(&mut state);
+            (out, *before != *state.zero.cold())
+        };
+        if changed {
+            self.cold_changed.notify_waiters();
+        }
+        out
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the maps half-updated in a way that
         // matters more than losing the process would; keep serving.
@@ -235,6 +252,7 @@ impl Hub {
                 counters: Counters::with_limits(limits),
                 ..State::default()
             }),
+            cold_changed: Notify::new(),
         }
     }
 
@@ -293,10 +311,11 @@ impl Hub {
 
     /// Forgets a target.
     pub fn unregister(&self, key: &TargetKey) {
-        let mut state = self.lock();
-        unindex(&mut state, key);
-        state.targets.remove(key);
-        state.zero.set(key, None);
+        self.change_zero(|state| {
+            unindex(state, key);
+            state.targets.remove(key);
+            state.zero.set(key, None);
+        });
     }
 
     /// Counts a validated report received at `now`.
@@ -339,25 +358,23 @@ impl Hub {
         destination: Option<Destination>,
         hold_ttl_ms: Millis,
     ) {
-        self.lock()
-            .zero
-            .set(key, destination.map(|d| (d, hold_ttl_ms)));
+        self.change_zero(|state| state.zero.set(key, destination.map(|d| (d, hold_ttl_ms))));
     }
 
     /// The Service's ports, naming the destination of a target whose spec gives no port.
     pub fn set_destination_ports(&self, key: &TargetKey, ports: Vec<u16>) {
-        self.lock().zero.set_ports(key, ports);
+        self.change_zero(|state| state.zero.set_ports(key, ports));
     }
 
     /// A scale-to-zero target's `spec.replicas` as last read or written (`None`: unknown).
     pub fn set_replicas(&self, key: &TargetKey, replicas: Option<i32>) {
-        self.lock().zero.set_replicas(key, replicas);
+        self.change_zero(|state| state.zero.set_replicas(key, replicas));
     }
 
     /// A scale-to-zero target's ready endpoints as the proxies likely see them (`None`:
     /// unknown).
     pub fn set_ready_endpoints(&self, key: &TargetKey, ready: Option<usize>) {
-        self.lock().zero.set_ready_endpoints(key, ready);
+        self.change_zero(|state| state.zero.set_ready_endpoints(key, ready));
     }
 
     /// A scale-to-zero target's holds, quiet and temperature at `now`; `None` for a target
@@ -372,6 +389,26 @@ impl Hub {
     /// The destinations every answer lists cold (sorted, at most [`MAX_COLD`]).
     pub fn cold(&self) -> Arc<[String]> {
         self.lock().zero.cold()
+    }
+
+    /// The cold list once it differs from `seen`, or after `wait` whatever it is: an answer to
+    /// a proxy holding requests waits here, so that it says "warm" the moment the target is,
+    /// rather than at the proxy's next report.
+    pub async fn cold_after(&self, seen: &[String], wait: std::time::Duration) -> Arc<[String]> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the list is read: a change in between is not missed.
+            let changed = self.cold_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let cold = self.cold();
+            if *cold != *seen {
+                return cold;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.cold();
+            }
+        }
     }
 
     /// Scale-to-zero targets listed cold.
@@ -389,9 +426,10 @@ impl Hub {
 
     /// Drops per-instance counters (and holds, hold totals) not refreshed for `ttl_ms`.
     pub fn expire(&self, now: Millis, ttl_ms: Millis) {
-        let mut state = self.lock();
-        state.counters.expire(now, ttl_ms);
-        state.zero.expire(now, ttl_ms);
+        self.change_zero(|state| {
+            state.counters.expire(now, ttl_ms);
+            state.zero.expire(now, ttl_ms);
+        });
     }
 
     /// (instances, instance routes, targets) tracked, for metrics and benchmarks.

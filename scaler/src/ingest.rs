@@ -47,6 +47,9 @@ pub struct IngestState {
     pub limits: Arc<Limits>,
     /// Counters by outcome.
     pub metrics: Arc<Metrics>,
+    /// Longest an answer to a report holding requests for a cold destination waits for the
+    /// cold list to change (zero: answered at once).
+    pub answer_wait: std::time::Duration,
 }
 
 /// The ingest router: `POST /v1/reports`.
@@ -241,8 +244,17 @@ struct Accepted<'a> {
 
 async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Body) -> Response {
     match receive_inner(&state, &headers, body).await {
-        Ok((outcome, targets)) => {
-            let cold = state.hub.cold();
+        Ok((outcome, targets, holding)) => {
+            let mut cold = state.hub.cold();
+            // A proxy holding requests for a cold destination learns that it is warm from this
+            // answer: it waits (bounded) for the list to change, so that the held requests
+            // resume the moment the target is warm, not one report period later. Meanwhile the
+            // proxy's next reports wait for this one; its counters are cumulative, so they only
+            // arrive later, whole.
+            if !state.answer_wait.is_zero() && holding.iter().any(|cluster| cold.contains(cluster))
+            {
+                cold = state.hub.cold_after(&cold, state.answer_wait).await;
+            }
             state.metrics.ingest(outcome);
             let name = match outcome {
                 Outcome::accepted => "accepted",
@@ -268,11 +280,15 @@ async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Bod
     }
 }
 
+/// What an accepted report did: its outcome, the targets it counted for and the destinations
+/// its proxy holds requests for.
+type Received = (Outcome, usize, Vec<String>);
+
 async fn receive_inner(
     state: &IngestState,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(Outcome, usize), IngestError> {
+) -> Result<Received, IngestError> {
     if let Some(token) = &state.token {
         let presented = headers
             .get(header::AUTHORIZATION)
@@ -330,7 +346,8 @@ async fn receive_inner(
     if let Some(holds) = holds {
         state.metrics.proxy_holds(&holds);
     }
-    Ok(match ingested {
+    let holding = body.held.iter().map(|h| h.cluster.clone()).collect();
+    let (outcome, targets) = match ingested {
         Ingested::Throttled { retry_after_ms } => {
             return Err(IngestError::Throttled { retry_after_ms });
         }
@@ -341,7 +358,8 @@ async fn receive_inner(
         Ingested::Counted { targets } => (Outcome::accepted, targets),
         Ingested::Baseline => (Outcome::baseline, 0),
         Ingested::Duplicate => (Outcome::duplicate, 0),
-    })
+    };
+    Ok((outcome, targets, holding))
 }
 
 /// Decodes a report body. The filter's plain shape takes the fast decoder ([`report_json`]);

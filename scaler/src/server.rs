@@ -178,6 +178,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         identity: args.identity,
         limits: Arc::new(Limits::default()),
         metrics: Arc::clone(&metrics),
+        answer_wait: std::time::Duration::from_millis(args.answer_wait_ms),
     });
     let admin_app = admin::router(AdminState {
         metrics: Arc::clone(&metrics),

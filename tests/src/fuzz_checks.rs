@@ -94,6 +94,7 @@ impl Ingest {
                 identity: IdentityMode::WhenPresent,
                 limits: Arc::new(Limits::default()),
                 metrics: Arc::new(Metrics::default()),
+                answer_wait: std::time::Duration::ZERO,
             };
             Ingest {
                 runtime: tokio::runtime::Builder::new_current_thread()

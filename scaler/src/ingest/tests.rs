@@ -13,6 +13,7 @@ fn state(token: Option<&str>, identity: IdentityMode) -> IngestState {
         identity,
         limits: Arc::new(Limits::default()),
         metrics: Arc::new(Metrics::default()),
+        answer_wait: std::time::Duration::ZERO,
     }
 }
 

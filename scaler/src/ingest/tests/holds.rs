@@ -144,3 +144,58 @@ async fn a_malformed_hold_field_is_a_400_naming_it() {
         );
     }
 }
+
+fn app_key() -> TargetKey {
+    TargetKey {
+        namespace: "web".into(),
+        name: "app".into(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_to_a_holding_report_goes_out_the_moment_the_target_is_warm() {
+    let state = IngestState {
+        answer_wait: std::time::Duration::from_millis(250),
+        ..cold_state()
+    };
+    // Scaled up from zero, its pod not ready yet: still cold.
+    state.hub.set_replicas(&app_key(), Some(1));
+    state.hub.set_ready_endpoints(&app_key(), Some(0));
+    let hub = Arc::clone(&state.hub);
+    let started = tokio::time::Instant::now();
+    let warm = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(40)).await;
+        hub.set_ready_endpoints(&app_key(), Some(1));
+    });
+    let (status, answer) = post(&state, json(&activation(1, 3)), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    // Answered when the endpoint turned ready (40 ms), not at the wait's end (250 ms).
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(40));
+    assert!(answer.get("cold").is_none(), "{answer}");
+    warm.await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_answer_waits_no_longer_than_the_bound_and_only_for_a_holding_report() {
+    let state = IngestState {
+        answer_wait: std::time::Duration::from_millis(250),
+        ..cold_state()
+    };
+    let started = tokio::time::Instant::now();
+    let (status, answer) = post(&state, json(&activation(1, 3)), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(started.elapsed(), std::time::Duration::from_millis(250));
+    assert_eq!(answer["cold"], serde_json::json!([APP]), "{answer}");
+    // A report that holds nothing is answered at once, cold list and all.
+    let started = tokio::time::Instant::now();
+    let (_, answer) = post(&state, json(&report(1)), &[]).await;
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+    assert_eq!(answer["cold"], serde_json::json!([APP]), "{answer}");
+    // Nor does a report holding for a destination that is not cold wait.
+    let mut elsewhere = activation(2, 1);
+    elsewhere["held"][0]["cluster"] = "outbound|80||other.web.svc.cluster.local".into();
+    let started = tokio::time::Instant::now();
+    let (status, _) = post(&state, json(&elsewhere), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(started.elapsed(), std::time::Duration::ZERO);
+}
