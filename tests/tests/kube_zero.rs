@@ -361,29 +361,50 @@ async fn an_idle_target_goes_to_zero_only_on_fresh_zero_reports_and_held_request
     assert!(reaction < Duration::from_secs(1), "{reaction:?}");
 
     // The filter reports every 100 ms while it holds: still 3 held, never counted twice. The
-    // answers list the destination until an endpoint is ready (and the warm delay passed).
-    let mut ready_at: Option<Instant> = None;
-    let warm_at = loop {
-        let (status, answer) = caller.send(&kube, &client, 3).await;
-        assert_eq!(status, 200, "{answer}");
-        let now = Instant::now();
-        if !cold(&answer).contains(&APP.to_owned()) {
-            break now;
+    // answers list the destination until an endpoint is ready (and the warm delay passed); an
+    // answer to a holding report waits for that (at most 250 ms), so the endpoints are watched
+    // beside the reports rather than between them.
+    let first_ready = async {
+        loop {
+            if ready_endpoints(&kube).await > 0 {
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        if ready_at.is_none() && ready_endpoints(&kube).await > 0 {
-            ready_at = Some(now);
-        }
-        assert!(
-            now.duration_since(sent) < Duration::from_secs(30),
-            "still cold 30 s after the activation"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let ready_at = ready_at.expect("an answer listed the destination after its endpoint was ready");
+    let first_warm = async {
+        loop {
+            let (status, answer) = caller.send(&kube, &client, 3).await;
+            assert_eq!(status, 200, "{answer}");
+            let now = Instant::now();
+            if !cold(&answer).contains(&APP.to_owned()) {
+                return now;
+            }
+            assert!(
+                now.duration_since(sent) < Duration::from_secs(30),
+                "still cold 30 s after the activation"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let (ready_at, warm_at) = tokio::join!(first_ready, first_warm);
     println!(
         "activation -> first ready endpoint {:?}; -> answer without the destination {:?}",
         ready_at.duration_since(sent),
         warm_at.duration_since(sent)
+    );
+    let warm_after = warm_at.saturating_duration_since(ready_at);
+    // Not before the warm delay, less how much later this test's look sees the slice than the
+    // scaler's watch: it lists every 20 ms, and a list is a consistent read that waits for the
+    // API server's watch cache to catch up with etcd (measured: the watch about 150 ms ahead; 100 ms more of margin).
+    assert!(
+        warm_after + Duration::from_millis(250) >= WARM_DELAY,
+        "warm {warm_after:?} after the endpoint was ready"
+    );
+    // ... and the waiting answer goes out when it has passed, not a report later.
+    assert!(
+        warm_after < WARM_DELAY + Duration::from_millis(300),
+        "warm {warm_after:?} after the endpoint was ready"
     );
     assert!(ready_endpoints(&kube).await > 0);
     // The warm delay, less the ~100 ms between this test's look at the slices and its report.
