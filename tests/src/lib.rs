@@ -7,6 +7,7 @@ pub mod cold_scaler;
 pub mod delay_proxy;
 pub mod fuzz_checks;
 pub mod installed;
+pub mod sandbox_run;
 /// nftables faults on one loopback port (the sandbox uses them too).
 pub use surge_sandbox::nft;
 pub mod scaler;

@@ -7,10 +7,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use surge_cluster::audit::AuditLog;
+use surge_e2e::sandbox_run::{self, replicas_written};
 use surge_sandbox::envoy::workspace_root;
-use surge_sandbox::report::{RunResult, summary_text};
-use surge_sandbox::run::{KubeMode, RunOptions, run};
-use surge_sandbox::scenario::{DEFAULT_SCENARIO, Scenario};
+use surge_sandbox::report::RunResult;
+use surge_sandbox::run::{KubeMode, RunOptions};
+use surge_sandbox::scenario::DEFAULT_SCENARIO;
 
 fn out_dir(test: &str) -> std::path::PathBuf {
     workspace_root().join("target/e2e/kube-sandbox").join(test)
@@ -28,7 +29,6 @@ fn relative(path: &std::path::Path) -> std::path::PathBuf {
 }
 
 async fn play(test: &str, yaml: &str) -> RunResult {
-    let scenario = Scenario::parse(yaml).unwrap_or_else(|e| panic!("scenario: {e}"));
     let out_dir = out_dir(test);
     let _ = std::fs::remove_dir_all(&out_dir);
     let options = RunOptions {
@@ -37,22 +37,7 @@ async fn play(test: &str, yaml: &str) -> RunResult {
         // handed (kubeconfigs, token files) must not depend on the folder they run in.
         ..RunOptions::embedded(relative(&out_dir), true)
     };
-    let result = run(&scenario, &options, std::future::pending())
-        .await
-        .unwrap_or_else(|e| panic!("sandbox run failed: {e}"));
-    println!("{}", summary_text(&result));
-    assert!(result.failure.is_none(), "{:?}", result.failure);
-    result
-}
-
-/// Replicas the scaler's accepted scale writes asked for, in order.
-fn replicas_written(result: &RunResult) -> Vec<i64> {
-    result
-        .scale_writes
-        .iter()
-        .filter(|w| (200..300).contains(&w.status))
-        .filter_map(|w| w.replicas)
-        .collect()
+    sandbox_run::play(yaml, &options).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,25 +7,19 @@
 // Tests fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use surge_e2e::sandbox_run::{self, replicas_written};
 use surge_sandbox::envoy::workspace_root;
-use surge_sandbox::report::{RunResult, summary_text};
-use surge_sandbox::run::{KubeMode, RunOptions, run};
-use surge_sandbox::scenario::Scenario;
+use surge_sandbox::report::RunResult;
+use surge_sandbox::run::{KubeMode, RunOptions};
 
 async fn play(test: &str, yaml: &str) -> RunResult {
-    let scenario = Scenario::parse(yaml).unwrap_or_else(|e| panic!("scenario: {e}"));
     let out_dir = workspace_root().join("target/e2e/kube-zero").join(test);
     let _ = std::fs::remove_dir_all(&out_dir);
     let options = RunOptions {
         kube: KubeMode::Real,
         ..RunOptions::embedded(out_dir, true)
     };
-    let result = run(&scenario, &options, std::future::pending())
-        .await
-        .unwrap_or_else(|e| panic!("sandbox run failed: {e}"));
-    println!("{}", summary_text(&result));
-    assert!(result.failure.is_none(), "{:?}", result.failure);
-    result
+    sandbox_run::play(yaml, &options).await
 }
 
 /// Idle after a little load long enough to go to zero (10 s of reported idleness), then 20 rps
@@ -52,16 +46,6 @@ load:
   - steady: {{rps: 20, seconds: 5}}
 {extra}"
     )
-}
-
-/// Replicas of the accepted scale writes, in order.
-fn replicas_written(result: &RunResult) -> Vec<i64> {
-    result
-        .scale_writes
-        .iter()
-        .filter(|w| (200..300).contains(&w.status))
-        .filter_map(|w| w.replicas)
-        .collect()
 }
 
 /// The app went to zero, came back, and every held request was answered by it.

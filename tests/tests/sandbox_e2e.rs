@@ -11,10 +11,10 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use surge_e2e::sandbox_run::{self, replicas_written};
 use surge_sandbox::envoy::workspace_root;
-use surge_sandbox::report::{RunResult, summary_text};
-use surge_sandbox::run::{RunOptions, run};
-use surge_sandbox::scenario::Scenario;
+use surge_sandbox::report::RunResult;
+use surge_sandbox::run::RunOptions;
 
 fn out_dir(test: &str) -> PathBuf {
     let dir = workspace_root().join("target/e2e/sandbox").join(test);
@@ -23,24 +23,7 @@ fn out_dir(test: &str) -> PathBuf {
 }
 
 async fn play(test: &str, yaml: &str) -> RunResult {
-    let scenario = Scenario::parse(yaml).unwrap_or_else(|e| panic!("scenario: {e}"));
-    let options = RunOptions::embedded(out_dir(test), true);
-    let result = run(&scenario, &options, std::future::pending())
-        .await
-        .unwrap_or_else(|e| panic!("sandbox run failed: {e}"));
-    println!("{}", summary_text(&result));
-    assert!(result.failure.is_none(), "{:?}", result.failure);
-    result
-}
-
-/// Replicas the scale writes asked for, in order.
-fn replicas_written(result: &RunResult) -> Vec<i64> {
-    result
-        .scale_writes
-        .iter()
-        .filter(|w| (200..300).contains(&w.status))
-        .filter_map(|w| w.replicas)
-        .collect()
+    sandbox_run::play(yaml, &RunOptions::embedded(out_dir(test), true)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
