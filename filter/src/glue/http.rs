@@ -77,6 +77,12 @@ impl SurgeHttp {
         };
         let now_ms = host::now_ms();
         let id = vm.vm_id;
+        // Publish this VM's in-flight counts first, so that the activation report counts the
+        // request on its route too: admitting the first held request wakes the reporter, which
+        // may be another VM that sends at once, on its own thread.
+        if vm.routes.flush() {
+            vm.routes.publish(id, now_ms);
+        }
         match vm
             .hold
             .admit(id, self.context_id, &cluster, &config, now_ms)
@@ -84,11 +90,6 @@ impl SurgeHttp {
             Decision::Pass => Action::Continue,
             Decision::Held => {
                 self.held = true;
-                // Publish this VM's in-flight counts now, so the activation report counts the
-                // held request on its route too.
-                if vm.routes.flush() {
-                    vm.routes.publish(id, now_ms);
-                }
                 Action::Pause
             }
             Decision::Refused => Action::Pause,
