@@ -1,11 +1,11 @@
 //! The harness of the hold tests: a fake scaler that answers every report with a cold list
-//! (or an older scaler's answer, or a malformed one) and can be taken down and brought back on
+//! (or an older scaler's answer, or a malformed one), at once or after keeping it a while, and can be taken down and brought back on
 //! the same port; an upstream that records the order requests reach it; and a client that sends
 //! one request on its own connection and times its answer.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,9 @@ impl Received {
 #[derive(Debug, Default)]
 struct Shared {
     answering: AtomicU8,
+    /// How long each answer is kept before it goes out, in milliseconds (the real scaler keeps
+    /// a holding report's answer until the destination turns warm or its wait runs out).
+    keep_ms: AtomicU64,
     cold: Mutex<Vec<String>>,
     reports: Mutex<Vec<Received>>,
     malformed: Mutex<Vec<String>>,
@@ -101,6 +104,12 @@ impl ColdScaler {
         self.shared
             .answering
             .store(answering as u8, Ordering::SeqCst);
+    }
+
+    /// Keeps every answer this long before sending it (0: at once, the default).
+    pub fn set_keep(&self, keep: Duration) {
+        let ms = u64::try_from(keep.as_millis()).unwrap_or(u64::MAX);
+        self.shared.keep_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Takes it down: the listener and every open connection close, so the port refuses
@@ -199,6 +208,10 @@ async fn answer(
                 malformed.push(format!("{e}: {}", String::from_utf8_lossy(&body)));
             }
         }
+    }
+    let keep = shared.keep_ms.load(Ordering::SeqCst);
+    if keep > 0 {
+        tokio::time::sleep(Duration::from_millis(keep)).await;
     }
     let cold = shared.cold.lock().map(|c| c.clone()).unwrap_or_default();
     let text = match shared.answering.load(Ordering::SeqCst) {

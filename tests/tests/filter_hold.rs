@@ -601,6 +601,83 @@ async fn latencies(addr: SocketAddr, path: &str, n: usize) -> (Duration, Duratio
     (all[n / 2], all[n - 1])
 }
 
+/// Reports sent while `proxy` holds a request, from `since` for `span`: the gaps between
+/// their arrivals, in milliseconds.
+async fn holding_gaps(scaler: &ColdScaler, since: Instant, span: Duration) -> Vec<u128> {
+    tokio::time::sleep(span).await;
+    let during: Vec<Received> = scaler
+        .reports()
+        .into_iter()
+        .filter(|r| r.at >= since && r.held(APP) > 0)
+        .collect();
+    during
+        .windows(2)
+        .map(|w| w[1].at.duration_since(w[0].at).as_millis())
+        .collect()
+}
+
+/// A scaler that keeps its answer (here 150 ms, with the destination still cold) gets the next
+/// holding report as soon as the answer arrives, not at the reporter's next check: with checks
+/// every 100 ms, waiting for the check would make every gap 200 ms. A scaler that answers at
+/// once gets one report per check, never more (the follow-up does not spin).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_answer_is_followed_at_once_by_the_next_holding_report() {
+    const KEEP: Duration = Duration::from_millis(150);
+    let upstream = OrderedUpstream::start().await.unwrap();
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_cold(&[APP]);
+    let proxy = Proxy::start(
+        "kept-answer",
+        upstream.addr(),
+        scaler.addr(),
+        json!({"role": "gateway"}),
+        2,
+        1,
+    )
+    .await;
+    assert!(proxy.learned_cold(1).await, "the cold list never arrived");
+
+    // Answers at once: the checks pace the holding reports.
+    let followed_before = proxy.stat("surge.reports_followed_total");
+    let since = Instant::now();
+    let quick = tokio::spawn(get(proxy.addr, "/quick", PATIENCE));
+    let quick_gaps = holding_gaps(&scaler, since, Duration::from_millis(1_200)).await;
+    let followed_quick = proxy.stat("surge.reports_followed_total") - followed_before;
+
+    // Kept answers: each is followed at once.
+    scaler.set_keep(KEEP);
+    tokio::time::sleep(KEEP + CHECK).await;
+    let since = Instant::now();
+    let kept_gaps = holding_gaps(&scaler, since, Duration::from_millis(2_000)).await;
+    let followed_kept = proxy.stat("surge.reports_followed_total") - followed_before;
+
+    scaler.set_keep(Duration::ZERO);
+    scaler.set_cold(&[]);
+    let answered = quick.await.unwrap().unwrap();
+    let median = |gaps: &[u128]| {
+        let mut g = gaps.to_vec();
+        g.sort_unstable();
+        g.get(g.len() / 2).copied()
+    };
+    eprintln!(
+        "kept answer: gaps answering at once {quick_gaps:?} (followed {followed_quick}), \
+         keeping {KEEP:?} {kept_gaps:?} (followed {followed_kept}); {answered:?}"
+    );
+    assert_eq!(answered.status, 200);
+    // At once: no follow-ups, and never two reports within much less than a check period.
+    assert_eq!(followed_quick, 0);
+    assert!(quick_gaps.len() >= 8, "{quick_gaps:?}");
+    assert!(quick_gaps.iter().all(|g| *g >= 50), "{quick_gaps:?}");
+    // Kept: follow-ups, and the gap is the kept time plus a round trip, not the next check.
+    assert!(followed_kept >= 5, "{followed_kept} follow-ups");
+    let kept_median = median(&kept_gaps).unwrap_or(u128::MAX);
+    assert!(
+        kept_median < KEEP.as_millis() + 35,
+        "median gap {kept_median} ms: {kept_gaps:?}"
+    );
+    assert!(proxy.vm_trouble().is_empty(), "{:?}", proxy.vm_trouble());
+}
+
 /// An older scaler's answers mean nothing cold; another destination being cold holds nothing
 /// for this one: no request waits, and latency stays what it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

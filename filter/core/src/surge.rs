@@ -267,6 +267,19 @@ impl Scheduler {
             .or(holding.then_some(Trigger::Activation))
     }
 
+    /// Whether the answer to a report sent at `sent_ms`, arriving at `now_ms`, should be
+    /// followed by the next report at once rather than at the next check: while the proxy
+    /// still holds requests (`holding`), and only if the report was out for at least a check
+    /// period. The scaler keeps the answer to a holding report until the destination turns warm
+    /// or its wait runs out; had the next report waited for the next check, the moment the
+    /// destination turned warm could fall in that gap, with no answer waiting to tell the
+    /// proxy, and the held requests would stay up to a check period longer. Sending at once
+    /// keeps one answer waiting at all times; the check period still bounds the rate (an answer
+    /// quicker than that leaves the next report to the checks, as before).
+    pub fn follows_answer(&self, sent_ms: u64, now_ms: u64, holding: bool) -> bool {
+        holding && now_ms.saturating_sub(sent_ms) >= self.surge.check_period_ms
+    }
+
     /// Records that a report was sent at `now_ms`, after observing the arrivals it carries.
     pub fn sent(&mut self, now_ms: u64, trigger: Trigger) {
         if trigger == Trigger::Activation {
@@ -402,6 +415,23 @@ mod tests {
             s.due_holding(t + 1_000, schedule, true),
             Some(Trigger::Periodic)
         );
+    }
+
+    #[test]
+    fn a_held_answer_is_followed_at_once_and_a_quick_one_waits_for_the_check() {
+        let s = scheduler();
+        let check = Config::default().surge.check_period_ms;
+        // Kept by the scaler for 250 ms, the proxy still holding: the next report goes now.
+        assert!(s.follows_answer(1_000, 1_250, true));
+        assert!(s.follows_answer(1_000, 1_000 + check, true));
+        // Answered within a check period (a scaler that does not keep answers, or one that
+        // answered "warm" at once): the checks pace the reports, so they never spin.
+        assert!(!s.follows_answer(1_000, 1_000 + check - 1, true));
+        assert!(!s.follows_answer(1_000, 1_002, true));
+        // Nothing held: nothing follows, however long the answer took.
+        assert!(!s.follows_answer(1_000, 1_250, false));
+        // A clock stepping back never follows.
+        assert!(!s.follows_answer(1_000, 900, true));
     }
 
     #[test]

@@ -53,6 +53,8 @@ struct OwnMetrics {
     failed_status: Option<u32>,
     failed_reset: Option<u32>,
     skipped_in_flight: Option<u32>,
+    /// Holding reports sent on an answer's arrival rather than at a check.
+    followed: Option<u32>,
 }
 
 impl OwnMetrics {
@@ -65,6 +67,7 @@ impl OwnMetrics {
             failed_status: host::counter("surge.report_failures_status_total"),
             failed_reset: host::counter("surge.report_failures_reset_total"),
             skipped_in_flight: host::counter("surge.reports_skipped_in_flight_total"),
+            followed: host::counter("surge.reports_followed_total"),
         }
     }
 
@@ -313,7 +316,11 @@ impl Context for SurgeRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.in_flight.is_some_and(|f| f.token == token_id) {
+        let sent_ms = self
+            .in_flight
+            .filter(|f| f.token == token_id)
+            .map(|f| f.since_ms);
+        if sent_ms.is_some() {
             self.in_flight = None;
         }
         let status = host::call_response_status();
@@ -321,8 +328,24 @@ impl Context for SurgeRoot {
         let cluster = self.config().map(|c| c.cluster.clone()).unwrap_or_default();
         self.finish(outcome, &cluster);
         // Only a delivered report's answer says anything; no answer changes nothing.
-        if outcome == Outcome::Delivered {
-            self.answer(body_size);
+        if outcome != Outcome::Delivered {
+            return;
+        }
+        self.answer(body_size);
+        // Still holding after an answer the scaler kept: the next holding report goes now, so
+        // that an answer is always waiting for the destination to turn warm.
+        let (Some(sent_ms), Some(config)) = (sent_ms, self.config()) else {
+            return;
+        };
+        let now_ms = host::now_ms();
+        let holding = !self.vm.borrow().hold.held_now(now_ms).is_empty();
+        let follows = self
+            .scheduler
+            .as_ref()
+            .is_some_and(|s| s.follows_answer(sent_ms, now_ms, holding));
+        if follows && self.is_reporter(now_ms) {
+            host::add(self.metrics.followed, 1);
+            self.report(&config, now_ms);
         }
     }
 
