@@ -2,7 +2,7 @@
 # Every target installs what it needs first (scripts/tools.sh), so a fresh clone works as is.
 
 CARGO ?= cargo
-WASM := target/wasm32-wasip1/release/surge_filter.wasm
+WASM := target/wasm/surge_filter.wasm
 
 .PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare fuzz
 
@@ -27,11 +27,13 @@ lint: tools
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 ## The filter (stripped: the module Istio loads), the same with its name section (to read an
-## Envoy Wasm backtrace's function indexes), and the benchmark's empty and floor filters.
+## Envoy Wasm backtrace's function indexes), and the benchmark's empty and floor filters; then
+## wasm-opt makes the modules Surge ships and tests, in target/wasm/ (filter/optimize.sh).
 wasm: tools
 	$(CARGO) build --release -p surge-filter --target wasm32-wasip1
 	$(CARGO) build --profile wasm-names -p surge-filter --target wasm32-wasip1
 	$(CARGO) build --release -p surge-filter --target wasm32-wasip1 --example empty_filter --example floor_filter
+	./filter/optimize.sh
 
 bins:
 	$(CARGO) build --workspace --bins

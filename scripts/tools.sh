@@ -45,6 +45,22 @@ if ! command -v nft >/dev/null 2>&1; then
   fi
 fi
 
+# wasm-opt (binaryen): `make wasm` optimizes the filter with it (filter/optimize.sh). Debian's
+# package, like nftables: the version is Debian's (108 on bookworm), so the shipped module is
+# the same on every machine of that release.
+if ! command -v wasm-opt >/dev/null 2>&1; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "tools: installing binaryen (Debian) for wasm-opt"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y --no-install-recommends binaryen >/dev/null 2>&1 ||
+      { apt-get update -qq && apt-get install -y --no-install-recommends binaryen >/dev/null; }
+    wasm-opt --version
+  else
+    echo "tools: wasm-opt is missing and cannot be installed here (needs root and apt-get):" \
+      "install binaryen, or make wasm fails" >&2
+  fi
+fi
+
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "tools: installing cargo-nextest (not on this machine)"
   cargo install --locked cargo-nextest

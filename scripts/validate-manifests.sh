@@ -283,7 +283,7 @@ for board in deploy/grafana/*.json; do
 done
 
 echo "== filter image builder"
-wasm=${SURGE_FILTER_WASM:-$repo/target/wasm32-wasip1/release/surge_filter.wasm}
+wasm=${SURGE_FILTER_WASM:-$repo/target/wasm/surge_filter.wasm}
 if [ -f "$wasm" ]; then
   run "OCI image layout and digests (synthetic module and $(basename "$wasm"))" \
     env SURGE_FILTER_WASM="$wasm" SURGE_REQUIRE_REAL_WASM=1 python3 deploy/image/test_build_filter_image.py

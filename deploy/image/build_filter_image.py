@@ -147,7 +147,7 @@ def build(wasm_path, out, tag, fmt="wasm", source=None):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wasm", default="target/wasm32-wasip1/release/surge_filter.wasm",
+    ap.add_argument("--wasm", default="target/wasm/surge_filter.wasm",
                     help="the filter module (default: %(default)s)")
     ap.add_argument("--out", default="target/oci/surge-filter",
                     help="output folder for the OCI layout (default: %(default)s)")

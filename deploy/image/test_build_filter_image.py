@@ -142,7 +142,7 @@ class BuilderTest(unittest.TestCase):
 
     def test_layout_digests_and_layer_are_right_for_the_real_filter(self):
         path = os.environ.get("SURGE_FILTER_WASM") or os.path.join(
-            REPO, "target", "wasm32-wasip1", "release", "surge_filter.wasm")
+            REPO, "target", "wasm", "surge_filter.wasm")
         if not os.path.isfile(path):
             if os.environ.get("SURGE_REQUIRE_REAL_WASM") == "1":
                 self.fail(f"{path} is missing: run `make wasm` first")

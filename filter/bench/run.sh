@@ -21,9 +21,9 @@ set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
 envoy=${SURGE_ENVOY:-$repo/.tools/envoy/bin/envoy}
-surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm32-wasip1/release/surge_filter.wasm}
-empty_wasm=${SURGE_EMPTY_WASM:-$repo/target/wasm32-wasip1/release/examples/empty_filter.wasm}
-floor_wasm=${SURGE_FLOOR_WASM:-$repo/target/wasm32-wasip1/release/examples/floor_filter.wasm}
+surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm/surge_filter.wasm}
+empty_wasm=${SURGE_EMPTY_WASM:-$repo/target/wasm/empty_filter.wasm}
+floor_wasm=${SURGE_FLOOR_WASM:-$repo/target/wasm/floor_filter.wasm}
 plugin_config=${SURGE_PLUGIN_CONFIG:-'{}'}
 rounds=${ROUNDS:-30}
 duration=${DURATION:-4}

@@ -117,25 +117,25 @@ pub fn locate_envoy() -> Result<PathBuf> {
     )
 }
 
-/// The surge filter: `$SURGE_FILTER_WASM`, else
-/// `<workspace>/target/wasm32-wasip1/release/surge_filter.wasm`.
+/// The surge filter: `$SURGE_FILTER_WASM`, else `<workspace>/target/wasm/surge_filter.wasm` (the
+/// module as shipped: cargo's build optimized by `filter/optimize.sh`).
 pub fn locate_filter_wasm() -> Result<PathBuf> {
     locate(
         "SURGE_FILTER_WASM",
-        workspace_root().join("target/wasm32-wasip1/release/surge_filter.wasm"),
+        workspace_root().join("target/wasm/surge_filter.wasm"),
         "surge filter wasm",
-        "which builds it (cargo build --release -p surge-filter --target wasm32-wasip1)",
+        "or `make wasm` (cargo builds it, filter/optimize.sh optimizes it)",
     )
 }
 
 /// The empty proxy-wasm filter used as the benchmark's baseline: `$SURGE_EMPTY_WASM`, else
-/// `<workspace>/target/wasm32-wasip1/release/examples/empty_filter.wasm`.
+/// `<workspace>/target/wasm/empty_filter.wasm`.
 pub fn locate_empty_wasm() -> Result<PathBuf> {
     locate(
         "SURGE_EMPTY_WASM",
-        workspace_root().join("target/wasm32-wasip1/release/examples/empty_filter.wasm"),
+        workspace_root().join("target/wasm/empty_filter.wasm"),
         "empty filter wasm",
-        "or build it with cargo build --release -p surge-filter --example empty_filter --target wasm32-wasip1",
+        "or `make wasm`",
     )
 }
 
