@@ -38,7 +38,7 @@ pub fn tail(path: &Path, lines: usize) -> String {
 }
 
 /// Starts `program args` with its output appended to `log`.
-pub(crate) fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<ChildGuard> {
+pub fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<ChildGuard> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -140,6 +140,20 @@ impl Authority {
         self.leaf(common_name, params)
     }
 
+    /// A certificate for both ends of a mutual-TLS link (server and client use), for `names`:
+    /// what KEDA's operator and metrics server each present on their gRPC link.
+    pub fn peer(&self, common_name: &str, names: &[String]) -> Result<CertKey> {
+        let mut params = CertificateParams::new(names.to_vec()).map_err(sign_error(common_name))?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        self.leaf(common_name, params)
+    }
+
     /// A client certificate: the API server authenticates it as user `user` in `groups`.
     pub fn client(&self, user: &str, groups: &[&str]) -> Result<CertKey> {
         let mut params = CertificateParams::new(Vec::<String>::new()).map_err(sign_error(user))?;
