@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm/surge_filter.wasm
 
-.PHONY: sandbox test tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare fuzz
+.PHONY: sandbox test tools classic-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -13,12 +13,17 @@ sandbox: tools wasm bins
 	./target/debug/surge-sandbox run --kube $(KUBE) $(SCENARIO)
 
 ## Everything CI checks: lint (fmt, clippy native + wasm32, docs), unit, end-to-end, manifests.
-test: tools lint wasm bins
+test: tools classic-tools lint wasm bins
 	$(CARGO) nextest run --workspace --profile ci
 	./scripts/validate-manifests.sh
 
 tools:
 	./scripts/tools.sh
+
+## The classic chain's components, KEDA and Prometheus, built from their Go modules into .tools/
+## (cluster/build-classic.sh; cold: ~15 minutes on 2 cores).
+classic-tools: tools
+	./cluster/build-classic.sh
 
 lint: tools
 	$(CARGO) fmt --all -- --check

@@ -38,6 +38,9 @@ pub struct AppPodSpec {
     pub work_dir: PathBuf,
     /// Where Envoy listens (port 0: any free port).
     pub listener: SocketAddr,
+    /// Where Envoy's admin interface listens (its `/stats/prometheus` is what Prometheus
+    /// scrapes); port 0: any free port on 127.0.0.1.
+    pub admin: SocketAddr,
 }
 
 impl AppPodSpec {
@@ -92,6 +95,7 @@ pub fn start(spec: AppPodSpec) -> JoinHandle<Result<AppPod, String>> {
             .map_err(|e| format!("app of {name}: {e}"))?;
         let bootstrap = Bootstrap::new(app.addr(), spec.scaler_addr)
             .listener(spec.listener)
+            .admin(spec.admin)
             .filter(WasmFilter::surge(&spec.wasm, &spec.plugin_config))
             .node(NodeIdentity {
                 pod: name.clone(),

@@ -229,7 +229,9 @@ pub struct Bootstrap {
     pub listener_ip: IpAddr,
     /// Listener port; 0 lets Envoy pick (see [`Envoy::listener_addr`]).
     pub listener_port: u16,
-    /// Admin port on 127.0.0.1; 0 lets Envoy pick (see [`Envoy::admin_addr`]).
+    /// Admin address: 127.0.0.1, or a pod's own loopback address on the sandbox's node.
+    pub admin_ip: IpAddr,
+    /// Admin port; 0 lets Envoy pick (see [`Envoy::admin_addr`]).
     pub admin_port: u16,
     /// The upstream every route forwards to.
     pub upstream: SocketAddr,
@@ -256,6 +258,7 @@ impl Bootstrap {
         Self {
             listener_ip: IpAddr::from([127, 0, 0, 1]),
             listener_port: 0,
+            admin_ip: IpAddr::from([127, 0, 0, 1]),
             admin_port: 0,
             upstream,
             upstream_cluster: DEFAULT_UPSTREAM_CLUSTER.into(),
@@ -302,6 +305,13 @@ impl Bootstrap {
     /// Sets the admin port (0: any free port).
     pub fn admin_port(mut self, port: u16) -> Self {
         self.admin_port = port;
+        self
+    }
+
+    /// Sets the admin address and port (port 0: any free port).
+    pub fn admin(mut self, addr: SocketAddr) -> Self {
+        self.admin_ip = addr.ip();
+        self.admin_port = addr.port();
         self
     }
 
@@ -352,7 +362,7 @@ impl Bootstrap {
                 "metadata": metadata,
             },
             "admin": {
-                "address": socket("127.0.0.1", self.admin_port),
+                "address": socket(&self.admin_ip.to_string(), self.admin_port),
             },
             "static_resources": {
                 "listeners": [{

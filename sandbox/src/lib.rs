@@ -10,6 +10,7 @@ pub mod app;
 pub mod app_pod;
 pub mod bench;
 pub mod chart;
+pub mod classic;
 pub mod compare;
 pub mod endpoints;
 pub mod ingress;

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use surge_sandbox::bench::{BenchOptions, bench_reaction};
+use surge_sandbox::classic::Autoscaler;
 use surge_sandbox::run::{KubeMode, RunOptions, run};
 use surge_sandbox::scenario::{DEFAULT_SCENARIO, Scenario};
 
@@ -36,6 +37,10 @@ enum Command {
         /// Extra `helm install --set KEY=VALUE` for the chart (with `--kube real`).
         #[arg(long = "helm-set", value_name = "KEY=VALUE")]
         helm_set: Vec<String>,
+        /// Which autoscaler drives the app: Surge, or the classic chain (Prometheus, KEDA, the
+        /// HPA; `make classic-tools` builds it) with the corrected or the seed's literal query.
+        #[arg(long, value_enum, default_value_t = Autoscaler::Surge)]
+        autoscaler: Autoscaler,
     },
     /// Measure the time from a 10x load step to the first scale PATCH over many runs.
     BenchReaction {
@@ -276,6 +281,7 @@ async fn main() -> ExitCode {
             quiet,
             kube,
             helm_set,
+            autoscaler,
         } => {
             match load_scenario(scenario.as_ref()) {
                 Err(e) => Err(e),
@@ -285,6 +291,7 @@ async fn main() -> ExitCode {
                         live: !quiet,
                         kube,
                         helm_set,
+                        autoscaler,
                     };
                     match run(&scenario, &options, shutdown_signal()).await {
                         Ok(result) => {

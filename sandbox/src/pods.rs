@@ -180,6 +180,7 @@ fn start_pod(template: &PodTemplate, name: &str) -> JoinHandle<Result<AppPod, St
         envoy_binary: template.envoy_binary.clone(),
         work_dir: template.work_dir.join(name),
         listener: SocketAddr::from(([127, 0, 0, 1], 0)),
+        admin: SocketAddr::from(([127, 0, 0, 1], 0)),
     })
 }
 

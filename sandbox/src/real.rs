@@ -31,11 +31,13 @@ use surge_cluster::audit::{AuditLog, AuditRecord};
 use surge_cluster::{ControlPlane, Options as PlaneOptions};
 use tokio::task::JoinHandle;
 
+use crate::classic::{Autoscaler, ClassicChain};
 use crate::endpoints::ServiceEndpoints;
 use crate::envoy::workspace_root;
 use crate::kubeapi::RequestRecord;
 use crate::node::containers::{
-    APP_IMAGE, ENV_CONCURRENCY, ENV_QUEUE, ENV_SERVICE_TIME_MS, ENV_STARTUP_DELAY_MS, PROXY_IMAGE,
+    APP_IMAGE, ENV_CONCURRENCY, ENV_QUEUE, ENV_SERVICE_TIME_MS, ENV_STARTUP_DELAY_MS,
+    ISTIO_STATS_PORT, PROXY_IMAGE,
 };
 use crate::node::network::LoopbackRange;
 use crate::node::{AppRuntime, Node, NodeOptions};
@@ -76,6 +78,10 @@ pub struct RealKube {
     plugin_config: Value,
     client: Client,
     network: LoopbackRange,
+    /// Who writes the app's scale (the scaler, or the HPA controller under the classic chain).
+    writer: String,
+    /// Prometheus and KEDA, under `--autoscaler classic`; stopped before the control plane.
+    classic: Option<ClassicChain>,
     plane: ControlPlane,
 }
 
@@ -144,6 +150,10 @@ impl RealKube {
             plugin_config: Value::Null,
             client,
             network,
+            writer: Autoscaler::Surge.writer(&format!(
+                "system:serviceaccount:{SCALER_NAMESPACE}:{SCALER_NAME}"
+            )),
+            classic: None,
             plane,
         })
     }
@@ -309,12 +319,12 @@ impl RealKube {
         Ok(())
     }
 
-    /// Creates the app's Deployment (at `minReplicas`), Service and SurgeScaler, as `kubectl
-    /// apply` would, and starts following them.
+    /// Creates the app's Deployment (at `minReplicas`), Service and SurgeScaler (none under the
+    /// classic chain), as `kubectl apply` would, and starts following them.
     pub async fn deploy_app(
         &mut self,
         scenario: &Scenario,
-        surgescaler: Value,
+        surgescaler: Option<Value>,
     ) -> Result<(), RunError> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
         deployments
@@ -344,16 +354,18 @@ impl RealKube {
         };
         let scalers: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), NAMESPACE, &resource);
-        let object: DynamicObject = serde_json::from_value(surgescaler)
-            .map_err(|e| setup("the SurgeScaler")(e.to_string()))?;
-        scalers
-            .patch(
-                WORKLOAD,
-                &PatchParams::apply("kubectl").force(),
-                &Patch::Apply(&object),
-            )
-            .await
-            .map_err(kube_setup("apply the SurgeScaler"))?;
+        if let Some(surgescaler) = surgescaler {
+            let object: DynamicObject = serde_json::from_value(surgescaler)
+                .map_err(|e| setup("the SurgeScaler")(e.to_string()))?;
+            scalers
+                .patch(
+                    WORKLOAD,
+                    &PatchParams::apply("kubectl").force(),
+                    &Patch::Apply(&object),
+                )
+                .await
+                .map_err(kube_setup("apply the SurgeScaler"))?;
+        }
         let app = ServiceEndpoints::follow(
             self.client.clone(),
             NAMESPACE,
@@ -370,6 +382,29 @@ impl RealKube {
         )));
         self.app = Some(app);
         Ok(())
+    }
+
+    /// Starts the classic chain (Prometheus, KEDA, the app's ScaledObject; files under `dir`)
+    /// and makes the HPA controller the writer [`Self::requests`] follows.
+    pub async fn start_classic(
+        &mut self,
+        scenario: &Scenario,
+        autoscaler: Autoscaler,
+        dir: &Path,
+    ) -> Result<(), RunError> {
+        let Some(query) = autoscaler.query() else {
+            return Ok(());
+        };
+        let octet = self.network.network().octet();
+        let chain = ClassicChain::start(&self.plane, octet, scenario, query, dir).await?;
+        self.writer = autoscaler.writer("");
+        self.classic = Some(chain);
+        Ok(())
+    }
+
+    /// The classic chain, when it runs.
+    pub fn classic(&self) -> Option<&ClassicChain> {
+        self.classic.as_ref()
     }
 
     /// The app Service's ready endpoints (what the load generator sends to).
@@ -393,14 +428,14 @@ impl RealKube {
         self.node.as_ref()
     }
 
-    /// The scaler's API calls so far, as the API server audited them.
+    /// The API calls of the app's autoscaler so far (the scaler, or the HPA controller under
+    /// the classic chain), as the API server audited them.
     pub fn requests(&self) -> Vec<RequestRecord> {
         let mut audit = self.audit.lock().unwrap_or_else(|e| e.into_inner());
-        let user = format!("system:serviceaccount:{SCALER_NAMESPACE}:{SCALER_NAME}");
         audit
             .refresh()
             .iter()
-            .filter(|r| r.user == user)
+            .filter(|r| r.user == self.writer)
             .map(|r| self.record(r))
             .collect()
     }
@@ -494,7 +529,7 @@ fn app_deployment(scenario: &Scenario) -> Result<Deployment, RunError> {
                         {
                             "name": "istio-proxy",
                             "image": PROXY_IMAGE,
-                            "ports": [{"name": "http-envoy-prom", "containerPort": 15090}],
+                            "ports": [{"name": "http-envoy-prom", "containerPort": ISTIO_STATS_PORT}],
                             "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
                         },
                     ],

@@ -238,6 +238,9 @@ pub struct RunResult {
     /// Which Kubernetes the run had, in words (every figure above depends on it).
     #[serde(default)]
     pub kubernetes: String,
+    /// Which autoscaler drove the app, in words (Surge, or the classic chain and its query).
+    #[serde(default)]
+    pub autoscaler: String,
 }
 
 /// A network fault the run injected.
@@ -549,6 +552,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         png_chart: None,
         faults: Vec::new(),
         kubernetes: String::new(),
+        autoscaler: String::new(),
     }
 }
 
@@ -844,6 +848,7 @@ load:
                 png_chart: None,
                 faults: Vec::new(),
                 kubernetes: String::new(),
+                autoscaler: String::new(),
             })
             .contains("89.66 % (5000 requests: 1483 slower, 3000 failed)")
         );

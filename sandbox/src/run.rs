@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub use crate::classic::Autoscaler;
 use crate::envoy::EnvoyError;
 use crate::load::{self, Recorder};
 use crate::nft::NftTable;
@@ -71,6 +72,8 @@ pub struct RunOptions {
     pub kube: KubeMode,
     /// Extra `helm install --set` values (real Kubernetes only).
     pub helm_set: Vec<String>,
+    /// Which autoscaler drives the app (the classic chain: real Kubernetes only).
+    pub autoscaler: Autoscaler,
 }
 
 impl RunOptions {
@@ -81,6 +84,7 @@ impl RunOptions {
             live,
             kube: KubeMode::Embedded,
             helm_set: Vec::new(),
+            autoscaler: Autoscaler::Surge,
         }
     }
 }
@@ -99,6 +103,7 @@ pub async fn run(
         kube: options.kube,
         helm_set: options.helm_set.clone(),
         announce: options.live,
+        autoscaler: options.autoscaler,
     };
     let mut sandbox = tokio::select! {
         started = Sandbox::start(scenario, &start_options) => started?,
@@ -251,6 +256,7 @@ pub async fn run(
     });
     result.faults = fault_records;
     result.kubernetes = options.kube.describe();
+    result.autoscaler = options.autoscaler.describe(scenario);
     write_outputs(&mut result, &options.out_dir)?;
     Ok(result)
 }

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use tokio::task::JoinHandle;
 
 use crate::app::AppModel;
+use crate::classic::Autoscaler;
 use crate::envoy::{locate_envoy, locate_filter_wasm};
 use crate::ingress::{HoldCounts, Ingress, IngressOptions, Via};
 use crate::kubeapi::{KubeApi, Options, Part, RequestRecord, resources};
@@ -61,6 +62,8 @@ pub struct StartOptions {
     pub helm_set: Vec<String>,
     /// Print the kubeconfig's path once the control plane is up (real only).
     pub announce: bool,
+    /// Which autoscaler drives the app (the classic chain: real only).
+    pub autoscaler: Autoscaler,
 }
 
 impl StartOptions {
@@ -72,6 +75,7 @@ impl StartOptions {
             kube: KubeMode::Embedded,
             helm_set: Vec::new(),
             announce: false,
+            autoscaler: Autoscaler::Surge,
         }
     }
 }
@@ -207,6 +211,11 @@ impl Sandbox {
                  the app is warm again"
                     .into(),
             )),
+            KubeMode::Embedded if options.autoscaler != Autoscaler::Surge => Err(RunError::Setup(
+                "--autoscaler classic needs the real control plane (--kube real): the classic \
+                 chain is the real HPA controller, KEDA and Prometheus"
+                    .into(),
+            )),
             KubeMode::Embedded => {
                 Self::start_embedded(scenario, options, envoy_binary, wasm, pods_dir).await
             }
@@ -312,7 +321,14 @@ impl Sandbox {
         real.start_node(scenario, pods_dir, report_to, envoy_binary, wasm)
             .await?;
         real.wait_scaler_ready(Duration::from_secs(60)).await?;
-        real.deploy_app(scenario, surgescaler(scenario)).await?;
+        let scaler = (options.autoscaler == Autoscaler::Surge).then(|| surgescaler(scenario));
+        real.deploy_app(scenario, scaler).await?;
+        real.start_classic(
+            scenario,
+            options.autoscaler,
+            &options.out_dir.join("classic"),
+        )
+        .await?;
         let plugin_config = real.plugin_config().clone();
         let mut sandbox = Self {
             ingress: None,

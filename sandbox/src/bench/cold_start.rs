@@ -155,6 +155,7 @@ pub async fn bench_cold_start(
         live: false,
         kube: KubeMode::Real,
         helm_set: helm_set.clone(),
+        autoscaler: crate::classic::Autoscaler::Surge,
     };
     let result = run(&scenario, &options, cancel).await?;
     if let Some(failure) = &result.failure {

@@ -21,6 +21,9 @@ use k8s_openapi::api::core::v1::{Container, Pod};
 
 use crate::app::AppModel;
 
+/// The port of Istio's sidecar that serves its Envoy's `/stats/prometheus` (`http-envoy-prom`),
+/// which Prometheus scrapes.
+pub const ISTIO_STATS_PORT: u16 = 15090;
 /// The sandbox app's image (the `app` container).
 pub const APP_IMAGE: &str = "surge.dev/sandbox-app:1";
 /// The sidecar's image as Istio 1.30's injector writes it (the `istio-proxy` container); this

@@ -440,5 +440,8 @@ fn app_spec(
         envoy_binary: runtime.envoy_binary.clone(),
         work_dir: dir,
         listener: SocketAddr::new(local, runtime.port),
+        // Where Istio's sidecar serves its Envoy's stats (the `http-envoy-prom` port the
+        // Deployment declares), on the pod's own address: Prometheus scrapes it there.
+        admin: SocketAddr::new(local, super::containers::ISTIO_STATS_PORT),
     }
 }
