@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm/surge_filter.wasm
 
-.PHONY: sandbox test tools classic-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare fuzz
+.PHONY: sandbox test tools classic-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare compare-real fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -75,6 +75,12 @@ bench-cold-start: tools wasm bins
 
 compare: tools wasm bins
 	./target/debug/surge-sandbox compare --out target/compare
+
+## The same comparison measured: the standard set's 10x and 5x steps, spike and noisy curve on
+## the real control plane, under Surge and under the real classic chain, beside the models
+## (about an hour; SCENARIOS="--scenario step-10x" for one).
+compare-real: tools classic-tools wasm bins
+	./target/debug/surge-sandbox compare-real --out target/compare-real $(SCENARIOS)
 
 ## Coverage-guided fuzzing (cargo-fuzz, stable toolchain); the corpus is replayed by `make test`.
 FUZZ_SECONDS ?= 60

@@ -114,6 +114,29 @@ enum Command {
         #[arg(long, value_parser = clap::value_parser!(u64).range(0..=600_000))]
         startup_delay_ms: Option<u64>,
     },
+    /// Scenarios of the standard set on the real control plane, once under Surge and once
+    /// under the real classic chain (Prometheus, KEDA, the HPA), beside the models: the table
+    /// and charts of `compare`, measured, plus summary.json and compare-real.md (model against
+    /// measurement, issue 15's goals). About an hour for the default four scenarios.
+    CompareReal {
+        /// A scenario of the standard set (repeatable); by default step-10x, step-5x,
+        /// spike-20s and diurnal-noisy.
+        #[arg(long = "scenario")]
+        scenarios: Vec<String>,
+        /// Output directory.
+        #[arg(long, default_value = "target/compare-real")]
+        out: PathBuf,
+        /// Loop-phase seeds of the models.
+        #[arg(long, default_value_t = surge_sandbox::compare::DEFAULT_SEEDS)]
+        seeds: u64,
+        /// Multiplies the load, the per-replica target and the app's concurrency and queue
+        /// alike (replica counts unchanged): 600 rps is more than this machine carries.
+        #[arg(long, default_value_t = surge_sandbox::compare::real::DEFAULT_LOAD_SCALE)]
+        load_scale: f64,
+        /// Print one progress line per second of each run.
+        #[arg(long)]
+        progress: bool,
+    },
     /// Draw `chart.svg` (and `chart.png` when rsvg-convert is installed) again from a
     /// `result.json`, next to it.
     Chart {
@@ -146,6 +169,34 @@ fn load_scenario(path: Option<&PathBuf>) -> Result<Scenario, String> {
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
+async fn compare_real(
+    names: &[String],
+    out_dir: PathBuf,
+    seeds: u64,
+    load_scale: f64,
+    progress: bool,
+) -> Result<(), String> {
+    use surge_sandbox::compare::{real, report};
+    let scenarios = real::select(names).map_err(|e| e.to_string())?;
+    let options = real::RealOptions {
+        out_dir,
+        seeds,
+        load_scale,
+        progress,
+    };
+    let (comparison, summary, written) = real::compare_real(&scenarios, &options, shutdown_signal)
+        .await
+        .map_err(|e| e.to_string())?;
+    print!("{}", report::markdown(&comparison));
+    print!("\n{}", real::markdown(&summary));
+    println!(
+        "wrote {} files to {}",
+        written.len(),
+        options.out_dir.display()
+    );
+    Ok(())
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         let _ = tokio::signal::ctrl_c().await;
@@ -224,6 +275,13 @@ async fn main() -> ExitCode {
             })
             .map_err(|e| e.to_string())
         }
+        Command::CompareReal {
+            scenarios,
+            out,
+            seeds,
+            load_scale,
+            progress,
+        } => compare_real(&scenarios, out, seeds, load_scale, progress).await,
         Command::Chart { result } => redraw(&result),
         Command::BenchStartup { runs, out } => {
             match surge_sandbox::bench::bench_startup(runs, &out).await {

@@ -149,6 +149,38 @@ impl Phase {
         }
     }
 
+    /// The same phase with every rate multiplied by `factor` (`make compare-real` plays the
+    /// standard set at a load this machine can carry); fails where a rate leaves `Rps`'s range.
+    pub fn scaled(&self, factor: f64) -> Result<Phase, String> {
+        let by = |r: &Rps| Rps::try_from(r.get() * factor);
+        Ok(match self {
+            Phase::Steady { rps, seconds } => Phase::Steady {
+                rps: by(rps)?,
+                seconds: *seconds,
+            },
+            Phase::Ramp { from, to, seconds } => Phase::Ramp {
+                from: by(from)?,
+                to: by(to)?,
+                seconds: *seconds,
+            },
+            Phase::Spike {
+                base,
+                peak,
+                seconds,
+                peak_seconds,
+            } => Phase::Spike {
+                base: by(base)?,
+                peak: by(peak)?,
+                seconds: *seconds,
+                peak_seconds: *peak_seconds,
+            },
+            Phase::Trace { rps } => Phase::Trace {
+                rps: rps.iter().map(by).collect::<Result<_, _>>()?,
+            },
+            Phase::TraceFile { path } => Phase::TraceFile { path: path.clone() },
+        })
+    }
+
     /// The rate `t` seconds into the phase.
     pub fn rate_at(&self, t: f64) -> f64 {
         match self {

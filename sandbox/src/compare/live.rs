@@ -52,6 +52,11 @@ pub fn replicas_at(initial: u32, writes: &[ScaleWrite], t_s: f64) -> u32 {
 /// A live run as a row of the comparison, measured from `event_s` (the same event the models
 /// are measured from).
 pub fn system_result(run: &RunResult, event_s: f64) -> SystemResult {
+    measured_row(run, event_s, LIVE_NAME)
+}
+
+/// A live run as the row named `system`, measured from `event_s`.
+pub fn measured_row(run: &RunResult, event_s: f64, system: &str) -> SystemResult {
     let initial = run
         .seconds
         .first()
@@ -110,7 +115,7 @@ pub fn system_result(run: &RunResult, event_s: f64) -> SystemResult {
         })
         .collect();
     SystemResult {
-        system: LIVE_NAME.to_string(),
+        system: system.to_string(),
         median: metrics,
         first_scale_up_range_s: None,
         runs: vec![metrics],

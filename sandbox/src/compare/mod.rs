@@ -28,11 +28,14 @@
 //! - [`report`]: runs every system over every scenario and writes the markdown and JSON table.
 //! - [`chart`]: hand-written SVG charts per scenario.
 //! - [`live`]: a live sandbox run as a row of the table, and the cross-check against the replay.
+//! - [`real`]: `make compare-real`: Surge and the real classic chain on the real control plane,
+//!   measured beside the models, with `summary.json` and the goals of issue 15.
 //! - [`rng`]: a small seeded generator, so phases and noise are reproducible.
 
 pub mod chart;
 pub mod live;
 pub mod models;
+pub mod real;
 pub mod report;
 pub mod rng;
 pub mod scenarios;
