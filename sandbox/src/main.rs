@@ -136,6 +136,10 @@ enum Command {
         /// Print one progress line per second of each run.
         #[arg(long)]
         progress: bool,
+        /// Reuse the runs an earlier compare-real left in the output folder (same scenarios
+        /// and load scale), recomputing the models and the summary only.
+        #[arg(long)]
+        reuse: bool,
     },
     /// Draw `chart.svg` (and `chart.png` when rsvg-convert is installed) again from a
     /// `result.json`, next to it.
@@ -175,6 +179,7 @@ async fn compare_real(
     seeds: u64,
     load_scale: f64,
     progress: bool,
+    reuse: bool,
 ) -> Result<(), String> {
     use surge_sandbox::compare::{real, report};
     let scenarios = real::select(names).map_err(|e| e.to_string())?;
@@ -183,6 +188,7 @@ async fn compare_real(
         seeds,
         load_scale,
         progress,
+        reuse,
     };
     let (comparison, summary, written) = real::compare_real(&scenarios, &options, shutdown_signal)
         .await
@@ -281,7 +287,8 @@ async fn main() -> ExitCode {
             seeds,
             load_scale,
             progress,
-        } => compare_real(&scenarios, out, seeds, load_scale, progress).await,
+            reuse,
+        } => compare_real(&scenarios, out, seeds, load_scale, progress, reuse).await,
         Command::Chart { result } => redraw(&result),
         Command::BenchStartup { runs, out } => {
             match surge_sandbox::bench::bench_startup(runs, &out).await {

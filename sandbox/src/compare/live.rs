@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use super::models::surge::report_interval_ms;
 use super::report::SystemResult;
 use super::sim::{Metrics, ScaleWrite, SecondSample};
-use crate::report::RunResult;
+use crate::report::{RunResult, SecondRow};
 
 /// Name of the live row in tables and charts.
 pub const LIVE_NAME: &str = "Surge (live sandbox)";
@@ -47,6 +47,21 @@ pub fn replicas_at(initial: u32, writes: &[ScaleWrite], t_s: f64) -> u32 {
         .take_while(|w| w.t_s <= t_s)
         .last()
         .map_or(initial, |w| w.replicas)
+}
+
+/// Seconds from `event_s` until the ready capacity covers the offered load again after the
+/// first second (at or after the event) it fell short, as the simulation defines it (see
+/// [`Metrics::enough_capacity_s`]): 0 if it never fell short, `None` if it never caught up.
+pub fn enough_capacity_from_seconds(seconds: &[SecondRow], event_s: f64) -> Option<f64> {
+    let mut short = false;
+    for s in seconds.iter().filter(|s| s.t as f64 >= event_s.floor()) {
+        if s.ready_capacity_rps < s.offered_rps {
+            short = true;
+        } else if short {
+            return Some((s.t as f64 - event_s).max(0.0));
+        }
+    }
+    if short { None } else { Some(0.0) }
 }
 
 /// A live run as a row of the comparison, measured from `event_s` (the same event the models
@@ -82,7 +97,12 @@ pub fn measured_row(run: &RunResult, event_s: f64, system: &str) -> SystemResult
     let requests = summary.requests as f64;
     let metrics = Metrics {
         first_scale_up_s,
-        enough_capacity_s: summary.enough_capacity_ms.map(|ms| ms / 1000.0),
+        // The summary times it to the millisecond from a load step; a scenario without one
+        // (the noisy curve) gets the models' definition on the per-second series.
+        enough_capacity_s: match summary.enough_capacity_ms {
+            Some(ms) => Some(ms / 1000.0),
+            None => enough_capacity_from_seconds(&run.seconds, event_s),
+        },
         overloaded_s: f64::from(summary.overloaded_seconds),
         over_objective: summary.over_slo_share,
         refused: if requests > 0.0 {
@@ -227,6 +247,42 @@ mod tests {
                 .map(|&(t_s, replicas)| ScaleWrite { t_s, replicas })
                 .collect(),
         }
+    }
+
+    #[test]
+    fn enough_capacity_on_the_series_is_the_models_definition() {
+        let second = |t: u64, offered: f64, capacity: f64| SecondRow {
+            t,
+            offered_rps: offered,
+            ok: 0,
+            errors: 0,
+            over_slo: 0,
+            p50_ms: None,
+            p99_ms: None,
+            ready: 0.0,
+            desired: 0,
+            ready_capacity_rps: capacity,
+        };
+        let short_then_caught_up = [
+            second(9, 100.0, 50.0),
+            second(10, 100.0, 150.0),
+            second(11, 200.0, 150.0),
+            second(12, 200.0, 150.0),
+            second(13, 200.0, 250.0),
+        ];
+        // Short before the event does not count; short at 11, enough again at 13.
+        assert_eq!(
+            enough_capacity_from_seconds(&short_then_caught_up, 10.5),
+            Some(2.5)
+        );
+        assert_eq!(
+            enough_capacity_from_seconds(&short_then_caught_up[..4], 10.5),
+            None
+        );
+        assert_eq!(
+            enough_capacity_from_seconds(&short_then_caught_up[..2], 10.0),
+            Some(0.0)
+        );
     }
 
     #[test]

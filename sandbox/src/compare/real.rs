@@ -131,6 +131,26 @@ pub struct RealOptions {
     pub load_scale: f64,
     /// Print one progress line per second of each run.
     pub progress: bool,
+    /// Take a run's `result.json` from an earlier `compare-real` into the same folder instead
+    /// of playing it again (when it exists and played the same scenario): the models and the
+    /// summary are computed afresh.
+    pub reuse: bool,
+}
+
+/// An earlier run of `scenario`, read from `path`; refused if it played something else.
+fn reuse(path: &Path, scenario: &Scenario) -> Result<crate::report::RunResult, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let result: crate::report::RunResult = serde_json::from_str(&text)
+        .map_err(|e| format!("{}: not a run's result.json: {e}", path.display()))?;
+    if &result.scenario != scenario {
+        return Err(format!(
+            "{} played another scenario (other load scale or version): play it again without \
+             --reuse",
+            path.display()
+        ));
+    }
+    Ok(result)
 }
 
 /// Plays each scenario (as [`prepare`]d) under each system of [`PLAYED`], one run after the
@@ -145,7 +165,7 @@ pub async fn compare_real<F: Future<Output = ()>>(
     let seeds: Vec<u64> = (1..=options.seeds.max(1)).collect();
     let mut comparison = Comparison {
         seeds: seeds.clone(),
-        warmup_s: report::WARMUP_S,
+        warmup_s: 0,
         scenarios: Vec::new(),
         cross_checks: Vec::new(),
     };
@@ -157,8 +177,15 @@ pub async fn compare_real<F: Future<Output = ()>>(
         };
         let scenario = prepare(original, options.load_scale).map_err(failed)?;
         let trace = Trace::from_scenario(&scenario);
-        let mut modelled = report::run(std::slice::from_ref(&trace), &seeds, &models::all)
-            .map_err(CompareError::Systems)?;
+        // The models start as the real runs do (minReplicas, empty windows), so that a
+        // difference is the models' and not the start's.
+        let mut modelled = report::run_from(
+            std::slice::from_ref(&trace),
+            &seeds,
+            &models::all,
+            report::Start::AtMinReplicas,
+        )
+        .map_err(CompareError::Systems)?;
         let Some(mut result) = modelled.scenarios.pop() else {
             return Err(CompareError::Systems("the models gave no result".into()));
         };
@@ -174,9 +201,14 @@ pub async fn compare_real<F: Future<Output = ()>>(
                 helm_set: Vec::new(),
                 autoscaler,
             };
-            let outcome = run(&scenario, &run_options, cancel())
-                .await
-                .map_err(|e| failed(e.to_string()))?;
+            let saved = run_options.out_dir.join("result.json");
+            let outcome = if options.reuse && saved.exists() {
+                reuse(&saved, &scenario).map_err(failed)?
+            } else {
+                run(&scenario, &run_options, cancel())
+                    .await
+                    .map_err(|e| failed(e.to_string()))?
+            };
             if outcome.interrupted {
                 return Err(failed(
                     outcome.failure.unwrap_or_else(|| "interrupted".into()),

@@ -157,12 +157,33 @@ fn summarize(runs: &[Metrics]) -> Metrics {
     }
 }
 
-/// Runs the systems built by `systems` over each scenario, once per seed; fails only if a
-/// system cannot be built.
+/// How the systems start a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// After [`WARMUP_S`] at the scenario's opening load, with the replicas it needs: the
+    /// steady state before the event, every window full (`make compare`).
+    Warm,
+    /// At `minReplicas` (at least 1) with every window empty, as a real run starts (the Deployment created
+    /// at `minReplicas`, Prometheus and the scaler with no history): `make compare-real`.
+    AtMinReplicas,
+}
+
+/// Runs the systems built by `systems` over each scenario, once per seed, from a warm start;
+/// fails only if a system cannot be built.
 pub fn run(
     scenarios: &[Trace],
     seeds: &[u64],
     systems: &SystemFactory<'_>,
+) -> Result<Comparison, String> {
+    run_from(scenarios, seeds, systems, Start::Warm)
+}
+
+/// [`run`], starting as `start` says.
+pub fn run_from(
+    scenarios: &[Trace],
+    seeds: &[u64],
+    systems: &SystemFactory<'_>,
+    start: Start,
 ) -> Result<Comparison, String> {
     let mut results = Vec::with_capacity(scenarios.len());
     for scenario in scenarios {
@@ -172,11 +193,19 @@ pub fn run(
             max_replicas: scenario.max_replicas,
             target_rps_per_pod: scenario.target_rps_per_pod,
         };
-        let config = SimConfig {
-            pod: *pod,
-            warmup_s: WARMUP_S,
-            warmup_rps: Some(warmup_rps(scenario)),
-            initial_replicas: initial_replicas(scenario, &target),
+        let config = match start {
+            Start::Warm => SimConfig {
+                pod: *pod,
+                warmup_s: WARMUP_S,
+                warmup_rps: Some(warmup_rps(scenario)),
+                initial_replicas: initial_replicas(scenario, &target),
+            },
+            Start::AtMinReplicas => SimConfig {
+                pod: *pod,
+                warmup_s: 0,
+                warmup_rps: None,
+                initial_replicas: target.min_replicas.max(1),
+            },
         };
         let mut per_system: Vec<(Outcome, Vec<Metrics>)> = Vec::new();
         for (i, &seed) in seeds.iter().enumerate() {
@@ -222,7 +251,10 @@ pub fn run(
     }
     Ok(Comparison {
         seeds: seeds.to_vec(),
-        warmup_s: WARMUP_S,
+        warmup_s: match start {
+            Start::Warm => WARMUP_S,
+            Start::AtMinReplicas => 0,
+        },
         scenarios: results,
         cross_checks: Vec::new(),
     })

@@ -204,7 +204,8 @@ pub fn summary(comparison: &Comparison, load_scale: f64) -> Summary {
 pub fn markdown(summary: &Summary) -> String {
     let value = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v:.2}"));
     let mut out = format!(
-        "Played at load scale {} with {} s of lead-in; models: medians over {} phase seeds.\n\n\
+        "Played at load scale {} with {} s of lead-in; models: medians over {} phase seeds, \
+         started as the real runs start (minReplicas, every window empty).\n\n\
          | scenario | system | figure | model | measured | model off by |\n|---|---|---|---|---|---|\n",
         summary.load_scale, summary.lead_in_s, summary.model_seeds
     );
