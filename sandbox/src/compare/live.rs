@@ -97,12 +97,14 @@ pub fn measured_row(run: &RunResult, event_s: f64, system: &str) -> SystemResult
     let requests = summary.requests as f64;
     let metrics = Metrics {
         first_scale_up_s,
-        // The summary times it to the millisecond from a load step; a scenario without one
-        // (the noisy curve) gets the models' definition on the per-second series.
-        enough_capacity_s: match summary.enough_capacity_ms {
-            Some(ms) => Some(ms / 1000.0),
-            None => enough_capacity_from_seconds(&run.seconds, event_s),
-        },
+        // The summary times it to the millisecond, from a load step to capacity for the
+        // step's load; where it has no figure (no step, as on the noisy curve, or a spike over
+        // before capacity caught up) the models' definition on the per-second series applies:
+        // capacity covering the offered load again.
+        enough_capacity_s: summary
+            .enough_capacity_ms
+            .map(|ms| ms / 1000.0)
+            .or_else(|| enough_capacity_from_seconds(&run.seconds, event_s)),
         overloaded_s: f64::from(summary.overloaded_seconds),
         over_objective: summary.over_slo_share,
         refused: if requests > 0.0 {
