@@ -15,12 +15,8 @@
 # by the module proxy and stops the build with the line that asks for it. Cold, on 2 cores: about
 # 12 minutes and +1.5 GB of modules, +3.1 GB of build cache (the operator links every scaler's SDK).
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-# shellcheck source=versions.env
-. "$root/cluster/versions.env"
-tools=$root/.tools
-export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOFLAGS="-buildvcs=false -modcacherw" \
-  GOTOOLCHAIN=local CGO_ENABLED=0 GOPROXY=${GOPROXY:-https://proxy.golang.org} GONOSUMDB= GOPRIVATE=
+# shellcheck source=go-env.sh
+. "$(dirname "$0")/go-env.sh"
 keda_bin=$tools/keda/$KEDA_VERSION/bin
 mod=github.com/kedacore/keda/v2
 start=$(date +%s)

@@ -15,13 +15,8 @@
 # with ../api and friends; its wrapper needs no replace, since a dependency's replaces are ignored
 # and its requirements name published versions. helm's module has no replaces: `go install` works.
 set -euo pipefail
-root=$(cd "$(dirname "$0")/.." && pwd)
-# shellcheck source=versions.env
-. "$root/cluster/versions.env"
-tools=$root/.tools
-# -modcacherw: the module cache stays deletable (rm -rf .tools, git clean -fdx).
-export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOFLAGS="-buildvcs=false -modcacherw" \
-  GOTOOLCHAIN=local CGO_ENABLED=0 GOPROXY=${GOPROXY:-https://proxy.golang.org} GONOSUMDB= GOPRIVATE=
+# shellcheck source=go-env.sh
+. "$(dirname "$0")/go-env.sh"
 kube_bin=$tools/kube/$K8S_VERSION/bin
 etcd_bin=$tools/etcd/$ETCD_VERSION/bin
 helm_bin=$tools/helm/$HELM_VERSION/bin

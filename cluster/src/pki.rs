@@ -132,25 +132,38 @@ impl Authority {
 
     /// A serving certificate for `names` (DNS names or IP addresses).
     pub fn serving(&self, common_name: &str, names: &[String]) -> Result<CertKey> {
-        let mut params = CertificateParams::new(names.to_vec()).map_err(sign_error(common_name))?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        self.leaf(common_name, params)
+        self.named(
+            common_name,
+            names,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
+        )
     }
 
     /// A certificate for both ends of a mutual-TLS link (server and client use), for `names`:
     /// what KEDA's operator and metrics server each present on their gRPC link.
     pub fn peer(&self, common_name: &str, names: &[String]) -> Result<CertKey> {
+        self.named(
+            common_name,
+            names,
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        )
+    }
+
+    /// A leaf for `names` with the extended key `usages`.
+    fn named(
+        &self,
+        common_name: &str,
+        names: &[String],
+        usages: Vec<ExtendedKeyUsagePurpose>,
+    ) -> Result<CertKey> {
         let mut params = CertificateParams::new(names.to_vec()).map_err(sign_error(common_name))?;
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.extended_key_usages = usages;
         self.leaf(common_name, params)
     }
 

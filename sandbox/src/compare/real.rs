@@ -56,7 +56,7 @@ pub const SURGE_REAL: &str = "Surge (real Kubernetes)";
 /// Name of the classic chain's measured row.
 pub const CLASSIC_REAL: &str = "classic (real Prometheus+KEDA+HPA)";
 /// The classic chain's model row (`models::classic::ClassicChain::new`).
-pub const CLASSIC_MODEL: &str = "classic (Prometheus+KEDA+HPA)";
+pub const CLASSIC_MODEL: &str = models::classic::NAME;
 
 /// The systems played for real, each with its row name and the model row it is checked against.
 pub const PLAYED: [(Autoscaler, &str, &str); 2] = [
@@ -300,6 +300,24 @@ mod tests {
             b.event_s,
             a.event_s
         );
+    }
+
+    #[test]
+    fn reuse_refuses_a_file_that_is_not_a_run_naming_it() {
+        let dir = std::env::temp_dir().join(format!("surge-reuse-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("result.json");
+        let _ = std::fs::remove_file(&path);
+        let step = select(&["step-10x".into()]).unwrap().remove(0);
+        let missing = reuse(&path, &step).unwrap_err();
+        assert!(
+            missing.contains("cannot read") && missing.contains("result.json"),
+            "{missing}"
+        );
+        std::fs::write(&path, "{\"scenario\": 1}").unwrap();
+        let bad = reuse(&path, &step).unwrap_err();
+        assert!(bad.contains("not a run's result.json"), "{bad}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -55,6 +55,9 @@ pub struct ChainSettings {
     pub target: ScaleTarget,
 }
 
+/// The name of the classic chain's row (the corrected query).
+pub const NAME: &str = "classic (Prometheus+KEDA+HPA)";
+
 /// Prometheus + KEDA + HPA, stepped by the simulation.
 #[derive(Debug, Clone)]
 pub struct ClassicChain {
@@ -71,7 +74,7 @@ impl ClassicChain {
     /// The chain as platform teams run it: `rate(...[1m])`, KEDA and HPA defaults.
     pub fn new(target: ScaleTarget, seed: u64) -> Self {
         Self::with_settings(
-            "classic (Prometheus+KEDA+HPA)",
+            NAME,
             ChainSettings {
                 query: Query::Rate1m,
                 polling_ms: KEDA_POLLING_MS,
