@@ -35,7 +35,7 @@ manifest=$repo/deploy/manifests/surge.yaml
 # The kubectl manifest: namespace included, token from a Secret the user creates (INSTALL.md), so
 # that the output is deterministic (a generated token would differ on every render).
 manifest_args=(--include-crds --skip-tests --set namespace.create=true
-  --set token.existingSecret=surge-scaler-token)
+  --set token.existingSecret=surge-scaler-token --set sharing.peerToken.existingSecret=surge-scaler-peer-token)
 crd_dirs=("istio-$ISTIO_API_VERSION" "karpenter-$KARPENTER_VERSION"
   "karpenter-provider-aws-$KARPENTER_AWS_VERSION" "prometheus-operator-$PROMETHEUS_OPERATOR_VERSION")
 
@@ -201,8 +201,10 @@ run "helm template (no-token)" render no-token --set token.enabled=false --set n
   --set podDisruptionBudget.enabled=false
 run "helm template (existing-secret)" render existing-secret --set token.existingSecret=my-token --set scaler.identity=required
 run "helm template (watch-namespaces)" render watch-namespaces --set 'scaler.watchNamespaces={web,shop}'
-must_fail "helm template refuses replicaCount=2 (no leader election yet)" "'/replicaCount': value must be 1" \
-  template --set replicaCount=2
+must_fail "helm template refuses replicaCount=0 (a scaler that scales nothing)" "'/replicaCount': minimum: got 0, want 1" \
+  template --set replicaCount=0
+must_fail "helm template refuses a Lease duration under 2 s (the flag takes 2..60)" \
+  "'/sharing/leaseDurationSeconds': minimum: got 1, want 2" template --set sharing.leaseDurationSeconds=1
 must_fail "helm template refuses scaler.identity=sometimes" "'/scaler/identity': value must be one of 'off', 'when-present', 'required'" \
   template --set scaler.identity=sometimes
 must_fail "helm template refuses a misspelled value (values.schema.json)" "additional properties 'replicaCont' not allowed" \

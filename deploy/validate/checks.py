@@ -294,7 +294,7 @@ def cmd_restricted(files):
 
 # The least privilege the scaler needs: (apiGroup, resource) -> verbs. The same list as
 # tests/tests/scaler_chart.rs proves from the real scaler's requests; this copy keeps the check
-# offline. No namespaced Role: leader election (Leases) does not exist yet.
+# offline. The Leases the replicas share the targets through are granted apart (LEASE_ALLOWED).
 RBAC_ALLOWED = {
     ("surge.dev", "surgescalers"): {"list", "watch"},
     ("surge.dev", "surgescalers/status"): {"patch"},
@@ -309,12 +309,42 @@ RBAC_ALLOWED = {
 }
 
 
+# The replicas' Leases (scaler/src/shard/leases.rs), in the release namespace only: the Role
+# and RoleBinding named <fullname>-leases.
+LEASE_ALLOWED = {("coordination.k8s.io", "leases"): {"list", "create", "update", "delete"}}
+
+
+def check_lease_role(docs, errors):
+    """The <fullname>-leases Role grants exactly LEASE_ALLOWED, in the Deployment's namespace,
+    bound to the chart's ServiceAccount; returns the docs without it."""
+    deployments = find(docs, "Deployment")
+    home = deployments[0]["metadata"].get("namespace") if deployments else None
+    lease = [d for d in docs if d.get("kind") in ("Role", "RoleBinding")
+             and d["metadata"]["name"].endswith("-leases")]
+    kinds = sorted(d["kind"] for d in lease)
+    if kinds != ["Role", "RoleBinding"]:
+        errors.append(f"expected one Role and one RoleBinding for the Leases, found {kinds}")
+    for d in lease:
+        if d["metadata"].get("namespace") != home:
+            errors.append(f"{d['kind']} {d['metadata']['name']}: in {d['metadata'].get('namespace')}, "
+                          f"not the scaler's namespace {home}")
+        if d["kind"] == "Role":
+            granted = {}
+            for rule in d.get("rules") or []:
+                for g in rule.get("apiGroups") or []:
+                    for r in rule.get("resources") or []:
+                        granted.setdefault((g, r), set()).update(rule.get("verbs") or [])
+            if granted != LEASE_ALLOWED:
+                errors.append(f"Role {d['metadata']['name']}: grants {granted}, expected exactly {LEASE_ALLOWED}")
+    return [d for d in docs if not any(d is l for l in lease)]
+
+
 def cmd_rbac(chart_render, namespaces=None):
     """Cluster-wide (no NAMESPACES): one ClusterRole and no Role. With NAMESPACES (the chart's
     scaler.watchNamespaces): no ClusterRole, one Role and RoleBinding in each. Either way every
-    role grants exactly the least-privilege list."""
+    role grants exactly the least-privilege list; the Leases have a Role of their own."""
     errors = []
-    docs = load_docs(chart_render)
+    docs = check_lease_role(load_docs(chart_render), errors)
     if namespaces is None:
         for kind in ("Role", "RoleBinding"):
             for extra in find(docs, kind):

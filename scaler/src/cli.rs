@@ -111,11 +111,59 @@ pub struct RunArgs {
     /// `timeout_ms` (1000 by default); 0 answers at once.
     #[arg(long, env = "SURGE_ANSWER_WAIT_MS", default_value_t = 250, value_parser = clap::value_parser!(u64).range(0..=5_000))]
     pub answer_wait_ms: u64,
+    /// Several replicas: share the targets through Leases in this namespace (the scaler's
+    /// own). Unset: this replica runs alone and owns every target.
+    #[arg(long, env = "SURGE_LEASE_NAMESPACE", value_parser = parse_namespace)]
+    pub lease_namespace: Option<String>,
+    /// Prefix of the Lease names, and the value of their `surge.dev/lease-group` label.
+    #[arg(long, env = "SURGE_LEASE_GROUP", default_value = "surge-scaler", value_parser = parse_name)]
+    pub lease_group: String,
+    /// This replica's id among them (its pod name); required with --lease-namespace.
+    #[arg(long, env = "SURGE_REPLICA_ID", value_parser = parse_name)]
+    pub replica_id: Option<String>,
+    /// How long a replica's hold on a shard lasts without renewal: the longest a target goes
+    /// without a writer when its owner dies (renewed every quarter of it).
+    #[arg(long, env = "SURGE_LEASE_DURATION_SECONDS", default_value_t = 4, value_parser = clap::value_parser!(u64).range(2..=60))]
+    pub lease_duration_seconds: u64,
+    /// Number of shards the targets are split into (the same on every replica).
+    #[arg(long, env = "SURGE_SHARDS", default_value_t = crate::shard::DEFAULT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub shards: u32,
+    /// Address of the listener for reports mirrored by the other replicas.
+    #[arg(long, env = "SURGE_PEER_ADDR", default_value = "0.0.0.0:8081")]
+    pub peer_addr: SocketAddr,
+    /// Where the other replicas reach this one's peer listener (default: `http://` the pod IP
+    /// and the --peer-addr port).
+    #[arg(long, env = "SURGE_PEER_URL")]
+    pub peer_url: Option<String>,
+    /// This replica's pod IP (the chart sets it from `status.podIP`).
+    #[arg(long, env = "SURGE_POD_IP")]
+    pub pod_ip: Option<std::net::IpAddr>,
+    /// File holding the token replicas present to each other; required with --lease-namespace.
+    #[arg(long, env = "SURGE_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
 }
 
 /// A namespace name as the API server accepts it: an RFC 1123 label (spaces around it are
 /// dropped, as `--gateway-namespaces` drops them).
 fn parse_namespace(value: &str) -> Result<String, String> {
+    parse_label(value).ok_or_else(|| {
+        "not a namespace name (lowercase letters, digits and '-', at most 63, starting and \
+         ending with a letter or digit)"
+            .to_owned()
+    })
+}
+
+/// A replica id or Lease group: an RFC 1123 label, as a pod name from a Deployment is (it
+/// goes into Lease names).
+fn parse_name(value: &str) -> Result<String, String> {
+    parse_label(value).ok_or_else(|| {
+        "not an RFC 1123 label (lowercase letters, digits and '-', at most 63, starting and \
+         ending with a letter or digit)"
+            .to_owned()
+    })
+}
+
+fn parse_label(value: &str) -> Option<String> {
     let value = value.trim();
     let valid = !value.is_empty()
         && value.len() <= 63
@@ -124,15 +172,7 @@ fn parse_namespace(value: &str) -> Result<String, String> {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !value.starts_with('-')
         && !value.ends_with('-');
-    if valid {
-        Ok(value.to_owned())
-    } else {
-        Err(
-            "not a namespace name (lowercase letters, digits and '-', at most 63, \
-             starting and ending with a letter or digit)"
-                .to_owned(),
-        )
-    }
+    valid.then(|| value.to_owned())
 }
 
 impl RunArgs {
@@ -171,6 +211,17 @@ impl RunArgs {
     /// The slow decision tick.
     pub fn tick(&self) -> Duration {
         Duration::from_millis(self.tick_ms)
+    }
+
+    /// Where the other replicas reach this one: --peer-url, else the pod IP and the peer port.
+    pub fn advertised_peer_url(&self) -> Option<String> {
+        self.peer_url.clone().or_else(|| {
+            let ip = self.pod_ip?;
+            Some(format!(
+                "http://{}",
+                SocketAddr::new(ip, self.peer_addr.port())
+            ))
+        })
     }
 }
 
@@ -284,6 +335,47 @@ mod tests {
         assert_eq!(args.identity, IdentityMode::Required);
         assert_eq!(args.log_format, LogFormat::Json);
         assert_eq!(args.token.as_deref(), Some("t"));
+    }
+
+    #[test]
+    fn sharing_is_off_by_default_and_the_peer_url_follows_the_pod_ip() {
+        let parse = |args: &[&str]| {
+            let mut all = vec!["surge-scaler", "run"];
+            all.extend_from_slice(args);
+            match Cli::try_parse_from(all).unwrap().command {
+                Command::Run(run) => run,
+                _ => panic!("expected run"),
+            }
+        };
+        let alone = parse(&[]);
+        assert_eq!(alone.lease_namespace, None);
+        assert_eq!(alone.lease_duration_seconds, 4);
+        assert_eq!(alone.shards, 8);
+        assert_eq!(alone.advertised_peer_url(), None);
+        let pod = parse(&["--pod-ip", "10.244.0.7", "--peer-addr", "0.0.0.0:7000"]);
+        assert_eq!(
+            pod.advertised_peer_url().as_deref(),
+            Some("http://10.244.0.7:7000")
+        );
+        let v6 = parse(&["--pod-ip", "fd00::7"]);
+        assert_eq!(
+            v6.advertised_peer_url().as_deref(),
+            Some("http://[fd00::7]:8081")
+        );
+        let url = parse(&[
+            "--pod-ip",
+            "10.0.0.1",
+            "--peer-url",
+            "http://scaler-0.peers:8081",
+        ]);
+        assert_eq!(
+            url.advertised_peer_url().as_deref(),
+            Some("http://scaler-0.peers:8081")
+        );
+        let error = Cli::try_parse_from(["surge-scaler", "run", "--lease-duration-seconds", "1"])
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("--lease-duration-seconds"), "{error}");
     }
 
     #[test]

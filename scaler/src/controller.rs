@@ -299,6 +299,9 @@ pub struct TargetLoop {
     zero: Option<ZeroLoop>,
     writes: tokio::sync::mpsc::Sender<Write>,
     writer: Option<JoinHandle<()>>,
+    /// Whether this replica owned the target at the last step (see [`crate::shard`]); `None`
+    /// before the first.
+    owned: Option<bool>,
 }
 
 impl TargetLoop {
@@ -342,6 +345,7 @@ impl TargetLoop {
             able: None,
             writes,
             writer: Some(writer),
+            owned: None,
         }
     }
 
@@ -354,11 +358,14 @@ impl TargetLoop {
         let mut tick = tokio::time::interval(self.ctx.tick);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let wake = Arc::clone(&self.wake);
+        let mut ownership = self.ctx.ownership.changes();
         let mut last_step: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break,
+                // A shard gained (act on what the window holds at once) or lost (stop writing).
+                _ = ownership.changed() => {}
                 changed = spec.changed() => {
                     if changed.is_err() {
                         break;
@@ -417,6 +424,10 @@ impl TargetLoop {
     /// the scale changed since it was read (409) is followed at once by a fresh read and a
     /// fresh decision, up to `MAX_CONFLICTS_IN_A_ROW` times.
     pub async fn step(&mut self) {
+        if !self.follow_ownership() {
+            self.observe_only().await;
+            return;
+        }
         // Conflicts first: a target driven by another autoscaler is never written.
         if !self.check_conflicts().await {
             return;
@@ -438,6 +449,10 @@ impl TargetLoop {
             let now = self.ctx.clock.now();
             let (decision, observation, sources) = self.decide(&scale, now);
             self.announce_stale(&decision).await;
+            if decision.desired != scale.replicas && !self.ctx.ownership.owns(&self.key) {
+                // The shard's Lease ran out during this step: another replica may hold it now.
+                return;
+            }
             if decision.desired == scale.replicas {
                 self.scale_needs_no_write();
             } else {
@@ -471,6 +486,52 @@ impl TargetLoop {
             self.write_status(Some((observation, sources))).await;
             return;
         }
+    }
+}
+
+impl TargetLoop {
+    /// Whether this replica owns the target now. A target it has just taken over starts as
+    /// after a restart: fail-static (no scale-down on a history this replica did not decide
+    /// on), a fresh read of the scale, and a fresh status; a surge is acted on at once.
+    fn follow_ownership(&mut self) -> bool {
+        let owns = self.ctx.ownership.owns(&self.key);
+        let owned = self.owned.unwrap_or(false);
+        if owns && self.owned.is_none() && self.ctx.ownership.is_sharded() {
+            tracing::info!(target = %self.key, "took the target over");
+        }
+        // A loop's first step starts fresh anyway (`TargetLoop::new`); a regained one must.
+        if owns && self.owned == Some(false) {
+            tracing::info!(target = %self.key, "took the target over");
+            self.state = DecisionState::after_restart(self.ctx.clock.now());
+            self.scale_read_at = None;
+            self.conflict_checked_at = None;
+            self.last_status = None;
+            self.status_written_at = None;
+            self.stale_announced = false;
+            self.last_decision = None;
+            self.restart_idle_clock();
+        } else if !owns && owned {
+            tracing::info!(target = %self.key, "the target is another replica's now");
+        }
+        if self.owned != Some(owns) {
+            self.ctx.metrics.owned(&self.key, owns);
+        }
+        self.owned = Some(owns);
+        owns
+    }
+
+    /// A step of a target another replica owns: keep the scale and the destination current
+    /// (the answers to the proxies list cold destinations whichever replica answers), decide
+    /// and write nothing.
+    async fn observe_only(&mut self) {
+        let due = self
+            .scale_read_at
+            .is_none_or(|t| t.elapsed() >= SCALE_REFRESH);
+        if self.scale.is_none() || due {
+            self.read_scale().await;
+        }
+        self.refresh_destination().await;
+        self.publish_replicas();
     }
 }
 

@@ -320,7 +320,7 @@ impl Hub {
 
     /// Counts a validated report received at `now`.
     pub fn ingest(&self, report: &Report, now: Millis) -> Ingested {
-        ingest_report(&mut self.lock(), report, now).0
+        ingest_report(&mut self.lock(), report, now, true).0
     }
 
     /// Counts a validated report body received at `now`: the report, and the requests it says
@@ -328,9 +328,20 @@ impl Hub {
     /// (an activation). Also returns what the proxy's `hold_totals` added since its previous
     /// report (for the metrics).
     pub fn ingest_body(&self, body: &ReportBody, now: Millis) -> (Ingested, Option<HoldTotals>) {
+        self.ingest_body_as(body, now, true)
+    }
+
+    /// [`Hub::ingest_body`] of a report another replica received and mirrored here: its
+    /// instance's report rate was checked there (`rated` false skips the check here).
+    pub fn ingest_body_as(
+        &self,
+        body: &ReportBody,
+        now: Millis,
+        rated: bool,
+    ) -> (Ingested, Option<HoldTotals>) {
         let mut guard = self.lock();
         let state = &mut *guard;
-        let (ingested, instance) = ingest_report(state, &body.report, now);
+        let (ingested, instance) = ingest_report(state, &body.report, now, rated);
         let Some(instance) = instance else {
             return (ingested, None);
         };
@@ -445,14 +456,19 @@ impl Hub {
 
 /// Counts `report` for the targets it feeds; with the instance it was counted under when it
 /// was applied (a baseline or traffic), for the report's hold fields.
-fn ingest_report(state: &mut State, report: &Report, now: Millis) -> (Ingested, Option<Arc<str>>) {
+fn ingest_report(
+    state: &mut State,
+    report: &Report,
+    now: Millis,
+    rated: bool,
+) -> (Ingested, Option<Arc<str>>) {
     if report.proxy.role == Role::Gateway
         && let Some(allowed) = &state.gateway_namespaces
         && !allowed.contains(&report.proxy.namespace)
     {
         return (Ingested::GatewayNamespace, None);
     }
-    let (instance, applied) = state.counters.apply(report, now);
+    let (instance, applied) = state.counters.apply_as(report, now, rated);
     let (interval_ms, deltas) = match &applied {
         Applied::Duplicate => return (Ingested::Duplicate, None),
         Applied::ForeignInstance => return (Ingested::ForeignInstance, None),

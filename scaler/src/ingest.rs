@@ -31,6 +31,7 @@ use crate::cli::IdentityMode;
 use crate::clock::Clock;
 use crate::hub::{Hub, Ingested, Refusal};
 use crate::metrics::{Metrics, Outcome};
+use crate::mirror::Mirror;
 
 /// What the ingest handler needs.
 #[derive(Clone)]
@@ -50,6 +51,8 @@ pub struct IngestState {
     /// Longest an answer to a report holding requests for a cold destination waits for the
     /// cold list to change (zero: answered at once).
     pub answer_wait: std::time::Duration,
+    /// Copies accepted reports to the other replicas (`None`: this replica runs alone).
+    pub mirror: Option<Arc<Mirror>>,
 }
 
 /// The ingest router: `POST /v1/reports`.
@@ -359,6 +362,12 @@ async fn receive_inner(
         Ingested::Baseline => (Outcome::baseline, 0),
         Ingested::Duplicate => (Outcome::duplicate, 0),
     };
+    // A duplicate is not mirrored: the peers have it, or a newer report of the instance.
+    if outcome != Outcome::duplicate
+        && let Some(mirror) = &state.mirror
+    {
+        mirror.send(&report.instance, &bytes);
+    }
     Ok((outcome, targets, holding))
 }
 
@@ -408,7 +417,7 @@ fn tracked<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, IngestErro
 }
 
 /// Compares in time independent of where the inputs differ (the length still shows).
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

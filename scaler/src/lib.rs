@@ -12,6 +12,8 @@
 //! - [`crd`]: the `SurgeScaler` resource.
 //! - [`cli`]: the command line.
 //! - [`decision`] and [`zero`]: the pure scaling rules (scale to zero and back in [`zero`]).
+//! - [`shard`]: several replicas share the targets through Leases; [`mirror`] copies each
+//!   report to the other replicas, so whichever owns a target has all of its reports.
 
 pub mod admin;
 pub mod cli;
@@ -22,6 +24,8 @@ pub mod decision;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;
+pub mod mirror;
 pub mod server;
+pub mod shard;
 pub mod window;
 pub mod zero;

@@ -122,6 +122,28 @@ struct HoldLabels {
     outcome: HoldOutcome,
 }
 
+/// What became of reports mirrored between replicas.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum MirrorOutcome {
+    /// Sent to a peer, which took them.
+    sent,
+    /// Sent to a peer, which did not answer or refused them (their traffic reaches it with the
+    /// instance's next report: counters are cumulative).
+    failed,
+    /// Not queued: the peer's queue was full.
+    dropped,
+    /// Received from a peer and counted here.
+    received,
+    /// Received from a peer but not a valid report.
+    refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct MirrorLabels {
+    outcome: MirrorOutcome,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ApiErrorLabels {
     operation: Operation,
@@ -145,6 +167,9 @@ pub struct Metrics {
     to_zero: Family<TargetLabels, Counter>,
     cold_targets: Gauge,
     proxy_holds: Family<HoldLabels, Counter>,
+    mirrored: Family<MirrorLabels, Counter>,
+    owned: Family<TargetLabels, Gauge>,
+    shards_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -235,6 +260,24 @@ impl Default for Metrics {
             "Requests the proxies held for cold destinations, by what became of them (their hold_totals, summed over all proxies)",
             proxy_holds.clone(),
         );
+        let mirrored = Family::default();
+        registry.register(
+            "surge_mirrored_reports",
+            "Reports mirrored between scaler replicas, by outcome",
+            mirrored.clone(),
+        );
+        let owned = Family::default();
+        registry.register(
+            "surge_target_owned",
+            "1 while this replica decides and writes for the target (its shard Lease is held)",
+            owned.clone(),
+        );
+        let shards_held = Gauge::default();
+        registry.register(
+            "surge_shards_held",
+            "Shard Leases this replica holds (0 when it runs alone, without Leases)",
+            shards_held.clone(),
+        );
         Self {
             registry,
             ingest,
@@ -251,6 +294,9 @@ impl Default for Metrics {
             to_zero,
             cold_targets,
             proxy_holds,
+            mirrored,
+            owned,
+            shards_held,
         }
     }
 }
@@ -293,6 +339,28 @@ impl Metrics {
             .set(i64::try_from(sources).unwrap_or(i64::MAX));
     }
 
+    /// Counts `count` reports mirrored with `outcome`.
+    pub fn mirrored(&self, outcome: MirrorOutcome, count: u64) {
+        if count > 0 {
+            self.mirrored
+                .get_or_create(&MirrorLabels { outcome })
+                .inc_by(count);
+        }
+    }
+
+    /// Whether this replica owns the target now.
+    pub fn owned(&self, key: &TargetKey, owned: bool) {
+        self.owned
+            .get_or_create(&TargetLabels::from(key))
+            .set(i64::from(owned));
+    }
+
+    /// How many shard Leases this replica holds.
+    pub fn shards_held(&self, held: usize) {
+        self.shards_held
+            .set(i64::try_from(held).unwrap_or(i64::MAX));
+    }
+
     /// Removes a deleted target's series.
     pub fn forget(&self, key: &TargetKey) {
         let labels = TargetLabels::from(key);
@@ -312,6 +380,7 @@ impl Metrics {
             &self.panic,
             &self.sources,
             &self.held,
+            &self.owned,
         ] {
             family.remove(&labels);
         }

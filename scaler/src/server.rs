@@ -18,6 +18,8 @@ use crate::controller::{self, Context};
 use crate::hub::Hub;
 use crate::ingest::{self, IngestState};
 use crate::metrics::Metrics;
+use crate::mirror::{self, Mirror, PeerState};
+use crate::shard::{self, Ownership, leases::LeaseConfig};
 
 /// Longest wait for data on the SurgeScaler watch: longer than the `timeoutSeconds` (290 s)
 /// kube-runtime's watcher asks the API server for, so a healthy watch always ends first.
@@ -57,6 +59,20 @@ pub enum RunError {
     /// A server stopped with an error.
     #[error("serve: {0}")]
     Serve(std::io::Error),
+    /// --lease-namespace is set without a flag that sharing needs.
+    #[error("--lease-namespace needs {missing}")]
+    SharingIncomplete {
+        /// The missing flag.
+        missing: &'static str,
+    },
+    /// The peer token file could not be read, or is empty.
+    #[error("--peer-token-file {path}: {reason}")]
+    PeerTokenFile {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// An environment variable from an earlier release is set; it is no longer read, and
     /// ignoring it would widen what the scaler watches.
     #[error("{old} is no longer read: set {new} (comma-separated) instead")]
@@ -113,6 +129,54 @@ fn load_token(args: &RunArgs) -> Result<Option<Arc<str>>, RunError> {
     }
 }
 
+/// How this replica shares the targets: `None` when it runs alone.
+struct Sharing {
+    leases: LeaseConfig,
+    peer_token: Arc<str>,
+}
+
+fn sharing(args: &RunArgs) -> Result<Option<Sharing>, RunError> {
+    let Some(namespace) = args.lease_namespace.clone() else {
+        return Ok(None);
+    };
+    let id = args.replica_id.clone().ok_or(RunError::SharingIncomplete {
+        missing: "--replica-id (SURGE_REPLICA_ID: the pod name)",
+    })?;
+    let peer_url = args
+        .advertised_peer_url()
+        .ok_or(RunError::SharingIncomplete {
+            missing: "--pod-ip or --peer-url (where the other replicas reach this one)",
+        })?;
+    let path = args
+        .peer_token_file
+        .as_ref()
+        .ok_or(RunError::SharingIncomplete {
+            missing: "--peer-token-file (the token replicas present to each other)",
+        })?;
+    let token = std::fs::read_to_string(path).map_err(|e| RunError::PeerTokenFile {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    let token = token.trim_end();
+    if token.is_empty() {
+        return Err(RunError::PeerTokenFile {
+            path: path.display().to_string(),
+            reason: "the token is empty".into(),
+        });
+    }
+    Ok(Some(Sharing {
+        leases: LeaseConfig {
+            namespace,
+            group: args.lease_group.clone(),
+            id,
+            duration: Duration::from_secs(args.lease_duration_seconds),
+            shards: args.shards,
+            peer_url: Some(peer_url),
+        },
+        peer_token: Arc::from(token),
+    }))
+}
+
 async fn bind(addr: SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(addr)
         .await
@@ -146,8 +210,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     init_logging(args.log_format);
     refuse_renamed_env(|name| std::env::var_os(name).is_some())?;
     let token = load_token(&args)?;
+    let sharing = sharing(&args)?;
     let ingest_listener = bind(args.ingest_addr).await?;
     let admin_listener = bind(args.admin_addr).await?;
+    let peer_listener = match &sharing {
+        Some(_) => Some(bind(args.peer_addr).await?),
+        None => None,
+    };
 
     let mut config = kube::Config::infer().await?;
     // Retries are ours: a failed write is retried with a fresh decision at the next wake-up,
@@ -170,15 +239,33 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let clock = Clock::default();
     let ready = Arc::new(AtomicBool::new(false));
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let limits = Arc::new(Limits::default());
+    // Writes stop a quarter of the Lease duration before a hold runs out (see shard::Ownership).
+    let ownership = Arc::new(match &sharing {
+        Some(s) => Ownership::sharded(
+            s.leases.shards,
+            u64::try_from(s.leases.duration.as_millis() / 4).unwrap_or(u64::MAX),
+            clock,
+        ),
+        None => Ownership::everything(),
+    });
+    let mirror = sharing.as_ref().map(|s| {
+        Mirror::new(
+            Arc::clone(&ownership),
+            Arc::clone(&s.peer_token),
+            Arc::clone(&metrics),
+        )
+    });
 
     let ingest_app = ingest::router(IngestState {
         hub: Arc::clone(&hub),
         clock,
         token,
         identity: args.identity,
-        limits: Arc::new(Limits::default()),
+        limits: Arc::clone(&limits),
         metrics: Arc::clone(&metrics),
         answer_wait: std::time::Duration::from_millis(args.answer_wait_ms),
+        mirror,
     });
     let admin_app = admin::router(AdminState {
         metrics: Arc::clone(&metrics),
@@ -189,6 +276,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         admin = %args.admin_addr,
         identity = ?args.identity,
         token = token_state(&args),
+        replica = sharing.as_ref().map(|s| s.leases.id.as_str()),
         "surge-scaler starting"
     );
 
@@ -205,6 +293,32 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             .with_graceful_shutdown(wait(shutdown_rx.clone()))
             .into_future(),
     );
+    let mut servers = vec![ingest_server, admin_server];
+    let mut leases = None;
+    // The Leases are given up only after the loops' last writes (a separate signal).
+    let (release_tx, release_rx) = watch::channel(false);
+    if let (Some(sharing), Some(listener)) = (sharing, peer_listener) {
+        let peer_app = mirror::router(PeerState {
+            hub: Arc::clone(&hub),
+            clock,
+            token: Arc::clone(&sharing.peer_token),
+            limits: Arc::clone(&limits),
+            metrics: Arc::clone(&metrics),
+        });
+        servers.push(tokio::spawn(
+            axum::serve(listener, peer_app)
+                .with_graceful_shutdown(wait(shutdown_rx.clone()))
+                .into_future(),
+        ));
+        leases = Some(tokio::spawn(shard::leases::run(
+            client.clone(),
+            sharing.leases,
+            Arc::clone(&ownership),
+            clock,
+            Arc::clone(&metrics),
+            release_rx,
+        )));
+    }
     let expiry = {
         let hub = Arc::clone(&hub);
         let mut stop = shutdown_rx.clone();
@@ -227,7 +341,8 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             timeout,
             args.tick(),
         )
-        .with_warm_delay(args.warm_delay_ms),
+        .with_warm_delay(args.warm_delay_ms)
+        .with_ownership(ownership),
     );
     let controller = tokio::spawn(controller::run(
         ctx,
@@ -240,8 +355,13 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     tracing::info!("shutting down: finishing in-flight writes");
     let _ = shutdown_tx.send(true);
     let _ = controller.await;
+    // After the loops' last writes: the Leases go back, so the others take over at once.
+    let _ = release_tx.send(true);
+    if let Some(leases) = leases {
+        let _ = leases.await;
+    }
     let _ = expiry.await;
-    for server in [ingest_server, admin_server] {
+    for server in servers {
         if let Ok(Err(error)) = server.await {
             return Err(RunError::Serve(error));
         }

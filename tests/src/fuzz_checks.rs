@@ -95,6 +95,7 @@ impl Ingest {
                 limits: Arc::new(Limits::default()),
                 metrics: Arc::new(Metrics::default()),
                 answer_wait: std::time::Duration::ZERO,
+                mirror: None,
             };
             Ingest {
                 runtime: tokio::runtime::Builder::new_current_thread()

@@ -610,9 +610,16 @@ async fn with_watch_namespaces_the_chart_grants_roles_only_there_and_the_scaler_
         cluster_wide.is_empty(),
         "with watchNamespaces the chart still grants cluster-wide: {cluster_wide:?}"
     );
+    // Besides the Leases the replicas share the targets through, in the scaler's own namespace.
+    let leases: Vec<&Value> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] == "surge-scaler-leases")
+        .collect();
+    assert_eq!(leases.len(), 1);
+    assert_eq!(leases[0]["metadata"]["namespace"], "surge-system");
     let roles: BTreeSet<String> = docs
         .iter()
-        .filter(|d| d["kind"] == "Role")
+        .filter(|d| d["kind"] == "Role" && d["metadata"]["name"] != "surge-scaler-leases")
         .map(|d| {
             d["metadata"]["namespace"]
                 .as_str()
@@ -644,6 +651,19 @@ async fn life_cycle(docs: Vec<Value>) {
         .filter(|a| a.starts_with("--watch-namespaces"))
         .collect();
     let namespaced = !watch_args.is_empty();
+    // The chart's sharing of the targets through Leases, as one replica runs it (it takes every
+    // shard); the paths and addresses are this machine's. The env the chart sets from the
+    // downward API (replica id, pod IP) is given as flags.
+    let lease_args: Vec<String> = chart_args(&docs)
+        .into_iter()
+        .filter(|a| a.starts_with("--lease-") || a.starts_with("--shards"))
+        .collect();
+    assert!(
+        lease_args
+            .iter()
+            .any(|a| a.starts_with("--lease-namespace=")),
+        "the chart shares the targets through Leases: {lease_args:?}"
+    );
 
     let started = Instant::now();
     let bin = scaler_bin();
@@ -675,7 +695,9 @@ async fn life_cycle(docs: Vec<Value>) {
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "web").unwrap();
-    let (ingest, admin) = (free_addr(), free_addr());
+    let peer_token = dir.join("peer-token");
+    std::fs::write(&peer_token, "chart-peer-token").unwrap();
+    let (ingest, admin, peer) = (free_addr(), free_addr(), free_addr());
     let mut command = Command::new(&bin);
     command
         .args(["run", "--identity", "off", "--token", "chart-token"])
@@ -686,6 +708,10 @@ async fn life_cycle(docs: Vec<Value>) {
             &admin.to_string(),
         ])
         .args(&watch_args)
+        .args(&lease_args)
+        .args(["--replica-id", "surge-scaler-0", "--pod-ip", "127.0.0.1"])
+        .arg(format!("--peer-addr={peer}"))
+        .arg(format!("--peer-token-file={}", peer_token.display()))
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

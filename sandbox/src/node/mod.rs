@@ -123,7 +123,11 @@ pub struct NodeOptions {
 }
 
 enum Command {
-    KillScaler { restart_after: Duration },
+    /// SIGKILL the scaler containers (of one pod when named, else of all).
+    KillScaler {
+        restart_after: Duration,
+        pod: Option<String>,
+    },
     RestartScaler,
 }
 
@@ -183,7 +187,19 @@ impl Node {
     /// Kills every scaler container at once (SIGKILL, as a crash); each starts again after
     /// `restart_after`, as the kubelet restarts a crashed container after its back-off.
     pub fn kill_scaler(&self, restart_after: Duration) {
-        let _ = self.commands.send(Command::KillScaler { restart_after });
+        let _ = self.commands.send(Command::KillScaler {
+            restart_after,
+            pod: None,
+        });
+    }
+
+    /// Kills the scaler container of pod `pod` only (SIGKILL, as a crash or a lost node would);
+    /// it starts again after `restart_after`.
+    pub fn kill_scaler_pod(&self, pod: &str, restart_after: Duration) {
+        let _ = self.commands.send(Command::KillScaler {
+            restart_after,
+            pod: Some(pod.to_owned()),
+        });
     }
 
     /// Starts every scaler container that is down, now (its back-off cut short).
@@ -380,9 +396,14 @@ async fn serve(
             Some(command) = commands.recv() => {
                 let now = Instant::now();
                 for pod in state.pods.values_mut() {
+                    let name = pod.name.clone();
                     if let Runtime::Scaler(scaler) = &mut pod.runtime {
-                        match command {
-                            Command::KillScaler { restart_after } => scaler.kill(now, restart_after),
+                        match &command {
+                            Command::KillScaler { restart_after, pod } => {
+                                if pod.as_ref().is_none_or(|p| *p == name) {
+                                    scaler.kill(now, *restart_after);
+                                }
+                            }
                             Command::RestartScaler if scaler.process.is_none() => {
                                 scaler.restart_at = Some(now);
                             }

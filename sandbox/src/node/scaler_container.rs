@@ -335,13 +335,37 @@ fn spawn_scaler(container: &Container, prepared: &Prepared) -> Result<ChildGuard
 /// A container's arguments and its environment, as the process gets them.
 pub(super) type CommandLine = (Vec<String>, Vec<(String, String)>);
 
+/// What the downward API gives a container's env (`valueFrom.fieldRef`).
+pub(super) struct PodFields<'a> {
+    pub(super) name: &'a str,
+    pub(super) namespace: &'a str,
+    /// Where the pod's processes listen on this machine. `status.podIP` reads as this, since
+    /// here it is where the other pods reach this one (in a cluster, the pod IP is).
+    pub(super) local_ip: IpAddr,
+}
+
+impl PodFields<'_> {
+    fn get(&self, var: &str, path: &str) -> Result<String, String> {
+        match path {
+            "metadata.name" => Ok(self.name.to_owned()),
+            "metadata.namespace" => Ok(self.namespace.to_owned()),
+            "status.podIP" => Ok(self.local_ip.to_string()),
+            other => Err(format!(
+                "env {var}: fieldRef {other} is not supported here (metadata.name, \
+                 metadata.namespace and status.podIP are)"
+            )),
+        }
+    }
+}
+
 /// The container's args and env with its mounts and listen addresses rewritten for this node.
 pub(super) fn command_line(
     container: &Container,
-    pod_local: IpAddr,
+    pod: &PodFields<'_>,
     mounts: &[Mount],
     kubeconfig: &Path,
 ) -> Result<CommandLine, String> {
+    let pod_local = pod.local_ip;
     if container.command.is_some() {
         return Err(
             "a container command is not supported here (the image's entrypoint runs)".into(),
@@ -355,14 +379,21 @@ pub(super) fn command_line(
         .collect();
     let mut env = Vec::new();
     for var in container.env.iter().flatten() {
-        let value = var
-            .value
-            .as_deref()
-            .ok_or_else(|| format!("env {}: only a literal value is supported here", var.name))?;
-        env.push((
-            var.name.clone(),
-            containers::rewrite(value, pod_local, mounts),
-        ));
+        let field = var
+            .value_from
+            .as_ref()
+            .and_then(|from| from.field_ref.as_ref());
+        let value = match (var.value.as_deref(), field) {
+            (Some(value), _) => containers::rewrite(value, pod_local, mounts),
+            (None, Some(field)) => pod.get(&var.name, &field.field_path)?,
+            (None, None) => {
+                return Err(format!(
+                    "env {}: only a literal value or a fieldRef is supported here",
+                    var.name
+                ));
+            }
+        };
+        env.push((var.name.clone(), value));
     }
     // In a cluster the client reads the mounted token at the in-cluster path; without a mount
     // namespace, the same token comes through a kubeconfig (whose `tokenFile` it re-reads).

@@ -174,8 +174,13 @@ async fn prepare(
         &token_file,
     )
     .map_err(|e| e.to_string())?;
+    let fields = scaler_container::PodFields {
+        name: &pod.name,
+        namespace: &pod.namespace,
+        local_ip: pod.local_ip(),
+    };
     let (args, env) =
-        scaler_container::command_line(&scaler.container, pod.local_ip(), &mounts, &kubeconfig)?;
+        scaler_container::command_line(&scaler.container, &fields, &mounts, &kubeconfig)?;
     Ok(Prepared {
         args,
         env,

@@ -13,6 +13,7 @@ use crate::clock::Clock;
 use crate::decision::Millis;
 use crate::hub::Hub;
 use crate::metrics::{Metrics, Operation};
+use crate::shard::Ownership;
 
 /// A Kubernetes API call that failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +100,8 @@ pub struct Context {
     pub tick: Duration,
     /// Scale to zero: how long a first ready endpoint waits before the answers say warm.
     pub warm_delay_ms: Millis,
+    /// Which targets this replica may write for (all of them when it runs alone).
+    pub ownership: Arc<Ownership>,
 }
 
 impl Context {
@@ -121,7 +124,14 @@ impl Context {
             api_timeout,
             tick,
             warm_delay_ms: DEFAULT_WARM_DELAY_MS,
+            ownership: Arc::new(Ownership::everything()),
         }
+    }
+
+    /// The same context sharing the targets with other replicas as `ownership` says.
+    pub fn with_ownership(mut self, ownership: Arc<Ownership>) -> Self {
+        self.ownership = ownership;
+        self
     }
 
     /// The same context with another warm delay (see [`DEFAULT_WARM_DELAY_MS`]).

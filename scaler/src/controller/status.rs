@@ -115,6 +115,10 @@ impl TargetLoop {
 
     /// Queues an Event for the target's writer; never waits for the API.
     pub(super) async fn publish(&self, type_: EventType, reason: &str, action: &str, note: String) {
+        if !self.ctx.ownership.owns(&self.key) {
+            // Another replica speaks for the target.
+            return;
+        }
         let event = Event {
             type_,
             reason: reason.to_owned(),
@@ -280,6 +284,9 @@ impl TargetLoop {
     }
 
     pub(super) async fn write_status(&mut self, observed: Option<(decision::Observation, usize)>) {
+        if !self.ctx.ownership.owns(&self.key) {
+            return;
+        }
         let previous = self
             .last_status
             .clone()

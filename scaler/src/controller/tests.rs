@@ -592,5 +592,6 @@ fn a_namespaces_relist_prunes_only_its_own_deleted_targets() {
     assert_eq!(gone, [key("shop", "cart"), key("web", "old")]);
 }
 
+mod ownership;
 mod scale_writes;
 mod zero;

@@ -275,6 +275,13 @@ impl TargetLoop {
         })
     }
 
+    /// Restarts the idle clock: time this replica did not decide on never counts as idle.
+    pub(super) fn restart_idle_clock(&mut self) {
+        if let Some(zero) = self.zero.as_mut() {
+            zero.clock = IdleClock::restarted();
+        }
+    }
+
     /// Starts the idle clock at `since`, as if the loop had seen quiet reports from then on.
     #[cfg(test)]
     pub(super) fn start_idle_clock_at(&mut self, since: Millis) {

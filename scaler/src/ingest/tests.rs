@@ -14,6 +14,7 @@ fn state(token: Option<&str>, identity: IdentityMode) -> IngestState {
         limits: Arc::new(Limits::default()),
         metrics: Arc::new(Metrics::default()),
         answer_wait: std::time::Duration::ZERO,
+        mirror: None,
     }
 }
 

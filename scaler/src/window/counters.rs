@@ -164,6 +164,13 @@ impl Counters {
     /// Applies a validated report received at `now`; returns the instance key (shared, so
     /// targets can name their sources without copying the string) and what changed.
     pub fn apply(&mut self, report: &Report, now: Millis) -> (Arc<str>, Applied) {
+        self.apply_as(report, now, true)
+    }
+
+    /// [`Counters::apply`], with the instance's report rate checked (`rated`) or not: a report
+    /// another replica mirrored was rated where it arrived, and the same instance's reports
+    /// reach this replica both directly and mirrored, faster than either path alone.
+    pub fn apply_as(&mut self, report: &Report, now: Millis, rated: bool) -> (Arc<str>, Applied) {
         let key = match self.instances.get_key_value(report.instance.as_str()) {
             Some((key, _)) => Arc::clone(key),
             None => Arc::from(report.instance.as_str()),
@@ -215,7 +222,7 @@ impl Counters {
         // GCRA: one report per `interval` on average, `burst` back to back.
         let tat = state.tat.max(now);
         let tolerance = interval.saturating_mul(Millis::from(self.limits.report_burst.max(1) - 1));
-        if tat.saturating_sub(now) > tolerance {
+        if rated && tat.saturating_sub(now) > tolerance {
             let retry_after_ms = tat - now - tolerance;
             return (key, Applied::Throttled { retry_after_ms });
         }
@@ -225,7 +232,9 @@ impl Counters {
             let limit = self.limits.max_instance_routes;
             return (key, Applied::OverCapacity(Capacity::InstanceRoutes(limit)));
         }
-        state.tat = tat.saturating_add(interval);
+        if rated {
+            state.tat = tat.saturating_add(interval);
+        }
         let receiver_ms = now.saturating_sub(state.last_seen);
         let proxy_ms = report.time_ms.saturating_sub(state.last_time_ms);
         // The proxy's clock measures its own interval best (skew cancels out); a jumped clock

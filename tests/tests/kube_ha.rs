@@ -1,0 +1,241 @@
+//! Two scaler replicas, as the chart installs them, on the real control plane: the targets are
+//! shared through real Leases (coordination.k8s.io, stored in etcd), every report is mirrored
+//! to the other replica, and losing a replica loses no scale-up.
+//!
+//! ```text
+//!  test --reports, alternating--> replica A <--mirror--> replica B
+//!                                     |  shard Lease of web/api held by one of them
+//!                                     '--PATCH .../scale (the holder only)--> kube-apiserver
+//!  SIGKILL the holder mid-burst: the other takes the Lease once it lapses and writes the
+//!  pending scale-up (the audit log has every write; none goes down).
+//! ```
+
+// Tests fail loudly.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use surge_e2e::installed::{
+    TOKEN, apply, eventually, install, kubectl, pause_deployment, replicas, report, scale_writes,
+    wait_ready_replicas,
+};
+use surge_e2e::scaler::{HttpClient, http_client, request};
+use surge_sandbox::real::RealKube;
+use surge_scaler::hub::TargetKey;
+use surge_scaler::shard::{DEFAULT_SHARDS, shard_of};
+
+/// The chart's default Lease duration (`sharing.leaseDurationSeconds`).
+const LEASE_DURATION: Duration = Duration::from_secs(4);
+
+fn surgescaler(namespace: &str, name: &str) -> String {
+    format!(
+        "apiVersion: surge.dev/v1alpha1
+kind: SurgeScaler
+metadata: {{name: {name}, namespace: {namespace}}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: {name}}}
+  maxReplicas: 10
+  metric: {{type: rps, target: 100}}
+"
+    )
+}
+
+/// The replica (pod name) holding the shard Lease of `namespace/name`, if any holds it.
+fn holder(kube: &RealKube, namespace: &str, name: &str) -> Option<String> {
+    let key = TargetKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    let lease = format!("surge-scaler-shard-{}", shard_of(&key, DEFAULT_SHARDS));
+    let output = kubectl(
+        kube,
+        &[
+            "get",
+            "lease",
+            "-n",
+            "surge-system",
+            &lease,
+            "-o",
+            "jsonpath={.spec.holderIdentity}",
+        ],
+        None,
+    );
+    let holder = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    (output.status.success() && !holder.is_empty()).then_some(holder)
+}
+
+/// The ready scaler replicas: pod name and ingest address.
+fn replicas_ready(kube: &RealKube) -> Vec<(String, SocketAddr)> {
+    let endpoints = kube.scaler_endpoints();
+    let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
+    endpoints.iter().map(|e| (e.pod.clone(), e.addr)).collect()
+}
+
+/// One sidecar of `web/api` reporting a cumulative counter, as the filter does.
+struct Sidecar {
+    seq: u64,
+    time_ms: u64,
+    total: u64,
+}
+
+impl Sidecar {
+    /// Reports `rps` over the last `every` to `ingest`; the answer's status.
+    async fn report(
+        &mut self,
+        client: &HttpClient,
+        ingest: SocketAddr,
+        rps: u64,
+        every: Duration,
+        surge: bool,
+    ) -> u16 {
+        self.seq += 1;
+        let ms = u64::try_from(every.as_millis()).unwrap();
+        self.time_ms += ms;
+        self.total += rps * ms / 1000;
+        let body = report(
+            "web",
+            "api",
+            "api-1",
+            self.seq,
+            self.time_ms,
+            self.total,
+            surge,
+        );
+        let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
+        request(client, "POST", &url, TOKEN, Some(&body))
+            .await
+            .status
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending_scale_up_lands() {
+    let kube = install("ha_kill", &[], &[]).await;
+    apply(&kube, &pause_deployment("web", "api", 1));
+    apply(&kube, &surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
+    let ready = eventually("two scaler replicas ready", Duration::from_secs(30), || {
+        let ready = replicas_ready(&kube);
+        async move { (ready.len() == 2).then_some(ready) }
+    })
+    .await;
+    let owner = eventually(
+        "a replica holds web/api's shard",
+        Duration::from_secs(15),
+        || {
+            let holder = holder(&kube, "web", "api");
+            async move { holder }
+        },
+    )
+    .await;
+    let (owner_ingest, (survivor, survivor_ingest)) = {
+        let owner_at = ready.iter().find(|(pod, _)| *pod == owner).unwrap().1;
+        let other = ready.iter().find(|(pod, _)| *pod != owner).unwrap().clone();
+        (owner_at, other)
+    };
+    let client = http_client();
+    let every = Duration::from_millis(250);
+    let mut sidecar = Sidecar {
+        seq: 0,
+        time_ms: 100_000,
+        total: 0,
+    };
+
+    // Calm (50 rps, half a replica's worth), then a step to 400 rps; the reports alternate
+    // between the replicas, as a Service spreads them, and the step's surge report reaches
+    // the replica that does not own the target. Counted once across the two (mirrored copies
+    // are duplicates), the owner asks for 4 replicas; counted twice it would ask for 8.
+    for i in 0..8 {
+        let to = if i % 2 == 0 {
+            owner_ingest
+        } else {
+            survivor_ingest
+        };
+        assert_eq!(sidecar.report(&client, to, 50, every, false).await, 200);
+        tokio::time::sleep(every).await;
+    }
+    assert_eq!(
+        sidecar
+            .report(&client, survivor_ingest, 400, every, true)
+            .await,
+        200
+    );
+    let first = eventually(
+        "the owner writes the step's scale-up",
+        Duration::from_secs(5),
+        || {
+            let writes = scale_writes(&kube, "web", "api");
+            async move { writes.into_iter().find(|w| w.status == 200) }
+        },
+    )
+    .await;
+    let first_replicas = replicas(&first).unwrap();
+    assert!(
+        (4..=5).contains(&first_replicas),
+        "400 rps at 100 per replica asks for 4 (5 with the burst estimate's margin), not \
+         {first_replicas}: reports counted twice?"
+    );
+    for i in 0..4 {
+        let to = if i % 2 == 0 {
+            owner_ingest
+        } else {
+            survivor_ingest
+        };
+        assert_eq!(sidecar.report(&client, to, 400, every, false).await, 200);
+        tokio::time::sleep(every).await;
+    }
+
+    // The burst grows to 800 rps just as the owner dies (SIGKILL: no Lease given back). Its
+    // reports now reach the survivor only; it takes the shard once the Lease lapses and writes
+    // the pending scale-up.
+    let node = kube.node().expect("the node runs the scaler pods");
+    node.kill_scaler_pod(&owner, Duration::from_secs(120));
+    let killed = Instant::now();
+    let mut surge = true;
+    let pending = loop {
+        assert_eq!(
+            sidecar
+                .report(&client, survivor_ingest, 800, every, surge)
+                .await,
+            200
+        );
+        surge = false;
+        let writes = scale_writes(&kube, "web", "api");
+        if let Some(write) = writes
+            .iter()
+            .find(|w| w.status == 200 && w.received > killed && replicas(w) >= Some(8))
+        {
+            break write.clone();
+        }
+        assert!(
+            killed.elapsed() < LEASE_DURATION + Duration::from_secs(3),
+            "no scale-up to 8 within {:?} of the kill; writes: {:?}",
+            killed.elapsed(),
+            writes.iter().map(replicas).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(every).await;
+    };
+    let takeover = pending.received.duration_since(killed);
+    eprintln!("takeover: the pending scale-up written {takeover:?} after the kill");
+    assert!(
+        takeover <= LEASE_DURATION + Duration::from_secs(1),
+        "the survivor wrote the pending scale-up {takeover:?} after the kill, over the Lease \
+         duration + 1 s"
+    );
+    assert_eq!(
+        holder(&kube, "web", "api").as_deref(),
+        Some(survivor.as_str())
+    );
+    // Never a scale-down, before or after the takeover: each write at least the one before.
+    let written: Vec<i64> = scale_writes(&kube, "web", "api")
+        .iter()
+        .filter(|w| w.status == 200)
+        .filter_map(replicas)
+        .collect();
+    assert!(
+        written.windows(2).all(|w| w[1] >= w[0]),
+        "a scale-down was written: {written:?}"
+    );
+    kube.shutdown().await;
+}
