@@ -134,11 +134,44 @@ pub enum Step {
     Release,
 }
 
-/// What this replica (`me`) should do with each shard Lease at `now`, given the live members
-/// (other than `me`) and the shard Leases as last listed (a missing entry: never created).
-/// Shards another replica holds validly, or that another member should take, are left alone.
+/// The members that shards are assigned to: those live for at least `warmup` (this replica's
+/// own time alive is `me_since`, the others' since this replica first saw them live), so that
+/// a replica that just joined has had the others' mirrored reports for a while before it
+/// decides for a target (a shard handed to it at once would go to an empty window and miss
+/// the surge its predecessor was about to act on). When none is warm yet (all started
+/// together, or the warm ones died), every live member counts. Returns whether `me` is one of
+/// them, and the others that are.
+pub fn candidates(
+    me_since: Millis,
+    others: &[(String, Millis)],
+    now: Millis,
+    warmup: Millis,
+) -> (bool, Vec<String>) {
+    let warm = |since: Millis| now >= since.saturating_add(warmup);
+    let warm_others: Vec<String> = others
+        .iter()
+        .filter(|(_, since)| warm(*since))
+        .map(|(id, _)| id.clone())
+        .collect();
+    if warm(me_since) || warm_others.is_empty() {
+        let all = if warm(me_since) {
+            warm_others
+        } else {
+            others.iter().map(|(id, _)| id.clone()).collect()
+        };
+        (true, all)
+    } else {
+        (false, warm_others)
+    }
+}
+
+/// What this replica (`me`) should do with each shard Lease at `now`, given the members the
+/// shards go to (`others`, and `me` when `include_me`) and the shard Leases as last listed (a
+/// missing entry: never created). Shards another replica holds validly, or that another
+/// member should take, are left alone.
 pub fn plan(
     me: &str,
+    include_me: bool,
     now: Millis,
     shards: u32,
     others: &[String],
@@ -146,7 +179,10 @@ pub fn plan(
 ) -> Vec<(u32, Step)> {
     let owners = assignment(
         shards,
-        std::iter::once(me).chain(others.iter().map(String::as_str)),
+        include_me
+            .then_some(me)
+            .into_iter()
+            .chain(others.iter().map(String::as_str)),
     );
     (0..shards)
         .filter_map(|shard| {

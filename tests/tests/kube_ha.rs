@@ -239,3 +239,131 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
     );
     kube.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_both_replicas_during_a_burst_loses_no_scale_up() {
+    let kube = install(
+        "ha_rollout",
+        &[],
+        &["scaler.logLevel=surge_scaler=debug\\,info"],
+    )
+    .await;
+    apply(&kube, &pause_deployment("web", "api", 1));
+    apply(&kube, &surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
+    let before: Vec<String> = eventually("two scaler replicas ready", Duration::from_secs(30), || {
+        let ready = replicas_ready(&kube);
+        async move { (ready.len() == 2).then(|| ready.into_iter().map(|(pod, _)| pod).collect()) }
+    })
+    .await;
+    eventually(
+        "a replica holds web/api's shard",
+        Duration::from_secs(15),
+        || {
+            let holder = holder(&kube, "web", "api");
+            async move { holder }
+        },
+    )
+    .await;
+    let client = http_client();
+    let every = Duration::from_millis(250);
+    let mut sidecar = Sidecar {
+        seq: 0,
+        time_ms: 100_000,
+        total: 0,
+    };
+    // Each report goes to a ready replica, in turn, as the Service would send it; one that is
+    // going away may refuse the connection, and the next report goes elsewhere (the filter
+    // sends its next report with the same cumulative counters).
+    let mut turn = 0_usize;
+    let mut send = async |sidecar: &mut Sidecar, rps: u64, surge: bool| {
+        for _ in 0..4 {
+            let ready = replicas_ready(&kube);
+            if ready.is_empty() {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            turn += 1;
+            let (_, ingest) = ready[turn % ready.len()];
+            if sidecar.report(&client, ingest, rps, every, surge).await == 200 {
+                return;
+            }
+            // Refused: the same counters again, as the filter's next report would carry them.
+            sidecar.seq -= 1;
+            sidecar.total -= rps * u64::try_from(every.as_millis()).unwrap() / 1000;
+            sidecar.time_ms -= u64::try_from(every.as_millis()).unwrap();
+        }
+    };
+    for _ in 0..8 {
+        send(&mut sidecar, 50, false).await;
+        tokio::time::sleep(every).await;
+    }
+    let restart = kubectl(
+        &kube,
+        &[
+            "rollout",
+            "restart",
+            "deployment/surge-scaler",
+            "-n",
+            "surge-system",
+        ],
+        None,
+    );
+    assert!(restart.status.success(), "{restart:?}");
+    let started = Instant::now();
+    // A step up every 3 s while the replicas are replaced: 200, 300, ... rps. Each step's
+    // scale-up must be written within the step (a takeover on a graceful stop is a handover,
+    // not a lapse).
+    let mut rps: u64 = 100;
+    let mut late = Vec::new();
+    let mut replaced = false;
+    while !replaced || started.elapsed() < Duration::from_secs(12) {
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the rollout did not finish in 90 s"
+        );
+        rps += 100;
+        let want = i64::try_from(rps.div_ceil(100)).unwrap();
+        let step = Instant::now();
+        send(&mut sidecar, rps, true).await;
+        let mut written = None;
+        while step.elapsed() < Duration::from_secs(3) {
+            tokio::time::sleep(every).await;
+            send(&mut sidecar, rps, false).await;
+            if written.is_none()
+                && let Some(write) = scale_writes(&kube, "web", "api")
+                    .into_iter()
+                    .find(|w| w.status == 200 && w.received > step && replicas(w) >= Some(want))
+            {
+                written = Some(write.received.duration_since(step));
+            }
+        }
+        match written {
+            Some(after) => eprintln!("{rps} rps: {want} replicas written {after:?} after the step"),
+            None => late.push(rps),
+        }
+        let now: Vec<String> = replicas_ready(&kube)
+            .into_iter()
+            .map(|(pod, _)| pod)
+            .collect();
+        replaced = now.len() == 2 && now.iter().all(|pod| !before.contains(pod));
+        if rps >= 1000 {
+            break;
+        }
+    }
+    assert!(replaced, "both replicas were replaced during the burst");
+    assert!(
+        late.is_empty(),
+        "no scale-up written within 3 s of the steps to {late:?} rps"
+    );
+    let written: Vec<i64> = scale_writes(&kube, "web", "api")
+        .iter()
+        .filter(|w| w.status == 200)
+        .filter_map(replicas)
+        .collect();
+    assert!(
+        written.windows(2).all(|w| w[1] >= w[0]),
+        "a scale-down was written: {written:?}"
+    );
+    kube.shutdown().await;
+}

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //!  every poll (a quarter second, at most an eighth of the duration):
+//!    members live for a Lease duration (warm: they have had the mirrored reports) get shards
 //!    LIST leases -l surge.dev/lease-group=<name>  -> Seen (changed_at on this replica's clock)
 //!    every renew interval (a quarter of the duration), or at once when a plan step is pending:
 //!      member Lease <name>-member-<id>: create or renew (annotation: where peers mirror to)
@@ -24,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, ListParams, PostParams, Preconditions};
 use tokio::sync::watch;
 
-use super::{Ownership, Peer, Seen, Step, live_members, plan};
+use super::{Ownership, Peer, Seen, Step, candidates, live_members, plan};
 use crate::clock::Clock;
 use crate::decision::Millis;
 use crate::metrics::Metrics;
@@ -89,10 +90,14 @@ struct Book {
     /// Per Lease name: its resourceVersion and what it says, as last listed.
     versions: HashMap<String, String>,
     members: HashMap<String, Seen>,
+    /// When this replica first saw each member live (its warm-up counts from then).
+    member_since: HashMap<String, Millis>,
     peer_urls: HashMap<String, String>,
     shards: HashMap<u32, Seen>,
     /// The Lease objects as last listed or written (a write needs the resourceVersion).
     objects: HashMap<String, Lease>,
+    /// This process has written its member Lease once.
+    member_written: bool,
 }
 
 /// Runs until `shutdown` turns true, then gives up what it holds.
@@ -108,11 +113,15 @@ pub async fn run(
     let mut book = Book {
         versions: HashMap::new(),
         members: HashMap::new(),
+        member_since: HashMap::new(),
         peer_urls: HashMap::new(),
         shards: HashMap::new(),
         objects: HashMap::new(),
+        member_written: false,
     };
     let mut renewed_at: Option<tokio::time::Instant> = None;
+    let started = clock.now();
+    let warmup = config.duration_ms();
     let mut logged_failure = false;
     loop {
         match list(&api, &config, &mut book, clock.now()).await {
@@ -138,7 +147,20 @@ pub async fn run(
                 })
                 .collect(),
         );
-        let steps = plan(&config.id, now, config.shards, &others, &book.shards);
+        book.member_since.retain(|id, _| book.members.contains_key(id));
+        let since: Vec<(String, Millis)> = others
+            .iter()
+            .map(|id| (id.clone(), book.member_since.get(id).copied().unwrap_or(now)))
+            .collect();
+        let (include_me, candidates) = candidates(started, &since, now, warmup);
+        let steps = plan(
+            &config.id,
+            include_me,
+            now,
+            config.shards,
+            &candidates,
+            &book.shards,
+        );
         let renew_due = renewed_at.is_none_or(|t| t.elapsed() >= config.renew_every());
         let urgent = steps.iter().any(|(_, s)| *s != Step::Renew);
         if renew_due || urgent {
@@ -223,6 +245,17 @@ async fn list(
             {
                 peer_urls.insert(id.clone(), url.clone());
             }
+            // Its age by the time its holder created it (another machine's clock: a skew of a
+            // second or so only shifts the warm-up by as much).
+            let age_ms = spec
+                .acquire_time
+                .as_ref()
+                .map(|t| Timestamp::now().duration_since(t.0).as_millis().max(0))
+                .and_then(|ms| u64::try_from(ms).ok())
+                .unwrap_or(0);
+            book.member_since
+                .entry(id.clone())
+                .or_insert_with(|| now.saturating_sub(age_ms));
             members.insert(id, seen);
         }
         objects.insert(name, lease);
@@ -281,9 +314,15 @@ async fn renew_member(api: &Api<Lease>, config: &LeaseConfig, book: &mut Book) {
     spec.holder_identity = Some(config.id.clone());
     spec.lease_duration_seconds = Some(config.duration_seconds());
     spec.renew_time = Some(now_micro());
+    if !book.member_written {
+        // A container restarted in the same pod finds its old Lease: its warm-up (and the
+        // others' view of its age) starts again with this process, whose window is empty.
+        spec.acquire_time = Some(now_micro());
+    }
     let written = write(api, &name, lease).await;
     match written {
         Ok(lease) => {
+            book.member_written = true;
             book.objects.insert(name, lease);
         }
         Err(error) => {

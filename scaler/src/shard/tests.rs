@@ -94,13 +94,13 @@ fn a_lease_lapses_a_duration_after_this_replica_last_saw_it_change() {
 
 #[test]
 fn alone_a_replica_takes_every_shard_and_then_renews_them() {
-    let steps = plan("a", 10_000, 4, &[], &HashMap::new());
+    let steps = plan("a", true, 10_000, 4, &[], &HashMap::new());
     assert_eq!(
         steps,
         (0..4).map(|s| (s, Step::Acquire)).collect::<Vec<_>>()
     );
     let held: HashMap<u32, Seen> = (0..4).map(|s| (s, seen(Some("a"), 9_000))).collect();
-    let steps = plan("a", 10_000, 4, &[], &held);
+    let steps = plan("a", true, 10_000, 4, &[], &held);
     assert!(
         steps.iter().all(|(_, step)| *step == Step::Renew),
         "{steps:?}"
@@ -112,7 +112,7 @@ fn a_joining_member_gets_its_shards_released_to_it_and_takes_nothing_held() {
     let shards = 16;
     let held: HashMap<u32, Seen> = (0..shards).map(|s| (s, seen(Some("a"), 9_000))).collect();
     // "a" sees "b" join: it gives up exactly the shards "b" should hold.
-    let steps = plan("a", 10_000, shards, &["b".into()], &held);
+    let steps = plan("a", true, 10_000, shards, &["b".into()], &held);
     let released: Vec<u32> = steps
         .iter()
         .filter(|(_, s)| *s == Step::Release)
@@ -125,13 +125,13 @@ fn a_joining_member_gets_its_shards_released_to_it_and_takes_nothing_held() {
     assert!(!for_b.is_empty());
     assert_eq!(steps.len(), shards as usize, "the rest are renewed");
     // "b" takes nothing while "a" still holds it...
-    assert!(plan("b", 10_000, shards, &["a".into()], &held).is_empty());
+    assert!(plan("b", true, 10_000, shards, &["a".into()], &held).is_empty());
     // ...and takes its own once released.
     let mut after = held.clone();
     for shard in &for_b {
         after.insert(*shard, seen(None, 10_100));
     }
-    let steps = plan("b", 10_200, shards, &["a".into()], &after);
+    let steps = plan("b", true, 10_200, shards, &["a".into()], &after);
     assert_eq!(
         steps,
         for_b
@@ -160,12 +160,12 @@ fn the_shards_of_a_member_that_died_are_taken_once_its_leases_lapse() {
     // Before the Leases lapse, "b" still counts: "a" renews its own and leaves b's alone.
     let others = live_members("a", 13_000, &members);
     assert_eq!(others, ["b"]);
-    let steps = plan("a", 13_000, shards, &others, &held);
+    let steps = plan("a", true, 13_000, shards, &others, &held);
     assert!(steps.iter().all(|(_, s)| *s == Step::Renew), "{steps:?}");
     // At 14 000 b's Leases have lapsed: a takes b's shards and renews its own.
     let others = live_members("a", 14_000, &members);
     assert!(others.is_empty());
-    let steps = plan("a", 14_000, shards, &others, &held);
+    let steps = plan("a", true, 14_000, shards, &others, &held);
     let taken = steps.iter().filter(|(_, s)| *s == Step::Acquire).count();
     let b_had = (0..shards)
         .filter(|s| assignment(shards, ["a", "b"])[*s as usize] == "b")
@@ -207,4 +207,33 @@ fn ownership_follows_the_hold_and_stops_a_margin_before_it_runs_out() {
         ownership.held().is_empty(),
         "a shard out of range is ignored"
     );
+}
+
+#[test]
+fn a_replica_that_just_joined_gets_shards_only_once_it_has_been_live_a_warmup() {
+    let others = vec![("b".to_owned(), 0), ("c".to_owned(), 9_000)];
+    // "a" started at 9 000, "c" was first seen at 9 000, "b" long before: at 10 000 only "b"
+    // is warm, and takes everything.
+    assert_eq!(
+        candidates(9_000, &others, 10_000, 4_000),
+        (false, vec!["b".to_owned()])
+    );
+    // At 13 000 all three are.
+    assert_eq!(
+        candidates(9_000, &others, 13_000, 4_000),
+        (true, vec!["b".to_owned(), "c".to_owned()])
+    );
+    // Nobody warm (started together): every live member counts at once.
+    let fresh = vec![("b".to_owned(), 9_500)];
+    assert_eq!(
+        candidates(9_000, &fresh, 10_000, 4_000),
+        (true, vec!["b".to_owned()])
+    );
+    // Alone and just started: it takes everything at once.
+    assert_eq!(candidates(9_900, &[], 10_000, 4_000), (true, vec![]));
+    // Not a candidate: it releases what it holds and takes nothing.
+    let held: HashMap<u32, Seen> = (0..4).map(|s| (s, seen(Some("a"), 9_500))).collect();
+    let steps = plan("a", false, 10_000, 4, &["b".into()], &held);
+    assert!(steps.iter().all(|(_, s)| *s == Step::Release), "{steps:?}");
+    assert!(plan("a", false, 10_000, 4, &["b".into()], &HashMap::new()).is_empty());
 }
