@@ -242,12 +242,7 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_both_replicas_during_a_burst_loses_no_scale_up() {
-    let kube = install(
-        "ha_rollout",
-        &[],
-        &["scaler.logLevel=surge_scaler=debug\\,info"],
-    )
-    .await;
+    let kube = install("ha_rollout", &[], &[]).await;
     apply(&kube, &pause_deployment("web", "api", 1));
     apply(&kube, &surgescaler("web", "api"));
     wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
