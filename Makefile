@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm/surge_filter.wasm
 
-.PHONY: sandbox test tools classic-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start compare compare-real fuzz
+.PHONY: sandbox test tools classic-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start bench-ha compare compare-real fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -66,6 +66,10 @@ bench-sandbox: tools wasm bins
 	./target/debug/surge-sandbox bench-reaction --runs 20 --kube real --out sandbox-out/bench-real
 	./target/debug/surge-sandbox bench-reaction --runs 20 --kube embedded --out sandbox-out/bench-embedded
 	./target/debug/surge-sandbox bench-startup --runs 10
+
+## Two scaler replicas: takeover time over 20 SIGKILLs of a target's owner (real Leases).
+bench-ha: tools wasm bins
+	$(CARGO) test -p surge-e2e --test kube_ha -- --ignored --nocapture --test-threads 1
 
 ## Scale to zero: Surge's part of 20 cold starts, with the chart's default warm delay and
 ## without it (the sandbox's proxies need none; a mesh's do).

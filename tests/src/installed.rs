@@ -29,7 +29,8 @@ pub fn dir(test: &str) -> PathBuf {
 }
 
 /// Starts the control plane, creates `namespaces` (a Role can only be installed into a
-/// namespace that exists), installs the chart with `helm_set` on top of the test token,
+/// namespace that exists), installs the chart with `helm_set` on top of the test token (and
+/// `replicaCount=1` unless `helm_set` sets it),
 /// registers the node and waits until the scaler pod is ready. Panics with the reason when any
 /// step fails, so that no test passes without a real cluster.
 pub async fn install(test: &str, namespaces: &[&str], helm_set: &[&str]) -> RealKube {
@@ -41,6 +42,12 @@ pub async fn install(test: &str, namespaces: &[&str], helm_set: &[&str]) -> Real
         kubectl_ok(&kube, &["create", "namespace", namespace], None);
     }
     let mut set = vec![format!("token.value={TOKEN}")];
+    // One scaler replica unless the test asks for more: these tests read one replica's metrics
+    // and count its writes (the chart's default of two is `kube_ha.rs`'s subject). It still
+    // takes its targets through Leases, as the chart always runs it.
+    if !helm_set.iter().any(|s| s.starts_with("replicaCount=")) {
+        set.push("replicaCount=1".to_owned());
+    }
     set.extend(helm_set.iter().map(|s| (*s).to_owned()));
     kube.install_chart(&set)
         .await

@@ -111,7 +111,7 @@ impl Sidecar {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending_scale_up_lands() {
-    let kube = install("ha_kill", &[], &[]).await;
+    let kube = install("ha_kill", &[], &["replicaCount=2"]).await;
     apply(&kube, &pause_deployment("web", "api", 1));
     apply(&kube, &surgescaler("web", "api"));
     wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
@@ -242,7 +242,7 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_both_replicas_during_a_burst_loses_no_scale_up() {
-    let kube = install("ha_rollout", &[], &[]).await;
+    let kube = install("ha_rollout", &[], &["replicaCount=2"]).await;
     apply(&kube, &pause_deployment("web", "api", 1));
     apply(&kube, &surgescaler("web", "api"));
     wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
@@ -359,6 +359,74 @@ async fn a_rolling_restart_of_both_replicas_during_a_burst_loses_no_scale_up() {
     assert!(
         written.windows(2).all(|w| w[1] >= w[0]),
         "a scale-down was written: {written:?}"
+    );
+    kube.shutdown().await;
+}
+
+/// Benchmark (`make bench-ha`): takeover time over 20 SIGKILLs of the owner, from the kill to
+/// the survivor holding the target's shard Lease, as the API server has it. Each killed
+/// replica comes back after 1 s (as a kubelet restarts a crashed container) and the next kill
+/// waits until both replicas are ready and the restarted one is warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: make bench-ha"]
+async fn takeover_over_20_kills() {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let kube = install("ha_bench", &[], &["replicaCount=2"]).await;
+    apply(&kube, &pause_deployment("web", "api", 1));
+    apply(&kube, &surgescaler("web", "api"));
+    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
+    let key = TargetKey {
+        namespace: "web".into(),
+        name: "api".into(),
+    };
+    let lease_name = format!("surge-scaler-shard-{}", shard_of(&key, DEFAULT_SHARDS));
+    let leases: kube::Api<Lease> = kube::Api::namespaced(kube.client(), "surge-system");
+    let holder_now = async || {
+        leases
+            .get(&lease_name)
+            .await
+            .ok()
+            .and_then(|l| l.spec?.holder_identity)
+            .filter(|h| !h.is_empty())
+    };
+    let node = kube.node().expect("the node runs the scaler pods");
+    let mut takeovers = Vec::new();
+    for round in 0..20 {
+        // Both replicas ready, and long enough that the restarted one is warm.
+        eventually("two scaler replicas ready", Duration::from_secs(60), || {
+            let ready = replicas_ready(&kube);
+            async move { (ready.len() == 2).then_some(()) }
+        })
+        .await;
+        tokio::time::sleep(LEASE_DURATION + Duration::from_secs(2)).await;
+        let owner = holder_now().await.expect("the shard is held");
+        node.kill_scaler_pod(&owner, Duration::from_secs(1));
+        let killed = Instant::now();
+        let survivor = loop {
+            if let Some(holder) = holder_now().await
+                && holder != owner
+            {
+                break holder;
+            }
+            assert!(
+                killed.elapsed() < Duration::from_secs(30),
+                "round {round}: no takeover"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let took = killed.elapsed();
+        eprintln!("round {round}: {owner} killed, {survivor} holds the shard after {took:?}");
+        takeovers.push(took);
+    }
+    takeovers.sort();
+    let at = |q: f64| takeovers[((takeovers.len() - 1) as f64 * q).round() as usize];
+    eprintln!(
+        "takeover over {} kills (Lease duration {LEASE_DURATION:?}): min {:?}, p50 {:?}, p99 {:?}, max {:?}",
+        takeovers.len(),
+        takeovers[0],
+        at(0.5),
+        at(0.99),
+        takeovers[takeovers.len() - 1]
     );
     kube.shutdown().await;
 }

@@ -307,6 +307,9 @@ fn sandbox_bin() -> PathBuf {
     bin
 }
 
+/// Scaler pods the sandbox runs: the chart's default `replicaCount`.
+const SCALER_REPLICAS: usize = 2;
+
 /// The control plane's processes (their names as the kernel keeps them, 15 characters).
 const CONTROL_PLANE: [&str; 4] = [
     "etcd",
@@ -332,7 +335,7 @@ fn ctrl_c_stops_every_envoy_the_scaler_and_the_control_plane() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let children = loop {
         let children = children_of(pid);
-        if count(&children, "envoy") >= 1 && count(&children, "surge-scaler") == 1 {
+        if count(&children, "envoy") >= 1 && count(&children, "surge-scaler") == SCALER_REPLICAS {
             break children;
         }
         if Instant::now() >= deadline {
@@ -450,7 +453,7 @@ load:
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let children = children_of(pid);
-        if count(&children, "envoy") >= 2 && count(&children, "surge-scaler") == 1 {
+        if count(&children, "envoy") >= 2 && count(&children, "surge-scaler") == SCALER_REPLICAS {
             break;
         }
         if let Some(exit) = sandbox.try_wait().unwrap() {
@@ -469,7 +472,7 @@ load:
     sandbox.wait().unwrap();
     println!("children at the kill: {started:?}");
     assert!(
-        count(&started, "envoy") >= 2 && count(&started, "surge-scaler") == 1,
+        count(&started, "envoy") >= 2 && count(&started, "surge-scaler") == SCALER_REPLICAS,
         "children at the kill: {started:?}"
     );
     for name in CONTROL_PLANE {

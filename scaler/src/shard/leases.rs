@@ -147,10 +147,16 @@ pub async fn run(
                 })
                 .collect(),
         );
-        book.member_since.retain(|id, _| book.members.contains_key(id));
+        book.member_since
+            .retain(|id, _| book.members.contains_key(id));
         let since: Vec<(String, Millis)> = others
             .iter()
-            .map(|id| (id.clone(), book.member_since.get(id).copied().unwrap_or(now)))
+            .map(|id| {
+                (
+                    id.clone(),
+                    book.member_since.get(id).copied().unwrap_or(now),
+                )
+            })
             .collect();
         let (include_me, candidates) = candidates(started, &since, now, warmup);
         let steps = plan(
