@@ -91,7 +91,9 @@ struct Book {
     versions: HashMap<String, String>,
     members: HashMap<String, Seen>,
     /// When this replica first saw each member live (its warm-up counts from then).
-    member_since: HashMap<String, Millis>,
+    /// Keyed by member, with the `acquireTime` it was computed from: a process restarted in
+    /// the same pod (same id) sets a new one, and its warm-up starts again.
+    member_since: HashMap<String, (Option<MicroTime>, Millis)>,
     peer_urls: HashMap<String, String>,
     shards: HashMap<u32, Seen>,
     /// The Lease objects as last listed or written (a write needs the resourceVersion).
@@ -154,7 +156,7 @@ pub async fn run(
             .map(|id| {
                 (
                     id.clone(),
-                    book.member_since.get(id).copied().unwrap_or(now),
+                    book.member_since.get(id).map_or(now, |(_, since)| *since),
                 )
             })
             .collect();
@@ -259,9 +261,16 @@ async fn list(
                 .map(|t| Timestamp::now().duration_since(t.0).as_millis().max(0))
                 .and_then(|ms| u64::try_from(ms).ok())
                 .unwrap_or(0);
-            book.member_since
-                .entry(id.clone())
-                .or_insert_with(|| now.saturating_sub(age_ms));
+            let known = book
+                .member_since
+                .get(&id)
+                .is_some_and(|(acquired, _)| *acquired == spec.acquire_time);
+            if !known {
+                book.member_since.insert(
+                    id.clone(),
+                    (spec.acquire_time.clone(), now.saturating_sub(age_ms)),
+                );
+            }
             members.insert(id, seen);
         }
         objects.insert(name, lease);
