@@ -496,12 +496,11 @@ impl TargetLoop {
     fn follow_ownership(&mut self) -> bool {
         let owns = self.ctx.ownership.owns(&self.key);
         let owned = self.owned.unwrap_or(false);
-        if owns && self.owned.is_none() && self.ctx.ownership.is_sharded() {
+        if owns && !owned && self.ctx.ownership.is_sharded() {
             tracing::info!(target = %self.key, "took the target over");
         }
         // A loop's first step starts fresh anyway (`TargetLoop::new`); a regained one must.
         if owns && self.owned == Some(false) {
-            tracing::info!(target = %self.key, "took the target over");
             self.state = DecisionState::after_restart(self.ctx.clock.now());
             self.scale_read_at = None;
             self.conflict_checked_at = None;

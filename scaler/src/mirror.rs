@@ -94,8 +94,8 @@ impl Mirror {
         if peers.is_empty() {
             return;
         }
-        for peer in peers {
-            let queue = self.queue(&peer);
+        for peer in peers.iter() {
+            let queue = self.queue(peer);
             let mut pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(slot) = pending.bodies.get_mut(instance) {
                 // Cumulative counters: the newer report carries the older one's traffic.

@@ -18,7 +18,7 @@
 //! `renewTime` with its own wall clock.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
 
@@ -247,7 +247,8 @@ struct Sharded {
 struct ShardState {
     /// Per shard: until when this replica's hold is valid (its clock), if it holds it.
     valid_until: Vec<Option<Millis>>,
-    peers: Vec<Peer>,
+    /// Shared, so that the ingest path's look at it (every accepted report) copies a pointer.
+    peers: Arc<[Peer]>,
 }
 
 impl Ownership {
@@ -269,7 +270,7 @@ impl Ownership {
                 clock,
                 state: Mutex::new(ShardState {
                     valid_until: vec![None; shards as usize],
-                    peers: Vec::new(),
+                    peers: Arc::from(Vec::new()),
                 }),
             }),
             changed: watch::channel(0).0,
@@ -332,17 +333,20 @@ impl Ownership {
     }
 
     /// The other live replicas.
-    pub fn peers(&self) -> Vec<Peer> {
-        self.sharded
-            .as_ref()
-            .map(|s| Self::state(s).peers.clone())
-            .unwrap_or_default()
+    pub fn peers(&self) -> Arc<[Peer]> {
+        self.sharded.as_ref().map_or_else(
+            || Arc::from(Vec::new()),
+            |s| Arc::clone(&Self::state(s).peers),
+        )
     }
 
     /// Replaces the list of other live replicas.
     pub fn set_peers(&self, peers: Vec<Peer>) {
         if let Some(sharded) = &self.sharded {
-            Self::state(sharded).peers = peers;
+            let mut state = Self::state(sharded);
+            if *state.peers != *peers {
+                state.peers = Arc::from(peers);
+            }
         }
     }
 
