@@ -138,9 +138,16 @@ async fn the_mirror_delivers_the_newest_report_of_each_instance_to_each_live_pee
             .encode()
             .contains("surge_mirrored_reports_total{outcome=\"sent\"}")
     );
-    // A peer no longer listed gets nothing more, and its sender ends.
+    // A peer no longer listed gets nothing more: nothing is queued for it.
     ownership.set_peers(Vec::new());
-    mirror.send("api-1/1", &Bytes::from(report("api-1/1", 6).to_string()));
+    mirror.send("api-3/1", &Bytes::from(report("api-3/1", 1).to_string()));
+    let queued_for_api_3 = mirror
+        .queues
+        .lock()
+        .unwrap()
+        .values()
+        .any(|q| q.pending.lock().unwrap().bodies.contains_key("api-3/1"));
+    assert!(!queued_for_api_3);
     server.abort();
 }
 
