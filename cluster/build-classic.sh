@@ -60,6 +60,7 @@ fi
 if [ -x "$keda_bin/keda" ] && [ -x "$keda_bin/keda-adapter" ] &&
   [ "$(cat "$keda_bin/version" 2>/dev/null)" = "$KEDA_VERSION" ]; then
   say "KEDA $KEDA_VERSION already built ($keda_bin)"
+  go_caches_drop
   exit 0
 fi
 
@@ -108,4 +109,5 @@ go build -trimpath -ldflags "$ldflags" -o "$keda_bin/keda-adapter" "$mod/cmd/ada
 "$keda_bin/keda-adapter" --help >/dev/null 2>&1 ||
   { echo "classic: $keda_bin/keda-adapter does not start" >&2; exit 1; }
 echo "$KEDA_VERSION" >"$keda_bin/version"
+go_caches_drop
 say "done: $keda_bin"

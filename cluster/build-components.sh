@@ -5,7 +5,7 @@
 #   .tools/kube/<K8S_VERSION>/bin/   kube-apiserver kube-controller-manager kube-scheduler kubectl
 #   .tools/etcd/<ETCD_VERSION>/bin/  etcd
 #   .tools/helm/<HELM_VERSION>/bin/  helm
-#   .tools/go/{mod,cache}            the module and build caches (reused by later builds)
+#   .tools/go/{mod,cache,tmp}        the Go caches, dropped once the binaries are in place
 #
 # k8s.io/kubernetes cannot be built with `go install pkg@version`: its go.mod replaces its ~31
 # staging modules (k8s.io/api, k8s.io/client-go, ...) with folders of its own tree, and the module
@@ -43,6 +43,7 @@ helm_ok=true
 built helm "$helm_bin" "$HELM_VERSION" && [ -f "$helm_bin/kube-version" ] || helm_ok=false
 if $kube_ok && $etcd_ok && $helm_ok; then
   say "Kubernetes $K8S_VERSION, etcd $ETCD_VERSION and helm $HELM_VERSION already built (.tools/)"
+  go_caches_drop
   exit 0
 fi
 
@@ -123,4 +124,5 @@ if ! $helm_ok; then
   built helm "$helm_bin" "$HELM_VERSION" ||
     { echo "components: $helm_bin/helm does not report $HELM_VERSION" >&2; exit 1; }
 fi
+go_caches_drop
 say "done: $kube_bin, $etcd_bin, $helm_bin"

@@ -1,11 +1,21 @@
 # Sourced by build-components.sh and build-classic.sh: the pinned versions and one Go
-# environment for both, so that they share .tools/go's module and build caches. Sets `root`,
-# `tools` and exports the Go settings.
+# environment for both (caches under .tools/go, never the user's). Sets `root`, `tools`, exports
+# the Go settings and defines go_caches_drop.
 # shellcheck shell=bash
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # shellcheck source=versions.env
 . "$root/cluster/versions.env"
 tools=$root/.tools
-# -modcacherw: the module cache stays deletable (rm -rf .tools, git clean -fdx).
-export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOFLAGS="-buildvcs=false -modcacherw" \
-  GOTOOLCHAIN=local CGO_ENABLED=0 GOPROXY=${GOPROXY:-https://proxy.golang.org} GONOSUMDB= GOPRIVATE=
+# -modcacherw: the module cache stays deletable (rm -rf .tools, git clean -fdx). GOTMPDIR: a build
+# that is killed leaves its work folder (~1 GB) here, where go_caches_drop finds it, not in /tmp.
+export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOTMPDIR=$tools/go/tmp \
+  GOFLAGS="-buildvcs=false -modcacherw" GOTOOLCHAIN=local CGO_ENABLED=0 \
+  GOPROXY=${GOPROXY:-https://proxy.golang.org} GONOSUMDB= GOPRIVATE=
+mkdir -p "$GOTMPDIR"
+
+# Called once a script's binaries are in place: drops the module and build caches. They reach
+# ~13 GB after Kubernetes, etcd, helm, Prometheus and KEDA, and nothing reads them again (the
+# binaries are kept by version under .tools/); a CI run failed with "no space left on device"
+# in the Prometheus build on a machine that had ~9 GB free. The price: a script that builds
+# again (a version bump) downloads its modules again.
+go_caches_drop() { rm -rf "$GOMODCACHE" "$GOCACHE" "$GOTMPDIR"; }
