@@ -83,6 +83,42 @@ impl LeaseConfig {
     fn renew_every(&self) -> Duration {
         self.duration / 4
     }
+
+    /// The longest wait for one API call. The client's own read timeout is minutes (it also
+    /// serves a quiet watch); a replica cut from the API server must keep polling, so that it
+    /// recovers at the first answer after the cut heals, and must never be held up at shutdown.
+    /// A renewal answered later than this would have come too late to help anyway.
+    fn call_timeout(&self) -> Duration {
+        self.duration / 2
+    }
+}
+
+/// Why an API call of the Lease loop failed.
+#[derive(Debug, thiserror::Error)]
+enum CallError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error("no answer from the API server within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl CallError {
+    /// Another replica wrote the Lease since this one read it.
+    fn is_conflict(&self) -> bool {
+        matches!(self, Self::Api(kube::Error::Api(e)) if e.code == 409)
+    }
+}
+
+/// `call`, given up after `bound` (what it sent may still land: every write is conditional
+/// on a resourceVersion, and the next list says what did).
+async fn bounded<T>(
+    bound: Duration,
+    call: impl Future<Output = Result<T, kube::Error>>,
+) -> Result<T, CallError> {
+    match tokio::time::timeout(bound, call).await {
+        Ok(result) => Ok(result?),
+        Err(_) => Err(CallError::TimedOut(bound)),
+    }
 }
 
 /// What one list showed and what this replica holds, across polls.
@@ -126,7 +162,10 @@ pub async fn run(
     let warmup = config.duration_ms();
     let mut logged_failure = false;
     loop {
-        match list(&api, &config, &mut book, clock.now()).await {
+        let listed = list(&api, &config, &mut book, clock.now()).await;
+        // Unanswered: writes now would only wait behind it, and the holds run out on their own.
+        let unreachable = matches!(listed, Err(CallError::TimedOut(_)));
+        match listed {
             Ok(()) => logged_failure = false,
             Err(error) => {
                 if !logged_failure {
@@ -171,7 +210,7 @@ pub async fn run(
         );
         let renew_due = renewed_at.is_none_or(|t| t.elapsed() >= config.renew_every());
         let urgent = steps.iter().any(|(_, s)| *s != Step::Renew);
-        if renew_due || urgent {
+        if (renew_due || urgent) && !unreachable {
             renewed_at = Some(tokio::time::Instant::now());
             renew_member(&api, &config, &mut book).await;
             for (shard, step) in steps {
@@ -208,9 +247,9 @@ async fn list(
     config: &LeaseConfig,
     book: &mut Book,
     now: Millis,
-) -> Result<(), kube::Error> {
+) -> Result<(), CallError> {
     let params = ListParams::default().labels(&format!("{GROUP_LABEL}={}", config.group));
-    let leases = api.list(&params).await?;
+    let leases = bounded(config.call_timeout(), api.list(&params)).await?;
     let mut members = HashMap::new();
     let mut shards = HashMap::new();
     let mut objects = HashMap::new();
@@ -334,7 +373,7 @@ async fn renew_member(api: &Api<Lease>, config: &LeaseConfig, book: &mut Book) {
         // others' view of its age) starts again with this process, whose window is empty.
         spec.acquire_time = Some(now_micro());
     }
-    let written = write(api, &name, lease).await;
+    let written = write(api, config, &name, lease).await;
     match written {
         Ok(lease) => {
             book.member_written = true;
@@ -349,11 +388,17 @@ async fn renew_member(api: &Api<Lease>, config: &LeaseConfig, book: &mut Book) {
 
 /// Creates the Lease when it has no resourceVersion yet, else replaces it (409 when another
 /// replica wrote it since).
-async fn write(api: &Api<Lease>, name: &str, lease: Lease) -> Result<Lease, kube::Error> {
+async fn write(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    name: &str,
+    lease: Lease,
+) -> Result<Lease, CallError> {
+    let bound = config.call_timeout();
     if lease.metadata.resource_version.is_some() {
-        api.replace(name, &PostParams::default(), &lease).await
+        bounded(bound, api.replace(name, &PostParams::default(), &lease)).await
     } else {
-        api.create(&PostParams::default(), &lease).await
+        bounded(bound, api.create(&PostParams::default(), &lease)).await
     }
 }
 
@@ -393,7 +438,7 @@ async fn apply(
     spec.lease_duration_seconds = Some(config.duration_seconds());
     spec.renew_time = Some(now_micro());
     let sent_at = clock.now();
-    match write(api, &name, lease).await {
+    match write(api, config, &name, lease).await {
         Ok(lease) => {
             let holder = lease.spec.as_ref().and_then(|s| s.holder_identity.clone());
             book.versions.insert(
@@ -430,7 +475,7 @@ async fn apply(
             } else {
                 tracing::debug!(shard, ?step, %error, "shard Lease not written");
             }
-            if matches!(&error, kube::Error::Api(e) if e.code == 409) {
+            if error.is_conflict() {
                 ownership.hold(shard, None);
             }
         }
@@ -458,7 +503,10 @@ async fn forget_old_members(api: &Api<Lease>, config: &LeaseConfig, book: &Book,
             }),
             ..DeleteParams::default()
         };
-        if api.delete(name, &params).await.is_ok() {
+        if bounded(config.call_timeout(), api.delete(name, &params))
+            .await
+            .is_ok()
+        {
             tracing::info!(
                 lease = name,
                 "deleted the member Lease of a replica long gone"
@@ -487,12 +535,21 @@ async fn give_up(api: &Api<Lease>, config: &LeaseConfig, book: &mut Book, owners
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         spec.holder_identity = None;
         spec.renew_time = Some(now_micro());
-        Some(async move { api.replace(&name, &PostParams::default(), &lease).await })
+        Some(async move {
+            bounded(
+                config.call_timeout(),
+                api.replace(&name, &PostParams::default(), &lease),
+            )
+            .await
+        })
     });
     let released = futures::future::join_all(releases).await;
-    let _ = api
-        .delete(&config.member_name(&config.id), &DeleteParams::default())
-        .await;
+    let member = config.member_name(&config.id);
+    let _ = bounded(
+        config.call_timeout(),
+        api.delete(&member, &DeleteParams::default()),
+    )
+    .await;
     tracing::info!(
         released = released.iter().filter(|r| r.is_ok()).count(),
         "gave up the shard Leases"
