@@ -210,6 +210,11 @@ impl RealKube {
         self.client.clone()
     }
 
+    /// The ready scaler pods' admin endpoints (`/metrics`, `/readyz`), by pod.
+    pub fn scaler_admin_endpoints(&self) -> Endpoints {
+        self.scaler_admin.endpoints()
+    }
+
     /// The scaler pod's admin address (`/metrics`, `/readyz`), once it is ready.
     pub fn scaler_admin(&self) -> Option<SocketAddr> {
         let endpoints = self.scaler_admin.endpoints();

@@ -2,7 +2,8 @@
 //! the Service's ready endpoints (round-robin), and a connection made while the Service has
 //! none is closed at once (kube-proxy rejects it), which Envoy answers as `503 upstream connect
 //! error`. The sandbox's gateway and client-sidecar Envoys reach the app's Service through it,
-//! as an Istio proxy reaches a Service through its endpoints (there is no EDS server here).
+//! as an Istio proxy reaches a Service through its endpoints (there is no EDS server here). The
+//! node's scaler pods reach the API server through one each (see `Node::api_route`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use tokio::task::JoinHandle;
 use crate::pods::Endpoints;
 
 /// A running virtual address; dropping it stops accepting (open connections finish).
+#[derive(Debug)]
 pub struct ServiceProxy {
     addr: SocketAddr,
     task: JoinHandle<()>,

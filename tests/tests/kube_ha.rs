@@ -21,12 +21,15 @@ use surge_e2e::installed::{
     wait_ready_replicas,
 };
 use surge_e2e::scaler::{HttpClient, http_client, request};
+use surge_sandbox::nft::NftTable;
 use surge_sandbox::real::RealKube;
 use surge_scaler::hub::TargetKey;
 use surge_scaler::shard::{DEFAULT_SHARDS, shard_of};
 
 /// The chart's default Lease duration (`sharing.leaseDurationSeconds`).
 const LEASE_DURATION: Duration = Duration::from_secs(4);
+/// The scaler's default timeout of one API call (`--kube-timeout-ms`).
+const KUBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn surgescaler(namespace: &str, name: &str) -> String {
     format!(
@@ -109,9 +112,18 @@ impl Sidecar {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending_scale_up_lands() {
-    let kube = install("ha_kill", &[], &["replicaCount=2"]).await;
+/// Two replicas installed by the chart, `web/api` at one replica under a SurgeScaler, and
+/// which replica owns it.
+struct Pair {
+    kube: RealKube,
+    owner: String,
+    owner_ingest: SocketAddr,
+    survivor: String,
+    survivor_ingest: SocketAddr,
+}
+
+async fn two_replicas(test: &str) -> Pair {
+    let kube = install(test, &[], &["replicaCount=2"]).await;
     apply(&kube, &pause_deployment("web", "api", 1));
     apply(&kube, &surgescaler("web", "api"));
     wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
@@ -129,11 +141,58 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
         },
     )
     .await;
-    let (owner_ingest, (survivor, survivor_ingest)) = {
-        let owner_at = ready.iter().find(|(pod, _)| *pod == owner).unwrap().1;
-        let other = ready.iter().find(|(pod, _)| *pod != owner).unwrap().clone();
-        (owner_at, other)
+    let owner_ingest = ready.iter().find(|(pod, _)| *pod == owner).unwrap().1;
+    let (survivor, survivor_ingest) = ready.iter().find(|(pod, _)| *pod != owner).unwrap().clone();
+    Pair {
+        kube,
+        owner,
+        owner_ingest,
+        survivor,
+        survivor_ingest,
+    }
+}
+
+/// The sum of a metric's series whose labels contain `labels`, in replica `pod`'s `/metrics`.
+async fn metric(kube: &RealKube, client: &HttpClient, pod: &str, name: &str, labels: &str) -> f64 {
+    let admin = {
+        let endpoints = kube.scaler_admin_endpoints();
+        let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
+        endpoints.iter().find(|e| e.pod == pod).map(|e| e.addr)
     };
+    let admin = admin.unwrap_or_else(|| panic!("no admin endpoint for {pod}"));
+    let text = request(client, "GET", &format!("http://{admin}/metrics"), "", None)
+        .await
+        .body;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| l.contains(labels))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// The replica counts of the successful scale writes, in order; panics on a scale-down.
+fn assert_no_scale_down(kube: &RealKube) -> Vec<i64> {
+    let written: Vec<i64> = scale_writes(kube, "web", "api")
+        .iter()
+        .filter(|w| w.status == 200)
+        .filter_map(replicas)
+        .collect();
+    assert!(
+        written.windows(2).all(|w| w[1] >= w[0]),
+        "a scale-down was written: {written:?}"
+    );
+    written
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending_scale_up_lands() {
+    let Pair {
+        kube,
+        owner,
+        owner_ingest,
+        survivor,
+        survivor_ingest,
+    } = two_replicas("ha_kill").await;
     let client = http_client();
     let every = Duration::from_millis(250);
     let mut sidecar = Sidecar {
@@ -228,15 +287,7 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
         Some(survivor.as_str())
     );
     // Never a scale-down, before or after the takeover: each write at least the one before.
-    let written: Vec<i64> = scale_writes(&kube, "web", "api")
-        .iter()
-        .filter(|w| w.status == 200)
-        .filter_map(replicas)
-        .collect();
-    assert!(
-        written.windows(2).all(|w| w[1] >= w[0]),
-        "a scale-down was written: {written:?}"
-    );
+    assert_no_scale_down(&kube);
     kube.shutdown().await;
 }
 
@@ -351,14 +402,186 @@ async fn a_rolling_restart_of_both_replicas_during_a_burst_loses_no_scale_up() {
         late.is_empty(),
         "no scale-up written within 3 s of the steps to {late:?} rps"
     );
-    let written: Vec<i64> = scale_writes(&kube, "web", "api")
-        .iter()
-        .filter(|w| w.status == 200)
-        .filter_map(replicas)
-        .collect();
+    assert_no_scale_down(&kube);
+    kube.shutdown().await;
+}
+
+/// The owner loses its path to the API server (nftables drops every packet on it, both ways,
+/// as a partition would) while its peers and the proxies still reach it. It stops counting
+/// itself the owner before its hold could lapse for the other replica, which takes over and
+/// writes the pending scale-up; a write the cut replica had in flight cannot land as a
+/// scale-down when the cut heals (every write is conditional on the scale's resourceVersion),
+/// and the cut replica takes its share back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_cut_from_the_api_server_stops_writing_and_the_other_takes_over() {
+    let Pair {
+        kube,
+        owner,
+        owner_ingest,
+        survivor,
+        survivor_ingest,
+    } = two_replicas("ha_cut").await;
+    let client = http_client();
+    let every = Duration::from_millis(250);
+    let mut sidecar = Sidecar {
+        seq: 0,
+        time_ms: 100_000,
+        total: 0,
+    };
+    for i in 0..8 {
+        let to = if i % 2 == 0 {
+            owner_ingest
+        } else {
+            survivor_ingest
+        };
+        assert_eq!(sidecar.report(&client, to, 50, every, false).await, 200);
+        tokio::time::sleep(every).await;
+    }
+    let node = kube.node().expect("the node runs the scaler pods");
+    let route = node
+        .api_route(&owner)
+        .await
+        .expect("the owner's path to the API server");
+    let owned = "namespace=\"web\"";
+    assert_eq!(
+        metric(&kube, &client, &owner, "surge_target_owned", owned).await,
+        1.0
+    );
+    let cut = NftTable::create().expect("nftables (scripts/tools.sh installs it)");
+    cut.drop_all(route.port()).unwrap();
+    let cut_at = Instant::now();
+
+    // The step reaches the cut owner first: it decides the scale-up and tries to write it
+    // (the write hangs in the cut). Then 800 rps, reported to the survivor.
+    assert_eq!(
+        sidecar
+            .report(&client, owner_ingest, 400, every, true)
+            .await,
+        200
+    );
+    let mut surge = true;
+    let pending = loop {
+        tokio::time::sleep(every).await;
+        assert_eq!(
+            sidecar
+                .report(&client, survivor_ingest, 800, every, surge)
+                .await,
+            200
+        );
+        surge = false;
+        if let Some(write) = scale_writes(&kube, "web", "api")
+            .into_iter()
+            .find(|w| w.status == 200 && w.received > cut_at && replicas(w) >= Some(8))
+        {
+            break write;
+        }
+        assert!(
+            cut_at.elapsed() < LEASE_DURATION + Duration::from_secs(3),
+            "no scale-up to 8 within {:?} of the cut",
+            cut_at.elapsed()
+        );
+    };
+    let takeover = pending.received.duration_since(cut_at);
+    eprintln!("cut: the survivor wrote the pending scale-up {takeover:?} after the cut");
     assert!(
-        written.windows(2).all(|w| w[1] >= w[0]),
-        "a scale-down was written: {written:?}"
+        takeover <= LEASE_DURATION + Duration::from_secs(1),
+        "the survivor wrote the pending scale-up {takeover:?} after the cut, over the Lease \
+         duration + 1 s"
+    );
+    assert_eq!(
+        holder(&kube, "web", "api").as_deref(),
+        Some(survivor.as_str())
+    );
+    // A write the cut replica started before its hold ran out waits out the scaler's API
+    // timeout; after it, the cut replica no longer counts itself the owner and tries no more
+    // writes.
+    while cut_at.elapsed() < KUBE_TIMEOUT + Duration::from_millis(1500) {
+        assert_eq!(
+            sidecar
+                .report(&client, survivor_ingest, 800, every, false)
+                .await,
+            200
+        );
+        tokio::time::sleep(every).await;
+    }
+    assert_eq!(
+        metric(&kube, &client, &owner, "surge_target_owned", owned).await,
+        0.0,
+        "the cut replica still counts itself web/api's owner"
+    );
+    assert_eq!(
+        metric(&kube, &client, &owner, "surge_shards_held", "").await,
+        0.0
+    );
+    let attempts = async || {
+        metric(&kube, &client, &owner, "surge_scale_patches_total", "").await
+            + metric(
+                &kube,
+                &client,
+                &owner,
+                "surge_kube_api_errors_total",
+                "operation=\"patch_scale\"",
+            )
+            .await
+    };
+    let before = attempts().await;
+    for _ in 0..8 {
+        assert_eq!(
+            sidecar
+                .report(&client, owner_ingest, 1000, every, false)
+                .await,
+            200
+        );
+        tokio::time::sleep(every).await;
+    }
+    assert_eq!(
+        attempts().await,
+        before,
+        "the cut replica tried to write a scale after its hold ran out"
+    );
+
+    // The cut heals. Whatever it had in flight lands now or never; no write goes down, and the
+    // replica is a member again and takes its share of the shards back once warm.
+    let hit = cut.clear().unwrap();
+    assert!(hit.dropped > 0, "the cut dropped nothing: {hit:?}");
+    let healed = Instant::now();
+    eventually(
+        "the healed replica holds its share of the shards again",
+        LEASE_DURATION * 4,
+        || {
+            let (kube, client, owner) = (&kube, &client, &owner);
+            async move {
+                let held = metric(kube, client, owner, "surge_shards_held", "").await;
+                (held > 0.0).then_some(())
+            }
+        },
+    )
+    .await;
+    eprintln!(
+        "cut: the healed replica holds shards again {:?} after the heal",
+        healed.elapsed()
+    );
+    for i in 0..8 {
+        let to = if i % 2 == 0 {
+            owner_ingest
+        } else {
+            survivor_ingest
+        };
+        assert_eq!(sidecar.report(&client, to, 1000, every, false).await, 200);
+        tokio::time::sleep(every).await;
+    }
+    let refused: Vec<u16> = scale_writes(&kube, "web", "api")
+        .iter()
+        .filter(|w| w.received > cut_at && w.status != 200)
+        .map(|w| w.status)
+        .collect();
+    eprintln!(
+        "cut: scale writes refused since the cut (a stale write fenced by its resourceVersion is a 409): {refused:?}"
+    );
+    let written = assert_no_scale_down(&kube);
+    assert!(
+        written.last().is_some_and(|&r| r >= 10),
+        "1000 rps asks for 10 replicas: {written:?}"
     );
     kube.shutdown().await;
 }

@@ -42,7 +42,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use network::PodNetwork;
@@ -129,6 +129,11 @@ enum Command {
         pod: Option<String>,
     },
     RestartScaler,
+    /// Where a scaler pod's path to the API server listens (see [`Node::api_route`]).
+    ApiRoute {
+        pod: String,
+        reply: oneshot::Sender<Option<SocketAddr>>,
+    },
 }
 
 /// A running node; [`Node::shutdown`] (or dropping it) stops every pod's processes.
@@ -200,6 +205,19 @@ impl Node {
             restart_after,
             pod: Some(pod.to_owned()),
         });
+    }
+
+    /// The address through which scaler pod `pod` reaches the API server: its own forwarded
+    /// port, as the `kubernetes` Service's ClusterIP is for a pod, so that a fault can cut this
+    /// one pod from the API server (nftables on that port) and leave the others' paths alone.
+    /// `None` until the pod's container is prepared.
+    pub async fn api_route(&self, pod: &str) -> Option<SocketAddr> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.commands.send(Command::ApiRoute {
+            pod: pod.to_owned(),
+            reply,
+        });
+        answer.await.ok().flatten()
     }
 
     /// Starts every scaler container that is down, now (its back-off cut short).
@@ -395,6 +413,16 @@ async fn serve(
             }
             Some(command) = commands.recv() => {
                 let now = Instant::now();
+                if let Command::ApiRoute { pod, reply } = command {
+                    let route = state.pods.values().find_map(|p| match &p.runtime {
+                        Runtime::Scaler(scaler) if p.name == pod => {
+                            scaler.prepared.as_ref().map(|p| p.api_route.addr())
+                        }
+                        _ => None,
+                    });
+                    let _ = reply.send(route);
+                    continue;
+                }
                 for pod in state.pods.values_mut() {
                     let name = pod.name.clone();
                     if let Runtime::Scaler(scaler) = &mut pod.runtime {
@@ -407,7 +435,7 @@ async fn serve(
                             Command::RestartScaler if scaler.process.is_none() => {
                                 scaler.restart_at = Some(now);
                             }
-                            Command::RestartScaler => {}
+                            Command::RestartScaler | Command::ApiRoute { .. } => {}
                         }
                     }
                 }

@@ -5,6 +5,7 @@
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Container;
@@ -14,6 +15,7 @@ use super::pod::{ProbeKind, now_rfc3339};
 use super::probe::{Probe, ProbeTracker};
 use super::status::ContainerState;
 use crate::process::ChildGuard;
+use crate::service_proxy::ServiceProxy;
 
 /// Back-off before a crashed container restarts (the kubelet's first step, 10 s).
 pub(super) const CRASH_BACKOFF: Duration = Duration::from_secs(10);
@@ -59,6 +61,8 @@ pub(super) struct Prepared {
     pub(super) env: Vec<(String, String)>,
     pub(super) log: PathBuf,
     pub(super) token: Token,
+    /// The pod's path to the API server (its kubeconfig's `server`), for the pod's lifetime.
+    pub(super) api_route: Arc<ServiceProxy>,
 }
 
 /// The surge-scaler container.

@@ -3,7 +3,9 @@
 //! token, bound to the pod, from the TokenRequest API; renewed at 80 % of its lifetime.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use k8s_openapi::api::authentication::v1::BoundObjectReference;
@@ -15,6 +17,8 @@ use super::containers::{self, Mount};
 use super::pod::{LocalPod, Runtime};
 use super::scaler_container::{self, Prepared, Token};
 use super::{NodeOptions, TOKEN_LIFETIME};
+use crate::pods::{Endpoint, Endpoints};
+use crate::service_proxy::ServiceProxy;
 
 /// Prepares a scaler pod's container when it is due (retried after a back-off on failure), or
 /// renews its token when that is due. Nothing for other pods.
@@ -164,10 +168,11 @@ async fn prepare(
         .service_account_name
         .clone()
         .unwrap_or_else(|| "default".into());
+    let (api_route, server) = api_route(&options.server).await?;
     let kubeconfig = pod.dir.join("kubeconfig");
     surge_cluster::tokens::write_token_file_kubeconfig(
         &kubeconfig,
-        &options.server,
+        &server,
         &options.ca_pem,
         &pod.namespace,
         &account,
@@ -189,7 +194,35 @@ async fn prepare(
             files: token_files,
             refresh_at: now + TOKEN_LIFETIME * 4 / 5,
         },
+        api_route: Arc::new(api_route),
     })
+}
+
+/// A pod's own path to the API server at `server` (`https://<host>:<port>`, the host
+/// `localhost` or an IP address) and the URL that reaches it through the path: a forwarded
+/// loopback port, as kube-proxy forwards the `kubernetes` Service's ClusterIP. TLS passes
+/// through untouched, and the URL keeps the host, which the serving certificate names.
+async fn api_route(server: &str) -> Result<(ServiceProxy, String), String> {
+    let invalid = || format!("the API server's URL {server} is not https://<host>:<port>");
+    let (host, port) = server
+        .strip_prefix("https://")
+        .map(|rest| rest.trim_end_matches('/'))
+        .and_then(|rest| rest.rsplit_once(':'))
+        .ok_or_else(invalid)?;
+    let ip: IpAddr = match host {
+        "localhost" => Ipv4Addr::LOCALHOST.into(),
+        ip => ip.parse().map_err(|_| invalid())?,
+    };
+    let port: u16 = port.parse().map_err(|_| invalid())?;
+    let endpoints: Endpoints = Arc::new(RwLock::new(vec![Endpoint {
+        pod: "kube-apiserver".into(),
+        addr: SocketAddr::new(ip, port),
+    }]));
+    let route = ServiceProxy::start(endpoints)
+        .await
+        .map_err(|e| format!("the pod's route to the API server: {e}"))?;
+    let url = format!("https://{host}:{}", route.addr().port());
+    Ok((route, url))
 }
 
 fn write(path: &PathBuf, bytes: &[u8]) -> Result<(), String> {
