@@ -273,6 +273,7 @@ fn remove(
     }
     ctx.hub.unregister(key);
     ctx.metrics.forget(key);
+    ctx.ownership.record_target(key, false);
 }
 
 /// One SurgeScaler's decision loop.
@@ -514,6 +515,7 @@ impl TargetLoop {
         }
         if self.owned != Some(owns) {
             self.ctx.metrics.owned(&self.key, owns);
+            self.ctx.ownership.record_target(&self.key, owns);
         }
         self.owned = Some(owns);
         owns

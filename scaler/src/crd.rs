@@ -27,6 +27,7 @@ use serde::{Deserialize, Serialize};
     printcolumn = r#"{"name":"Desired","type":"integer","jsonPath":".status.desiredReplicas"}"#,
     printcolumn = r#"{"name":"Metric","type":"string","jsonPath":".status.observedMetric.summary"}"#,
     printcolumn = r#"{"name":"Panic","type":"boolean","jsonPath":".status.panic"}"#,
+    printcolumn = r#"{"name":"Owner","type":"string","jsonPath":".status.owner"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[serde(rename_all = "camelCase")]
@@ -357,6 +358,10 @@ pub struct SurgeScalerStatus {
     /// The `metadata.generation` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// The scaler replica (pod) that decides and writes for this target, when several share
+    /// the targets; absent when one replica runs alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The scale-to-zero side of the status.
@@ -535,7 +540,7 @@ mod tests {
         assert_eq!(
             columns,
             [
-                "Target", "Min", "Max", "Current", "Desired", "Metric", "Panic", "Age"
+                "Target", "Min", "Max", "Current", "Desired", "Metric", "Panic", "Owner", "Age"
             ]
         );
     }

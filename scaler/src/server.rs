@@ -243,6 +243,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     // Writes stop a quarter of the Lease duration before a hold runs out (see shard::Ownership).
     let ownership = Arc::new(match &sharing {
         Some(s) => Ownership::sharded(
+            &s.leases.id,
             s.leases.shards,
             u64::try_from(s.leases.duration.as_millis() / 4).unwrap_or(u64::MAX),
             clock,
@@ -270,6 +271,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
     let admin_app = admin::router(AdminState {
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
+        ownership: Arc::clone(&ownership),
     });
     tracing::info!(
         ingest = %args.ingest_addr,

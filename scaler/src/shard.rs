@@ -17,7 +17,7 @@
 //! Lease last change, on its own monotonic clock, never by comparing another machine's
 //! `renewTime` with its own wall clock.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -231,10 +231,14 @@ pub struct Peer {
 pub struct Ownership {
     sharded: Option<Sharded>,
     changed: watch::Sender<u64>,
+    /// The targets whose loops last found them owned (what `/readyz` lists).
+    owned_targets: Mutex<BTreeSet<TargetKey>>,
 }
 
 #[derive(Debug)]
 struct Sharded {
+    /// This replica's id (its pod name), written to the status of the targets it owns.
+    id: String,
     shards: u32,
     /// Writes stop this long before a shard Lease runs out: a write sent just before would
     /// otherwise land after another replica took the shard over.
@@ -257,14 +261,17 @@ impl Ownership {
         Self {
             sharded: None,
             changed: watch::channel(0).0,
+            owned_targets: Mutex::default(),
         }
     }
 
-    /// Targets split in `shards`; none owned until [`Ownership::hold`] says so.
-    pub fn sharded(shards: u32, margin_ms: Millis, clock: Clock) -> Self {
+    /// Targets split in `shards` among replicas, this one being `id`; none owned until
+    /// [`Ownership::hold`] says so.
+    pub fn sharded(id: &str, shards: u32, margin_ms: Millis, clock: Clock) -> Self {
         let shards = shards.max(1);
         Self {
             sharded: Some(Sharded {
+                id: id.to_owned(),
                 shards,
                 margin_ms,
                 clock,
@@ -274,7 +281,35 @@ impl Ownership {
                 }),
             }),
             changed: watch::channel(0).0,
+            owned_targets: Mutex::default(),
         }
+    }
+
+    /// The number of shards (1 when this replica runs alone).
+    pub fn shards(&self) -> u32 {
+        self.sharded.as_ref().map_or(1, |s| s.shards)
+    }
+
+    /// This replica's id when the targets are shared (`None` when it runs alone).
+    pub fn replica_id(&self) -> Option<&str> {
+        self.sharded.as_ref().map(|s| s.id.as_str())
+    }
+
+    /// Records what `key`'s loop found at its last step (`owned`), or that the target is gone
+    /// (`false`).
+    pub fn record_target(&self, key: &TargetKey, owned: bool) {
+        let mut targets = self.owned_targets.lock().unwrap_or_else(|e| e.into_inner());
+        if owned {
+            targets.insert(key.clone());
+        } else {
+            targets.remove(key);
+        }
+    }
+
+    /// The targets whose loops last found them owned, in order.
+    pub fn owned_targets(&self) -> Vec<TargetKey> {
+        let targets = self.owned_targets.lock().unwrap_or_else(|e| e.into_inner());
+        targets.iter().cloned().collect()
     }
 
     fn state(sharded: &Sharded) -> std::sync::MutexGuard<'_, ShardState> {

@@ -152,17 +152,22 @@ async fn two_replicas(test: &str) -> Pair {
     }
 }
 
-/// The sum of a metric's series whose labels contain `labels`, in replica `pod`'s `/metrics`.
-async fn metric(kube: &RealKube, client: &HttpClient, pod: &str, name: &str, labels: &str) -> f64 {
+/// The body of `path` on replica `pod`'s admin listener.
+async fn admin_get(kube: &RealKube, client: &HttpClient, pod: &str, path: &str) -> String {
     let admin = {
         let endpoints = kube.scaler_admin_endpoints();
         let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
         endpoints.iter().find(|e| e.pod == pod).map(|e| e.addr)
     };
     let admin = admin.unwrap_or_else(|| panic!("no admin endpoint for {pod}"));
-    let text = request(client, "GET", &format!("http://{admin}/metrics"), "", None)
+    request(client, "GET", &format!("http://{admin}{path}"), "", None)
         .await
-        .body;
+        .body
+}
+
+/// The sum of a metric's series whose labels contain `labels`, in replica `pod`'s `/metrics`.
+async fn metric(kube: &RealKube, client: &HttpClient, pod: &str, name: &str, labels: &str) -> f64 {
+    let text = admin_get(kube, client, pod, "/metrics").await;
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter(|l| l.contains(labels))
@@ -288,6 +293,26 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
     );
     // Never a scale-down, before or after the takeover: each write at least the one before.
     assert_no_scale_down(&kube);
+    // `kubectl get surge` names the new owner, and its readiness lists the target.
+    eventually(
+        "kubectl get surge names the survivor as the owner",
+        Duration::from_secs(5),
+        || {
+            let listed = kubectl(&kube, &["get", "surge", "-n", "web", "api"], None);
+            let text = String::from_utf8_lossy(&listed.stdout).into_owned();
+            let survivor = survivor.clone();
+            async move {
+                let header = text.lines().next().unwrap_or("");
+                (header.contains("OWNER") && text.contains(&survivor)).then_some(())
+            }
+        },
+    )
+    .await;
+    let readiness = admin_get(&kube, &client, &survivor, "/readyz").await;
+    assert!(
+        readiness.starts_with("ready\n") && readiness.lines().any(|l| l == "web/api"),
+        "the survivor's /readyz does not list web/api:\n{readiness}"
+    );
     kube.shutdown().await;
 }
 

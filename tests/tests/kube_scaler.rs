@@ -139,12 +139,19 @@ async fn the_chart_installed_scaler_scales_a_real_deployment_and_kubectl_shows_i
     assert_eq!(
         header,
         [
-            "NAME", "TARGET", "MIN", "MAX", "CURRENT", "DESIRED", "METRIC", "PANIC", "AGE"
+            "NAME", "TARGET", "MIN", "MAX", "CURRENT", "DESIRED", "METRIC", "PANIC", "OWNER", "AGE"
         ],
         "{table}"
     );
     let row: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
     assert_eq!(&row[..6], ["api", "api", "1", "10", "8", "8"], "{table}");
+    // The owner: the one replica, holding every shard Lease.
+    let scaler_pod = {
+        let endpoints = kube.scaler_endpoints();
+        let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
+        endpoints.first().map(|e| e.pod.clone()).unwrap()
+    };
+    assert_eq!(row[8], scaler_pod, "{table}");
     let described = kubectl_ok(
         &kube,
         &["describe", "surgescaler", "api", "-n", "web"],

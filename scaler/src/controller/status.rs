@@ -321,6 +321,7 @@ impl TargetLoop {
             last_scale_time: self.last_scale_time.clone(),
             conditions: self.conditions(&previous.conditions),
             observed_generation: self.scaler.metadata.generation,
+            owner: self.ctx.ownership.replica_id().map(str::to_owned),
         };
         let same_shape = self.last_status.as_ref().is_some_and(|last| {
             last.scale_to_zero == status.scale_to_zero
@@ -330,6 +331,7 @@ impl TargetLoop {
                 && last.last_scale_time == status.last_scale_time
                 && last.conditions == status.conditions
                 && last.observed_generation == status.observed_generation
+                && last.owner == status.owner
         });
         let fresh_enough = self
             .status_written_at

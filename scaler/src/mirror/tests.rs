@@ -100,7 +100,7 @@ async fn the_mirror_delivers_the_newest_report_of_each_instance_to_each_live_pee
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let server = tokio::spawn(axum::serve(listener, router(peer.clone())).into_future());
-    let ownership = Arc::new(Ownership::sharded(4, 0, Clock::default()));
+    let ownership = Arc::new(Ownership::sharded("a", 4, 0, Clock::default()));
     let metrics = Arc::new(Metrics::default());
     let mirror = Mirror::new(
         Arc::clone(&ownership),
@@ -158,7 +158,7 @@ fn a_peer_that_falls_behind_holds_one_body_per_instance_at_most() {
         .build()
         .unwrap();
     runtime.block_on(async {
-        let ownership = Arc::new(Ownership::sharded(4, 0, Clock::default()));
+        let ownership = Arc::new(Ownership::sharded("a", 4, 0, Clock::default()));
         // Nothing listens there: the sender fails, the queue is what stays bounded.
         ownership.set_peers(vec![Peer {
             id: "b".into(),

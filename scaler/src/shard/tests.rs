@@ -177,7 +177,7 @@ fn the_shards_of_a_member_that_died_are_taken_once_its_leases_lapse() {
 #[test]
 fn ownership_follows_the_hold_and_stops_a_margin_before_it_runs_out() {
     let clock = Clock::default();
-    let ownership = Ownership::sharded(4, 1_000, clock);
+    let ownership = Ownership::sharded("a", 4, 1_000, clock);
     let target = key("web", "checkout");
     let shard = shard_of(&target, 4);
     assert!(

@@ -11,7 +11,7 @@ fn sharded_setup() -> (TargetLoop, Handle, Arc<Context>, Arc<Ownership>) {
     let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
     let client = Client::new(service, "default");
     let clock = Clock::default();
-    let ownership = Arc::new(Ownership::sharded(SHARDS, 1_000, clock));
+    let ownership = Arc::new(Ownership::sharded("replica-a", SHARDS, 1_000, clock));
     let ctx = Arc::new(
         Context::new(
             client,
