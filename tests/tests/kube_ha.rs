@@ -132,15 +132,27 @@ async fn two_replicas(test: &str) -> Pair {
         async move { (ready.len() == 2).then_some(ready) }
     })
     .await;
-    let owner = eventually(
-        "a replica holds web/api's shard",
-        Duration::from_secs(15),
+    // The split settles once both are warm (a Lease duration after each joined): 4 shards
+    // each. Before that the first replica up may hold them all and hand half over, and the
+    // owner read here would not be the owner for long.
+    let client = http_client();
+    eventually(
+        "the shards split 4/4 between the replicas",
+        Duration::from_secs(20),
         || {
-            let holder = holder(&kube, "web", "api");
-            async move { holder }
+            let (kube, client, ready) = (&kube, &client, &ready);
+            async move {
+                for (pod, _) in ready {
+                    if metric(kube, client, pod, "surge_shards_held", "").await != 4.0 {
+                        return None;
+                    }
+                }
+                Some(())
+            }
         },
     )
     .await;
+    let owner = holder(&kube, "web", "api").expect("a replica holds web/api's shard");
     let owner_ingest = ready.iter().find(|(pod, _)| *pod == owner).unwrap().1;
     let (survivor, survivor_ingest) = ready.iter().find(|(pod, _)| *pod != owner).unwrap().clone();
     Pair {
