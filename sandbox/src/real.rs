@@ -632,3 +632,25 @@ async fn observe(
         }
     }
 }
+
+/// The scaler replica (pod name) holding the shard Lease of SurgeScaler `namespace/name`, as
+/// the API server has it; `None` while no replica holds it. Assumes the chart's default number
+/// of shards (`sharing.shards`).
+pub async fn target_owner(client: &Client, namespace: &str, name: &str) -> Option<String> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    use surge_scaler::hub::TargetKey;
+    use surge_scaler::shard::{DEFAULT_SHARDS, shard_of};
+    let key = TargetKey {
+        namespace: namespace.into(),
+        name: name.into(),
+    };
+    let lease = format!("{SCALER_NAME}-shard-{}", shard_of(&key, DEFAULT_SHARDS));
+    let leases: Api<Lease> = Api::namespaced(client.clone(), SCALER_NAMESPACE);
+    leases
+        .get(&lease)
+        .await
+        .ok()?
+        .spec?
+        .holder_identity
+        .filter(|holder| !holder.is_empty())
+}

@@ -127,6 +127,10 @@ pub struct Summary {
     pub scale_writes: usize,
     /// Accepted scale writes while the load ran that lowered the replicas.
     pub scale_downs: usize,
+    /// With a `kill_scaler_owner` fault: the slowest takeover of the run, from the kill until
+    /// another replica held the app's shard Lease, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover_ms: Option<f64>,
     /// The cold start, when the app was at zero when the load came back.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cold_start: Option<ColdStart>,
@@ -254,6 +258,13 @@ pub struct FaultRecord {
     pub until_s: f64,
     /// Packets the kernel dropped meanwhile, as its rule counted them.
     pub packets_dropped: u64,
+    /// `kill_scaler_owner`: the replica (pod) killed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub killed: Option<String>,
+    /// `kill_scaler_owner`: from the kill until another replica held the app's shard Lease
+    /// (`None`: none did within a minute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub takeover_ms: Option<f64>,
 }
 
 /// What became of `chart.png`, which needs librsvg's `rsvg-convert` on the PATH.
@@ -536,6 +547,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         max_ready: played_timeline.iter().map(|p| p.ready).max().unwrap_or(0),
         scale_writes: accepted.len(),
         scale_downs,
+        takeover_ms: None,
         cold_start: cold_start::cold_start(&cold_inputs),
         cold_starts: cold_start::cold_starts(&cold_inputs, &scenario.returns_from_idle()),
     };
@@ -641,10 +653,18 @@ pub fn summary_text(result: &RunResult) -> String {
         s.max_desired, s.max_ready, s.scale_writes, s.scale_downs
     ));
     for fault in &result.faults {
-        out.push_str(&format!(
-            "fault {}: {:.1}-{:.1} s, {} packets dropped\n",
-            fault.fault, fault.from_s, fault.until_s, fault.packets_dropped
-        ));
+        match (&fault.killed, fault.takeover_ms) {
+            (Some(killed), took) => out.push_str(&format!(
+                "fault {}: {killed} killed at {:.1} s; another replica took over after {}\n",
+                fault.fault,
+                fault.from_s,
+                took.map_or("(none within a minute)".into(), |ms| format!("{ms:.0} ms"))
+            )),
+            (None, _) => out.push_str(&format!(
+                "fault {}: {:.1}-{:.1} s, {} packets dropped\n",
+                fault.fault, fault.from_s, fault.until_s, fault.packets_dropped
+            )),
+        }
     }
     if let Some(png) = &result.png_chart {
         out.push_str(&png.sentence());
@@ -874,9 +894,27 @@ load:
             from_s: 5.5015,
             until_s: 8.501,
             packets_dropped: 7,
+            killed: None,
+            takeover_ms: None,
         });
         assert!(
             summary_text(&result).contains("fault drop_reports: 5.5-8.5 s, 7 packets dropped\n"),
+            "{}",
+            summary_text(&result)
+        );
+        result.faults.push(FaultRecord {
+            fault: "kill_scaler_owner".into(),
+            from_s: 12.04,
+            until_s: 15.8,
+            packets_dropped: 0,
+            killed: Some("surge-scaler-abc".into()),
+            takeover_ms: Some(3760.4),
+        });
+        assert!(
+            summary_text(&result).contains(
+                "fault kill_scaler_owner: surge-scaler-abc killed at 12.0 s; another replica \
+                 took over after 3760 ms\n"
+            ),
             "{}",
             summary_text(&result)
         );

@@ -145,6 +145,16 @@ pub async fn run(
                     *for_s,
                     FaultStep::DeliverReports,
                 ),
+                // The node starts the killed replica again on its own, after the downtime.
+                Fault::KillScalerOwner {
+                    at_s,
+                    restart_after_s,
+                } => (
+                    *at_s,
+                    FaultStep::KillScalerOwner(Duration::from_secs_f64(*restart_after_s)),
+                    *restart_after_s,
+                    FaultStep::OwnerBack,
+                ),
             };
             let at = scenario.warmup_s as f64 + at_s;
             [(at, start), (at + length_s, end)]
@@ -154,6 +164,7 @@ pub async fn run(
     let mut faults = faults.into_iter().peekable();
     let mut dropping: Option<(NftTable, f64)> = None;
     let mut fault_records = Vec::new();
+    let mut takeovers = Vec::new();
 
     let mut failure = None;
     let mut interrupted = false;
@@ -185,6 +196,26 @@ pub async fn run(
                     tracing::info!("fault: killing the scaler");
                     sandbox.kill_scaler();
                 }
+                FaultStep::KillScalerOwner(restart_after) => {
+                    match sandbox.kill_scaler_owner(restart_after).await {
+                        Ok(owner) => {
+                            tracing::info!(%owner, "fault: killed the scaler replica owning the app");
+                            let client = sandbox.real().map(crate::real::RealKube::client);
+                            takeovers.push((
+                                t,
+                                owner.clone(),
+                                tokio::spawn(takeover(client, owner)),
+                            ));
+                        }
+                        Err(error) => {
+                            failure = Some(format!("faults: kill_scaler_owner: {error}"));
+                            break;
+                        }
+                    }
+                }
+                FaultStep::OwnerBack => {
+                    tracing::info!("fault over: the killed scaler replica may start again");
+                }
                 FaultStep::DropReports => {
                     tracing::info!("fault: the kernel drops every report packet");
                     match drop_reports(sandbox.report_port()) {
@@ -204,6 +235,8 @@ pub async fn run(
                                 from_s,
                                 until_s: t,
                                 packets_dropped: counters.dropped,
+                                killed: None,
+                                takeover_ms: None,
                             }),
                             Err(error) => {
                                 failure = Some(format!("faults: drop_reports: {error:#}"));
@@ -235,6 +268,17 @@ pub async fn run(
         let _ = load_task.await;
         scenario.total_seconds()
     };
+    for (from_s, owner, watch) in takeovers {
+        let took = watch.await.ok().flatten();
+        fault_records.push(FaultRecord {
+            fault: "kill_scaler_owner".into(),
+            from_s,
+            until_s: from_s + took.map_or(0.0, |d| d.as_secs_f64()),
+            packets_dropped: 0,
+            killed: Some(owner),
+            takeover_ms: took.map(|d| d.as_secs_f64() * 1000.0),
+        });
+    }
     let history = sandbox.history();
     let requests = sandbox.requests();
     let reports = sandbox.reports();
@@ -254,6 +298,11 @@ pub async fn run(
         failure,
         interrupted,
     });
+    // The slowest takeover of the run, if any replica was killed.
+    result.summary.takeover_ms = fault_records
+        .iter()
+        .filter_map(|f| f.takeover_ms)
+        .max_by(f64::total_cmp);
     result.faults = fault_records;
     result.kubernetes = options.kube.describe();
     result.autoscaler = options.autoscaler.describe(scenario);
@@ -266,8 +315,27 @@ pub async fn run(
 enum FaultStep {
     KillScaler,
     RestartScaler,
+    /// SIGKILL the owner of the app's SurgeScaler; the node restarts it after the duration.
+    KillScalerOwner(Duration),
+    OwnerBack,
     DropReports,
     DeliverReports,
+}
+
+/// From now until a replica other than `killed` holds the app's shard Lease, as the API
+/// server has it (polled every 20 ms, for at most a minute); `None` if none did.
+async fn takeover(client: Option<kube::Client>, killed: String) -> Option<Duration> {
+    let client = client?;
+    let since = Instant::now();
+    while since.elapsed() < Duration::from_secs(60) {
+        if let Some(holder) = crate::real::target_owner(&client, NAMESPACE, WORKLOAD).await
+            && holder != killed
+        {
+            return Some(since.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    None
 }
 
 /// A table dropping every packet to the report port; reports flow again when it is cleared or

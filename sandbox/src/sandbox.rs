@@ -28,7 +28,7 @@ use crate::pods::{Endpoints, PodCounts, PodTemplate, Pods, fixed_endpoint};
 use crate::real::RealKube;
 use crate::run::{NAMESPACE, RunError, WORKLOAD, io};
 use crate::scaler::{Scaler, ScalerOptions, free_port, locate_scaler};
-use crate::scenario::{Reachability, Scenario};
+use crate::scenario::{Fault, Reachability, Scenario};
 use crate::tap::{ReportSeen, Tap};
 
 /// The SurgeScaler CRD the scaler generates; its schema defaults are applied by the embedded
@@ -211,6 +211,20 @@ impl Sandbox {
                  the app is warm again"
                     .into(),
             )),
+            KubeMode::Embedded
+                if scenario.scaler.replicas.is_some_and(|n| n > 1)
+                    || scenario
+                        .faults
+                        .iter()
+                        .any(|f| matches!(f, Fault::KillScalerOwner { .. })) =>
+            {
+                Err(RunError::Setup(
+                    "scaler.replicas above 1 and the kill_scaler_owner fault need the real \
+                     control plane (--kube real): replicas share the targets through Leases, \
+                     which the embedded API does not serve"
+                        .into(),
+                ))
+            }
             KubeMode::Embedded if options.autoscaler != Autoscaler::Surge => Err(RunError::Setup(
                 "--autoscaler classic needs the real control plane (--kube real): the classic \
                  chain is the real HPA controller, KEDA and Prometheus"
@@ -315,7 +329,15 @@ impl Sandbox {
         pods_dir: PathBuf,
     ) -> Result<Self, RunError> {
         let mut real = RealKube::start(&options.out_dir, options.announce).await?;
-        real.install_chart(&options.helm_set).await?;
+        // The scenario's replica count first: a `--set` of the caller's comes later and wins.
+        let helm_set: Vec<String> = scenario
+            .scaler
+            .replicas
+            .map(|n| format!("replicaCount={n}"))
+            .into_iter()
+            .chain(options.helm_set.iter().cloned())
+            .collect();
+        real.install_chart(&helm_set).await?;
         let (tap, report_to, hanging) =
             report_path(scenario.scaler.reachability, real.scaler_endpoints()).await?;
         real.start_node(scenario, pods_dir, report_to, envoy_binary, wasm)
@@ -513,6 +535,20 @@ impl Sandbox {
                 }
             }
         }
+    }
+
+    /// SIGKILLs the scaler replica that owns the app's SurgeScaler (real control plane only);
+    /// the node starts it again after `restart_after`. Answers the replica's pod name.
+    pub async fn kill_scaler_owner(&mut self, restart_after: Duration) -> Result<String, String> {
+        let Backend::Real(real) = &self.backend else {
+            return Err("kill_scaler_owner needs the real control plane".into());
+        };
+        let owner = crate::real::target_owner(&real.client(), NAMESPACE, WORKLOAD)
+            .await
+            .ok_or("no scaler replica holds the app's shard Lease")?;
+        let node = real.node().ok_or("the node is not running")?;
+        node.kill_scaler_pod(&owner, restart_after);
+        Ok(owner)
     }
 
     /// The scaler's admin address (`/metrics`, `/healthz`, `/readyz`); real: once its pod is

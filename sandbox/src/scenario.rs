@@ -284,6 +284,10 @@ pub struct Scaler {
     /// With `min_replicas: 0`: seconds of reported idleness before the app goes to zero
     /// (`spec.scaleToZero.idleSeconds`).
     pub idle_s: Option<u32>,
+    /// Scaler replicas, sharing the targets through Leases (the chart's `replicaCount`, 1..=10;
+    /// more than one needs the real control plane). Absent: the chart's default (2) on the
+    /// real control plane, one process on the embedded API.
+    pub replicas: Option<u32>,
 }
 
 impl Default for Scaler {
@@ -297,6 +301,7 @@ impl Default for Scaler {
             stable_window_s: None,
             scale_down_stabilization_s: None,
             idle_s: None,
+            replicas: None,
         }
     }
 }
@@ -318,6 +323,16 @@ pub enum Fault {
     /// Kill the scaler (SIGKILL) `at_s` seconds into the load and start it again
     /// `restart_after_s` later.
     KillScaler {
+        /// When, in seconds from the start of the load.
+        at_s: f64,
+        /// Downtime in seconds.
+        restart_after_s: f64,
+    },
+    /// SIGKILL the scaler replica that owns the app's SurgeScaler (holds its shard Lease)
+    /// `at_s` seconds into the load; the node starts it again `restart_after_s` later. The
+    /// result records which replica was killed and `takeover_ms`, from the kill until another
+    /// replica held the Lease. Real control plane, two replicas or more.
+    KillScalerOwner {
         /// When, in seconds from the start of the load.
         at_s: f64,
         /// Downtime in seconds.
@@ -605,10 +620,52 @@ mod tests {
                 "kill_scaler: {at_s: 1, restart_after_s: -1}",
                 "faults[0].kill_scaler.restart_after_s",
             ),
+            (
+                "kill_scaler_owner: {at_s: 7, restart_after_s: 5}",
+                "faults[0].kill_scaler_owner.at_s",
+            ),
         ] {
             let err =
                 Scenario::parse(&format!("name: x\n{load}faults:\n  - {fault}\n")).unwrap_err();
             assert!(err.contains(field), "{fault}: {err}");
+        }
+    }
+
+    #[test]
+    fn replicas_are_checked_and_killing_the_owner_needs_a_second_one() {
+        let load = "load:\n  - steady: {rps: 10, seconds: 5}\n";
+        let kill = "faults:\n  - kill_scaler_owner: {at_s: 1, restart_after_s: 5}\n";
+        let parsed =
+            Scenario::parse(&format!("name: x\nscaler: {{replicas: 2}}\n{load}{kill}")).unwrap();
+        assert_eq!(parsed.scaler.replicas, Some(2));
+        assert_eq!(
+            parsed.faults,
+            [Fault::KillScalerOwner {
+                at_s: 1.0,
+                restart_after_s: 5.0
+            }]
+        );
+        // Absent: the chart's default count.
+        assert!(
+            Scenario::parse(&format!("name: x\n{load}{kill}"))
+                .unwrap()
+                .scaler
+                .replicas
+                .is_none()
+        );
+        let err = Scenario::parse(&format!("name: x\nscaler: {{replicas: 1}}\n{load}{kill}"))
+            .unwrap_err();
+        assert!(
+            err.contains("faults[0].kill_scaler_owner") && err.contains("replicas of 2"),
+            "{err}"
+        );
+        for n in [0, 11] {
+            let err = Scenario::parse(&format!("name: x\nscaler: {{replicas: {n}}}\n{load}"))
+                .unwrap_err();
+            assert!(
+                err.contains("scaler.replicas") && err.contains("line 2"),
+                "{err}"
+            );
         }
     }
 

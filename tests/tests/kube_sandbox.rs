@@ -157,3 +157,37 @@ load:
         );
     }
 }
+
+/// `sandbox/scenarios/ha-failover.yaml` as shipped: two scaler replicas, the owner of the app
+/// SIGKILLed mid-burst. The other takes over within the Lease duration + 1 s, carries the
+/// scale-up on, and nothing is scaled down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ha_failover_scenario_reports_the_takeover_and_no_scale_down() {
+    let yaml = std::fs::read_to_string(workspace_root().join("sandbox/scenarios/ha-failover.yaml"))
+        .unwrap();
+    let result = play("ha_failover", &yaml).await;
+    let s = &result.summary;
+    assert!(result.failure.is_none(), "{:?}", result.failure);
+    let [fault] = &result.faults[..] else {
+        panic!("one fault expected: {:?}", result.faults);
+    };
+    assert_eq!(fault.fault, "kill_scaler_owner");
+    assert!(
+        fault
+            .killed
+            .as_deref()
+            .is_some_and(|pod| pod.starts_with("surge-scaler-")),
+        "{fault:?}"
+    );
+    let takeover = s.takeover_ms.expect("another replica took over");
+    assert_eq!(fault.takeover_ms, Some(takeover));
+    // The chart's Lease duration is 4 s.
+    assert!(takeover <= 5000.0, "takeover after {takeover} ms");
+    assert_eq!(s.scale_downs, 0, "a scale-down during the failover");
+    // 450 rps at 70 per replica: 7 (8 with the queue built up while the owner was down).
+    assert!(
+        (7..=8).contains(&s.max_desired),
+        "max desired {}: the survivor did not carry the scale-up on",
+        s.max_desired
+    );
+}

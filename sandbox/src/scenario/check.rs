@@ -151,6 +151,11 @@ impl Scenario {
                 format!("must be at most 3600, got {w}"),
             );
         }
+        if let Some(n) = scaler.replicas
+            && !(1..=10).contains(&n)
+        {
+            return fail("scaler.replicas", format!("must be within 1..=10, got {n}"));
+        }
         if self.slo_ms == 0 {
             return fail("slo_ms", "must be positive".into());
         }
@@ -161,6 +166,25 @@ impl Scenario {
                     at_s,
                     restart_after_s,
                 } => ("kill_scaler", at_s, "restart_after_s", restart_after_s),
+                Fault::KillScalerOwner {
+                    at_s,
+                    restart_after_s,
+                } => {
+                    if scaler.replicas == Some(1) {
+                        return fail(
+                            &format!("faults[{i}].kill_scaler_owner"),
+                            "needs scaler.replicas of 2 or more (one replica has no one to take \
+                             over)"
+                                .into(),
+                        );
+                    }
+                    (
+                        "kill_scaler_owner",
+                        at_s,
+                        "restart_after_s",
+                        restart_after_s,
+                    )
+                }
                 Fault::DropReports { at_s, for_s } => ("drop_reports", at_s, "for_s", for_s),
             };
             if !(at_s.is_finite() && *at_s >= 0.0 && *at_s < total) {
