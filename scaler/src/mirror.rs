@@ -59,6 +59,9 @@ struct Pending {
 }
 
 struct PeerQueue {
+    /// The peer's advertised URL, as listed (what identifies this queue's peer).
+    peer_url: String,
+    /// Where the batches go: the peer's URL and [`PEER_REPORTS_PATH`].
     url: String,
     pending: Mutex<Pending>,
     wake: Notify,
@@ -118,11 +121,12 @@ impl Mirror {
     fn queue(self: &Arc<Self>, peer: &Peer) -> Arc<PeerQueue> {
         let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(queue) = queues.get(&peer.id)
-            && queue.url == peer.url
+            && queue.peer_url == peer.url
         {
             return Arc::clone(queue);
         }
         let queue = Arc::new(PeerQueue {
+            peer_url: peer.url.clone(),
             url: format!("{}{PEER_REPORTS_PATH}", peer.url.trim_end_matches('/')),
             pending: Mutex::new(Pending::default()),
             wake: Notify::new(),
@@ -133,7 +137,8 @@ impl Mirror {
     }
 
     /// Sends `queue`'s bodies as they come, in batches (what piles up during one POST goes in
-    /// the next), until the peer is no longer listed.
+    /// the next), until the peer is no longer listed or its queue was replaced (it now
+    /// advertises another URL).
     async fn drain(self: Arc<Self>, id: String, queue: Arc<PeerQueue>) {
         // Logged when mirroring to the peer starts or stops failing, not at every failure.
         let mut failing = false;
@@ -142,13 +147,16 @@ impl Mirror {
                 .ownership
                 .peers()
                 .iter()
-                .any(|p| p.id == id && queue.url.starts_with(&p.url));
-            if !listed {
+                .any(|p| p.id == id && p.url == queue.peer_url);
+            {
                 let mut queues = self.queues.lock().unwrap_or_else(|e| e.into_inner());
-                if queues.get(&id).is_some_and(|q| Arc::ptr_eq(q, &queue)) {
-                    queues.remove(&id);
+                let current = queues.get(&id).is_some_and(|q| Arc::ptr_eq(q, &queue));
+                if !listed || !current {
+                    if current {
+                        queues.remove(&id);
+                    }
+                    return;
                 }
-                return;
             }
             let batch = {
                 let mut pending = queue.pending.lock().unwrap_or_else(|e| e.into_inner());

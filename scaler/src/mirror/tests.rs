@@ -165,12 +165,25 @@ fn a_peer_that_falls_behind_holds_one_body_per_instance_at_most() {
             url: "http://127.0.0.1:9".into(),
         }]);
         let mirror = Mirror::new(ownership, Arc::from(TOKEN), Arc::new(Metrics::default()));
+        let first = mirror.queue(&mirror.ownership.peers()[0]);
+        // No await in between: the sender task has not run, everything is still queued.
         for seq in 1..=1000 {
-            mirror.send("api-1/1", &Bytes::from(report("api-1/1", seq).to_string()));
+            let instance = format!("api-{}/1", seq % 10);
+            mirror.send(&instance, &Bytes::from(report(&instance, seq).to_string()));
         }
         let queues = mirror.queues.lock().unwrap();
+        assert_eq!(queues.len(), 1);
+        // One queue per peer for all its reports (a queue per report would each spawn a
+        // sender of its own), holding the newest body of each of the 10 instances.
+        assert!(Arc::ptr_eq(&queues["b"], &first));
         let pending = queues["b"].pending.lock().unwrap();
-        assert!(pending.order.len() <= 1, "{}", pending.order.len());
-        assert!(pending.bodies.len() <= 1);
+        assert_eq!(pending.order.len(), 10);
+        assert_eq!(pending.bodies.len(), 10);
+        for (instance, body) in &pending.bodies {
+            let seq = serde_json::from_slice::<serde_json::Value>(body).unwrap()["seq"]
+                .as_u64()
+                .unwrap();
+            assert!(seq > 990, "{instance}: seq {seq} is not the newest");
+        }
     });
 }
