@@ -231,6 +231,20 @@ fn a_replica_that_just_joined_gets_shards_only_once_it_has_been_live_a_warmup() 
     );
     // Alone and just started: it takes everything at once.
     assert_eq!(candidates(9_900, &[], 10_000, 4_000), (true, vec![]));
+    // Started together, one turning warm before the other: both still count, so the split
+    // made at start stays (no handing everything to the first one warm, and back).
+    for now in [9_600, 13_000, 13_400, 13_600] {
+        assert_eq!(
+            candidates(9_000, &[("b".to_owned(), 9_500)], now, 4_000),
+            (true, vec!["b".to_owned()]),
+            "at {now}"
+        );
+    }
+    // The warm one died: the ones that joined later count among themselves.
+    assert_eq!(
+        candidates(9_000, &[("c".to_owned(), 9_000)], 10_000, 4_000),
+        (true, vec!["c".to_owned()])
+    );
     // Not a candidate: it releases what it holds and takes nothing.
     let held: HashMap<u32, Seen> = (0..4).map(|s| (s, seen(Some("a"), 9_500))).collect();
     let steps = plan("a", false, 10_000, 4, &["b".into()], &held);
