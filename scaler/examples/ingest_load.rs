@@ -8,6 +8,8 @@
 //! ```
 //!
 //! Instance ids carry the generator's start time, so a second run is new traffic, not a replay.
+//! `--url` may be given more than once: connection `c` goes to the `c mod n`-th, as a Service
+//! spreads connections over its endpoints (the scaler's replicas).
 //!
 //! Prints one JSON line: reports sent, seconds, reports/s, latency p50/p99/max in microseconds,
 //! and the count of non-200 answers. Runs on one thread so it can be pinned to one core.
@@ -20,7 +22,7 @@ use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
 struct Args {
-    url: String,
+    urls: Vec<String>,
     token: Option<String>,
     connections: usize,
     instances: usize,
@@ -32,7 +34,7 @@ struct Args {
 
 fn parse() -> Result<Args, String> {
     let mut args = Args {
-        url: "http://127.0.0.1:8080/v1/reports".into(),
+        urls: Vec::new(),
         token: None,
         connections: 32,
         instances: 2000,
@@ -46,7 +48,7 @@ fn parse() -> Result<Args, String> {
         let value = it.next().ok_or(format!("{flag}: missing value"))?;
         let number = |v: &str| v.parse::<usize>().map_err(|e| format!("{flag}: {e}"));
         match flag.as_str() {
-            "--url" => args.url = value,
+            "--url" => args.urls.push(value),
             "--token" => args.token = Some(value),
             "--connections" => args.connections = number(&value)?.max(1),
             "--instances" => args.instances = number(&value)?.max(1),
@@ -56,6 +58,9 @@ fn parse() -> Result<Args, String> {
             "--workloads" => args.workloads = number(&value)?.max(1),
             other => return Err(format!("unknown flag {other}")),
         }
+    }
+    if args.urls.is_empty() {
+        args.urls.push("http://127.0.0.1:8080/v1/reports".into());
     }
     Ok(args)
 }
@@ -86,7 +91,8 @@ async fn connection(
     deadline: Instant,
     start_ms: u64,
 ) -> Result<(Vec<u32>, u64), String> {
-    let uri: hyper::Uri = args.url.parse().map_err(|e| format!("--url: {e}"))?;
+    let url = &args.urls[index % args.urls.len()];
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("--url: {e}"))?;
     let authority = uri.authority().ok_or("--url: no host")?.to_string();
     let stream = tokio::net::TcpStream::connect(&authority)
         .await

@@ -7,6 +7,9 @@
 //! cargo build --release -p surge-scaler --bin surge-scaler --example ingest_load
 //! taskset -c 1 cargo test --release -p surge-e2e --test scaler_bench -- --ignored --nocapture --test-threads 1
 //! ```
+//!
+//! The scalers log at `error` (their stderr is the test's); `SURGE_BENCH_LOG=info` shows their
+//! decisions and Lease handovers.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -36,6 +39,12 @@ fn release_binary(env: &str, relative: &str) -> PathBuf {
         path.display()
     );
     path
+}
+
+/// A distinct suffix for each scaler's folder (two replicas run at once).
+fn next_scaler() -> u32 {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn free_addr() -> SocketAddr {
@@ -112,8 +121,17 @@ async fn api_with_targets(targets: usize) -> KubeApi {
 }
 
 async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
+    start_scaler_with(api, client, &[]).await
+}
+
+/// The scaler with `extra` arguments (the sharing flags of a replica).
+async fn start_scaler_with(api: &KubeApi, client: &HttpClient, extra: &[String]) -> Scaler {
     let bin = release_binary("SURGE_SCALER_BIN", "target/release/surge-scaler");
-    let dir = std::env::temp_dir().join(format!("surge-scaler-bench-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!(
+        "surge-scaler-bench-{}-{}",
+        std::process::id(),
+        next_scaler()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("kubeconfig");
     api.write_kubeconfig(&kubeconfig, "bench").unwrap();
@@ -138,8 +156,12 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
             "--admin-addr",
             &admin.to_string(),
         ])
+        .args(extra)
         .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "error")
+        .env(
+            "RUST_LOG",
+            std::env::var("SURGE_BENCH_LOG").unwrap_or("error".into()),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     let scaler = Scaler {
@@ -166,8 +188,10 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
     scaler
 }
 
+/// Plays `instances` proxies against `scalers` (connections spread over them, as a Service
+/// spreads them over its endpoints) from core 1; the load generator's JSON line.
 fn load(
-    scaler: &Scaler,
+    scalers: &[&Scaler],
     instances: usize,
     routes: usize,
     seconds: f64,
@@ -180,7 +204,12 @@ fn load(
     let out = Command::new("taskset")
         .args(["-c", "1"])
         .arg(bin)
-        .args(["--url", &format!("http://{}/v1/reports", scaler.ingest)])
+        .args(scalers.iter().flat_map(|s| {
+            [
+                "--url".to_owned(),
+                format!("http://{}/v1/reports", s.ingest),
+            ]
+        }))
         .args([
             "--instances",
             &instances.to_string(),
@@ -219,13 +248,13 @@ async fn bench_ingest_throughput_and_latency() {
     let api = api_with_targets(10).await;
     let scaler = start_scaler(&api, &client).await;
     // Warm-up: every instance reports at least once.
-    let _ = load(&scaler, INSTANCES, 4, 2.0, 32);
+    let _ = load(&[&scaler], INSTANCES, 4, 2.0, 32);
     let mut rates = Vec::new();
     let mut p99s = Vec::new();
     let mut per_cpu = Vec::new();
     for run in 0..3 {
         let cpu_before = scaler.cpu_seconds();
-        let result = load(&scaler, INSTANCES, 4, 10.0, 32);
+        let result = load(&[&scaler], INSTANCES, 4, 10.0, 32);
         let cpu = scaler.cpu_seconds() - cpu_before;
         let reports = result["reports"].as_f64().unwrap();
         println!(
@@ -272,11 +301,11 @@ async fn bench_memory_per_tracked_pod_route() {
     let scaler = start_scaler(&api, &client).await;
     // Settle the allocator with a small load first, so the baseline includes the runtime's
     // buffers and the per-target windows.
-    let _ = load(&scaler, 100, 4, 1.0, 8);
+    let _ = load(&[&scaler], 100, 4, 1.0, 8);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let before = scaler.rss_kib();
     let (instances, routes) = (19_000usize, 4usize);
-    let result = load(&scaler, instances, routes, 4.0, 32);
+    let result = load(&[&scaler], instances, routes, 4.0, 32);
     assert_eq!(
         result["non_200"], 0,
         "every instance must be tracked: {result}"
@@ -352,5 +381,242 @@ async fn bench_surge_report_to_scale_patch() {
         at(90.0),
         at(99.0),
         sorted[sorted.len() - 1]
+    );
+}
+
+/// The latency percentiles of `values` (ms): p50, p90, p99, max.
+fn percentiles(values: &[f64]) -> (f64, f64, f64, f64) {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let at = |p: f64| {
+        sorted[((p / 100.0 * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len()) - 1]
+    };
+    (at(50.0), at(90.0), at(99.0), sorted[sorted.len() - 1])
+}
+
+/// Two replicas sharing 400 targets through Leases on the embedded API, as the chart runs
+/// them (4 s Leases, 8 shards, every report mirrored to the other). Each target's surge report
+/// goes either to its owner (direct) or to the other replica, which mirrors it to the owner
+/// (forwarded), alternating, so both are measured in the same run on the same machine state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "benchmark: run explicitly, see docs/benchmarks/scaler.md"]
+async fn bench_forwarded_surge_report_to_scale_patch() {
+    let targets = 400;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let api = api_with_targets(targets).await;
+    let token = std::env::temp_dir().join(format!("surge-peer-token-{}", std::process::id()));
+    std::fs::write(&token, "bench-peer-token").unwrap();
+    let mut replicas = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        let peer = free_addr();
+        let args: Vec<String> = [
+            "--lease-namespace=bench".to_owned(),
+            "--lease-group=bench".to_owned(),
+            format!("--replica-id={id}"),
+            format!("--peer-addr={peer}"),
+            format!("--peer-url=http://{peer}"),
+            format!("--peer-token-file={}", token.display()),
+        ]
+        .into();
+        replicas.push(start_scaler_with(&api, &client, &args).await);
+    }
+    // The split settles at 4 shards each once both are warm; then each /readyz lists the
+    // targets its replica owns.
+    let readyz = async |scaler: &Scaler| {
+        let request = http::Request::get(format!("http://{}/readyz", scaler.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        String::from_utf8_lossy(&body).into_owned()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let owned: Vec<Vec<String>> = loop {
+        let mut lists = Vec::new();
+        for scaler in &replicas {
+            lists.push(readyz(scaler).await);
+        }
+        let split = lists
+            .iter()
+            .all(|l| l.contains("shards [") && l.contains("] of 8"))
+            && lists.iter().all(|l| {
+                l.lines()
+                    .find(|line| line.starts_with("replica "))
+                    .and_then(|line| line.split_once('[')?.1.split_once(']'))
+                    .is_some_and(|(held, _)| held.split_whitespace().count() == 4)
+            });
+        let listed: usize = lists
+            .iter()
+            .map(|l| l.lines().filter(|line| line.starts_with("bench/")).count())
+            .sum();
+        if split && listed == targets {
+            break lists
+                .iter()
+                .map(|l| {
+                    l.lines()
+                        .filter_map(|line| line.strip_prefix("bench/"))
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .collect();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the replicas did not split the targets: {lists:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let (mut direct, mut forwarded) = (Vec::new(), Vec::new());
+    for i in 0..targets {
+        let workload = format!("app-{i}");
+        let owner = usize::from(!owned[0].contains(&workload));
+        let forward = i % 2 == 0;
+        let to = &replicas[if forward { 1 - owner } else { owner }];
+        let url = format!("http://{}/v1/reports", to.ingest);
+        // Each report 20 ms after the one before (a proxy's are 100 ms apart at the least).
+        // Back to back, the mirror can coalesce a new instance's first reports while a POST is
+        // in flight (it keeps the newest of each instance), and the owner then sees the surge
+        // report as the instance's first, with no baseline: no rate, no wake-up, and the
+        // write waits for the next tick (seen: 1 s outliers, with `--tick-ms 5000` a missed
+        // write).
+        post(&client, &url, &surge_report(&workload, 1, 0, false)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        post(&client, &url, &surge_report(&workload, 2, 5, false)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let path = format!("/apis/apps/v1/namespaces/bench/deployments/{workload}/scale");
+        let sent = Instant::now();
+        post(&client, &url, &surge_report(&workload, 3, 105, true)).await;
+        let patch = api
+            .wait_for_request(Duration::from_secs(5), |r| {
+                r.is_scale_write() && r.path == path
+            })
+            .await
+            .expect("no scale patch");
+        let ms = patch.received.saturating_duration_since(sent).as_secs_f64() * 1e3;
+        if forward {
+            forwarded.push(ms);
+        } else {
+            direct.push(ms);
+        }
+    }
+    let _ = std::fs::remove_file(&token);
+    // Each scale write came from the target's owner: a replica's writes are the targets it owns.
+    for (scaler, owns) in replicas.iter().zip(&owned) {
+        let request = http::Request::get(format!("http://{}/metrics", scaler.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        let written: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("surge_scale_patches_total{") && !l.ends_with(" 0"))
+            .filter_map(|l| l.split("name=\"").nth(1)?.split('"').next())
+            .collect();
+        assert!(!written.is_empty(), "a replica wrote nothing");
+        for name in written {
+            assert!(
+                owns.iter().any(|o| o == name),
+                "a replica wrote for {name}, which it does not own"
+            );
+        }
+    }
+    for (what, values) in [
+        ("direct (to the owner)", &direct),
+        ("forwarded (to the other replica)", &forwarded),
+    ] {
+        let (p50, p90, p99, max) = percentiles(values);
+        println!(
+            "two replicas, surge report -> scale PATCH, {what}, {} targets: p50 {p50:.2} ms, p90 {p90:.2} ms, p99 {p99:.2} ms, max {max:.2} ms",
+            values.len()
+        );
+    }
+    let ratio = percentiles(&forwarded).2 / percentiles(&direct).2;
+    println!("forwarded / direct p99: {ratio:.2}");
+}
+
+/// The CPU cost of sharing: the same load (10,000 instances x 4 routes, 32 connections from
+/// core 1) against one replica alone and against two replicas sharing the targets (each report
+/// ingested where it lands and mirrored to the other), all scalers pinned to core 0, the two
+/// set-ups alternating 3 times in one run. Reports per scaler CPU-second counts both replicas'
+/// CPU; the ratio is the figure to compare across machines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "benchmark: run explicitly, see docs/benchmarks/scaler.md"]
+async fn bench_two_replicas_ingest_throughput() {
+    const INSTANCES: usize = 10_000;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let alone_api = api_with_targets(10).await;
+    let alone = start_scaler(&alone_api, &client).await;
+    let shared_api = api_with_targets(10).await;
+    let token = std::env::temp_dir().join(format!("surge-peer-token-t-{}", std::process::id()));
+    std::fs::write(&token, "bench-peer-token").unwrap();
+    let mut pair = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        let peer = free_addr();
+        let args: Vec<String> = [
+            "--lease-namespace=bench".to_owned(),
+            "--lease-group=bench".to_owned(),
+            format!("--replica-id={id}"),
+            format!("--peer-addr={peer}"),
+            format!("--peer-url=http://{peer}"),
+            format!("--peer-token-file={}", token.display()),
+        ]
+        .into();
+        pair.push(start_scaler_with(&shared_api, &client, &args).await);
+    }
+    // Both members live and warm (one Lease duration), so that every report is mirrored.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let _ = load(&[&alone], INSTANCES, 4, 2.0, 32);
+    let _ = load(&[&pair[0], &pair[1]], INSTANCES, 4, 2.0, 32);
+    let (mut alone_rates, mut alone_per_cpu, mut pair_rates, mut pair_per_cpu) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for run in 0..3 {
+        let cpu = alone.cpu_seconds();
+        let result = load(&[&alone], INSTANCES, 4, 10.0, 32);
+        let cpu = alone.cpu_seconds() - cpu;
+        assert_eq!(result["non_200"], 0, "{result}");
+        let reports = result["reports"].as_f64().unwrap();
+        alone_rates.push(result["reports_per_s"].as_f64().unwrap());
+        alone_per_cpu.push(reports / cpu.max(0.01));
+        println!("run {run}, one replica: {result}; CPU {cpu:.2} s");
+
+        let cpu: f64 = pair.iter().map(Scaler::cpu_seconds).sum();
+        let result = load(&[&pair[0], &pair[1]], INSTANCES, 4, 10.0, 32);
+        let cpu = pair.iter().map(Scaler::cpu_seconds).sum::<f64>() - cpu;
+        assert_eq!(result["non_200"], 0, "{result}");
+        let reports = result["reports"].as_f64().unwrap();
+        pair_rates.push(result["reports_per_s"].as_f64().unwrap());
+        pair_per_cpu.push(reports / cpu.max(0.01));
+        println!("run {run}, two replicas: {result}; CPU of both {cpu:.2} s");
+    }
+    let _ = std::fs::remove_file(&token);
+    // Every report reached the other replica too (mirrored, not dropped or failed).
+    for scaler in &pair {
+        let request = http::Request::get(format!("http://{}/metrics", scaler.admin))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let body = client
+            .request(request)
+            .await
+            .unwrap()
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        for line in String::from_utf8_lossy(&body)
+            .lines()
+            .filter(|l| l.starts_with("surge_mirrored_reports_total"))
+        {
+            println!("{} {line}", scaler.admin);
+        }
+    }
+    let (a, b) = (median(alone_per_cpu), median(pair_per_cpu));
+    println!(
+        "ingest, median of 3: one replica {:.0} reports/s, {a:.0} reports per scaler CPU-second; \
+         two replicas {:.0} reports/s, {b:.0} reports per CPU-second of both; two / one per CPU: {:.2}",
+        median(alone_rates),
+        median(pair_rates),
+        b / a
     );
 }
