@@ -126,6 +126,16 @@ async fn start_scaler(api: &KubeApi, client: &HttpClient) -> Scaler {
 
 /// The scaler with `extra` arguments (the sharing flags of a replica).
 async fn start_scaler_with(api: &KubeApi, client: &HttpClient, extra: &[String]) -> Scaler {
+    start_scaler_wrapped(api, client, extra, &[]).await
+}
+
+/// The scaler with `extra` arguments, run under `wrapper` (valgrind) when not empty.
+async fn start_scaler_wrapped(
+    api: &KubeApi,
+    client: &HttpClient,
+    extra: &[String],
+    wrapper: &[String],
+) -> Scaler {
     let bin = release_binary("SURGE_SCALER_BIN", "target/release/surge-scaler");
     let dir = std::env::temp_dir().join(format!(
         "surge-scaler-bench-{}-{}",
@@ -139,6 +149,7 @@ async fn start_scaler_with(api: &KubeApi, client: &HttpClient, extra: &[String])
     let mut command = Command::new("taskset");
     command
         .args(["-c", "0"])
+        .args(wrapper)
         .arg(&bin)
         .args(["run", "--identity", "off"])
         // Each load run reports as new instances (the load generator names them by its start
@@ -171,7 +182,7 @@ async fn start_scaler_with(api: &KubeApi, client: &HttpClient, extra: &[String])
         _dir: dir,
     };
     let url = format!("http://{admin}/readyz");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(if wrapper.is_empty() { 20 } else { 120 });
     loop {
         let request = http::Request::get(&url)
             .body(Full::new(Bytes::new()))
@@ -186,6 +197,52 @@ async fn start_scaler_with(api: &KubeApi, client: &HttpClient, extra: &[String])
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     scaler
+}
+
+/// The floor (`scaler/examples/ingest_floor.rs`: reads each report whole and drops it) on
+/// core 0, optionally under `wrapper` (valgrind); its `admin` is its ingest address.
+async fn start_floor(client: &HttpClient, wrapper: &[String]) -> Scaler {
+    let bin = release_binary(
+        "SURGE_INGEST_FLOOR_BIN",
+        "target/release/examples/ingest_floor",
+    );
+    let ingest = free_addr();
+    let mut command = Command::new("taskset");
+    command
+        .args(["-c", "0"])
+        .args(wrapper)
+        .arg(&bin)
+        .arg(ingest.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let dir = std::env::temp_dir().join(format!(
+        "surge-floor-bench-{}-{}",
+        std::process::id(),
+        next_scaler()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let floor = Scaler {
+        child: ChildGuard::spawn("ingest_floor", command).unwrap(),
+        ingest,
+        admin: ingest,
+        _dir: dir,
+    };
+    let url = format!("http://{ingest}/v1/reports");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let request = http::Request::post(&url)
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        if let Ok(Ok(r)) =
+            tokio::time::timeout(Duration::from_secs(1), client.request(request)).await
+            && r.status() == 200
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "floor not up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    floor
 }
 
 /// Plays `instances` proxies against `scalers` (connections spread over them, as a Service
@@ -247,12 +304,22 @@ async fn bench_ingest_throughput_and_latency() {
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let api = api_with_targets(10).await;
     let scaler = start_scaler(&api, &client).await;
+    let floor = start_floor(&client, &[]).await;
     // Warm-up: every instance reports at least once.
     let _ = load(&[&scaler], INSTANCES, 4, 2.0, 32);
+    let _ = load(&[&floor], INSTANCES, 4, 2.0, 32);
     let mut rates = Vec::new();
     let mut p99s = Vec::new();
     let mut per_cpu = Vec::new();
+    let mut ratios = Vec::new();
     for run in 0..3 {
+        // The floor right before each scaler run: the ratio of the pair is what compares
+        // across runs and machines.
+        let floor_cpu = floor.cpu_seconds();
+        let floor_result = load(&[&floor], INSTANCES, 4, 10.0, 32);
+        let floor_cpu = floor.cpu_seconds() - floor_cpu;
+        let floor_per_cpu = floor_result["reports"].as_f64().unwrap() / floor_cpu.max(0.01);
+        println!("floor run {run}: {floor_result}; CPU {floor_cpu:.2} s");
         let cpu_before = scaler.cpu_seconds();
         let result = load(&[&scaler], INSTANCES, 4, 10.0, 32);
         let cpu = scaler.cpu_seconds() - cpu_before;
@@ -264,8 +331,14 @@ async fn bench_ingest_throughput_and_latency() {
         rates.push(result["reports_per_s"].as_f64().unwrap());
         p99s.push(result["p99_us"].as_f64().unwrap());
         per_cpu.push(reports / cpu.max(0.01));
+        ratios.push((reports / cpu.max(0.01)) / floor_per_cpu);
         assert_eq!(result["non_200"], 0);
     }
+    println!(
+        "ingest, reports per CPU-second, scaler / floor (paired per run): {:.2} (runs {:?})",
+        median(ratios.clone()),
+        ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>()
+    );
     println!(
         "ingest median of 3: {:.0} reports/s, p99 {:.0} us, {:.0} reports per scaler CPU-second \
          ({INSTANCES} instances x 4 routes, 32 connections)",
@@ -618,5 +691,132 @@ async fn bench_two_replicas_ingest_throughput() {
         median(alone_rates),
         median(pair_rates),
         b / a
+    );
+}
+
+/// A report of instance `instance` as `ingest_load` sends them (4 routes, growing counters).
+fn load_report(instance: usize, seq: u64) -> String {
+    let workload = format!("app-{}", instance % 10);
+    let routes: Vec<String> = (0..4u64)
+        .map(|r| {
+            let requests = seq * (10 + r);
+            format!(
+                r#"{{"route":"route-{r}","cluster":"inbound|8080||","requests_total":{requests},"errors_total":0,"duration_us_total":{},"inflight":{}}}"#,
+                requests * 1500,
+                r % 4
+            )
+        })
+        .collect();
+    format!(
+        r#"{{"version":1,"proxy":{{"namespace":"bench","workload":"{workload}","pod":"{workload}-{instance}","owner":"kubernetes://apis/apps/v1/namespaces/bench/deployments/{workload}","role":"sidecar"}},"instance":"{workload}-{instance}/callgrind","seq":{seq},"time_ms":{},"surge":false,"routes":[{}]}}"#,
+        1_000_000 + seq * 1000,
+        routes.join(",")
+    )
+}
+
+/// `callgrind_control` on `pid`: `-i on`, `-z`, `-d`.
+fn callgrind_control(pid: u32, args: &[&str]) {
+    let out = Command::new("callgrind_control")
+        .args(args)
+        .arg(pid.to_string())
+        .output()
+        .expect("callgrind_control (Debian: valgrind)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Instructions per report of the process behind `target` under callgrind: `warm` reports,
+/// instrumentation on, 200 more, counters zeroed, `counted` reports, dump; the dump's total
+/// over `counted`. Reports go one at a time over one keep-alive connection, from 200
+/// instances in turn (each under the per-instance rate limit), each with a higher `seq`.
+async fn instructions_per_report(
+    client: &HttpClient,
+    target: &Scaler,
+    out_file: &std::path::Path,
+    warm: u64,
+    counted: u64,
+) -> f64 {
+    let url = format!("http://{}/v1/reports", target.ingest);
+    let mut n = 0u64;
+    let mut send = async |count: u64| {
+        for _ in 0..count {
+            let body = load_report((n % 200) as usize, 1 + n / 200);
+            n += 1;
+            let request = http::Request::post(&url)
+                .header("content-type", "application/json")
+                .body(Full::new(Bytes::from(body)))
+                .unwrap();
+            let response = client.request(request).await.unwrap();
+            assert_eq!(response.status(), 200);
+            let _ = response.into_body().collect().await;
+        }
+    };
+    send(warm).await;
+    let pid = target.child.id();
+    callgrind_control(pid, &["-i", "on"]);
+    send(200).await;
+    callgrind_control(pid, &["-z"]);
+    send(counted).await;
+    callgrind_control(pid, &["-d"]);
+    // The dump is the newest file of this run: `<out>.<n>` (callgrind numbers each dump).
+    let dir = out_file.parent().unwrap();
+    let stem = out_file.file_name().unwrap().to_string_lossy().into_owned();
+    let dump = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with(&stem))
+        .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok())
+        .expect("a callgrind dump");
+    let text = std::fs::read_to_string(dump.path()).unwrap();
+    let total: f64 = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals: ")
+                .or_else(|| l.strip_prefix("summary: "))
+        })
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("a total in the dump");
+    total / counted as f64
+}
+
+/// Instructions per report under callgrind, the scaler against the floor (each in its own
+/// process under valgrind, the same reports): counts that do not move with the neighbours'
+/// load. Timer-driven work (the scaler's 1 s ticks) is paid per unit of wall time and weighs
+/// more per report under valgrind's slowdown than at a native rate: read the figure as an
+/// upper bound and the ratio as the comparable one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+#[ignore = "benchmark: run explicitly, see docs/benchmarks/scaler.md"]
+async fn bench_ingest_instructions_per_report() {
+    const WARM: u64 = 2_000;
+    const COUNTED: u64 = 3_000;
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
+    let out = workspace().join("target/bench/scaler-callgrind");
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    let wrapper = |name: &str| -> Vec<String> {
+        vec![
+            "valgrind".into(),
+            "--tool=callgrind".into(),
+            "--instr-atstart=no".into(),
+            format!("--callgrind-out-file={}", out.join(name).display()),
+        ]
+    };
+    let api = api_with_targets(10).await;
+    let scaler = start_scaler_wrapped(&api, &client, &[], &wrapper("scaler.out")).await;
+    let scaler_ir =
+        instructions_per_report(&client, &scaler, &out.join("scaler.out"), WARM, COUNTED).await;
+    drop(scaler);
+    let floor = start_floor(&client, &wrapper("floor.out")).await;
+    let floor_ir =
+        instructions_per_report(&client, &floor, &out.join("floor.out"), WARM, COUNTED).await;
+    drop(floor);
+    println!(
+        "instructions per report (callgrind, {COUNTED} reports counted after {WARM} + 200): \
+         scaler {scaler_ir:.0}, floor {floor_ir:.0}, scaler / floor {:.2}, scaler - floor {:.0}",
+        scaler_ir / floor_ir,
+        scaler_ir - floor_ir
     );
 }
