@@ -57,7 +57,7 @@ bench-filter: tools wasm
 	./filter/bench/run.sh
 
 bench-scaler: tools
-	$(CARGO) build --release -p surge-scaler --bin surge-scaler --example ingest_load
+	$(CARGO) build --release -p surge-scaler --bin surge-scaler --example ingest_load --example ingest_floor --example patch_floor
 	taskset -c 1 $(CARGO) test -p surge-e2e --test scaler_bench -- --ignored --nocapture --test-threads 1
 
 ## The reaction on the real control plane and on the embedded API, one after the other in one
