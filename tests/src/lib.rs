@@ -6,9 +6,11 @@ pub mod capture;
 pub mod cold_scaler;
 pub mod delay_proxy;
 pub mod fuzz_checks;
+pub mod ha;
 pub mod installed;
 pub mod sandbox_run;
 /// nftables faults on one loopback port (the sandbox uses them too).
 pub use surge_sandbox::nft;
 pub mod scaler;
 pub mod upstream;
+pub mod zero_proxy;

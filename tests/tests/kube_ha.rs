@@ -16,13 +16,15 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use surge_e2e::ha::{
+    Pair, admin_get, assert_no_scale_down, holder, metric, replicas_ready, two_replicas,
+};
 use surge_e2e::installed::{
     TOKEN, apply, eventually, install, kubectl, pause_deployment, replicas, report, scale_writes,
     wait_ready_replicas,
 };
 use surge_e2e::scaler::{HttpClient, http_client, request};
 use surge_sandbox::nft::NftTable;
-use surge_sandbox::real::RealKube;
 use surge_scaler::hub::TargetKey;
 use surge_scaler::shard::{DEFAULT_SHARDS, shard_of};
 
@@ -30,6 +32,11 @@ use surge_scaler::shard::{DEFAULT_SHARDS, shard_of};
 const LEASE_DURATION: Duration = Duration::from_secs(4);
 /// The scaler's default timeout of one API call (`--kube-timeout-ms`).
 const KUBE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The Deployment `web/api` at one replica and its SurgeScaler.
+fn target_manifests() -> [String; 2] {
+    [pause_deployment("web", "api", 1), surgescaler("web", "api")]
+}
 
 fn surgescaler(namespace: &str, name: &str) -> String {
     format!(
@@ -42,37 +49,6 @@ spec:
   metric: {{type: rps, target: 100}}
 "
     )
-}
-
-/// The replica (pod name) holding the shard Lease of `namespace/name`, if any holds it.
-fn holder(kube: &RealKube, namespace: &str, name: &str) -> Option<String> {
-    let key = TargetKey {
-        namespace: namespace.into(),
-        name: name.into(),
-    };
-    let lease = format!("surge-scaler-shard-{}", shard_of(&key, DEFAULT_SHARDS));
-    let output = kubectl(
-        kube,
-        &[
-            "get",
-            "lease",
-            "-n",
-            "surge-system",
-            &lease,
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ],
-        None,
-    );
-    let holder = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    (output.status.success() && !holder.is_empty()).then_some(holder)
-}
-
-/// The ready scaler replicas: pod name and ingest address.
-fn replicas_ready(kube: &RealKube) -> Vec<(String, SocketAddr)> {
-    let endpoints = kube.scaler_endpoints();
-    let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
-    endpoints.iter().map(|e| (e.pod.clone(), e.addr)).collect()
 }
 
 /// One sidecar of `web/api` reporting a cumulative counter, as the filter does.
@@ -112,95 +88,6 @@ impl Sidecar {
     }
 }
 
-/// Two replicas installed by the chart, `web/api` at one replica under a SurgeScaler, and
-/// which replica owns it.
-struct Pair {
-    kube: RealKube,
-    owner: String,
-    owner_ingest: SocketAddr,
-    survivor: String,
-    survivor_ingest: SocketAddr,
-}
-
-async fn two_replicas(test: &str) -> Pair {
-    let kube = install(test, &[], &["replicaCount=2"]).await;
-    apply(&kube, &pause_deployment("web", "api", 1));
-    apply(&kube, &surgescaler("web", "api"));
-    wait_ready_replicas(&kube, "web", "api", 1, Duration::from_secs(30)).await;
-    let ready = eventually("two scaler replicas ready", Duration::from_secs(30), || {
-        let ready = replicas_ready(&kube);
-        async move { (ready.len() == 2).then_some(ready) }
-    })
-    .await;
-    // The split settles once both are warm (a Lease duration after each joined): 4 shards
-    // each. Before that the first replica up may hold them all and hand half over, and the
-    // owner read here would not be the owner for long.
-    let client = http_client();
-    eventually(
-        "the shards split 4/4 between the replicas",
-        Duration::from_secs(20),
-        || {
-            let (kube, client, ready) = (&kube, &client, &ready);
-            async move {
-                for (pod, _) in ready {
-                    if metric(kube, client, pod, "surge_shards_held", "").await != 4.0 {
-                        return None;
-                    }
-                }
-                Some(())
-            }
-        },
-    )
-    .await;
-    let owner = holder(&kube, "web", "api").expect("a replica holds web/api's shard");
-    let owner_ingest = ready.iter().find(|(pod, _)| *pod == owner).unwrap().1;
-    let (survivor, survivor_ingest) = ready.iter().find(|(pod, _)| *pod != owner).unwrap().clone();
-    Pair {
-        kube,
-        owner,
-        owner_ingest,
-        survivor,
-        survivor_ingest,
-    }
-}
-
-/// The body of `path` on replica `pod`'s admin listener.
-async fn admin_get(kube: &RealKube, client: &HttpClient, pod: &str, path: &str) -> String {
-    let admin = {
-        let endpoints = kube.scaler_admin_endpoints();
-        let endpoints = endpoints.read().unwrap_or_else(|e| e.into_inner());
-        endpoints.iter().find(|e| e.pod == pod).map(|e| e.addr)
-    };
-    let admin = admin.unwrap_or_else(|| panic!("no admin endpoint for {pod}"));
-    request(client, "GET", &format!("http://{admin}{path}"), "", None)
-        .await
-        .body
-}
-
-/// The sum of a metric's series whose labels contain `labels`, in replica `pod`'s `/metrics`.
-async fn metric(kube: &RealKube, client: &HttpClient, pod: &str, name: &str, labels: &str) -> f64 {
-    let text = admin_get(kube, client, pod, "/metrics").await;
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| l.contains(labels))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-/// The replica counts of the successful scale writes, in order; panics on a scale-down.
-fn assert_no_scale_down(kube: &RealKube) -> Vec<i64> {
-    let written: Vec<i64> = scale_writes(kube, "web", "api")
-        .iter()
-        .filter(|w| w.status == 200)
-        .filter_map(replicas)
-        .collect();
-    assert!(
-        written.windows(2).all(|w| w[1] >= w[0]),
-        "a scale-down was written: {written:?}"
-    );
-    written
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending_scale_up_lands() {
     let Pair {
@@ -209,7 +96,7 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
         owner_ingest,
         survivor,
         survivor_ingest,
-    } = two_replicas("ha_kill").await;
+    } = two_replicas("ha_kill", "web", "api", &target_manifests()).await;
     let client = http_client();
     let every = Duration::from_millis(250);
     let mut sidecar = Sidecar {
@@ -304,7 +191,7 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
         Some(survivor.as_str())
     );
     // Never a scale-down, before or after the takeover: each write at least the one before.
-    assert_no_scale_down(&kube);
+    assert_no_scale_down(&kube, "web", "api");
     // `kubectl get surge` names the new owner, and its readiness lists the target.
     eventually(
         "kubectl get surge names the survivor as the owner",
@@ -439,7 +326,7 @@ async fn a_rolling_restart_of_both_replicas_during_a_burst_loses_no_scale_up() {
         late.is_empty(),
         "no scale-up written within 3 s of the steps to {late:?} rps"
     );
-    assert_no_scale_down(&kube);
+    assert_no_scale_down(&kube, "web", "api");
     kube.shutdown().await;
 }
 
@@ -457,7 +344,7 @@ async fn a_replica_cut_from_the_api_server_stops_writing_and_the_other_takes_ove
         owner_ingest,
         survivor,
         survivor_ingest,
-    } = two_replicas("ha_cut").await;
+    } = two_replicas("ha_cut", "web", "api", &target_manifests()).await;
     let client = http_client();
     let every = Duration::from_millis(250);
     let mut sidecar = Sidecar {
@@ -615,7 +502,7 @@ async fn a_replica_cut_from_the_api_server_stops_writing_and_the_other_takes_ove
     eprintln!(
         "cut: scale writes refused since the cut (a stale write fenced by its resourceVersion is a 409): {refused:?}"
     );
-    let written = assert_no_scale_down(&kube);
+    let written = assert_no_scale_down(&kube, "web", "api");
     assert!(
         written.last().is_some_and(|&r| r >= 10),
         "1000 rps asks for 10 replicas: {written:?}"

@@ -19,125 +19,20 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{Api, DynamicObject, ListParams};
-use serde_json::{Value, json};
+use serde_json::Value;
 use surge_e2e::installed::{
-    TOKEN, apply, eventually, install, kubectl, kubectl_ok, pause_deployment, replicas,
-    scale_writes, wait_ready_replicas,
+    apply, eventually, install, kubectl, kubectl_ok, pause_deployment, replicas, scale_writes,
+    wait_ready_replicas,
 };
 use surge_e2e::scaler::{HttpClient, http_client, request};
+use surge_e2e::zero_proxy::{APP, Proxy, cold, service, surgescaler};
 use surge_sandbox::real::RealKube;
 
-/// The destination of Service `app` port 8080 as a caller's proxy names it.
-const APP: &str = "outbound|8080||app.web.svc.cluster.local";
 /// The destination of Service `spare` (its SurgeScaler names no port: read from the Service).
 const SPARE: &str = "outbound|9090||spare.web.svc.cluster.local";
 const IDLE_SECONDS: u64 = 10;
 /// The chart's default `scaler.warmDelayMs`.
 const WARM_DELAY: Duration = Duration::from_millis(500);
-
-fn service(name: &str, port: u16) -> String {
-    format!(
-        "apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: web}}
-spec:
-  selector: {{app: {name}}}
-  ports: [{{name: http, port: {port}, targetPort: {port}}}]
-"
-    )
-}
-
-fn surgescaler(name: &str, scale_to_zero: &str, min: u32) -> String {
-    format!(
-        "apiVersion: surge.dev/v1alpha1
-kind: SurgeScaler
-metadata: {{name: {name}, namespace: web}}
-spec:
-  scaleTargetRef: {{kind: Deployment, name: {name}}}
-  minReplicas: {min}
-  maxReplicas: 5
-  metric: {{type: concurrency, target: 1}}
-{scale_to_zero}"
-    )
-}
-
-/// Reports as the proxies send them, with their sequence numbers.
-struct Proxy {
-    body: Value,
-    seq: u64,
-}
-
-impl Proxy {
-    /// `app`'s own sidecar: nothing completed, in flight or arriving.
-    fn app_sidecar() -> Self {
-        Self {
-            body: json!({
-                "version": 1,
-                "proxy": {"namespace": "web", "workload": "app", "pod": "app-1",
-                          "owner": "kubernetes://apis/apps/v1/namespaces/web/deployments/app",
-                          "role": "sidecar"},
-                "instance": "app-1/e2e", "seq": 0, "time_ms": 0, "surge": false,
-                "routes": [{"route": "default", "cluster": "inbound|8080||",
-                            "requests_total": 40, "errors_total": 0,
-                            "duration_us_total": 80_000, "inflight": 0,
-                            "window_requests": 0}],
-                "window_ms": 200
-            }),
-            seq: 0,
-        }
-    }
-
-    /// A caller's client sidecar (`shop/checkout`), which counts nothing and holds requests.
-    fn client_sidecar() -> Self {
-        Self {
-            body: json!({
-                "version": 1,
-                "proxy": {"namespace": "shop", "workload": "checkout", "pod": "checkout-1",
-                          "owner": "", "role": "sidecar"},
-                "instance": "checkout-1/e2e", "seq": 0, "time_ms": 0, "surge": false,
-                "routes": []
-            }),
-            seq: 0,
-        }
-    }
-
-    /// Sends the next report (holding `held` requests for `APP` when some): status and answer.
-    async fn send(&mut self, kube: &RealKube, client: &HttpClient, held: u64) -> (u16, Value) {
-        self.seq += 1;
-        self.body["seq"] = self.seq.into();
-        // The proxy's wall clock: the scaler measures a source's interval on it, and a source
-        // silent for more than twice that is late (its data incomplete, never idle).
-        let unix_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
-        self.body["time_ms"] = unix_ms.into();
-        match held {
-            0 => {
-                if let Some(body) = self.body.as_object_mut() {
-                    body.remove("held");
-                }
-            }
-            n => self.body["held"] = json!([{"cluster": APP, "requests": n}]),
-        }
-        let ingest = kube
-            .scaler_ingest()
-            .expect("the scaler has a ready endpoint");
-        let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
-        let answer = request(client, "POST", &url, TOKEN, Some(&self.body)).await;
-        let body = serde_json::from_str(&answer.body).unwrap_or(Value::Null);
-        (answer.status, body)
-    }
-}
-
-/// The answer's cold destinations.
-fn cold(answer: &Value) -> Vec<String> {
-    let parsed: surge_wire::Answer = serde_json::from_value(answer.clone()).unwrap();
-    parsed
-        .validate(&surge_wire::Limits::default())
-        .unwrap_or_else(|e| panic!("the filter would refuse {answer}: {e}"));
-    parsed.cold
-}
 
 /// `app`'s sidecar reports once a second for `seconds`; no scale write may happen meanwhile.
 async fn report_quiet(kube: &RealKube, client: &HttpClient, proxy: &mut Proxy, seconds: u64) {
