@@ -109,24 +109,26 @@ pub fn init_logging(format: LogFormat) {
     };
 }
 
+/// A token from the file at `path`, its trailing newline dropped; `None` when blank.
+fn read_token(path: &std::path::Path) -> std::io::Result<Option<String>> {
+    let text = std::fs::read_to_string(path)?;
+    let token = text.trim_end();
+    Ok((!token.trim().is_empty()).then(|| token.to_owned()))
+}
+
 fn load_token(args: &RunArgs) -> Result<Option<Arc<str>>, RunError> {
     let token = match (&args.token_file, &args.token) {
-        (Some(path), _) => {
-            Some(
-                std::fs::read_to_string(path).map_err(|source| RunError::TokenFile {
-                    path: path.display().to_string(),
-                    source,
-                })?,
-            )
-        }
-        (None, Some(token)) => Some(token.clone()),
-        (None, None) => None,
+        (Some(path), _) => read_token(path)
+            .map_err(|source| RunError::TokenFile {
+                path: path.display().to_string(),
+                source,
+            })?
+            .ok_or(RunError::EmptyToken)?,
+        (None, Some(token)) if token.trim().is_empty() => return Err(RunError::EmptyToken),
+        (None, Some(token)) => token.trim_end().to_owned(),
+        (None, None) => return Ok(None),
     };
-    match token {
-        Some(token) if token.trim().is_empty() => Err(RunError::EmptyToken),
-        Some(token) => Ok(Some(Arc::from(token.trim_end()))),
-        None => Ok(None),
-    }
+    Ok(Some(Arc::from(token)))
 }
 
 /// How this replica shares the targets: `None` when it runs alone.
@@ -153,17 +155,13 @@ fn sharing(args: &RunArgs) -> Result<Option<Sharing>, RunError> {
         .ok_or(RunError::SharingIncomplete {
             missing: "--peer-token-file (the token replicas present to each other)",
         })?;
-    let token = std::fs::read_to_string(path).map_err(|e| RunError::PeerTokenFile {
+    let failed = |reason: String| RunError::PeerTokenFile {
         path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
-    let token = token.trim_end();
-    if token.is_empty() {
-        return Err(RunError::PeerTokenFile {
-            path: path.display().to_string(),
-            reason: "the token is empty".into(),
-        });
-    }
+        reason,
+    };
+    let token = read_token(path)
+        .map_err(|e| failed(e.to_string()))?
+        .ok_or_else(|| failed("the token is empty".into()))?;
     Ok(Some(Sharing {
         leases: LeaseConfig {
             namespace,
