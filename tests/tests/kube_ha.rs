@@ -24,7 +24,9 @@ use surge_e2e::installed::{
     wait_ready_replicas,
 };
 use surge_e2e::scaler::{HttpClient, http_client, request};
+use surge_sandbox::kubeapi::RequestRecord;
 use surge_sandbox::nft::NftTable;
+use surge_sandbox::real::RealKube;
 use surge_scaler::hub::TargetKey;
 use surge_scaler::shard::{DEFAULT_SHARDS, shard_of};
 
@@ -51,6 +53,25 @@ spec:
     )
 }
 
+/// `survivor` holds web/api's shard and wrote the pending scale-up `pending` within the Lease
+/// duration + 1 s of the `fault` at `since`.
+fn assert_took_over(
+    kube: &RealKube,
+    pending: &RequestRecord,
+    since: Instant,
+    survivor: &str,
+    fault: &str,
+) {
+    let takeover = pending.received.duration_since(since);
+    eprintln!("{fault}: the survivor wrote the pending scale-up {takeover:?} after the {fault}");
+    assert!(
+        takeover <= LEASE_DURATION + Duration::from_secs(1),
+        "the survivor wrote the pending scale-up {takeover:?} after the {fault}, over the \
+         Lease duration + 1 s"
+    );
+    assert_eq!(holder(kube, "web", "api").as_deref(), Some(survivor));
+}
+
 /// One sidecar of `web/api` reporting a cumulative counter, as the filter does.
 struct Sidecar {
     seq: u64,
@@ -59,6 +80,24 @@ struct Sidecar {
 }
 
 impl Sidecar {
+    /// A new sidecar's first 2 s: 8 reports of 50 rps every `every`, alternating between the
+    /// two replicas at `ingests`.
+    async fn calm(client: &HttpClient, ingests: [SocketAddr; 2], every: Duration) -> Self {
+        let mut sidecar = Self {
+            seq: 0,
+            time_ms: 100_000,
+            total: 0,
+        };
+        for i in 0..8 {
+            let status = sidecar
+                .report(client, ingests[i % 2], 50, every, false)
+                .await;
+            assert_eq!(status, 200);
+            tokio::time::sleep(every).await;
+        }
+        sidecar
+    }
+
     /// Reports `rps` over the last `every` to `ingest`; the answer's status.
     async fn report(
         &mut self,
@@ -99,25 +138,11 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
     } = two_replicas("ha_kill", "web", "api", &target_manifests()).await;
     let client = http_client();
     let every = Duration::from_millis(250);
-    let mut sidecar = Sidecar {
-        seq: 0,
-        time_ms: 100_000,
-        total: 0,
-    };
-
     // Calm (50 rps, half a replica's worth), then a step to 400 rps; the reports alternate
     // between the replicas, as a Service spreads them, and the step's surge report reaches
     // the replica that does not own the target. Counted once across the two (mirrored copies
     // are duplicates), the owner asks for 4 replicas; counted twice it would ask for 8.
-    for i in 0..8 {
-        let to = if i % 2 == 0 {
-            owner_ingest
-        } else {
-            survivor_ingest
-        };
-        assert_eq!(sidecar.report(&client, to, 50, every, false).await, 200);
-        tokio::time::sleep(every).await;
-    }
+    let mut sidecar = Sidecar::calm(&client, [owner_ingest, survivor_ingest], every).await;
     assert_eq!(
         sidecar
             .report(&client, survivor_ingest, 400, every, true)
@@ -179,17 +204,7 @@ async fn the_owner_killed_mid_burst_is_replaced_within_the_lease_and_the_pending
         );
         tokio::time::sleep(every).await;
     };
-    let takeover = pending.received.duration_since(killed);
-    eprintln!("takeover: the pending scale-up written {takeover:?} after the kill");
-    assert!(
-        takeover <= LEASE_DURATION + Duration::from_secs(1),
-        "the survivor wrote the pending scale-up {takeover:?} after the kill, over the Lease \
-         duration + 1 s"
-    );
-    assert_eq!(
-        holder(&kube, "web", "api").as_deref(),
-        Some(survivor.as_str())
-    );
+    assert_took_over(&kube, &pending, killed, &survivor, "kill");
     // Never a scale-down, before or after the takeover: each write at least the one before.
     assert_no_scale_down(&kube, "web", "api");
     // `kubectl get surge` names the new owner, and its readiness lists the target.
@@ -347,20 +362,7 @@ async fn a_replica_cut_from_the_api_server_stops_writing_and_the_other_takes_ove
     } = two_replicas("ha_cut", "web", "api", &target_manifests()).await;
     let client = http_client();
     let every = Duration::from_millis(250);
-    let mut sidecar = Sidecar {
-        seq: 0,
-        time_ms: 100_000,
-        total: 0,
-    };
-    for i in 0..8 {
-        let to = if i % 2 == 0 {
-            owner_ingest
-        } else {
-            survivor_ingest
-        };
-        assert_eq!(sidecar.report(&client, to, 50, every, false).await, 200);
-        tokio::time::sleep(every).await;
-    }
+    let mut sidecar = Sidecar::calm(&client, [owner_ingest, survivor_ingest], every).await;
     let node = kube.node().expect("the node runs the scaler pods");
     let route = node
         .api_route(&owner)
@@ -405,17 +407,7 @@ async fn a_replica_cut_from_the_api_server_stops_writing_and_the_other_takes_ove
             cut_at.elapsed()
         );
     };
-    let takeover = pending.received.duration_since(cut_at);
-    eprintln!("cut: the survivor wrote the pending scale-up {takeover:?} after the cut");
-    assert!(
-        takeover <= LEASE_DURATION + Duration::from_secs(1),
-        "the survivor wrote the pending scale-up {takeover:?} after the cut, over the Lease \
-         duration + 1 s"
-    );
-    assert_eq!(
-        holder(&kube, "web", "api").as_deref(),
-        Some(survivor.as_str())
-    );
+    assert_took_over(&kube, &pending, cut_at, &survivor, "cut");
     // A write the cut replica started before its hold ran out waits out the scaler's API
     // timeout; after it, the cut replica no longer counts itself the owner and tries no more
     // writes.

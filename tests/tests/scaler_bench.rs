@@ -199,6 +199,42 @@ async fn start_scaler_wrapped(
     scaler
 }
 
+/// The body of `path` on `scaler`'s admin listener.
+async fn admin_text(client: &HttpClient, scaler: &Scaler, path: &str) -> String {
+    let request = http::Request::get(format!("http://{}{path}", scaler.admin))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// Two replicas sharing `api`'s targets through Leases, as the chart runs them (4 s Leases,
+/// 8 shards, each mirroring to the other with a peer token); the token's file, to remove.
+async fn start_pair(api: &KubeApi, client: &HttpClient) -> (Vec<Scaler>, PathBuf) {
+    let token = std::env::temp_dir().join(format!(
+        "surge-peer-token-{}-{}",
+        std::process::id(),
+        next_scaler()
+    ));
+    std::fs::write(&token, "bench-peer-token").unwrap();
+    let mut replicas = Vec::new();
+    for id in ["replica-a", "replica-b"] {
+        let peer = free_addr();
+        let args: Vec<String> = [
+            "--lease-namespace=bench".to_owned(),
+            "--lease-group=bench".to_owned(),
+            format!("--replica-id={id}"),
+            format!("--peer-addr={peer}"),
+            format!("--peer-url=http://{peer}"),
+            format!("--peer-token-file={}", token.display()),
+        ]
+        .into();
+        replicas.push(start_scaler_with(api, client, &args).await);
+    }
+    (replicas, token)
+}
+
 /// The ingest floor (`scaler/examples/ingest_floor.rs`: reads each report whole and drops it)
 /// on core 0, optionally under `wrapper` (valgrind); its `admin` is its ingest address.
 async fn start_floor(client: &HttpClient, wrapper: &[String]) -> Scaler {
@@ -357,18 +393,7 @@ async fn bench_ingest_throughput_and_latency() {
         median(p99s),
         median(per_cpu)
     );
-    let request = http::Request::get(format!("http://{}/metrics", scaler.admin))
-        .body(Full::new(Bytes::new()))
-        .unwrap();
-    let body = client
-        .request(request)
-        .await
-        .unwrap()
-        .into_body()
-        .collect()
-        .await
-        .unwrap();
-    let text = String::from_utf8_lossy(&body.to_bytes()).into_owned();
+    let text = admin_text(&client, &scaler, "/metrics").await;
     for line in text
         .lines()
         .filter(|l| l.starts_with("surge_ingest_reports_total"))
@@ -507,37 +532,14 @@ async fn bench_forwarded_surge_report_to_scale_patch() {
     let targets = 400;
     let client: HttpClient = Client::builder(TokioExecutor::new()).build_http();
     let api = api_with_targets(targets).await;
-    let token = std::env::temp_dir().join(format!("surge-peer-token-{}", std::process::id()));
-    std::fs::write(&token, "bench-peer-token").unwrap();
-    let mut replicas = Vec::new();
-    for id in ["replica-a", "replica-b"] {
-        let peer = free_addr();
-        let args: Vec<String> = [
-            "--lease-namespace=bench".to_owned(),
-            "--lease-group=bench".to_owned(),
-            format!("--replica-id={id}"),
-            format!("--peer-addr={peer}"),
-            format!("--peer-url=http://{peer}"),
-            format!("--peer-token-file={}", token.display()),
-        ]
-        .into();
-        replicas.push(start_scaler_with(&api, &client, &args).await);
-    }
+    let (replicas, token) = start_pair(&api, &client).await;
     // The split settles at 4 shards each once both are warm; then each /readyz lists the
     // targets its replica owns.
-    let readyz = async |scaler: &Scaler| {
-        let request = http::Request::get(format!("http://{}/readyz", scaler.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = client.request(request).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        String::from_utf8_lossy(&body).into_owned()
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
     let owned: Vec<Vec<String>> = loop {
         let mut lists = Vec::new();
         for scaler in &replicas {
-            lists.push(readyz(scaler).await);
+            lists.push(admin_text(&client, scaler, "/readyz").await);
         }
         let split = lists
             .iter()
@@ -605,12 +607,7 @@ async fn bench_forwarded_surge_report_to_scale_patch() {
     let _ = std::fs::remove_file(&token);
     // Each scale write came from the target's owner: a replica's writes are the targets it owns.
     for (scaler, owns) in replicas.iter().zip(&owned) {
-        let request = http::Request::get(format!("http://{}/metrics", scaler.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let response = client.request(request).await.unwrap();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        let text = String::from_utf8_lossy(&body);
+        let text = admin_text(&client, scaler, "/metrics").await;
         let written: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("surge_scale_patches_total{") && !l.ends_with(" 0"))
@@ -651,22 +648,7 @@ async fn bench_two_replicas_ingest_throughput() {
     let alone_api = api_with_targets(10).await;
     let alone = start_scaler(&alone_api, &client).await;
     let shared_api = api_with_targets(10).await;
-    let token = std::env::temp_dir().join(format!("surge-peer-token-t-{}", std::process::id()));
-    std::fs::write(&token, "bench-peer-token").unwrap();
-    let mut pair = Vec::new();
-    for id in ["replica-a", "replica-b"] {
-        let peer = free_addr();
-        let args: Vec<String> = [
-            "--lease-namespace=bench".to_owned(),
-            "--lease-group=bench".to_owned(),
-            format!("--replica-id={id}"),
-            format!("--peer-addr={peer}"),
-            format!("--peer-url=http://{peer}"),
-            format!("--peer-token-file={}", token.display()),
-        ]
-        .into();
-        pair.push(start_scaler_with(&shared_api, &client, &args).await);
-    }
+    let (pair, token) = start_pair(&shared_api, &client).await;
     // Both members live and warm (one Lease duration), so that every report is mirrored.
     tokio::time::sleep(Duration::from_secs(6)).await;
     let _ = load(&[&alone], INSTANCES, 4, 2.0, 32);
@@ -695,19 +677,8 @@ async fn bench_two_replicas_ingest_throughput() {
     let _ = std::fs::remove_file(&token);
     // Every report reached the other replica too (mirrored, not dropped or failed).
     for scaler in &pair {
-        let request = http::Request::get(format!("http://{}/metrics", scaler.admin))
-            .body(Full::new(Bytes::new()))
-            .unwrap();
-        let body = client
-            .request(request)
+        for line in admin_text(&client, scaler, "/metrics")
             .await
-            .unwrap()
-            .into_body()
-            .collect()
-            .await
-            .unwrap()
-            .to_bytes();
-        for line in String::from_utf8_lossy(&body)
             .lines()
             .filter(|l| l.starts_with("surge_mirrored_reports_total"))
         {
