@@ -482,3 +482,17 @@ proptest! {
         prop_assert!(directions.len() <= 2, "flapped: {directions:?}");
     }
 }
+
+#[test]
+fn a_calm_decision_in_the_same_millisecond_does_not_hold_a_surge_back() {
+    // The default scale-up stabilization is 0 s: no earlier recommendation bounds a scale-up,
+    // not even one made in the same millisecond (a calm report's decision that ran late).
+    let policy = spec_policy();
+    assert_eq!(policy.scale_up.stabilization_ms, 0);
+    let mut state = settled(&policy);
+    let now = policy.stable_window_ms + 5_000;
+    let calm = decide(&policy, &mut state, &input(1, fresh(41.0, 41.0)), now);
+    assert_eq!(calm.desired, 1);
+    let surge = decide(&policy, &mut state, &input(1, fresh(860.0, 860.0)), now);
+    assert_eq!(surge.desired, 9, "{surge:?}");
+}
