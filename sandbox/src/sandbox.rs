@@ -220,8 +220,9 @@ impl Sandbox {
             {
                 Err(RunError::Setup(
                     "scaler.replicas above 1 and the kill_scaler_owner fault need the real \
-                     control plane (--kube real): replicas share the targets through Leases, \
-                     which the embedded API does not serve"
+                     control plane (--kube real): there the chart runs the scaler as a \
+                     Deployment's pods; on the embedded API the sandbox runs one scaler \
+                     process itself"
                         .into(),
                 ))
             }
