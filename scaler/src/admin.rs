@@ -11,6 +11,7 @@ use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 
+use crate::hub::Hub;
 use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
 use crate::shard::Ownership;
 
@@ -21,8 +22,10 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// Set once the controller's first list of SurgeScalers arrived.
     pub ready: Arc<AtomicBool>,
-    /// What this replica owns.
+    /// Which targets this replica owns, of those the hub has registered.
     pub ownership: Arc<Ownership>,
+    /// The registered targets.
+    pub hub: Arc<Hub>,
 }
 
 /// The admin router.
@@ -48,14 +51,18 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
             "waiting for the first list of SurgeScalers\n".to_owned(),
         );
     }
-    (StatusCode::OK, ownership_text(&state.ownership))
+    (StatusCode::OK, ownership_text(&state.ownership, &state.hub))
 }
 
 /// `ready`, then who this replica is, the shards it holds and the targets it owns, one a line
 /// (a replica that owns nothing is still ready: it takes reports and mirrors them).
-fn ownership_text(ownership: &Ownership) -> String {
+fn ownership_text(ownership: &Ownership, hub: &Hub) -> String {
     use std::fmt::Write as _;
-    let targets = ownership.owned_targets();
+    let targets: Vec<_> = hub
+        .target_keys()
+        .into_iter()
+        .filter(|key| ownership.owns(key))
+        .collect();
     let mut text = String::from("ready\n");
     match ownership.replica_id() {
         Some(id) => {
@@ -110,6 +117,7 @@ mod tests {
             metrics: Arc::new(Metrics::default()),
             ready: Arc::new(AtomicBool::new(false)),
             ownership: Arc::new(Ownership::everything()),
+            hub: Arc::new(Hub::default()),
         };
         let app = router(state.clone());
         assert_eq!(get(app.clone(), "/healthz").await.0, StatusCode::OK);
@@ -127,28 +135,58 @@ mod tests {
 
     #[test]
     fn readiness_lists_the_shards_held_and_the_targets_owned() {
-        let key = |name: &str| crate::hub::TargetKey {
+        use crate::hub::{Selector, TargetKey};
+        let spec: crate::crd::SurgeScalerSpec = serde_json::from_value(serde_json::json!({
+            "scaleTargetRef": {"kind": "Deployment", "name": "any"},
+            "maxReplicas": 10, "metric": {"type": "rps", "target": 100}
+        }))
+        .unwrap();
+        let hub = Hub::default();
+        let key = |name: &str| TargetKey {
             namespace: "web".into(),
             name: name.into(),
         };
-        let alone = Ownership::everything();
-        alone.record_target(&key("api"), true);
+        for name in ["cart", "api", "shop"] {
+            hub.register(
+                &key(name),
+                Selector::from_spec("web", &spec),
+                spec.metric.type_,
+                crate::window::WindowConfig {
+                    stable_ms: 60_000,
+                    panic_ms: 6_000,
+                    stale_ms: 10_000,
+                },
+            );
+        }
         assert_eq!(
-            ownership_text(&alone),
-            "ready\nruns alone: owns every target (1)\nweb/api\n"
+            ownership_text(&Ownership::everything(), &hub),
+            "ready\nruns alone: owns every target (3)\nweb/api\nweb/cart\nweb/shop\n"
         );
 
+        // Sharded: the targets of the shards held, whichever they are.
         let clock = crate::clock::Clock::default();
         let shared = Ownership::sharded("scaler-a", 8, 0, clock);
-        shared.hold(2, Some(clock.now() + 10_000));
-        shared.hold(5, Some(clock.now() + 10_000));
-        for name in ["cart", "api", "gone"] {
-            shared.record_target(&key(name), true);
+        let shard = |name: &str| crate::shard::shard_of(&key(name), 8);
+        for name in ["cart", "api"] {
+            shared.hold(shard(name), Some(clock.now() + 10_000));
         }
-        shared.record_target(&key("gone"), false);
-        assert_eq!(
-            ownership_text(&shared),
-            "ready\nreplica scaler-a: shards [2 5] of 8; owns 2 targets\nweb/api\nweb/cart\n"
+        let mut held: Vec<u32> = vec![shard("cart"), shard("api")];
+        held.sort_unstable();
+        held.dedup();
+        let owned: Vec<&str> = ["api", "cart", "shop"]
+            .into_iter()
+            .filter(|name| held.contains(&shard(name)))
+            .collect();
+        let held: Vec<String> = held.iter().map(u32::to_string).collect();
+        let mut expected = format!(
+            "ready\nreplica scaler-a: shards [{}] of 8; owns {} targets\n",
+            held.join(" "),
+            owned.len()
         );
+        for name in &owned {
+            expected.push_str(&format!("web/{name}\n"));
+        }
+        assert_eq!(ownership_text(&shared, &hub), expected);
+        assert!(owned.contains(&"api") && owned.contains(&"cart"));
     }
 }

@@ -273,7 +273,6 @@ fn remove(
     }
     ctx.hub.unregister(key);
     ctx.metrics.forget(key);
-    ctx.ownership.record_target(key, false);
 }
 
 /// One SurgeScaler's decision loop.
@@ -515,7 +514,6 @@ impl TargetLoop {
         }
         if self.owned != Some(owns) {
             self.ctx.metrics.owned(&self.key, owns);
-            self.ctx.ownership.record_target(&self.key, owns);
         }
         self.owned = Some(owns);
         owns

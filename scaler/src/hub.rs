@@ -309,6 +309,13 @@ impl Hub {
         wake
     }
 
+    /// The registered targets, in order.
+    pub fn target_keys(&self) -> Vec<TargetKey> {
+        let mut keys: Vec<TargetKey> = self.lock().targets.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
     /// Forgets a target.
     pub fn unregister(&self, key: &TargetKey) {
         self.change_zero(|state| {

@@ -270,6 +270,7 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
         metrics: Arc::clone(&metrics),
         ready: Arc::clone(&ready),
         ownership: Arc::clone(&ownership),
+        hub: Arc::clone(&hub),
     });
     tracing::info!(
         ingest = %args.ingest_addr,

@@ -17,7 +17,7 @@
 //! Lease last change, on its own monotonic clock, never by comparing another machine's
 //! `renewTime` with its own wall clock.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::watch;
@@ -135,7 +135,8 @@ pub enum Step {
 }
 
 /// The members that shards are assigned to: those live for at least `warmup` (this replica's
-/// own time alive is `me_since`, the others' since this replica first saw them live), so that
+/// own time alive is `me_since`, the others' from the `acquireTime` of their member Lease, which
+/// each process sets when it starts, mapped onto this replica's clock), so that
 /// a replica that just joined has had the others' mirrored reports for a while before it
 /// decides for a target (a shard handed to it at once would go to an empty window and miss
 /// the surge its predecessor was about to act on); and those that joined within a warm-up of
@@ -232,8 +233,6 @@ pub struct Peer {
 pub struct Ownership {
     sharded: Option<Sharded>,
     changed: watch::Sender<u64>,
-    /// The targets whose loops last found them owned (what `/readyz` lists).
-    owned_targets: Mutex<BTreeSet<TargetKey>>,
 }
 
 #[derive(Debug)]
@@ -262,7 +261,6 @@ impl Ownership {
         Self {
             sharded: None,
             changed: watch::channel(0).0,
-            owned_targets: Mutex::default(),
         }
     }
 
@@ -282,7 +280,6 @@ impl Ownership {
                 }),
             }),
             changed: watch::channel(0).0,
-            owned_targets: Mutex::default(),
         }
     }
 
@@ -294,23 +291,6 @@ impl Ownership {
     /// This replica's id when the targets are shared (`None` when it runs alone).
     pub fn replica_id(&self) -> Option<&str> {
         self.sharded.as_ref().map(|s| s.id.as_str())
-    }
-
-    /// Records what `key`'s loop found at its last step (`owned`), or that the target is gone
-    /// (`false`).
-    pub fn record_target(&self, key: &TargetKey, owned: bool) {
-        let mut targets = self.owned_targets.lock().unwrap_or_else(|e| e.into_inner());
-        if owned {
-            targets.insert(key.clone());
-        } else {
-            targets.remove(key);
-        }
-    }
-
-    /// The targets whose loops last found them owned, in order.
-    pub fn owned_targets(&self) -> Vec<TargetKey> {
-        let targets = self.owned_targets.lock().unwrap_or_else(|e| e.into_inner());
-        targets.iter().cloned().collect()
     }
 
     fn state(sharded: &Sharded) -> std::sync::MutexGuard<'_, ShardState> {

@@ -126,7 +126,8 @@ struct Book {
     /// Per Lease name: its resourceVersion and what it says, as last listed.
     versions: HashMap<String, String>,
     members: HashMap<String, Seen>,
-    /// When this replica first saw each member live (its warm-up counts from then).
+    /// When each member started, on this replica's clock: now less the age of its member
+    /// Lease's `acquireTime` when first listed (its warm-up counts from then).
     /// Keyed by member, with the `acquireTime` it was computed from: a process restarted in
     /// the same pod (same id) sets a new one, and its warm-up starts again.
     member_since: HashMap<String, (Option<MicroTime>, Millis)>,
