@@ -12,7 +12,6 @@
 
 use std::net::{IpAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -61,31 +60,7 @@ pub fn host_address() -> Result<IpAddr> {
 
 /// Runs kubectl with the admin kubeconfig; its stdout.
 pub fn kubectl(plane: &ControlPlane, args: &[&str], stdin: Option<&str>) -> Result<String> {
-    let mut command = plane.kubectl()?;
-    command
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = command.spawn().map_err(io("run kubectl"))?;
-    if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        use std::io::Write;
-        pipe.write_all(text.as_bytes())
-            .map_err(io("write to kubectl"))?;
-    }
-    let output = child.wait_with_output().map_err(io("run kubectl"))?;
-    if output.status.success() {
-        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
-    } else {
-        Err(ClassicError::Kubectl {
-            args: args.join(" "),
-            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        })
-    }
+    Ok(surge_cluster::kubectl::run(plane, args, stdin)?)
 }
 
 fn start_process(
@@ -95,23 +70,9 @@ fn start_process(
     env: &[(&str, &str)],
     log: &Path,
 ) -> Result<ChildGuard> {
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .map_err(io(format!("open {}", log.display())))?;
-    let err = file
-        .try_clone()
-        .map_err(io(format!("open {}", log.display())))?;
-    let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(file)
-        .stderr(err);
-    ChildGuard::spawn(name, command)
-        .map_err(|e| ClassicError::Cluster(surge_cluster::ClusterError::Process(e)))
+    Ok(surge_cluster::launch::start_with_env(
+        name, program, args, env, log,
+    )?)
 }
 
 impl Keda {
@@ -125,31 +86,13 @@ impl Keda {
         let host = host_address()?;
         std::fs::create_dir_all(dir).map_err(io(format!("create {}", dir.display())))?;
 
-        kubectl(
+        surge_cluster::kubectl::apply_crds(
             plane,
-            &["apply", "--server-side", "-f", &crds.display().to_string()],
-            None,
-        )?;
-        // Right after the apply a CRD may have no conditions at all, which `kubectl wait`
-        // reports as an error rather than waiting: ask again until it is established.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let established = kubectl(
-                plane,
-                &[
-                    "wait",
-                    "--for=condition=Established",
-                    "--timeout=5s",
-                    "crd/scaledobjects.keda.sh",
-                ],
-                None,
-            );
-            match established {
-                Ok(_) => break,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-            }
-        }
+            &crds,
+            &["scaledobjects.keda.sh"],
+            Duration::from_secs(30),
+        )
+        .await?;
         let namespace =
             json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": NAMESPACE}});
         kubectl(plane, &["apply", "-f", "-"], Some(&namespace.to_string()))?;

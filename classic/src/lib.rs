@@ -45,14 +45,6 @@ pub enum ClassicError {
     /// A component did not turn ready in time; the text says where its log is.
     #[error("{0}")]
     NotReady(String),
-    /// A `kubectl` call failed.
-    #[error("kubectl {args}: {stderr}")]
-    Kubectl {
-        /// Its arguments.
-        args: String,
-        /// What it printed on stderr.
-        stderr: String,
-    },
     /// An answer could not be read.
     #[error("{0}")]
     Answer(String),

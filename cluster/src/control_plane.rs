@@ -76,6 +76,14 @@ pub enum ClusterError {
         /// The end of that log.
         tail: String,
     },
+    /// A `kubectl` call failed.
+    #[error("kubectl {args}: {stderr}")]
+    Kubectl {
+        /// Its arguments.
+        args: String,
+        /// What it printed on stderr.
+        stderr: String,
+    },
     /// A Kubernetes API call failed.
     #[error("{context}: {source}")]
     Api {
@@ -488,16 +496,13 @@ impl ControlPlane {
     /// Writes a kubeconfig at `path` for user `user` in `groups`, with a client certificate of
     /// the cluster CA (a kubelet: `system:node:<name>` in `system:nodes`).
     pub fn certificate_kubeconfig(&self, path: &Path, user: &str, groups: &[&str]) -> Result<()> {
-        let cert = self.pki.client(user, groups)?;
-        kubeconfig::write_file(
+        Ok(kubeconfig::write_certificate(
             path,
             &self.server(),
-            &self.pki.ca_pem(),
+            &self.pki,
             user,
-            &Credentials::Certificate(&cert),
-            "default",
-        )?;
-        Ok(())
+            groups,
+        )?)
     }
 
     /// Kills the API server at once (SIGKILL); etcd and the controllers keep running.

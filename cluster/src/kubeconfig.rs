@@ -8,7 +8,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Value, json};
 
-use crate::pki::{CertKey, PkiError, write};
+use crate::pki::{CertKey, Pki, PkiError, write};
 
 /// How a kubeconfig's user authenticates.
 #[derive(Debug, Clone)]
@@ -70,6 +70,26 @@ pub fn write_file(
         serde_json::to_string_pretty(&document(server, ca_pem, user, credentials, namespace))
             .unwrap_or_default();
     write(path, &text, 0o600)
+}
+
+/// Writes a kubeconfig at `path` for user `user` in `groups` of `server`, with a client
+/// certificate of `pki`'s CA (a kubelet: `system:node:<name>` in `system:nodes`).
+pub fn write_certificate(
+    path: &Path,
+    server: &str,
+    pki: &Pki,
+    user: &str,
+    groups: &[&str],
+) -> Result<(), PkiError> {
+    let cert = pki.client(user, groups)?;
+    write_file(
+        path,
+        server,
+        &pki.ca_pem(),
+        user,
+        &Credentials::Certificate(&cert),
+        "default",
+    )
 }
 
 #[cfg(test)]

@@ -39,6 +39,18 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 /// Starts `program args` with its output appended to `log`.
 pub fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<ChildGuard> {
+    start_with_env(name, program, args, &[], log)
+}
+
+/// [`start`], with `env` added to the environment (for components that read their settings
+/// from it, as their pods would be given them).
+pub fn start_with_env(
+    name: &str,
+    program: &Path,
+    args: &[String],
+    env: &[(&str, &str)],
+    log: &Path,
+) -> Result<ChildGuard> {
     let file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -50,14 +62,16 @@ pub fn start(name: &str, program: &Path, args: &[String], log: &Path) -> Result<
     let mut command = Command::new(program);
     command
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(file)
         .stderr(file_err);
     Ok(ChildGuard::spawn(name, command)?)
 }
 
-/// A plain-HTTP GET on loopback (etcd's `/health`); the status code, or `None`.
-pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
+/// A plain-HTTP GET on loopback (etcd's `/health`, a controller's `/readyz`); the status code,
+/// or `None`.
+pub fn http_status(port: u16, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let mut stream =

@@ -23,6 +23,7 @@ pub mod audit;
 pub mod components;
 pub mod control_plane;
 pub mod kubeconfig;
+pub mod kubectl;
 pub mod launch;
 pub mod pki;
 pub mod process;
