@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm/surge_filter.wasm
 
-.PHONY: sandbox test tools classic-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start bench-ha compare compare-real fuzz
+.PHONY: sandbox test tools classic-tools node-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start bench-ha compare compare-real fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -13,7 +13,7 @@ sandbox: tools wasm bins
 	./target/debug/surge-sandbox run --kube $(KUBE) $(SCENARIO)
 
 ## Everything CI checks: lint (fmt, clippy native + wasm32, docs), unit, end-to-end, manifests.
-test: tools classic-tools lint wasm bins
+test: tools classic-tools node-tools lint wasm bins
 	$(CARGO) nextest run --workspace --profile ci
 	./scripts/validate-manifests.sh
 
@@ -24,6 +24,11 @@ tools:
 ## (cluster/build-classic.sh; cold: ~15 minutes on 2 cores).
 classic-tools: tools
 	./cluster/build-classic.sh
+
+## Karpenter with its kwok cloud provider, built from its Go module into .tools/
+## (cluster/build-karpenter.sh; cold: ~2 minutes on 2 cores).
+node-tools: tools
+	./cluster/build-karpenter.sh
 
 lint: tools
 	$(CARGO) fmt --all -- --check

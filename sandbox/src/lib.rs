@@ -14,6 +14,7 @@ pub mod classic;
 pub mod compare;
 pub mod endpoints;
 pub mod ingress;
+pub mod karpenter;
 pub mod kubeapi;
 pub mod load;
 pub mod nft;

@@ -34,16 +34,18 @@ use tokio::task::JoinHandle;
 use crate::classic::{Autoscaler, ClassicChain};
 use crate::endpoints::ServiceEndpoints;
 use crate::envoy::workspace_root;
+use crate::karpenter::NodeElasticity;
 use crate::kubeapi::RequestRecord;
 use crate::node::containers::{
     APP_IMAGE, ENV_CONCURRENCY, ENV_QUEUE, ENV_SERVICE_TIME_MS, ENV_STARTUP_DELAY_MS,
     ISTIO_STATS_PORT, PROXY_IMAGE,
 };
-use crate::node::network::LoopbackRange;
+use crate::node::network::{LoopbackRange, NODE_IP, PodIps};
 use crate::node::{AppRuntime, Node, NodeOptions};
 use crate::pods::{Endpoints, PodCounts};
 use crate::run::{NAMESPACE, RunError, WORKLOAD};
 use crate::scenario::Scenario;
+use surge_nodes::nodepool::PoolSettings;
 
 /// The chart's release, namespace and objects' name, as INSTALL.md installs them.
 pub const RELEASE: &str = "surge";
@@ -68,6 +70,10 @@ fn kube_setup(context: &str) -> impl FnOnce(kube::Error) -> RunError + '_ {
 pub struct RealKube {
     // Drop order: the node (and every pod's processes) before the control plane.
     node: Option<Node>,
+    /// Karpenter and the nodes it added, once started.
+    elasticity: Option<NodeElasticity>,
+    /// The first node's settings, which the nodes Karpenter adds copy.
+    node_template: Option<NodeOptions>,
     observer: Option<JoinHandle<()>>,
     app: Option<ServiceEndpoints>,
     scaler: ServiceEndpoints,
@@ -78,6 +84,8 @@ pub struct RealKube {
     plugin_config: Value,
     client: Client,
     network: LoopbackRange,
+    /// The pod network's addresses, shared by the first node and those Karpenter adds.
+    pod_ips: PodIps,
     /// Who writes the app's scale (the scaler, or the HPA controller under the classic chain).
     writer: String,
     /// Prometheus and KEDA, under `--autoscaler classic`; stopped before the control plane.
@@ -141,6 +149,8 @@ impl RealKube {
         );
         Ok(Self {
             node: None,
+            elasticity: None,
+            node_template: None,
             observer: None,
             app: None,
             scaler,
@@ -150,6 +160,7 @@ impl RealKube {
             plugin_config: Value::Null,
             client,
             network,
+            pod_ips: PodIps::default(),
             writer: Autoscaler::Surge.writer(&format!(
                 "system:serviceaccount:{SCALER_NAMESPACE}:{SCALER_NAME}"
             )),
@@ -279,7 +290,7 @@ impl RealKube {
                 &["system:nodes"],
             )
             .map_err(|e| RunError::Setup(e.to_string()))?;
-        let node = Node::start(NodeOptions {
+        let options = NodeOptions {
             name: NODE_NAME.into(),
             kubeconfig,
             work_dir: pods_dir,
@@ -287,6 +298,8 @@ impl RealKube {
             memory: "64Gi".into(),
             max_pods: 110,
             network: self.network.network(),
+            ip: NODE_IP,
+            pod_ips: self.pod_ips.clone(),
             app: AppRuntime {
                 envoy_binary,
                 wasm,
@@ -298,11 +311,31 @@ impl RealKube {
             },
             server: self.plane.server(),
             ca_pem: self.plane.pki().ca_pem(),
-        })
-        .await
-        .map_err(|e| RunError::Setup(format!("start the node: {e}")))?;
+        };
+        let node = Node::start(options.clone())
+            .await
+            .map_err(|e| RunError::Setup(format!("start the node: {e}")))?;
         self.node = Some(node);
+        self.node_template = Some(options);
         Ok(())
+    }
+
+    /// Starts Karpenter (kwok provider) with `pool`, and the kubelets of the nodes it adds,
+    /// which run pods as the first node does. After [`RealKube::start_node`].
+    pub async fn start_karpenter(&mut self, pool: &PoolSettings) -> Result<(), RunError> {
+        let template = self.node_template.clone().ok_or_else(|| {
+            RunError::Setup("Karpenter's nodes copy the first node: start it first".into())
+        })?;
+        let dir = self.plane.dir().to_path_buf();
+        let elasticity =
+            NodeElasticity::start(&self.plane, self.client.clone(), template, &dir, pool).await?;
+        self.elasticity = Some(elasticity);
+        Ok(())
+    }
+
+    /// Karpenter and its nodes, once [`RealKube::start_karpenter`] ran.
+    pub fn elasticity(&self) -> Option<&NodeElasticity> {
+        self.elasticity.as_ref()
     }
 
     /// Waits until the scaler pod is ready (its Service has a ready endpoint).

@@ -16,6 +16,7 @@
 //! What runs for which image: [`containers`]; the pod network: [`network`].
 
 pub mod containers;
+pub mod fleet;
 pub mod network;
 mod pod;
 pub mod probe;
@@ -24,7 +25,7 @@ pub mod status;
 mod volumes;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -45,7 +46,7 @@ use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use network::PodNetwork;
+use network::{PodIps, PodNetwork};
 use pod::{LocalPod, ProbeKind, Runtime, now_rfc3339};
 
 /// How often the node renews its Lease (the kubelet's default).
@@ -116,6 +117,10 @@ pub struct NodeOptions {
     pub app: AppRuntime,
     /// Where pod addresses are served on this machine.
     pub network: PodNetwork,
+    /// The node's `InternalIP` (its pods' `hostIP`).
+    pub ip: Ipv4Addr,
+    /// Where its pods' addresses come from (shared by every node of the sandbox).
+    pub pod_ips: PodIps,
     /// The API server's URL and CA, for the kubeconfigs of the pods' ServiceAccounts.
     pub server: String,
     /// The cluster CA (PEM).
@@ -292,7 +297,7 @@ fn node_object(options: &NodeOptions) -> NodeObject {
             addresses: Some(vec![
                 NodeAddress {
                     type_: "InternalIP".into(),
-                    address: network::NODE_IP.to_string(),
+                    address: options.ip.to_string(),
                 },
                 NodeAddress {
                     type_: "Hostname".into(),
@@ -367,7 +372,6 @@ async fn renew_lease(client: &Client, node: &str) -> Result<(), kube::Error> {
 /// What the node's loop keeps between events.
 struct NodeState {
     pods: BTreeMap<String, LocalPod>,
-    next_index: u32,
     app_pods: u32,
     /// The pods of a relist in progress (`Init` .. `InitDone`).
     relisted: Option<BTreeSet<String>>,
@@ -390,7 +394,6 @@ async fn serve(
     let (probe_tx, mut probe_rx) = mpsc::unbounded_channel::<(String, ProbeKind, bool)>();
     let mut state = NodeState {
         pods: BTreeMap::new(),
-        next_index: 2,
         app_pods: 0,
         relisted: None,
     };
@@ -523,9 +526,12 @@ async fn seen(client: &Client, state: &mut NodeState, pod: Pod, options: &NodeOp
         }
         return;
     }
-    match LocalPod::accept(&pod, state.next_index, options, &mut state.app_pods) {
+    let accepted = options
+        .pod_ips
+        .next()
+        .and_then(|ip| LocalPod::accept(&pod, ip, options, &mut state.app_pods));
+    match accepted {
         Some(local) => {
-            state.next_index += 1;
             tracing::info!(pod = %local.name, ip = %local.pod_ip, "node: pod accepted");
             state.pods.insert(uid, local);
         }

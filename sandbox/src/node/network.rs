@@ -8,6 +8,8 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::fd::AsRawFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// The pods' address range.
 pub const POD_CIDR: &str = "10.244.0.0/16";
@@ -22,6 +24,28 @@ pub fn pod_ip(index: u32) -> Option<Ipv4Addr> {
         .filter(|i| (2..u16::MAX).contains(i))?;
     let [hi, lo] = host.to_be_bytes();
     Some(Ipv4Addr::new(10, 244, hi, lo))
+}
+
+/// Hands out the pod network's addresses to every node of one sandbox, so that no two pods (or
+/// nodes) of different nodes share one. A real cluster gives each node a podCIDR of its own; one
+/// counter over the /16 gives the same guarantee without fixing the number of nodes in advance
+/// (Karpenter adds them). Nodes that join take their `InternalIP` from it too, as on a cloud
+/// network where nodes and pods share the subnet (AWS's VPC CNI). Addresses are not reused.
+#[derive(Debug, Clone)]
+pub struct PodIps(Arc<AtomicU32>);
+
+impl Default for PodIps {
+    fn default() -> Self {
+        // 10.244.0.1 is the first node's ([`NODE_IP`]).
+        Self(Arc::new(AtomicU32::new(2)))
+    }
+}
+
+impl PodIps {
+    /// The next free address; `None` once the /16 is used up.
+    pub fn next(&self) -> Option<Ipv4Addr> {
+        pod_ip(self.0.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 /// Where the pod network is served on this machine: `127.<octet>.0.0/16`.
@@ -122,6 +146,10 @@ mod tests {
         assert_eq!(pod_ip(258), Some(Ipv4Addr::new(10, 244, 1, 2)));
         assert_eq!(pod_ip(1), None);
         assert_eq!(pod_ip(70_000), None);
+        let ips = PodIps::default();
+        let shared = ips.clone();
+        assert_eq!(ips.next(), Some(Ipv4Addr::new(10, 244, 0, 2)));
+        assert_eq!(shared.next(), Some(Ipv4Addr::new(10, 244, 0, 3)));
         let network = PodNetwork::on(245);
         let ip = IpAddr::V4(Ipv4Addr::new(10, 244, 1, 2));
         assert_eq!(

@@ -12,7 +12,7 @@ use k8s_openapi::jiff::{Timestamp, Unit};
 use tokio::task::JoinHandle;
 
 use super::containers::{self, Program};
-use super::network::{self, PodNetwork};
+use super::network::PodNetwork;
 use super::probe::Probe;
 use super::scaler_container::{CRASH_BACKOFF, ScalerContainer};
 use super::status::{ContainerState, ContainerView, PodView, Transitions};
@@ -70,6 +70,8 @@ pub(super) struct LocalPod {
     pub(super) name: String,
     pub(super) namespace: String,
     pub(super) pod_ip: Ipv4Addr,
+    /// Its node's address.
+    host_ip: Ipv4Addr,
     network: PodNetwork,
     pub(super) dir: PathBuf,
     pub(super) accepted: Instant,
@@ -88,15 +90,14 @@ pub(super) struct LocalPod {
 }
 
 impl LocalPod {
-    /// Accepts `pod` as the `index`th pod of the node; `app_pods` counts app pods accepted so
-    /// far (the scenario's `fail_after` applies to it).
+    /// Accepts `pod` at address `pod_ip`; `app_pods` counts app pods accepted so far (the
+    /// scenario's `fail_after` applies to it).
     pub(super) fn accept(
         pod: &Pod,
-        index: u32,
+        pod_ip: Ipv4Addr,
         options: &NodeOptions,
         app_pods: &mut u32,
     ) -> Option<Self> {
-        let pod_ip = network::pod_ip(index)?;
         let name = pod.metadata.name.clone()?;
         let namespace = pod.metadata.namespace.clone().unwrap_or_default();
         let dir = options.work_dir.join(&name);
@@ -154,6 +155,7 @@ impl LocalPod {
             name,
             namespace,
             pod_ip,
+            host_ip: options.ip,
             network: options.network,
             dir,
             accepted: Instant::now(),
@@ -323,7 +325,7 @@ impl LocalPod {
         };
         PodView {
             pod_ip: self.pod_ip,
-            host_ip: network::NODE_IP,
+            host_ip: self.host_ip,
             start_time: self.start_time.clone(),
             containers,
         }
