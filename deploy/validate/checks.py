@@ -306,6 +306,8 @@ RBAC_ALLOWED = {
     # Scale to zero: a Service's ports (when scaleToZero names none) and its EndpointSlices.
     ("", "services"): {"get"},
     ("discovery.k8s.io", "endpointslices"): {"list", "watch"},
+    # Headroom: the CapacityBuffer <surgescaler>-headroom, by server-side apply.
+    ("autoscaling.x-k8s.io", "capacitybuffers"): {"create", "patch"},
 }
 
 

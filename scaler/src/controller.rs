@@ -44,6 +44,7 @@ use crate::metrics::Operation;
 use crate::window::WindowConfig;
 
 pub use context::{ApiError, Context};
+use headroom::HeadroomLoop;
 pub use scale::ScaleView;
 use status::{Able, Write, writer};
 use zero::ZeroLoop;
@@ -297,6 +298,8 @@ pub struct TargetLoop {
     able: Option<Able>,
     /// Scale to zero, when the spec has it on.
     zero: Option<ZeroLoop>,
+    /// Headroom, once the spec has it on and a step sized it.
+    headroom: Option<HeadroomLoop>,
     writes: tokio::sync::mpsc::Sender<Write>,
     writer: Option<JoinHandle<()>>,
     /// Whether this replica owned the target at the last step (see [`crate::shard`]); `None`
@@ -327,6 +330,7 @@ impl TargetLoop {
         Self {
             policy: Policy::from_spec(&scaler.spec),
             zero: ZeroLoop::new(&scaler.spec, scaler.status.as_ref()),
+            headroom: None,
             ctx,
             key,
             scaler,
@@ -482,6 +486,7 @@ impl TargetLoop {
                     }
                 }
             }
+            self.sync_headroom(now).await;
             self.publish_replicas();
             self.write_status(Some((observation, sources))).await;
             return;
@@ -509,6 +514,8 @@ impl TargetLoop {
             self.stale_announced = false;
             self.last_decision = None;
             self.restart_idle_clock();
+            // The buffer is written again by this replica: another may have changed it.
+            self.headroom = None;
         } else if !owns && owned {
             tracing::info!(target = %self.key, "the target is another replica's now");
         }
@@ -537,6 +544,7 @@ impl TargetLoop {
 mod context;
 mod decide;
 mod endpoints;
+mod headroom;
 mod scale;
 mod status;
 #[cfg(test)]

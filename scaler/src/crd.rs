@@ -89,6 +89,34 @@ pub struct SurgeScalerSpec {
     /// callers' proxies hold requests while the target is cold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scale_to_zero: Option<ScaleToZero>,
+    /// Spare node capacity for the target's next burst, kept provisioned through a
+    /// CapacityBuffer (`autoscaling.x-k8s.io`, served by Karpenter 1.14+ with its
+    /// `CapacityBuffer` feature gate, or the Cluster Autoscaler) named after the SurgeScaler.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headroom: Option<Headroom>,
+}
+
+/// Node headroom sized from the bursts Surge has seen: room for as many spare pods (of the
+/// target's own shape) as the largest scale-up Surge made within `burstWindowSeconds`, at least
+/// `minReplicas` and at most `maxReplicas`, and never more than the target may still grow
+/// (`spec.maxReplicas` minus the current replicas). The cluster autoscaler keeps that room on
+/// nodes that are up; a burst's new pods start there at once, and the autoscaler brings nodes
+/// for the room behind them.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Headroom {
+    /// How far back the largest scale-up is remembered (default 3600, 60 to 604800).
+    #[serde(default = "default_burst_window_seconds")]
+    #[schemars(range(min = 60, max = 604_800))]
+    pub burst_window_seconds: u32,
+    /// Spare pods kept even before any burst was seen (default 1).
+    #[serde(default = "default_headroom_min")]
+    #[schemars(range(min = 0))]
+    pub min_replicas: i32,
+    /// The most spare pods kept (no limit but the target's own when omitted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0))]
+    pub max_replicas: Option<i32>,
 }
 
 /// Scale to zero and back. The target goes to zero once its sources have reported no requests
@@ -358,6 +386,9 @@ pub struct SurgeScalerStatus {
     /// The `metadata.generation` this status reflects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
+    /// Headroom: the spare pods asked of the cluster autoscaler, and where.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headroom: Option<HeadroomStatus>,
     /// The scaler replica (pod) that decides and writes for this target, when several share
     /// the targets; absent when one replica runs alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -377,6 +408,19 @@ pub struct ScaleToZeroStatus {
     /// When Surge last scaled the target up from zero.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_activation_time: Option<Time>,
+}
+
+/// The headroom side of the status.
+#[derive(Serialize, Deserialize, Debug, Clone, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HeadroomStatus {
+    /// Spare pods last asked for.
+    pub replicas: i32,
+    /// The CapacityBuffer that asks for them (in the SurgeScaler's namespace).
+    pub capacity_buffer: String,
+    /// Why the last write of the CapacityBuffer failed (absent once one succeeds).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The metric values behind the last decision.
@@ -411,6 +455,12 @@ pub mod condition {
 }
 
 fn default_min_replicas() -> i32 {
+    1
+}
+fn default_burst_window_seconds() -> u32 {
+    3600
+}
+fn default_headroom_min() -> i32 {
     1
 }
 fn default_panic_threshold() -> f64 {

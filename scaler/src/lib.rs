@@ -12,6 +12,7 @@
 //! - [`crd`]: the `SurgeScaler` resource.
 //! - [`cli`]: the command line.
 //! - [`decision`] and [`zero`]: the pure scaling rules (scale to zero and back in [`zero`]).
+//! - [`headroom`]: the node headroom a target keeps, sized from its bursts (pure).
 //! - [`shard`]: several replicas share the targets through Leases; [`mirror`] copies each
 //!   report to the other replicas, so whichever owns a target has all of its reports.
 
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod controller;
 pub mod crd;
 pub mod decision;
+pub mod headroom;
 pub mod hub;
 pub mod ingest;
 pub mod metrics;

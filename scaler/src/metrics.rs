@@ -99,6 +99,8 @@ pub enum Operation {
     get_service,
     /// The watch of a scale-to-zero target's EndpointSlices.
     watch_endpoints,
+    /// Server-side apply of a headroom CapacityBuffer.
+    apply_capacity_buffer,
 }
 
 /// What became of requests the proxies held, as their `hold_totals` count them.

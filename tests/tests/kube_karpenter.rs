@@ -9,6 +9,9 @@
 //!  Deployment 6 x 3 CPU --> first node (16 CPU): 5 fit, 1 Pending (Unschedulable)
 //!        Karpenter: NodeClaim c-4x --boot delay--> Node --fleet--> Ready --> pod bound, Running
 //! ```
+//!
+//! With headroom, the SurgeScaler's CapacityBuffer makes Karpenter keep a node of room ahead:
+//! the scale-up's new pod starts there at once, and Karpenter launches the next room behind it.
 
 // Tests fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -18,28 +21,31 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, ListParams};
 use serde_json::Value;
-use surge_e2e::installed::{apply, eventually, install, kubectl_ok, wait_ready_replicas};
+use surge_e2e::installed::{
+    apply, eventually, install, kubectl_ok, scale_writes, wait_ready_replicas,
+};
 use surge_nodes::nodepool::{CAPACITY_LABEL, PoolSettings};
 
 /// The boot delay of this test's node class (the default is 30 s; the test needs only to see
 /// that it is honoured).
 const BOOT: Duration = Duration::from_secs(5);
 
-/// Six pause pods of 3 CPU each: five fit the first node's 16 CPU beside the scaler pod.
-fn big_deployment() -> String {
+/// `replicas` pause pods of 3 CPU each in `namespace/name`: five fit the first node's 16 CPU
+/// beside the scaler pod.
+fn big_deployment(namespace: &str, name: &str, replicas: u32) -> String {
     format!(
         "apiVersion: v1
 kind: Namespace
-metadata: {{name: shop}}
+metadata: {{name: {namespace}}}
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: big, namespace: shop}}
+metadata: {{name: {name}, namespace: {namespace}}}
 spec:
-  replicas: 6
-  selector: {{matchLabels: {{app: big}}}}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {{labels: {{app: big}}}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
       terminationGracePeriodSeconds: 1
       containers:
@@ -49,6 +55,13 @@ spec:
 ",
         image = surge_sandbox::node::containers::PAUSE_IMAGE
     )
+}
+
+/// The NodeClaims, as `kubectl get nodeclaims -o json` lists them.
+fn node_claims(kube: &surge_sandbox::real::RealKube) -> Vec<Value> {
+    let listed = kubectl_ok(kube, &["get", "nodeclaims", "-o", "json"], None);
+    let listed: Value = serde_json::from_str(&listed).unwrap();
+    listed["items"].as_array().cloned().unwrap_or_default()
 }
 
 fn created(meta: &kube::api::ObjectMeta) -> SystemTime {
@@ -64,7 +77,7 @@ async fn pods_that_do_not_fit_make_karpenter_launch_a_node_and_run_there_once_it
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    apply(&kube, &big_deployment());
+    apply(&kube, &big_deployment("shop", "big", 6));
 
     // The real scheduler finds no room for the sixth pod.
     let pods: Api<Pod> = Api::namespaced(kube.client(), "shop");
@@ -190,4 +203,125 @@ async fn pods_that_do_not_fit_make_karpenter_launch_a_node_and_run_there_once_it
             .duration_since(pod_created)
             .unwrap_or_default(),
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_headroom_a_scale_up_starts_on_room_karpenter_made_ahead_and_the_room_is_replaced() {
+    let mut kube = install("karpenter_headroom", &[], &[]).await;
+    kube.start_karpenter(&PoolSettings {
+        boot_delay: BOOT,
+        ..PoolSettings::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Five pods fill the first node; the SurgeScaler holds them (no reports) and asks for one
+    // spare pod of their shape before any burst.
+    apply(&kube, &big_deployment("web", "api", 5));
+    wait_ready_replicas(&kube, "web", "api", 5, Duration::from_secs(60)).await;
+    let surgescaler = |min: u32| {
+        format!(
+            "apiVersion: surge.dev/v1alpha1
+kind: SurgeScaler
+metadata: {{name: api, namespace: web}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: api}}
+  minReplicas: {min}
+  maxReplicas: 10
+  metric: {{type: rps, target: 100}}
+  headroom: {{minReplicas: 1}}
+"
+        )
+    };
+    apply(&kube, &surgescaler(5));
+
+    // Karpenter launches a node for the buffer's spare pod, with nothing pending.
+    let buffer = eventually(
+        "the CapacityBuffer web/api-headroom",
+        Duration::from_secs(30),
+        || async {
+            let out = kubectl_ok(
+                &kube,
+                &["get", "capacitybuffers", "-n", "web", "-o", "json"],
+                None,
+            );
+            let listed: Value = serde_json::from_str(&out).ok()?;
+            listed["items"].as_array()?.first().cloned()
+        },
+    )
+    .await;
+    assert_eq!(buffer["metadata"]["name"], "api-headroom", "{buffer}");
+    assert_eq!(buffer["spec"]["replicas"], 1, "{buffer}");
+    assert_eq!(buffer["spec"]["scalableRef"]["name"], "api", "{buffer}");
+    assert_eq!(
+        buffer["metadata"]["ownerReferences"][0]["kind"], "SurgeScaler",
+        "{buffer}"
+    );
+    let elasticity = kube.elasticity().unwrap();
+    let room = eventually(
+        "a node of headroom joined",
+        Duration::from_secs(60),
+        || async { elasticity.joined().first().cloned() },
+    )
+    .await;
+    assert_eq!(node_claims(&kube).len(), 1);
+
+    // A scale-up by Surge (its minimum raised: a write of its own, no report needed): the new
+    // pod is bound to the room at once, long before another node could boot.
+    apply(&kube, &surgescaler(6));
+    let write = eventually(
+        "Surge's scale write 5 -> 6",
+        Duration::from_secs(10),
+        || async { scale_writes(&kube, "web", "api").into_iter().next() },
+    )
+    .await;
+    wait_ready_replicas(&kube, "web", "api", 6, Duration::from_secs(30)).await;
+    let pods: Api<Pod> = Api::namespaced(kube.client(), "web");
+    let on_room: Vec<Pod> = pods
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|p| {
+            p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(room.name.as_str())
+        })
+        .collect();
+    assert_eq!(on_room.len(), 1, "the new pod runs on the room made ahead");
+    let ready_at = on_room[0]
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready" && c.status == "True"))
+        .and_then(|c| c.last_transition_time.as_ref())
+        .map(|t| SystemTime::from(t.0))
+        .unwrap();
+    let written_at = SystemTime::UNIX_EPOCH + Duration::from_millis(write.unix_ms);
+    let start = ready_at.duration_since(written_at).unwrap_or_default();
+    // Ready-condition times are whole seconds (so up to 1 s early); the boot of a node would
+    // take BOOT.
+    assert!(
+        start + Duration::from_secs(1) < BOOT,
+        "the new pod was Ready {start:?} after the write"
+    );
+
+    // The room was used: Karpenter launches the next one behind it, and the status says what
+    // Surge asks for.
+    eventually(
+        "a second NodeClaim for the buffer",
+        Duration::from_secs(30),
+        || async { (node_claims(&kube).len() == 2).then_some(()) },
+    )
+    .await;
+    let status = kubectl_ok(
+        &kube,
+        &["get", "surge", "-n", "web", "api", "-o", "json"],
+        None,
+    );
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(
+        status["status"]["headroom"],
+        serde_json::json!({"replicas": 1, "capacityBuffer": "api-headroom"}),
+        "{status}"
+    );
+    println!("scale write -> new pod Ready on the room: {start:?} (a node boots in {BOOT:?})");
 }

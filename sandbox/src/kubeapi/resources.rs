@@ -101,6 +101,18 @@ pub const RESOURCES: &[ResourceType] = &[
         custom: true,
         ..builtin("keda.sh", "v1alpha1", "scaledobjects", "ScaledObject")
     },
+    // Served by Karpenter 1.14+ (and the Cluster Autoscaler): the headroom Surge asks for.
+    ResourceType {
+        status_subresource: true,
+        has_generation: true,
+        custom: true,
+        ..builtin(
+            "autoscaling.x-k8s.io",
+            "v1beta1",
+            "capacitybuffers",
+            "CapacityBuffer",
+        )
+    },
 ];
 
 /// Finds a served type by group, version and plural.

@@ -321,6 +321,7 @@ impl TargetLoop {
             last_scale_time: self.last_scale_time.clone(),
             conditions: self.conditions(&previous.conditions),
             observed_generation: self.scaler.metadata.generation,
+            headroom: self.headroom_status().or(previous.headroom.clone()),
             owner: self.ctx.ownership.replica_id().map(str::to_owned),
         };
         let same_shape = self.last_status.as_ref().is_some_and(|last| {
@@ -332,6 +333,7 @@ impl TargetLoop {
                 && last.conditions == status.conditions
                 && last.observed_generation == status.observed_generation
                 && last.owner == status.owner
+                && last.headroom == status.headroom
         });
         let fresh_enough = self
             .status_written_at

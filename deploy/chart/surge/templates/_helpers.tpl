@@ -75,4 +75,10 @@ rules:
   - apiGroups: ["discovery.k8s.io"]
     resources: ["endpointslices"]
     verbs: ["list", "watch"]
+  # Headroom: the CapacityBuffer <surgescaler>-headroom, written with server-side apply, which
+  # the API server authorizes as create too when the buffer does not exist yet. Nothing else of
+  # the cluster autoscaler's is touched.
+  - apiGroups: ["autoscaling.x-k8s.io"]
+    resources: ["capacitybuffers"]
+    verbs: ["create", "patch"]
 {{- end }}
