@@ -41,7 +41,7 @@ use crate::node::containers::{
     ISTIO_STATS_PORT, PROXY_IMAGE,
 };
 use crate::node::network::{LoopbackRange, NODE_IP, PodIps};
-use crate::node::{AppRuntime, Node, NodeOptions};
+use crate::node::{AppRuntime, Node, NodeOptions, RunningPods};
 use crate::pods::{Endpoints, PodCounts};
 use crate::run::{NAMESPACE, RunError, WORKLOAD};
 use crate::scenario::Scenario;
@@ -74,6 +74,8 @@ pub struct RealKube {
     elasticity: Option<NodeElasticity>,
     /// The first node's settings, which the nodes Karpenter adds copy.
     node_template: Option<NodeOptions>,
+    /// App pods running on every node.
+    running: RunningPods,
     observer: Option<JoinHandle<()>>,
     app: Option<ServiceEndpoints>,
     scaler: ServiceEndpoints,
@@ -151,6 +153,7 @@ impl RealKube {
             node: None,
             elasticity: None,
             node_template: None,
+            running: RunningPods::default(),
             observer: None,
             app: None,
             scaler,
@@ -294,7 +297,11 @@ impl RealKube {
             name: NODE_NAME.into(),
             kubeconfig,
             work_dir: pods_dir,
-            cpu: "16".into(),
+            // Without `nodes:` one node holds every pod; with it, the scenario's small first node.
+            cpu: scenario
+                .nodes
+                .as_ref()
+                .map_or_else(|| "16".to_owned(), |n| n.first_node_cpu.clone()),
             memory: "64Gi".into(),
             max_pods: 110,
             network: self.network.network(),
@@ -315,6 +322,7 @@ impl RealKube {
         let node = Node::start(options.clone())
             .await
             .map_err(|e| RunError::Setup(format!("start the node: {e}")))?;
+        self.running.add(node.running_counter());
         self.node = Some(node);
         self.node_template = Some(options);
         Ok(())
@@ -327,8 +335,15 @@ impl RealKube {
             RunError::Setup("Karpenter's nodes copy the first node: start it first".into())
         })?;
         let dir = self.plane.dir().to_path_buf();
-        let elasticity =
-            NodeElasticity::start(&self.plane, self.client.clone(), template, &dir, pool).await?;
+        let elasticity = NodeElasticity::start(
+            &self.plane,
+            self.client.clone(),
+            template,
+            self.running.clone(),
+            &dir,
+            pool,
+        )
+        .await?;
         self.elasticity = Some(elasticity);
         Ok(())
     }
@@ -415,7 +430,7 @@ impl RealKube {
             self.client.clone(),
             app.endpoints(),
             app.changes(),
-            self.node.as_ref().map(Node::running_counter),
+            self.running.clone(),
             Arc::clone(&self.history),
         )));
         self.app = Some(app);
@@ -562,7 +577,7 @@ fn app_deployment(scenario: &Scenario) -> Result<Deployment, RunError> {
                                 {"name": ENV_QUEUE, "value": pods.queue.to_string()},
                                 {"name": ENV_STARTUP_DELAY_MS, "value": pods.startup_delay_ms.to_string()},
                             ],
-                            "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}},
+                            "resources": {"requests": {"cpu": scenario.pods.cpu, "memory": "64Mi"}},
                         },
                         {
                             "name": "istio-proxy",
@@ -579,13 +594,13 @@ fn app_deployment(scenario: &Scenario) -> Result<Deployment, RunError> {
 }
 
 /// Follows desired replicas (the Deployment's spec), replicas (its pods not being deleted),
-/// ready (the Service's ready endpoints) and running (pods with processes on the node), and
+/// ready (the Service's ready endpoints) and running (pods with processes on any node), and
 /// notes each change.
 async fn observe(
     client: Client,
     endpoints: Endpoints,
     mut endpoint_changes: tokio::sync::watch::Receiver<u64>,
-    running: Option<Arc<std::sync::atomic::AtomicU32>>,
+    running: RunningPods,
     history: Arc<Mutex<Vec<PodCounts>>>,
 ) {
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
@@ -646,9 +661,7 @@ async fn observe(
             _ = tick.tick() => {}
         }
         let ready = endpoints.read().unwrap_or_else(|e| e.into_inner()).len() as u32;
-        let running = running
-            .as_ref()
-            .map_or(0, |r| r.load(std::sync::atomic::Ordering::SeqCst));
+        let running = running.total();
         let counts = (desired, live.len() as u32, ready, running);
         if last != Some(counts) {
             last = Some(counts);

@@ -8,8 +8,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 mod cold_start;
+pub mod nodes;
 
 pub use cold_start::ColdStart;
+pub use nodes::NodeFigures;
 
 use crate::ingress::HoldCounts;
 use crate::kubeapi::RequestRecord;
@@ -138,6 +140,9 @@ pub struct Summary {
     /// zero), in order, without hold counts (`cold_start` has the run's).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cold_starts: Vec<ColdStart>,
+    /// With `nodes:`: the nodes Karpenter launched, when, and what the capacity waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<NodeFigures>,
 }
 
 /// What became of a set of scheduled requests. Each request is in exactly one field and
@@ -550,6 +555,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         takeover_ms: None,
         cold_start: cold_start::cold_start(&cold_inputs),
         cold_starts: cold_start::cold_starts(&cold_inputs, &scenario.returns_from_idle()),
+        nodes: None,
     };
     RunResult {
         scenario: scenario.clone(),
@@ -622,6 +628,24 @@ pub fn summary_text(result: &RunResult) -> String {
         "step -> enough ready capacity:  {}\n",
         ms(s.enough_capacity_ms)
     ));
+    if let Some(n) = &s.nodes {
+        if let Some(split) = n.capacity_split {
+            out.push_str(&format!(
+                "  of which decision / node / pod start: {} / {} / {}\n",
+                ms(Some(split.decision_ms)),
+                ms(Some(split.node_ms)),
+                ms(Some(split.pod_start_ms))
+            ));
+        }
+        out.push_str(&format!(
+            "nodes launched: {} ({} before the step); step -> first node launched / Ready: {} / {}; added node-seconds {:.1}\n",
+            n.launched,
+            n.launched_before_step,
+            ms(n.first_node_launched_ms),
+            ms(n.first_node_ready_ms),
+            n.node_seconds
+        ));
+    }
     out.push_str(&format!(
         "seconds overloaded:             {}\n",
         s.overloaded_seconds

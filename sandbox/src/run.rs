@@ -283,6 +283,17 @@ pub async fn run(
     let requests = sandbox.requests();
     let reports = sandbox.reports();
     let hold = sandbox.hold_counts();
+    // Karpenter's launches and the nodes that joined, as seconds since the start of the run.
+    let started_wall = std::time::SystemTime::now() - start.elapsed();
+    let since_start = |t: std::time::SystemTime| match t.duration_since(started_wall) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    let node_events = sandbox.real().and_then(|r| r.elasticity()).map(|e| {
+        let launches: Vec<f64> = e.launched().iter().map(|l| since_start(l.seen)).collect();
+        let ready: Vec<f64> = e.joined().iter().map(|j| since_start(j.ready)).collect();
+        (launches, ready)
+    });
     sandbox.shutdown().await;
 
     let seconds = recorder.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -297,6 +308,16 @@ pub async fn run(
         hold,
         failure,
         interrupted,
+    });
+    result.summary.nodes = node_events.map(|(launches, ready)| {
+        report::nodes::figures(&report::nodes::Inputs {
+            step_at: result.summary.step_at_s,
+            first_scale_patch_ms: result.summary.first_scale_patch_ms,
+            enough_capacity_ms: result.summary.enough_capacity_ms,
+            launches: &launches,
+            ready: &ready,
+            end: played,
+        })
     });
     // The slowest takeover of the run, if any replica was killed.
     result.summary.takeover_ms = fault_records

@@ -159,6 +159,15 @@ pub fn surgescaler(scenario: &Scenario) -> Value {
     if let Some(idle) = s.idle_s {
         spec["scaleToZero"] = json!({"idleSeconds": idle, "service": WORKLOAD, "port": 80});
     }
+    if let Some(headroom) = &s.headroom {
+        spec["headroom"] = json!({
+            "minReplicas": headroom.min_replicas,
+            "burstWindowSeconds": headroom.burst_window_s,
+        });
+        if let Some(max) = headroom.max_replicas {
+            spec["headroom"]["maxReplicas"] = json!(max);
+        }
+    }
     json!({
         "apiVersion": "surge.dev/v1alpha1",
         "kind": "SurgeScaler",
@@ -226,6 +235,11 @@ impl Sandbox {
                         .into(),
                 ))
             }
+            KubeMode::Embedded if scenario.nodes.is_some() => Err(RunError::Setup(
+                "nodes: needs the real control plane (--kube real): Karpenter adds the nodes \
+                 and the real scheduler places the pods"
+                    .into(),
+            )),
             KubeMode::Embedded if options.autoscaler != Autoscaler::Surge => Err(RunError::Setup(
                 "--autoscaler classic needs the real control plane (--kube real): the classic \
                  chain is the real HPA controller, KEDA and Prometheus"
@@ -344,6 +358,9 @@ impl Sandbox {
         real.start_node(scenario, pods_dir, report_to, envoy_binary, wasm)
             .await?;
         real.wait_scaler_ready(Duration::from_secs(60)).await?;
+        if let Some(nodes) = &scenario.nodes {
+            real.start_karpenter(&nodes.pool()).await?;
+        }
         let scaler = (options.autoscaler == Autoscaler::Surge).then(|| surgescaler(scenario));
         real.deploy_app(scenario, scaler).await?;
         real.start_classic(

@@ -9,6 +9,9 @@ use serde::{Deserialize, Serialize};
 pub use crate::ingress::{Hold, Via};
 
 mod check;
+mod nodes;
+
+pub use nodes::{Headroom, Nodes};
 
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -228,6 +231,9 @@ pub struct Pods {
     pub fail_after: Option<u32>,
     /// Envoy worker threads per pod (at least 2 exercises the filter's multi-VM path).
     pub envoy_concurrency: u32,
+    /// The app container's CPU request (a Kubernetes quantity; the sidecar asks 100m more):
+    /// what the scheduler and Karpenter fit onto nodes. Real control plane only.
+    pub cpu: String,
 }
 
 impl Default for Pods {
@@ -239,6 +245,7 @@ impl Default for Pods {
             queue: 200,
             fail_after: None,
             envoy_concurrency: 2,
+            cpu: "100m".into(),
         }
     }
 }
@@ -288,6 +295,9 @@ pub struct Scaler {
     /// more than one needs the real control plane). Absent: the chart's default (2) on the
     /// real control plane, one process on the embedded API.
     pub replicas: Option<u32>,
+    /// Node headroom for the app (`spec.headroom`): spare pods of its shape that the cluster
+    /// autoscaler keeps room for. Needs `nodes:` (Karpenter's CapacityBuffer).
+    pub headroom: Option<Headroom>,
 }
 
 impl Default for Scaler {
@@ -302,6 +312,7 @@ impl Default for Scaler {
             scale_down_stabilization_s: None,
             idle_s: None,
             replicas: None,
+            headroom: None,
         }
     }
 }
@@ -380,6 +391,10 @@ pub struct Scenario {
     /// Faults to inject.
     #[serde(default, with = "serde_yaml::with::singleton_map_recursive")]
     pub faults: Vec<Fault>,
+    /// The first node's size and the Karpenter pool that adds nodes (real control plane);
+    /// absent: one node large enough for every pod, no Karpenter.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<Nodes>,
 }
 
 fn default_slo_ms() -> u64 {
@@ -591,6 +606,41 @@ mod tests {
             err.contains("scaler.min_replicas") && err.contains("line 3"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn nodes_and_headroom_parse_and_their_rules_name_the_field() {
+        let load = "load:\n  - steady: {rps: 10, seconds: 5}\n";
+        let parsed = Scenario::parse(&format!(
+            "name: x\npods: {{cpu: 900m}}\nscaler:\n  headroom: {{min_replicas: 2}}\n\
+             nodes: {{first_node_cpu: '2', boot_s: 20}}\n{load}"
+        ))
+        .unwrap();
+        let nodes = parsed.nodes.unwrap();
+        assert_eq!((nodes.first_node_cpu.as_str(), nodes.boot_s), ("2", 20));
+        assert_eq!(nodes.pool().boot_delay, std::time::Duration::from_secs(20));
+        assert_eq!(nodes.pool().instance_types, ["c-4x-amd64-linux"]);
+        let headroom = parsed.scaler.headroom.unwrap();
+        assert_eq!((headroom.min_replicas, headroom.burst_window_s), (2, 3600));
+        assert_eq!(parsed.pods.cpu, "900m");
+
+        for (text, field) in [
+            (
+                "scaler:\n  headroom: {min_replicas: 1}\n",
+                "scaler.headroom",
+            ),
+            ("pods: {cpu: lots}\n", "pods.cpu"),
+            ("pods: {cpu: 0m}\n", "pods.cpu"),
+            ("nodes: {boot_s: 900}\n", "nodes.boot_s"),
+            ("nodes: {first_node_cpu: 2Gi}\n", "nodes.first_node_cpu"),
+            (
+                "nodes: {}\nscaler:\n  headroom: {burst_window_s: 5}\n",
+                "scaler.headroom.burst_window_s",
+            ),
+        ] {
+            let err = Scenario::parse(&format!("name: x\n{text}{load}")).unwrap_err();
+            assert!(err.contains(field), "{text}: {err}");
+        }
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! The sandbox's kubelet for the nodes Karpenter adds (`surge-nodes`): every Node its kwok
 //! provider creates (label `kwok.x-k8s.io/node=fake`) gets a [`Node`] of its own, which
 //! reports it Ready with the instance type's allocatable resources and runs the pods the
-//! scheduler binds to it, as the first node does.
+//! scheduler binds to it, as the first node does. It also notes when each NodeClaim (an
+//! instance launch) first appeared, for the run's node figures.
 //!
 //! ```text
 //!  Karpenter: NodeClaim -> (boot delay: KWOKNodeClass nodeRegistrationDelay) -> Node created
@@ -22,13 +23,13 @@ use std::time::SystemTime;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::Client;
-use kube::api::Api;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
 use kube::runtime::{WatchStreamExt, watcher};
 use surge_cluster::pki::Pki;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use super::{Node, NodeOptions};
+use super::{Node, NodeOptions, RunningPods};
 
 /// The label Karpenter's kwok provider puts on the Nodes it creates.
 pub const KWOK_LABEL: &str = "kwok.x-k8s.io/node=fake";
@@ -42,6 +43,8 @@ pub struct FleetOptions {
     pub pki: Pki,
     /// Where the nodes' kubeconfigs are written.
     pub kubeconfig_dir: PathBuf,
+    /// Where each node's running app pods are counted.
+    pub running: RunningPods,
 }
 
 /// A node the fleet started serving.
@@ -57,24 +60,56 @@ pub struct Joined {
     pub cpu: String,
 }
 
-/// Serves every kwok Node until shut down (or dropped).
+/// A NodeClaim Karpenter created: the launch of an instance.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Launched {
+    /// The NodeClaim's name.
+    pub name: String,
+    /// When the fleet's watch first saw it (within a watch event of its creation).
+    pub seen: SystemTime,
+}
+
+/// Serves every kwok Node until shut down (or dropped), and notes every NodeClaim.
 pub struct Fleet {
     joined: Arc<Mutex<Vec<Joined>>>,
+    launched: Arc<Mutex<Vec<Launched>>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
 
 impl Fleet {
-    /// Starts watching Nodes with `client` (one that may list and watch them).
+    /// Starts watching Nodes and NodeClaims with `client` (one that may list and watch them;
+    /// Karpenter's CRDs must be in place).
     pub fn start(client: Client, options: FleetOptions) -> Self {
         let joined = Arc::new(Mutex::new(Vec::new()));
+        let launched = Arc::new(Mutex::new(Vec::new()));
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(serve(client, options, Arc::clone(&joined), stopped));
+        let claims = tokio::spawn(note_claims(
+            client.clone(),
+            Arc::clone(&launched),
+            stopped.clone(),
+        ));
+        let task = {
+            let joined = Arc::clone(&joined);
+            tokio::spawn(async move {
+                serve(client, options, joined, stopped).await;
+                claims.abort();
+            })
+        };
         Self {
             joined,
+            launched,
             stop,
             task: Some(task),
         }
+    }
+
+    /// Every NodeClaim Karpenter created so far, in the order they were seen.
+    pub fn launched(&self) -> Vec<Launched> {
+        self.launched
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Every node that joined so far, in the order they did (gone ones included).
@@ -144,6 +179,46 @@ fn node_options(options: &FleetOptions, node: &NodeObject) -> Result<NodeOptions
     })
 }
 
+/// Notes the first sight of every NodeClaim (Karpenter's `karpenter.sh/v1`).
+async fn note_claims(
+    client: Client,
+    launched: Arc<Mutex<Vec<Launched>>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("karpenter.sh", "v1", "NodeClaim"),
+        "nodeclaims",
+    );
+    let claims: Api<DynamicObject> = Api::all_with(client, &resource);
+    let mut events = watcher(claims, watcher::Config::default())
+        .default_backoff()
+        .applied_objects()
+        .boxed();
+    loop {
+        let claim = tokio::select! {
+            _ = stopped.changed() => break,
+            event = events.next() => match event {
+                Some(Ok(claim)) => claim,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, "fleet: watching NodeClaims");
+                    continue;
+                }
+                None => break,
+            },
+        };
+        let Some(name) = claim.metadata.name else {
+            continue;
+        };
+        let mut launched = launched.lock().unwrap_or_else(|e| e.into_inner());
+        if !launched.iter().any(|l| l.name == name) {
+            launched.push(Launched {
+                name,
+                seen: SystemTime::now(),
+            });
+        }
+    }
+}
+
 async fn serve(
     client: Client,
     options: FleetOptions,
@@ -188,6 +263,7 @@ async fn serve(
         match started {
             Ok(served) => {
                 tracing::info!(node = %name, "fleet: node joined");
+                options.running.add(served.running_counter());
                 let cpu = allocatable(&node, "cpu").unwrap_or_default();
                 joined
                     .lock()

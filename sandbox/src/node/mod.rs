@@ -141,6 +141,31 @@ enum Command {
     },
 }
 
+/// The app pods running on every node of the sandbox (the first node and those Karpenter
+/// adds): each node's counter, summed when read.
+#[derive(Debug, Clone, Default)]
+pub struct RunningPods(Arc<std::sync::Mutex<Vec<Arc<AtomicU32>>>>);
+
+impl RunningPods {
+    /// Counts a node's pods too (its [`Node::running_counter`]).
+    pub fn add(&self, counter: Arc<AtomicU32>) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(counter);
+    }
+
+    /// App pods running now, over every node.
+    pub fn total(&self) -> u32 {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|c| c.load(Ordering::SeqCst))
+            .sum()
+    }
+}
+
 /// A running node; [`Node::shutdown`] (or dropping it) stops every pod's processes.
 pub struct Node {
     commands: mpsc::UnboundedSender<Command>,

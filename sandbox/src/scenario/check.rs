@@ -159,6 +159,55 @@ impl Scenario {
         if self.slo_ms == 0 {
             return fail("slo_ms", "must be positive".into());
         }
+        if !is_cpu_quantity(&self.pods.cpu) {
+            return fail(
+                "pods.cpu",
+                format!(
+                    "must be a CPU quantity such as 500m or 1, got {:?}",
+                    self.pods.cpu
+                ),
+            );
+        }
+        if let Some(headroom) = &scaler.headroom {
+            if self.nodes.is_none() {
+                return fail(
+                    "scaler.headroom",
+                    "needs nodes: (Karpenter keeps the room through its CapacityBuffer)".into(),
+                );
+            }
+            if !(60..=604_800).contains(&headroom.burst_window_s) {
+                return fail(
+                    "scaler.headroom.burst_window_s",
+                    format!(
+                        "must be within 60..=604800, got {}",
+                        headroom.burst_window_s
+                    ),
+                );
+            }
+        }
+        if let Some(nodes) = &self.nodes {
+            if !is_cpu_quantity(&nodes.first_node_cpu) {
+                return fail(
+                    "nodes.first_node_cpu",
+                    format!(
+                        "must be a CPU quantity such as 2 or 1500m, got {:?}",
+                        nodes.first_node_cpu
+                    ),
+                );
+            }
+            if nodes.boot_s > 600 {
+                return fail(
+                    "nodes.boot_s",
+                    format!("must be at most 600, got {}", nodes.boot_s),
+                );
+            }
+            if nodes.instance_type.is_empty() {
+                return fail(
+                    "nodes.instance_type",
+                    "must name a kwok instance type".into(),
+                );
+            }
+        }
         let total = self.load_seconds();
         for (i, fault) in self.faults.iter().enumerate() {
             let (kind, at_s, length_field, length) = match fault {
@@ -202,4 +251,13 @@ impl Scenario {
         }
         Ok(())
     }
+}
+
+/// Whether `text` is a plain CPU quantity: whole or decimal cores (`2`, `0.5`) or millicores
+/// (`500m`), positive.
+fn is_cpu_quantity(text: &str) -> bool {
+    let number = text.strip_suffix('m').unwrap_or(text);
+    let whole_millis = text.ends_with('m') && number.bytes().all(|b| b.is_ascii_digit());
+    let cores = !text.ends_with('m') && number.parse::<f64>().is_ok_and(f64::is_finite);
+    !number.is_empty() && (whole_millis || cores) && number.parse::<f64>().is_ok_and(|v| v > 0.0)
 }
