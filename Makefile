@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm/surge_filter.wasm
 
-.PHONY: sandbox test tools classic-tools node-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start bench-ha compare compare-real fuzz
+.PHONY: sandbox test tools classic-tools node-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start bench-ha bench-nodes compare compare-real fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -81,6 +81,11 @@ bench-ha: tools wasm bins
 bench-cold-start: tools wasm bins
 	./target/debug/surge-sandbox bench-cold-start --runs 20 --out sandbox-out/bench-cold-start
 	./target/debug/surge-sandbox bench-cold-start --runs 20 --out sandbox-out/bench-cold-start-0 --helm-set scaler.warmDelayMs=0
+
+## The 10x step with the nodes full (real Karpenter, 30 s node boot): Surge without and with
+## headroom, and the classic chain, 3 rounds interleaved (about 20 minutes).
+bench-nodes: tools classic-tools node-tools wasm bins
+	./target/debug/surge-sandbox bench-nodes --rounds 3 --out sandbox-out/bench-nodes
 
 compare: tools wasm bins
 	./target/debug/surge-sandbox compare --out target/compare

@@ -9,6 +9,7 @@
 //! is reset to `minReplicas`.
 
 pub mod cold_start;
+pub mod nodes;
 
 use std::path::Path;
 use std::time::{Duration, Instant};

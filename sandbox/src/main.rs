@@ -80,6 +80,17 @@ enum Command {
         #[arg(long = "helm-set", value_name = "KEY=VALUE")]
         helm_set: Vec<String>,
     },
+    /// The 10x step with the nodes full, on the real control plane with real Karpenter:
+    /// Surge without and with headroom, and the classic chain, interleaved `rounds` times;
+    /// writes bench-nodes.md and bench-nodes.json.
+    BenchNodes {
+        /// Runs of each variant.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Output directory.
+        #[arg(long, default_value = "sandbox-out/bench-nodes")]
+        out: PathBuf,
+    },
     /// Start and stop the real control plane several times; print each stage's time.
     BenchStartup {
         /// Number of starts.
@@ -298,6 +309,15 @@ async fn main() -> ExitCode {
                         "{runs} starts, medians: {:.2} s in all (certificates {:.3} s, etcd {:.2} s, kube-apiserver {:.2} s, controller-manager and scheduler {:.2} s)",
                         m[4], m[0], m[1], m[2], m[3]
                     );
+                    Ok(())
+                }
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        Command::BenchNodes { rounds, out } => {
+            match surge_sandbox::bench::nodes::bench_nodes(rounds, &out).await {
+                Ok(measured) => {
+                    print!("{}", surge_sandbox::bench::nodes::table(&measured));
                     Ok(())
                 }
                 Err(e) => Err(e.to_string()),
