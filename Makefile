@@ -9,7 +9,7 @@ WASM := target/wasm/surge_filter.wasm
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
 KUBE ?= real
-sandbox: tools wasm bins
+sandbox: tools node-tools wasm bins
 	./target/debug/surge-sandbox run --kube $(KUBE) $(SCENARIO)
 
 ## Everything CI checks: lint (fmt, clippy native + wasm32, docs), unit, end-to-end, manifests.

@@ -117,6 +117,13 @@ pub struct Headroom {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0))]
     pub max_replicas: Option<i32>,
+    /// For clusters without the CapacityBuffer API: a Deployment of placeholder pods in the
+    /// SurgeScaler's namespace (shaped like the target's pods, of a negative priority, so that
+    /// any real pod preempts them) whose replicas Surge sets to the spare pods, through its
+    /// scale subresource, instead of writing a CapacityBuffer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub placeholders: Option<String>,
 }
 
 /// Scale to zero and back. The target goes to zero once its sources have reported no requests
@@ -417,7 +424,11 @@ pub struct HeadroomStatus {
     /// Spare pods last asked for.
     pub replicas: i32,
     /// The CapacityBuffer that asks for them (in the SurgeScaler's namespace).
-    pub capacity_buffer: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity_buffer: Option<String>,
+    /// The placeholder Deployment scaled to them instead (`spec.headroom.placeholders`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placeholders: Option<String>,
     /// Why the last write of the CapacityBuffer failed (absent once one succeeds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -633,5 +644,30 @@ mod tests {
         assert_eq!(scaler.spec.min_replicas, 0);
         let zero = scaler.spec.scale_to_zero.unwrap();
         assert_eq!((zero.service.as_str(), zero.port), ("api", Some(8080)));
+    }
+
+    #[test]
+    fn the_headroom_example_parses_and_headroom_has_its_defaults() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/surgescaler-headroom.yaml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let scaler: SurgeScaler = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            scaler.spec.headroom,
+            Some(Headroom {
+                burst_window_seconds: 3600,
+                min_replicas: 1,
+                max_replicas: Some(10),
+                placeholders: None,
+            })
+        );
+        let defaults: Headroom = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(
+            (defaults.burst_window_seconds, defaults.min_replicas),
+            (3600, 1)
+        );
+        assert_eq!(defaults.max_replicas, None);
     }
 }

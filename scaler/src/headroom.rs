@@ -84,6 +84,7 @@ mod tests {
             burst_window_seconds: window_s,
             min_replicas: min,
             max_replicas: max,
+            placeholders: None,
         }
     }
 
