@@ -97,15 +97,16 @@ pub struct SurgeScalerSpec {
 }
 
 /// Node headroom sized from the bursts Surge has seen: room for as many spare pods (of the
-/// target's own shape) as the largest scale-up Surge made within `burstWindowSeconds`, at least
-/// `minReplicas` and at most `maxReplicas`, and never more than the target may still grow
-/// (`spec.maxReplicas` minus the current replicas). The cluster autoscaler keeps that room on
+/// target's own shape) as the largest burst Surge scaled it for within `burstWindowSeconds`
+/// (the most its replicas rose within one minute), at least `minReplicas` and at most
+/// `maxReplicas`, and never more than the target may still grow (`spec.maxReplicas` minus the
+/// current replicas). The cluster autoscaler keeps that room on
 /// nodes that are up; a burst's new pods start there at once, and the autoscaler brings nodes
 /// for the room behind them.
 #[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Headroom {
-    /// How far back the largest scale-up is remembered (default 3600, 60 to 604800).
+    /// How far back the largest burst is remembered (default 3600, 60 to 604800).
     #[serde(default = "default_burst_window_seconds")]
     #[schemars(range(min = 60, max = 604_800))]
     pub burst_window_seconds: u32,

@@ -56,7 +56,7 @@ impl Nodes {
 pub struct Headroom {
     /// Spare pods kept before any burst (`minReplicas`).
     pub min_replicas: u32,
-    /// How long the largest scale-up is remembered (`burstWindowSeconds`).
+    /// How long the largest burst is remembered (`burstWindowSeconds`).
     pub burst_window_s: u32,
     /// The most spare pods (`maxReplicas`); no cap when absent.
     pub max_replicas: Option<u32>,

@@ -106,8 +106,8 @@ pub(super) fn capacity_buffer(scaler: &SurgeScaler, replicas: i32) -> Value {
 }
 
 impl TargetLoop {
-    /// Notes a scale-up this loop wrote, for the headroom's size.
-    pub(super) fn note_scale_up(&mut self, now: Millis, from: i32, to: i32) {
+    /// Notes a scale write of this loop, for the headroom's size.
+    pub(super) fn note_scale(&mut self, now: Millis, from: i32, to: i32) {
         if self.scaler.spec.headroom.is_some() {
             self.headroom
                 .get_or_insert_with(HeadroomLoop::default)

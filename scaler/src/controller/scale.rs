@@ -148,7 +148,7 @@ impl TargetLoop {
         });
         self.state
             .record_scale(now, scale.replicas, decision.desired);
-        self.note_scale_up(now, scale.replicas, decision.desired);
+        self.note_scale(now, scale.replicas, decision.desired);
         self.last_scale_time = Some(Time(Timestamp::now()));
         self.scale_write_succeeded(decision.desired);
         self.ctx
