@@ -310,6 +310,10 @@ RBAC_ALLOWED = {
     ("autoscaling.x-k8s.io", "capacitybuffers"): {"create", "patch"},
 }
 
+# Granted by the ClusterRole only (cluster-scoped objects, which a Role cannot grant): ambient
+# mode's namespace label istio.io/use-waypoint, read by name.
+RBAC_CLUSTER_ONLY = {("", "namespaces"): {"get"}}
+
 
 # The replicas' Leases (scaler/src/shard/leases.rs), in the release namespace only: the Role
 # and RoleBinding named <fullname>-leases.
@@ -378,6 +382,9 @@ def cmd_rbac(chart_render, namespaces=None):
             if not subjects or not subjects <= accounts:
                 errors.append(f"RoleBinding {name} in {ns}: subjects {sorted(subjects)} are not the chart's ServiceAccount")
     for role in roles:
+        allowed = dict(RBAC_ALLOWED)
+        if role["kind"] == "ClusterRole":
+            allowed.update(RBAC_CLUSTER_ONLY)
         granted = {}
         scope = role["metadata"].get("namespace")
         name = f"{role['kind']} {role['metadata']['name']}" + (f" in {scope}" if scope else "")
@@ -390,11 +397,11 @@ def cmd_rbac(chart_render, namespaces=None):
                     verbs = set(rule.get("verbs") or [])
                     if "*" in verbs or g == "*" or r == "*":
                         errors.append(f"{where}: wildcard in {g!r}/{r!r} {sorted(verbs)}")
-                    extra = verbs - RBAC_ALLOWED.get((g, r), set())
+                    extra = verbs - allowed.get((g, r), set())
                     if extra:
                         errors.append(f"{where}: {g or 'core'}/{r} grants {sorted(extra)} beyond the least-privilege list")
                     granted.setdefault((g, r), set()).update(verbs)
-        for (g, r), verbs in sorted(RBAC_ALLOWED.items()):
+        for (g, r), verbs in sorted(allowed.items()):
             lacking = verbs - granted.get((g, r), set())
             if lacking:
                 errors.append(f"{name}: {g or 'core'}/{r} lacks {sorted(lacking)}, which the scaler needs")

@@ -45,6 +45,7 @@ use crate::window::WindowConfig;
 
 pub use context::{ApiError, Context};
 use headroom::HeadroomLoop;
+use waypoint::WaypointLoop;
 pub use scale::ScaleView;
 use status::{Able, Write, writer};
 use zero::ZeroLoop;
@@ -300,6 +301,8 @@ pub struct TargetLoop {
     zero: Option<ZeroLoop>,
     /// Headroom, once the spec has it on and a step sized it.
     headroom: Option<HeadroomLoop>,
+    /// Ambient mode: the waypoint serving the target's Service.
+    waypoint: WaypointLoop,
     writes: tokio::sync::mpsc::Sender<Write>,
     writer: Option<JoinHandle<()>>,
     /// Whether this replica owned the target at the last step (see [`crate::shard`]); `None`
@@ -331,6 +334,7 @@ impl TargetLoop {
             policy: Policy::from_spec(&scaler.spec),
             zero: ZeroLoop::new(&scaler.spec, scaler.status.as_ref()),
             headroom: None,
+            waypoint: WaypointLoop::default(),
             ctx,
             key,
             scaler,
@@ -445,6 +449,7 @@ impl TargetLoop {
             return;
         }
         self.refresh_destination().await;
+        self.refresh_waypoint().await;
         let mut conflicts = 0;
         loop {
             let Some(scale) = self.scale.clone() else {
@@ -537,6 +542,7 @@ impl TargetLoop {
             self.read_scale().await;
         }
         self.refresh_destination().await;
+        self.refresh_waypoint().await;
         self.publish_replicas();
     }
 }
@@ -549,4 +555,5 @@ mod scale;
 mod status;
 #[cfg(test)]
 mod tests;
+mod waypoint;
 mod zero;

@@ -218,6 +218,11 @@ pub struct Sources {
     /// Also count ingress-gateway reports for the target's Service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<GatewaySource>,
+    /// Also count the reports of the ambient-mode waypoint that serves the target's Service
+    /// (the one its `istio.io/use-waypoint` label, or its namespace's, names; any other
+    /// waypoint's routes for it are refused).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waypoint: Option<WaypointSource>,
 }
 
 impl Default for Sources {
@@ -225,8 +230,23 @@ impl Default for Sources {
         Self {
             sidecars: true,
             gateway: None,
+            waypoint: None,
         }
     }
+}
+
+/// Waypoint reports whose route cluster is
+/// `inbound-vip|<port>|http|<service>.<namespace>.svc.cluster.local`.
+#[derive(Serialize, Deserialize, Debug, Clone, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WaypointSource {
+    /// The Service in front of the target, in the SurgeScaler's namespace.
+    #[schemars(length(min = 1, max = 63))]
+    pub service: String,
+    /// The Service port; any port when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<u16>,
 }
 
 /// Gateway reports whose route cluster is `outbound|<port>||<service>.<namespace>.svc.cluster.local`.

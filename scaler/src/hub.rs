@@ -16,11 +16,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use surge_wire::{HoldTotals, Report, ReportBody, Role};
+use surge_wire::{ClusterKind, HoldTotals, Report, ReportBody, Role, ServiceCluster};
 use tokio::sync::Notify;
 
 use crate::crd::{MetricType, SurgeScalerSpec, TargetKind};
 use crate::decision::{Millis, Observation};
+use crate::waypoint::WaypointRef;
 use crate::window::{
     Applied, Capacity, Change, Counters, RouteDelta, SourceLimits, SourceReport, TargetWindow,
     WindowConfig,
@@ -62,6 +63,11 @@ pub struct Selector {
     pub gateway_host: Option<String>,
     /// ...and whose cluster's port is this (any when `None`).
     pub gateway_port: Option<u16>,
+    /// Count the routes of the waypoint serving this host (`<svc>.<ns>.svc.cluster.local`)
+    /// whose cluster names it.
+    pub waypoint_host: Option<String>,
+    /// ...and whose cluster's port is this (any when `None`).
+    pub waypoint_port: Option<u16>,
 }
 
 impl Selector {
@@ -79,6 +85,12 @@ impl Selector {
                 .as_ref()
                 .map(|g| format!("{}.{namespace}.svc.cluster.local", g.service)),
             gateway_port: spec.sources.gateway.as_ref().and_then(|g| g.port),
+            waypoint_host: spec
+                .sources
+                .waypoint
+                .as_ref()
+                .map(|w| format!("{}.{namespace}.svc.cluster.local", w.service)),
+            waypoint_port: spec.sources.waypoint.as_ref().and_then(|w| w.port),
         }
     }
 
@@ -102,16 +114,35 @@ impl Selector {
     }
 
     fn gateway_cluster_selected(&self, cluster: &str) -> bool {
-        let Some(host) = &self.gateway_host else {
-            return false;
-        };
-        match parse_outbound_cluster(cluster) {
-            Some((port, cluster_host)) => {
-                cluster_host == host && self.gateway_port.is_none_or(|p| p == port)
-            }
-            None => false,
-        }
+        service_cluster_selected(
+            cluster,
+            self.gateway_host.as_deref(),
+            self.gateway_port,
+            ClusterKind::Outbound,
+        )
     }
+
+    fn waypoint_cluster_selected(&self, cluster: &str) -> bool {
+        service_cluster_selected(
+            cluster,
+            self.waypoint_host.as_deref(),
+            self.waypoint_port,
+            ClusterKind::InboundVip,
+        )
+    }
+}
+
+/// Whether `cluster` is a `kind` cluster of `host` (and of `port` when given).
+fn service_cluster_selected(
+    cluster: &str,
+    host: Option<&str>,
+    port: Option<u16>,
+    kind: ClusterKind,
+) -> bool {
+    let (Some(host), Some(c)) = (host, ServiceCluster::parse(cluster)) else {
+        return false;
+    };
+    c.kind == kind && c.host == host && port.is_none_or(|p| p == c.port)
 }
 
 /// `kubernetes://apis/apps/v1/namespaces/{ns}/{plural}/{name}` -> (ns, plural, name).
@@ -122,18 +153,6 @@ fn owner_name(owner: &str) -> Option<(&str, &str, &str)> {
     let plural = parts.next()?;
     let namespace = parts.next()?;
     (parts.next()? == "namespaces").then_some((namespace, plural, name))
-}
-
-/// `outbound|<port>|<subset>|<host>` -> (port, host).
-fn parse_outbound_cluster(cluster: &str) -> Option<(u16, &str)> {
-    let mut parts = cluster.split('|');
-    if parts.next()? != "outbound" {
-        return None;
-    }
-    let port = parts.next()?.parse().ok()?;
-    let _subset = parts.next()?;
-    let host = parts.next()?;
-    parts.next().is_none().then_some((port, host))
 }
 
 /// Wake-ups of one target's decision loop.
@@ -150,6 +169,9 @@ struct TargetEntry {
     metric: MetricType,
     window: TargetWindow,
     wake: Arc<Wake>,
+    /// The waypoint serving the target's Service, as last read (`None`: none, or not read
+    /// yet): only its routes count.
+    waypoint: Option<WaypointRef>,
 }
 
 #[derive(Default)]
@@ -161,6 +183,8 @@ struct State {
     by_workload: HashMap<String, HashMap<String, Vec<TargetKey>>>,
     /// Service host -> targets fed by gateways for it.
     by_host: HashMap<String, Vec<TargetKey>>,
+    /// Service host -> targets fed by the waypoint serving it.
+    by_waypoint_host: HashMap<String, Vec<TargetKey>>,
     /// Namespaces whose proxies may report as gateways; `None`: any. A gateway report feeds
     /// targets in every namespace, and the role is the sender's own claim, so without this a
     /// workload anywhere in the mesh could scale other namespaces' gateway-fed targets.
@@ -176,6 +200,9 @@ pub enum Ingested {
     Counted {
         /// Targets it fed.
         targets: usize,
+        /// Routes of a waypoint report not counted for a target because the target's Service
+        /// is not bound to that waypoint.
+        refused_routes: usize,
     },
     /// A first report or a counter reset: a new baseline.
     Baseline,
@@ -297,6 +324,14 @@ impl Hub {
                 .or_default()
                 .push(key.clone());
         }
+        if let Some(host) = &selector.waypoint_host {
+            state
+                .by_waypoint_host
+                .entry(host.clone())
+                .or_default()
+                .push(key.clone());
+        }
+        let waypoint = state.targets.get(key).and_then(|e| e.waypoint.clone());
         state.targets.insert(
             key.clone(),
             TargetEntry {
@@ -304,9 +339,17 @@ impl Hub {
                 metric,
                 window: TargetWindow::new(config),
                 wake: Arc::clone(&wake),
+                waypoint,
             },
         );
         wake
+    }
+
+    /// The waypoint serving a target's Service, as the controller last read it (`None`: none).
+    pub fn set_waypoint(&self, key: &TargetKey, waypoint: Option<WaypointRef>) {
+        if let Some(entry) = self.lock().targets.get_mut(key) {
+            entry.waypoint = waypoint;
+        }
     }
 
     /// The registered targets, in order.
@@ -520,10 +563,15 @@ fn ingest_report(
                 }
             }
         }
-        Role::Gateway => {
+        Role::Gateway | Role::Waypoint => {
+            let index = if report.proxy.role == Role::Gateway {
+                &state.by_host
+            } else {
+                &state.by_waypoint_host
+            };
             for route in &report.routes {
-                if let Some((_, host)) = parse_outbound_cluster(&route.cluster)
-                    && let Some(keys) = state.by_host.get(host)
+                if let Some(c) = ServiceCluster::parse(&route.cluster)
+                    && let Some(keys) = index.get(c.host)
                 {
                     candidates.extend(keys);
                 }
@@ -536,20 +584,34 @@ fn ingest_report(
     let max_sources = state.counters.limits().max_sources_per_target;
     let mut counted = 0;
     let mut refused = false;
+    let mut refused_routes = 0;
     for key in candidates {
         let Some(entry) = state.targets.get_mut(key) else {
             continue;
         };
         let sidecar = entry.selector.owns_sidecar(report);
+        let serving = report.proxy.role == Role::Waypoint
+            && entry.waypoint.as_ref().is_some_and(|w| {
+                w.namespace == report.proxy.namespace && w.name == report.proxy.workload
+            });
         let mut total = RouteDelta::default();
         let mut inflight = 0u64;
         let mut window_requests = 0u64;
         let mut selected = 0usize;
         for (i, route) in report.routes.iter().enumerate() {
             let from_source = sidecar
-                || (report.proxy.role == Role::Gateway
-                    && entry.selector.gateway_cluster_selected(&route.cluster));
+                || match report.proxy.role {
+                    Role::Gateway => entry.selector.gateway_cluster_selected(&route.cluster),
+                    Role::Waypoint => entry.selector.waypoint_cluster_selected(&route.cluster),
+                    Role::Sidecar => false,
+                };
             if !from_source || !entry.selector.route_selected(&route.route) {
+                continue;
+            }
+            // A waypoint names the Services of its routes itself: only the one serving this
+            // target's Service counts for it.
+            if report.proxy.role == Role::Waypoint && !serving {
+                refused_routes += 1;
                 continue;
             }
             selected += 1;
@@ -588,7 +650,10 @@ fn ingest_report(
             counted,
         }),
         Applied::Baseline => Ingested::Baseline,
-        _ => Ingested::Counted { targets: counted },
+        _ => Ingested::Counted {
+            targets: counted,
+            refused_routes,
+        },
     };
     (ingested, Some(instance))
 }
@@ -600,6 +665,7 @@ fn unindex(state: &mut State, key: &TargetKey) {
     let namespace = entry.selector.namespace.clone();
     let workload = entry.selector.workload.clone();
     let host = entry.selector.gateway_host.clone();
+    let waypoint_host = entry.selector.waypoint_host.clone();
     if let Some(workloads) = state.by_workload.get_mut(&namespace) {
         if let Some(keys) = workloads.get_mut(&workload) {
             keys.retain(|k| k != key);
@@ -611,12 +677,17 @@ fn unindex(state: &mut State, key: &TargetKey) {
             state.by_workload.remove(&namespace);
         }
     }
-    if let Some(host) = host
-        && let Some(keys) = state.by_host.get_mut(&host)
-    {
-        keys.retain(|k| k != key);
-        if keys.is_empty() {
-            state.by_host.remove(&host);
+    for (index, host) in [
+        (&mut state.by_host, host),
+        (&mut state.by_waypoint_host, waypoint_host),
+    ] {
+        if let Some(host) = host
+            && let Some(keys) = index.get_mut(&host)
+        {
+            keys.retain(|k| k != key);
+            if keys.is_empty() {
+                index.remove(&host);
+            }
         }
     }
 }

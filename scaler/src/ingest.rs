@@ -114,6 +114,16 @@ pub enum IngestError {
     /// The instance id is tracked for another namespace.
     #[error("instance: already in use by a proxy of another namespace")]
     ForeignInstance,
+    /// A waypoint report whose routes name only Services that SurgeScalers select and that are
+    /// bound to another waypoint (or to none).
+    #[error(
+        "routes[].cluster: names {refused} Service route(s) not bound to this waypoint \
+         (istio.io/use-waypoint); none counted"
+    )]
+    WaypointNotServing {
+        /// Routes refused.
+        refused: usize,
+    },
     /// A tracking limit is reached; nothing new is tracked until sources expire.
     #[error("{}", over_capacity_message(.0))]
     OverCapacity(Refusal),
@@ -151,9 +161,10 @@ impl IngestError {
     fn status(&self) -> StatusCode {
         match self {
             Self::Unauthorized | Self::IdentityMissing => StatusCode::UNAUTHORIZED,
-            Self::NamespaceMismatch { .. } | Self::ForeignInstance | Self::GatewayNamespace => {
-                StatusCode::FORBIDDEN
-            }
+            Self::NamespaceMismatch { .. }
+            | Self::ForeignInstance
+            | Self::GatewayNamespace
+            | Self::WaypointNotServing { .. } => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -165,9 +176,10 @@ impl IngestError {
     fn outcome(&self) -> Outcome {
         match self {
             Self::Unauthorized | Self::IdentityMissing => Outcome::unauthorized,
-            Self::NamespaceMismatch { .. } | Self::ForeignInstance | Self::GatewayNamespace => {
-                Outcome::forbidden
-            }
+            Self::NamespaceMismatch { .. }
+            | Self::ForeignInstance
+            | Self::GatewayNamespace
+            | Self::WaypointNotServing { .. } => Outcome::forbidden,
             Self::TooLarge { .. } => Outcome::too_large,
             Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
             Self::Invalid(_) => Outcome::invalid,
@@ -188,6 +200,7 @@ impl IngestError {
             Self::Invalid(BodyError::Report(e)) => Some(validation_field(e)),
             Self::Invalid(BodyError::Hold(e)) => Some(e.field().to_owned()),
             Self::Throttled { .. } | Self::ForeignInstance => Some("instance".into()),
+            Self::WaypointNotServing { .. } => Some("routes[].cluster".into()),
             Self::OverCapacity(Refusal::InstanceRoutes(_)) => Some("routes".into()),
             Self::OverCapacity(_) => Some("instance".into()),
         }
@@ -357,8 +370,24 @@ async fn receive_inner(
         Ingested::OverCapacity(refusal) => return Err(IngestError::OverCapacity(refusal)),
         Ingested::ForeignInstance => return Err(IngestError::ForeignInstance),
         Ingested::GatewayNamespace => return Err(IngestError::GatewayNamespace),
-        Ingested::Counted { targets: 0 } => (Outcome::unmatched, 0),
-        Ingested::Counted { targets } => (Outcome::accepted, targets),
+        Ingested::Counted {
+            targets: 0,
+            refused_routes: refused @ 1..,
+        } => {
+            state.metrics.waypoint_routes_refused(refused);
+            return Err(IngestError::WaypointNotServing { refused });
+        }
+        Ingested::Counted {
+            targets: 0,
+            refused_routes: 0,
+        } => (Outcome::unmatched, 0),
+        Ingested::Counted {
+            targets,
+            refused_routes,
+        } => {
+            state.metrics.waypoint_routes_refused(refused_routes);
+            (Outcome::accepted, targets)
+        }
         Ingested::Baseline => (Outcome::baseline, 0),
         Ingested::Duplicate => (Outcome::duplicate, 0),
     };

@@ -13,6 +13,7 @@
 //! - [`cli`]: the command line.
 //! - [`decision`] and [`zero`]: the pure scaling rules (scale to zero and back in [`zero`]).
 //! - [`headroom`]: the node headroom a target keeps, sized from its bursts (pure).
+//! - [`waypoint`]: which ambient waypoint serves a Service, so its reports count (pure).
 //! - [`shard`]: several replicas share the targets through Leases; [`mirror`] copies each
 //!   report to the other replicas, so whichever owns a target has all of its reports.
 
@@ -29,5 +30,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod server;
 pub mod shard;
+pub mod waypoint;
 pub mod window;
 pub mod zero;

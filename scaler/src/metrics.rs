@@ -95,8 +95,10 @@ pub enum Operation {
     list_conflicts,
     /// The SurgeScaler watch.
     watch,
-    /// Reading a scale-to-zero target's Service (its ports).
+    /// Reading a target's Service (scale to zero: its ports; a waypoint source: its labels).
     get_service,
+    /// Reading a waypoint-fed target's namespace (its `istio.io/use-waypoint` label).
+    get_namespace,
     /// The watch of a scale-to-zero target's EndpointSlices.
     watch_endpoints,
     /// Server-side apply of a headroom CapacityBuffer.
@@ -172,6 +174,7 @@ pub struct Metrics {
     mirrored: Family<MirrorLabels, Counter>,
     owned: Family<TargetLabels, Gauge>,
     shards_held: Gauge,
+    waypoint_refused: Counter,
 }
 
 impl Default for Metrics {
@@ -238,6 +241,13 @@ impl Default for Metrics {
             "Requests the proxies hold for a scale-to-zero target now (latest count per proxy, summed)",
             held.clone(),
         );
+        let waypoint_refused = Counter::default();
+        registry.register(
+            "surge_waypoint_routes_refused",
+            "Routes of waypoint reports not counted because the Service they name is not bound to \
+             that waypoint",
+            waypoint_refused.clone(),
+        );
         let activations = Family::default();
         registry.register(
             "surge_activations",
@@ -299,6 +309,7 @@ impl Default for Metrics {
             mirrored,
             owned,
             shards_held,
+            waypoint_refused,
         }
     }
 }
@@ -307,6 +318,11 @@ impl Metrics {
     /// Counts one report outcome.
     pub fn ingest(&self, outcome: Outcome) {
         self.ingest.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// Counts routes of waypoint reports refused for a Service the waypoint does not serve.
+    pub fn waypoint_routes_refused(&self, routes: usize) {
+        self.waypoint_refused.inc_by(routes as u64);
     }
 
     /// Records a target's state after a decision.

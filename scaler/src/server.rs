@@ -343,7 +343,9 @@ pub async fn run(args: RunArgs) -> Result<(), RunError> {
             args.tick(),
         )
         .with_warm_delay(args.warm_delay_ms)
-        .with_ownership(ownership),
+        .with_ownership(ownership)
+        // Watching given namespaces only, the scaler has no cluster-scoped rights.
+        .with_namespace_reads(args.watch_namespaces().is_empty()),
     );
     let controller = tokio::spawn(controller::run(
         ctx,

@@ -80,13 +80,23 @@ impl Ingest {
                 sidecars: true,
                 gateway_host: Some("api.web.svc.cluster.local".into()),
                 gateway_port: None,
+                waypoint_host: Some("api.web.svc.cluster.local".into()),
+                waypoint_port: None,
             };
+            // The waypoint `web/waypoint` serves it, so fuzzed waypoint reports reach the window.
             let windows = WindowConfig {
                 stable_ms: 60_000,
                 panic_ms: 6_000,
                 stale_ms: 10_000,
             };
             let _wake = hub.register(&key, selector, MetricType::Rps, windows);
+            hub.set_waypoint(
+                &key,
+                Some(surge_scaler::waypoint::WaypointRef {
+                    namespace: "web".into(),
+                    name: "waypoint".into(),
+                }),
+            );
             let state = IngestState {
                 hub,
                 clock: Clock::default(),

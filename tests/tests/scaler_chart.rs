@@ -497,7 +497,8 @@ fn surgescaler(namespace: &str, name: &str, kind: &str, min: u32, max: u32) -> V
 
 /// Besides `web/api` (a Deployment scaled by reports): `web/db`, a StatefulSet below its
 /// SurgeScaler's minimum (raised without any report); `web/cold`, a Deployment with scale to
-/// zero whose spec names no port (its Service is read, its EndpointSlices listed);
+/// zero whose spec names no port (its Service is read, its EndpointSlices listed), fed by a
+/// waypoint too (its namespace is read when the scaler watches the whole cluster);
 /// `shop/legacy`, a Deployment an HPA drives; `jobs/worker`, a Deployment a KEDA ScaledObject
 /// drives. Namespaces differ, as on a cluster.
 async fn api_with_every_kind_of_target() -> KubeApi {
@@ -506,6 +507,8 @@ async fn api_with_every_kind_of_target() -> KubeApi {
     api.create_deployment("web", "cold", 1).unwrap();
     let mut cold = surgescaler("web", "cold", "Deployment", 0, 3);
     cold["spec"]["scaleToZero"] = json!({"idleSeconds": 60, "service": "cold"});
+    // Fed by a waypoint too: its Service's labels are read, and (cluster-wide) its namespace's.
+    cold["spec"]["sources"] = json!({"waypoint": {"service": "cold"}});
     store.create(resources::SURGESCALERS, "web", cold).unwrap();
     let statefulsets = resources::find("apps", "v1", "statefulsets").unwrap();
     store
@@ -799,6 +802,14 @@ async fn life_cycle(docs: Vec<Value>) {
                 .contains("labelSelector=kubernetes.io%2Fservice-name%3Dcold")
     })
     .await;
+    // ...and fed by a waypoint: its Service has no istio.io/use-waypoint label (none here), so
+    // the namespace's is read, when the scaler may read Namespaces (cluster-wide only).
+    if !namespaced {
+        expect_request(&api, "GET of the Namespace web", |r| {
+            r.method == "GET" && r.path == "/api/v1/namespaces/web"
+        })
+        .await;
+    }
 
     // web/api: scaled up by reports (calm, then a surge of 800 rps: 8 replicas).
     let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);

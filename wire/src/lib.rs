@@ -27,8 +27,10 @@
 //! This crate depends on serde only and builds for native targets and `wasm32-wasip1`; encoding
 //! and decoding (JSON) are left to each side so that neither pays for the other's codec choices.
 
+mod cluster;
 mod validate;
 
+pub use cluster::{ClusterKind, ServiceCluster};
 pub use validate::{BodyError, HoldError, Limits, ValidationError};
 
 use serde::{Deserialize, Serialize};
@@ -83,7 +85,7 @@ pub struct Proxy {
     /// empty when the proxy does not know it.
     #[serde(default)]
     pub owner: String,
-    /// Whether this proxy is a workload's sidecar or an ingress gateway.
+    /// Whether this proxy is a workload's sidecar, an ingress gateway or a waypoint.
     pub role: Role,
 }
 
@@ -95,6 +97,9 @@ pub enum Role {
     Sidecar,
     /// An ingress gateway: counts the requests it forwards to each upstream cluster.
     Gateway,
+    /// An ambient-mode waypoint: counts the requests it forwards to each Service it serves,
+    /// keyed by the service's cluster (`inbound-vip|<port>|http|<host>`).
+    Waypoint,
 }
 
 /// Cumulative counters for one (route, cluster) since the proxy instance started.

@@ -77,6 +77,10 @@ pub enum ProxyRole {
     /// An ingress gateway: counts what it forwards to each upstream cluster, and holds requests
     /// for cold destinations.
     Gateway,
+    /// An ambient-mode waypoint (a WasmPlugin whose `targetRefs` name the waypoint): serves
+    /// many Services, so it counts what it forwards to each Service's cluster
+    /// (`inbound-vip|<port>|http|<host>`), and holds requests for cold destinations.
+    Waypoint,
     /// A sidecar's outbound side (Istio `CLIENT` mode, a second WasmPlugin): counts nothing
     /// (the destination's own sidecar counts those requests) and holds requests for cold
     /// destinations.
@@ -89,6 +93,7 @@ impl ProxyRole {
         match self {
             Self::Sidecar | Self::Client => Role::Sidecar,
             Self::Gateway => Role::Gateway,
+            Self::Waypoint => Role::Waypoint,
         }
     }
 
@@ -322,12 +327,14 @@ impl Config {
                     c.role = match string(value, "role")?.as_str() {
                         "sidecar" => ProxyRole::Sidecar,
                         "gateway" => ProxyRole::Gateway,
+                        "waypoint" => ProxyRole::Waypoint,
                         "client" => ProxyRole::Client,
                         other => {
                             return Err(ConfigError::Invalid {
                                 field: "role",
                                 reason: format!(
-                                    "must be \"sidecar\", \"gateway\" or \"client\" (got \"{other}\")"
+                                    "must be \"sidecar\", \"gateway\", \"waypoint\" or \"client\" \
+                                     (got \"{other}\")"
                                 ),
                             });
                         }
@@ -381,7 +388,10 @@ impl Config {
                 other => return Err(unknown("pluginConfig", other, TOP_FIELDS)),
             }
         }
-        c.route_key.include_cluster = include_cluster.unwrap_or(c.role == ProxyRole::Gateway);
+        c.route_key.include_cluster = include_cluster.unwrap_or(matches!(
+            c.role,
+            ProxyRole::Gateway | ProxyRole::Waypoint
+        ));
         Ok(c)
     }
 
@@ -552,10 +562,12 @@ mod tests {
     }
 
     #[test]
-    fn the_cluster_is_in_the_key_by_default_on_gateways_only() {
+    fn the_cluster_is_in_the_key_by_default_on_gateways_and_waypoints_only() {
         let parse = |json: &str| Config::parse(json.as_bytes()).unwrap().route_key;
         assert!(!parse("{}").include_cluster);
+        assert!(!parse(r#"{"role":"client"}"#).include_cluster);
         assert!(parse(r#"{"role":"gateway"}"#).include_cluster);
+        assert!(parse(r#"{"role":"waypoint"}"#).include_cluster);
         assert!(parse(r#"{"route_key":{"include_cluster":true}}"#).include_cluster);
         assert!(
             !parse(r#"{"route_key":{"include_cluster":false},"role":"gateway"}"#).include_cluster
@@ -569,6 +581,8 @@ mod tests {
         assert_eq!(config.role.wire(), Role::Sidecar);
         assert!(!config.role.counts() && config.role.holds());
         assert!(ProxyRole::Gateway.counts() && ProxyRole::Gateway.holds());
+        assert!(ProxyRole::Waypoint.counts() && ProxyRole::Waypoint.holds());
+        assert_eq!(ProxyRole::Waypoint.wire(), Role::Waypoint);
         assert_eq!(ProxyRole::Gateway.wire(), Role::Gateway);
         assert!(ProxyRole::Sidecar.counts() && !ProxyRole::Sidecar.holds());
         let err = Config::parse(br#"{"hold":{"max_request":3}}"#).unwrap_err();

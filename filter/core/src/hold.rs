@@ -23,7 +23,7 @@
 //!
 //! Pure: the glue does the shared-data I/O and the host calls, and passes `now` in.
 
-use surge_wire::{Answer, Held, Limits};
+use surge_wire::{Answer, ClusterKind, Held, Limits, ServiceCluster};
 
 use crate::config::HoldConfig;
 use crate::inflight::GONE_AFTER_MS;
@@ -104,13 +104,27 @@ impl ColdSet {
         out
     }
 
-    /// Whether `cluster` (the raw `xds.cluster_name`) is cold: listed as is, or a subset
-    /// (`outbound|<port>|<subset>|<host>`) of a listed `outbound|<port>||<host>`, since a
-    /// Service port with no ready endpoint has none in any of its subsets.
+    /// Whether `cluster` (the raw `xds.cluster_name`) is cold: listed as is, or the same Service
+    /// port as a listed `outbound|<port>||<host>` under another name: a subset
+    /// (`outbound|<port>|<subset>|<host>`), since a Service port with no ready endpoint has none
+    /// in any of its subsets, or a waypoint's `inbound-vip|<port>|http[/<subset>]|<host>`.
     pub fn contains(&self, cluster: &[u8]) -> bool {
-        self.clusters
-            .iter()
-            .any(|c| c.as_bytes() == cluster || covers_subset(c.as_bytes(), cluster))
+        if self.clusters.iter().any(|c| c.as_bytes() == cluster) {
+            return true;
+        }
+        let Some(cluster) = std::str::from_utf8(cluster)
+            .ok()
+            .and_then(ServiceCluster::parse)
+        else {
+            return false;
+        };
+        self.clusters.iter().any(|c| {
+            ServiceCluster::parse(c).is_some_and(|entry| {
+                entry.kind == ClusterKind::Outbound
+                    && entry.subset.is_empty()
+                    && entry.same_port(&cluster)
+            })
+        })
     }
 
     /// True when nothing is cold.
@@ -146,23 +160,6 @@ impl ColdSet {
         }
         !self.clusters.is_empty()
             && self.confirmed_ms.saturating_sub(stored.confirmed_ms) >= COLD_TTL_MS / 10
-    }
-}
-
-/// Whether `entry` (`outbound|<port>||<host>`) covers `cluster`, the same port and host with a
-/// subset.
-fn covers_subset(entry: &[u8], cluster: &[u8]) -> bool {
-    let mut e = entry.splitn(4, |&b| b == b'|');
-    let mut c = cluster.splitn(4, |&b| b == b'|');
-    match (
-        (e.next(), e.next(), e.next(), e.next()),
-        (c.next(), c.next(), c.next(), c.next()),
-    ) {
-        (
-            (Some(b"outbound"), Some(port), Some(b""), Some(host)),
-            (Some(b"outbound"), Some(c_port), Some(subset), Some(c_host)),
-        ) => !subset.is_empty() && port == c_port && host == c_host,
-        _ => false,
     }
 }
 
@@ -611,6 +608,18 @@ mod tests {
         assert!(set.contains(b"outbound|9090|v1|api.default.svc.cluster.local"));
         assert!(!set.contains(b"outbound|9090|v2|api.default.svc.cluster.local"));
         assert!(!set.contains(b"outbound|9090||api.default.svc.cluster.local"));
+    }
+
+    #[test]
+    fn a_cold_service_port_covers_a_waypoints_cluster_for_it() {
+        let set = cold(0, &[APP, "outbound|9090|v1|api.default.svc.cluster.local"]);
+        assert!(set.contains(b"inbound-vip|8080|http|app.default.svc.cluster.local"));
+        assert!(set.contains(b"inbound-vip|8080|http/v1|app.default.svc.cluster.local"));
+        assert!(!set.contains(b"inbound-vip|8081|http|app.default.svc.cluster.local"));
+        assert!(!set.contains(b"inbound-vip|8080|http|app.other.svc.cluster.local"));
+        assert!(!set.contains(b"inbound-pod|8080||10.0.0.7"));
+        // A listed subset covers only itself, under its own name.
+        assert!(!set.contains(b"inbound-vip|9090|http/v1|api.default.svc.cluster.local"));
     }
 
     #[test]

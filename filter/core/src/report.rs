@@ -209,6 +209,7 @@ fn write_report(out: &mut Json, report: &Report) {
     out.raw(match proxy.role {
         Role::Sidecar => ",\"role\":\"sidecar\"},\"instance\":",
         Role::Gateway => ",\"role\":\"gateway\"},\"instance\":",
+        Role::Waypoint => ",\"role\":\"waypoint\"},\"instance\":",
     });
     out.string(&report.instance);
     out.raw(",\"seq\":");

@@ -102,6 +102,9 @@ pub struct Context {
     pub warm_delay_ms: Millis,
     /// Which targets this replica may write for (all of them when it runs alone).
     pub ownership: Arc<Ownership>,
+    /// Whether this replica may read Namespaces (cluster-scoped; not with
+    /// `--watch-namespaces`), for the waypoint a namespace's label names.
+    pub read_namespaces: bool,
 }
 
 impl Context {
@@ -125,7 +128,14 @@ impl Context {
             tick,
             warm_delay_ms: DEFAULT_WARM_DELAY_MS,
             ownership: Arc::new(Ownership::everything()),
+            read_namespaces: true,
         }
+    }
+
+    /// The same context reading Namespaces (for their waypoint labels) or not.
+    pub fn with_namespace_reads(mut self, read_namespaces: bool) -> Self {
+        self.read_namespaces = read_namespaces;
+        self
     }
 
     /// The same context sharing the targets with other replicas as `ownership` says.

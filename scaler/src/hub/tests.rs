@@ -202,6 +202,113 @@ fn gateway_reports_count_only_clusters_naming_the_service() {
     assert!((obs.panic - 20.0).abs() < 1.0, "{obs:?}");
 }
 
+fn waypoint(name: &str, namespace: &str, seq: u64, routes: &[(&str, &str, u64)]) -> Report {
+    let mut r = sidecar(&format!("{name}-{namespace}"), name, "", seq, routes);
+    r.proxy.namespace = namespace.into();
+    r.proxy.role = Role::Waypoint;
+    r
+}
+
+fn bound(namespace: &str, name: &str) -> Option<WaypointRef> {
+    Some(WaypointRef {
+        namespace: namespace.into(),
+        name: name.into(),
+    })
+}
+
+#[test]
+fn a_waypoint_counts_each_service_for_its_own_target_only() {
+    let hub = Hub::default();
+    for name in ["api", "cart"] {
+        register(
+            &hub,
+            name,
+            &spec(serde_json::json!({
+                "scaleTargetRef": {"kind": "Deployment", "name": name},
+                "sources": {"sidecars": false, "waypoint": {"service": name}}
+            })),
+        );
+        hub.set_waypoint(&key(name), bound("web", "waypoint"));
+    }
+    let routes = |n: u64| {
+        [
+            ("api-get", "inbound-vip|8080|http|api.web.svc.cluster.local", n),
+            ("api-post", "inbound-vip|8080|http/v2|api.web.svc.cluster.local", n),
+            ("cart", "inbound-vip|80|http|cart.web.svc.cluster.local", n * 3),
+            // An outbound cluster of the same host is a gateway's, not a waypoint's.
+            ("x", "outbound|8080||api.web.svc.cluster.local", n * 7),
+        ]
+    };
+    for seq in 1..=10 {
+        let ingested = hub.ingest(&waypoint("waypoint", "web", seq, &routes(seq * 10)), seq * 1000);
+        if seq > 1 {
+            assert_eq!(
+                ingested,
+                Ingested::Counted {
+                    targets: 2,
+                    refused_routes: 0
+                }
+            );
+        }
+    }
+    let (api, _) = hub.observe(&key("api"), 10_000).unwrap();
+    let (cart, _) = hub.observe(&key("cart"), 10_000).unwrap();
+    assert!((api.panic - 20.0).abs() < 1.0, "{api:?}");
+    assert!((cart.panic - 30.0).abs() < 1.0, "{cart:?}");
+}
+
+#[test]
+fn a_waypoint_not_serving_the_service_is_refused_its_routes() {
+    let hub = Hub::default();
+    register(
+        &hub,
+        "api",
+        &spec(serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api"}}})),
+    );
+    let route = |n| [("r", "inbound-vip|8080|http|api.web.svc.cluster.local", n)];
+    // Not read yet: nothing counts.
+    hub.ingest(&waypoint("waypoint", "web", 1, &route(0)), 1000);
+    assert_eq!(
+        hub.ingest(&waypoint("waypoint", "web", 2, &route(10)), 2000),
+        Ingested::Counted {
+            targets: 0,
+            refused_routes: 1
+        }
+    );
+    hub.set_waypoint(&key("api"), bound("web", "waypoint"));
+    // Another waypoint, or one of the same name in another namespace.
+    for (name, namespace) in [("other", "web"), ("waypoint", "mesh")] {
+        hub.ingest(&waypoint(name, namespace, 1, &route(0)), 1000);
+        assert_eq!(
+            hub.ingest(&waypoint(name, namespace, 2, &route(10)), 2000),
+            Ingested::Counted {
+                targets: 0,
+                refused_routes: 1
+            }
+        );
+    }
+    assert_eq!(
+        hub.ingest(&waypoint("waypoint", "web", 3, &route(20)), 3000),
+        Ingested::Counted {
+            targets: 1,
+            refused_routes: 0
+        }
+    );
+    // Re-registering (a status update) keeps the binding.
+    register(
+        &hub,
+        "api",
+        &spec(serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api"}}})),
+    );
+    assert_eq!(
+        hub.ingest(&waypoint("waypoint", "web", 4, &route(30)), 4000),
+        Ingested::Counted {
+            targets: 1,
+            refused_routes: 0
+        }
+    );
+}
+
 #[test]
 fn a_surge_report_wakes_the_target() {
     let hub = Hub::default();
@@ -223,7 +330,10 @@ fn a_surge_report_wakes_the_target() {
         // Same rate as before (10/s): only the surge flag makes this report significant.
         let mut report = sidecar("api-1", "api", "", 4, &[("r", "inbound|80||", 40)]);
         report.surge = true;
-        assert_eq!(hub.ingest(&report, 3_100), Ingested::Counted { targets: 1 });
+        assert_eq!(hub.ingest(&report, 3_100), Ingested::Counted {
+            targets: 1,
+            refused_routes: 0
+        });
         tokio::time::timeout(std::time::Duration::from_millis(100), wake.surge.notified())
             .await
             .expect("a surge report must wake the decision");
@@ -240,7 +350,10 @@ fn duplicates_are_reported_as_such_and_unknown_targets_as_zero() {
     assert_eq!(hub.ingest(&report, 0), Ingested::Baseline);
     assert_eq!(hub.ingest(&report, 10), Ingested::Duplicate);
     let next = sidecar("x-1", "x", "", 2, &[("r", "inbound|80||", 9)]);
-    assert_eq!(hub.ingest(&next, 1000), Ingested::Counted { targets: 0 });
+    assert_eq!(hub.ingest(&next, 1000), Ingested::Counted {
+            targets: 0,
+            refused_routes: 0
+        });
 }
 
 #[test]
@@ -263,12 +376,6 @@ fn re_registering_an_unchanged_target_keeps_its_history() {
 
 #[test]
 fn cluster_and_owner_names_parse_the_istio_way() {
-    assert_eq!(
-        parse_outbound_cluster("outbound|8080||api.web.svc.cluster.local"),
-        Some((8080, "api.web.svc.cluster.local"))
-    );
-    assert_eq!(parse_outbound_cluster("inbound|8080||"), None);
-    assert_eq!(parse_outbound_cluster("outbound|x||h"), None);
     assert_eq!(
         owner_name("kubernetes://apis/apps/v1/namespaces/web/deployments/api"),
         Some(("web", "deployments", "api"))
@@ -405,7 +512,10 @@ fn gateway_reports_count_only_from_the_allowed_namespaces() {
         (
             "a gateway in an allowed namespace counts",
             "istio-system",
-            Ingested::Counted { targets: 1 },
+            Ingested::Counted {
+            targets: 1,
+            refused_routes: 0
+        },
         ),
         (
             "a workload elsewhere claiming the gateway role does not",

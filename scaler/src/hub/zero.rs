@@ -4,7 +4,8 @@
 //! (`hold_totals`, for the metrics).
 //!
 //! ```text
-//!  report held[]: outbound|port|subset|host --by host--> target: instance -> latest count
+//!  report held[]: outbound|port|subset|host or inbound-vip|port|http|host
+//!                 --by host--> target: instance -> latest count
 //!                 (each report's held replaces the instance's previous one; none: cleared)
 //!  controller:    replicas (scale), ready endpoints (EndpointSlices), ports (spec or Service)
 //!                 --> temperature per target --> cold list: sorted, at most MAX_COLD entries
@@ -13,9 +14,9 @@
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-use surge_wire::{Held, HoldTotals};
+use surge_wire::{Held, HoldTotals, ServiceCluster};
 
-use super::{TargetKey, parse_outbound_cluster};
+use super::TargetKey;
 use crate::crd::ScaleToZero;
 use crate::decision::Millis;
 use crate::zero::{self, Temperature};
@@ -251,7 +252,8 @@ impl ZeroTable {
         }
         let mut holding: Vec<(TargetKey, u64)> = Vec::new();
         for h in held {
-            let Some((port, host)) = parse_outbound_cluster(&h.cluster) else {
+            // A gateway's or client sidecar's `outbound|...`, or a waypoint's `inbound-vip|...`.
+            let Some(ServiceCluster { port, host, .. }) = ServiceCluster::parse(&h.cluster) else {
                 continue;
             };
             for key in self.by_host.get(host).into_iter().flatten() {

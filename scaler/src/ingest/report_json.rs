@@ -238,6 +238,7 @@ impl<'a> Reader<'a> {
                     role = match r.str()? {
                         "sidecar" => Role::Sidecar,
                         "gateway" => Role::Gateway,
+                        "waypoint" => Role::Waypoint,
                         _ => return None,
                     };
                 }

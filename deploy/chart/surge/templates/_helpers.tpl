@@ -65,11 +65,20 @@ rules:
   - apiGroups: ["events.k8s.io"]
     resources: ["events"]
     verbs: ["create", "patch"]
-  # Scale to zero: the ports of a SurgeScaler's scaleToZero.service when it names none (read by
-  # name; never listed or watched).
+  # Scale to zero: the ports of a SurgeScaler's scaleToZero.service when it names none; ambient
+  # mode: the istio.io/use-waypoint label of its sources.waypoint.service (read by name; never
+  # listed or watched).
   - apiGroups: [""]
     resources: ["services"]
     verbs: ["get"]
+  {{- if not .Values.scaler.watchNamespaces }}
+  # Ambient mode: the istio.io/use-waypoint label of a waypoint-fed target's namespace, when its
+  # Service has none (read by name). Cluster-scoped, so only cluster-wide: with watchNamespaces
+  # only the Service's own label binds it to a waypoint.
+  - apiGroups: [""]
+    resources: ["namespaces"]
+    verbs: ["get"]
+  {{- end }}
   # Scale to zero: the Service's ready endpoints, by the label kubernetes.io/service-name
   # (kube-runtime's watcher: a list, then a watch).
   - apiGroups: ["discovery.k8s.io"]
