@@ -45,9 +45,9 @@ use crate::window::WindowConfig;
 
 pub use context::{ApiError, Context};
 use headroom::HeadroomLoop;
-use waypoint::WaypointLoop;
 pub use scale::ScaleView;
 use status::{Able, Write, writer};
+use waypoint::WaypointLoop;
 use zero::ZeroLoop;
 
 /// The field manager of every write.

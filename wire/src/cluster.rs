@@ -90,14 +90,20 @@ mod tests {
         let c = ServiceCluster::parse("inbound-vip|8080|http|app.web.svc.cluster.local").unwrap();
         assert_eq!(
             (c.kind, c.port, c.subset, c.host),
-            (ClusterKind::InboundVip, 8080, "", "app.web.svc.cluster.local")
+            (
+                ClusterKind::InboundVip,
+                8080,
+                "",
+                "app.web.svc.cluster.local"
+            )
         );
         let c = ServiceCluster::parse("inbound-vip|80|http/v2|app.web.svc.cluster.local").unwrap();
         assert_eq!(c.subset, "v2");
         let c = ServiceCluster::parse("inbound-vip|5432|tcp|db.data.svc.cluster.local").unwrap();
         assert_eq!(c.port, 5432);
         let out = ServiceCluster::parse("outbound|80||app.web.svc.cluster.local").unwrap();
-        let vip = ServiceCluster::parse("inbound-vip|80|http/v2|app.web.svc.cluster.local").unwrap();
+        let vip =
+            ServiceCluster::parse("inbound-vip|80|http/v2|app.web.svc.cluster.local").unwrap();
         assert!(vip.same_port(&out) && out.same_port(&vip));
     }
 

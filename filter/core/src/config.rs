@@ -388,10 +388,8 @@ impl Config {
                 other => return Err(unknown("pluginConfig", other, TOP_FIELDS)),
             }
         }
-        c.route_key.include_cluster = include_cluster.unwrap_or(matches!(
-            c.role,
-            ProxyRole::Gateway | ProxyRole::Waypoint
-        ));
+        c.route_key.include_cluster =
+            include_cluster.unwrap_or(matches!(c.role, ProxyRole::Gateway | ProxyRole::Waypoint));
         Ok(c)
     }
 

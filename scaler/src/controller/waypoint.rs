@@ -43,11 +43,7 @@ impl TargetLoop {
             self.waypoint.read_at = None;
             return;
         };
-        if self
-            .waypoint
-            .read_at
-            .is_some_and(|t| t.elapsed() < REFRESH)
-        {
+        if self.waypoint.read_at.is_some_and(|t| t.elapsed() < REFRESH) {
             return;
         }
         let namespace = self.key.namespace.clone();

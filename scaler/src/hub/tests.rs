@@ -232,15 +232,30 @@ fn a_waypoint_counts_each_service_for_its_own_target_only() {
     }
     let routes = |n: u64| {
         [
-            ("api-get", "inbound-vip|8080|http|api.web.svc.cluster.local", n),
-            ("api-post", "inbound-vip|8080|http/v2|api.web.svc.cluster.local", n),
-            ("cart", "inbound-vip|80|http|cart.web.svc.cluster.local", n * 3),
+            (
+                "api-get",
+                "inbound-vip|8080|http|api.web.svc.cluster.local",
+                n,
+            ),
+            (
+                "api-post",
+                "inbound-vip|8080|http/v2|api.web.svc.cluster.local",
+                n,
+            ),
+            (
+                "cart",
+                "inbound-vip|80|http|cart.web.svc.cluster.local",
+                n * 3,
+            ),
             // An outbound cluster of the same host is a gateway's, not a waypoint's.
             ("x", "outbound|8080||api.web.svc.cluster.local", n * 7),
         ]
     };
     for seq in 1..=10 {
-        let ingested = hub.ingest(&waypoint("waypoint", "web", seq, &routes(seq * 10)), seq * 1000);
+        let ingested = hub.ingest(
+            &waypoint("waypoint", "web", seq, &routes(seq * 10)),
+            seq * 1000,
+        );
         if seq > 1 {
             assert_eq!(
                 ingested,
@@ -330,10 +345,13 @@ fn a_surge_report_wakes_the_target() {
         // Same rate as before (10/s): only the surge flag makes this report significant.
         let mut report = sidecar("api-1", "api", "", 4, &[("r", "inbound|80||", 40)]);
         report.surge = true;
-        assert_eq!(hub.ingest(&report, 3_100), Ingested::Counted {
-            targets: 1,
-            refused_routes: 0
-        });
+        assert_eq!(
+            hub.ingest(&report, 3_100),
+            Ingested::Counted {
+                targets: 1,
+                refused_routes: 0
+            }
+        );
         tokio::time::timeout(std::time::Duration::from_millis(100), wake.surge.notified())
             .await
             .expect("a surge report must wake the decision");
@@ -350,10 +368,13 @@ fn duplicates_are_reported_as_such_and_unknown_targets_as_zero() {
     assert_eq!(hub.ingest(&report, 0), Ingested::Baseline);
     assert_eq!(hub.ingest(&report, 10), Ingested::Duplicate);
     let next = sidecar("x-1", "x", "", 2, &[("r", "inbound|80||", 9)]);
-    assert_eq!(hub.ingest(&next, 1000), Ingested::Counted {
+    assert_eq!(
+        hub.ingest(&next, 1000),
+        Ingested::Counted {
             targets: 0,
             refused_routes: 0
-        });
+        }
+    );
 }
 
 #[test]
@@ -513,9 +534,9 @@ fn gateway_reports_count_only_from_the_allowed_namespaces() {
             "a gateway in an allowed namespace counts",
             "istio-system",
             Ingested::Counted {
-            targets: 1,
-            refused_routes: 0
-        },
+                targets: 1,
+                refused_routes: 0,
+            },
         ),
         (
             "a workload elsewhere claiming the gateway role does not",
