@@ -159,11 +159,14 @@ def cmd_wiring(chart_render, istio_dir):
     container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
 
     plugins = []
+    envoyfilters = []
     for path in sorted(glob.glob(os.path.join(istio_dir, "*.yaml"))):
         for doc in load_docs(path):
             doc["__file"] = path
             if doc.get("kind") == "WasmPlugin":
                 plugins.append(doc)
+            elif doc.get("kind") == "EnvoyFilter":
+                envoyfilters.append(doc)
             elif doc.get("kind") == "PeerAuthentication":
                 where = f"{path}: {describe(doc)}"
                 if doc["metadata"].get("namespace") != ns:
@@ -200,17 +203,42 @@ def cmd_wiring(chart_render, istio_dir):
         if not SHA256_RE.match(spec.get("sha256", "")):
             errors.append(f"{where}: spec.sha256 must pin the image (64 hex digits)")
         role = cfg.get("role")
+        if role == "waypoint":
+            # Waypoints ignore selector and take plugins through targetRefs only; on a waypoint
+            # match.mode CLIENT and match.ports never match.
+            targets = {(t.get("group"), t.get("kind"), t.get("name")) for t in spec.get("targetRefs") or []}
+            if not targets or spec.get("selector") or spec.get("match"):
+                errors.append(f"{where}: role waypoint needs spec.targetRefs (the waypoint's Gateway or "
+                              "GatewayClass istio-waypoint) and no selector or match")
+            roles.setdefault(role, []).append(p)
+            continue
         modes = {m.get("mode") for m in spec.get("match", [])}
         # A sidecar counts what its pod serves (inbound); a gateway and a client sidecar see
         # requests to other workloads (outbound), where requests to a cold one are held.
         want = {"sidecar": {"SERVER"}, "gateway": {"CLIENT"}, "client": {"CLIENT"}}.get(role)
         if want is None:
-            errors.append(f"{where}: spec.pluginConfig.role must be sidecar, gateway or client, not {role!r}")
+            errors.append(f"{where}: spec.pluginConfig.role must be sidecar, gateway, client or waypoint, not {role!r}")
         elif modes != want:
             errors.append(f"{where}: role {role} needs spec.match[].mode {sorted(want)}, found {sorted(m or 'unset' for m in modes)} "
                           "(the default covers both directions and counts every request twice)")
         roles.setdefault(role, []).append(p)
-    for role in ("sidecar", "gateway", "client"):
+    # A waypoint's plugin has the scaler's cluster only through an EnvoyFilter naming the
+    # scaler's Service in envoyfilter.istio.io/referenced-services and targeting the same
+    # waypoints.
+    scaler_ref = f"{ns}/{svc['metadata']['name']}.{ns}.svc.cluster.local"
+    for p in roles.get("waypoint", []):
+        targets = {(t.get("group"), t.get("kind"), t.get("name")) for t in p["spec"].get("targetRefs") or []}
+        ok = any(
+            scaler_ref in (f["metadata"].get("annotations") or {})
+            .get("envoyfilter.istio.io/referenced-services", "").split(",")
+            and {(t.get("group"), t.get("kind"), t.get("name")) for t in (f.get("spec") or {}).get("targetRefs") or []} == targets
+            and f["metadata"].get("namespace") == p["metadata"].get("namespace")
+            for f in envoyfilters
+        )
+        if not ok:
+            errors.append(f"{p['__file']}: {describe(p)}: no EnvoyFilter in its namespace with its targetRefs "
+                          f"references {scaler_ref} (envoyfilter.istio.io/referenced-services)")
+    for role in ("sidecar", "gateway", "client", "waypoint"):
         if len(roles.get(role, [])) != 1:
             errors.append(f"{istio_dir}: expected one WasmPlugin with role {role}, found {len(roles.get(role, []))}")
     pins = {(p["spec"].get("url"), p["spec"].get("sha256")) for p in plugins}

@@ -24,6 +24,10 @@ use serde_json::{Value, json};
 
 use crate::process::{ChildGuard, ProcessError};
 
+mod waypoint;
+
+pub use waypoint::{WaypointBootstrap, WaypointService};
+
 /// The Istio-style name of the scaler's cluster, as a sidecar sees the `surge-scaler` Service in
 /// namespace `surge-system` on port 8080.
 pub const SCALER_CLUSTER: &str = "outbound|8080||surge-scaler.surge-system.svc.cluster.local";
@@ -497,6 +501,12 @@ impl Envoy {
     /// Writes `bootstrap` into `options.work_dir`, starts Envoy and waits until it is ready and
     /// its listener is bound.
     pub fn start(bootstrap: &Bootstrap, options: &EnvoyOptions) -> Result<Self> {
+        Self::start_config(&bootstrap.to_json(), options)
+    }
+
+    /// [`Envoy::start`] with a bootstrap rendered elsewhere (e.g. a [`WaypointBootstrap`]); its
+    /// first listener with a socket is [`Envoy::listener_addr`].
+    pub fn start_config(config: &Value, options: &EnvoyOptions) -> Result<Self> {
         let dir = &options.work_dir;
         fs::create_dir_all(dir).map_err(|source| EnvoyError::Io {
             context: format!("create {}", dir.display()),
@@ -506,11 +516,10 @@ impl Envoy {
         let admin_path = dir.join("admin-address.txt");
         let log_path = dir.join("envoy.log");
         let _ = fs::remove_file(&admin_path);
-        let rendered =
-            serde_json::to_string_pretty(&bootstrap.to_json()).map_err(|e| EnvoyError::Io {
-                context: "render bootstrap".into(),
-                source: io::Error::other(e),
-            })?;
+        let rendered = serde_json::to_string_pretty(config).map_err(|e| EnvoyError::Io {
+            context: "render bootstrap".into(),
+            source: io::Error::other(e),
+        })?;
         write_file(&config_path, rendered.as_bytes())?;
         let log = fs::File::create(&log_path).map_err(|source| EnvoyError::Io {
             context: format!("create {}", log_path.display()),
@@ -686,7 +695,14 @@ fn listener_address(admin: SocketAddr) -> Result<SocketAddr> {
         Err(e) => return Err(admin_err(e.to_string())),
     };
     let value: Value = serde_json::from_str(&body).map_err(|e| admin_err(e.to_string()))?;
-    let socket = &value["listener_statuses"][0]["local_address"]["socket_address"];
+    // Internal listeners (a waypoint's main_internal) have no socket address.
+    let socket = value["listener_statuses"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|status| &status["local_address"]["socket_address"])
+        .find(|socket| socket.is_object())
+        .unwrap_or(&Value::Null);
     let address = socket["address"].as_str().unwrap_or("127.0.0.1");
     let port = socket["port_value"]
         .as_u64()

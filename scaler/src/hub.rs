@@ -649,6 +649,11 @@ fn ingest_report(
             limit: max_sources,
             counted,
         }),
+        // A report naming only Services its waypoint does not serve is refused, first or not.
+        _ if counted == 0 && refused_routes > 0 => Ingested::Counted {
+            targets: 0,
+            refused_routes,
+        },
         Applied::Baseline => Ingested::Baseline,
         _ => Ingested::Counted {
             targets: counted,

@@ -13,4 +13,5 @@ pub mod sandbox_run;
 pub use surge_sandbox::nft;
 pub mod scaler;
 pub mod upstream;
+pub mod waypoint;
 pub mod zero_proxy;

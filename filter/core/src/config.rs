@@ -722,6 +722,10 @@ mod tests {
         let sidecar = parse("wasmplugin-sidecar.yaml");
         let gateway = parse("wasmplugin-gateway.yaml");
         let client = parse("wasmplugin-client.yaml");
+        let waypoint = parse("wasmplugin-waypoint.yaml");
+        assert_eq!(waypoint.role, ProxyRole::Waypoint);
+        assert!(waypoint.route_key.include_cluster);
+        assert_eq!(waypoint.hold, gateway.hold);
         assert_eq!(sidecar.role, ProxyRole::Sidecar);
         assert_eq!(gateway.role, ProxyRole::Gateway);
         assert_eq!(client.role, ProxyRole::Client);

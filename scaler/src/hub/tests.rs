@@ -281,8 +281,14 @@ fn a_waypoint_not_serving_the_service_is_refused_its_routes() {
         &spec(serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api"}}})),
     );
     let route = |n| [("r", "inbound-vip|8080|http|api.web.svc.cluster.local", n)];
-    // Not read yet: nothing counts.
-    hub.ingest(&waypoint("waypoint", "web", 1, &route(0)), 1000);
+    // Not read yet: nothing counts, not even a first report.
+    assert_eq!(
+        hub.ingest(&waypoint("waypoint", "web", 1, &route(0)), 1000),
+        Ingested::Counted {
+            targets: 0,
+            refused_routes: 1
+        }
+    );
     assert_eq!(
         hub.ingest(&waypoint("waypoint", "web", 2, &route(10)), 2000),
         Ingested::Counted {
@@ -293,7 +299,10 @@ fn a_waypoint_not_serving_the_service_is_refused_its_routes() {
     hub.set_waypoint(&key("api"), bound("web", "waypoint"));
     // Another waypoint, or one of the same name in another namespace.
     for (name, namespace) in [("other", "web"), ("waypoint", "mesh")] {
-        hub.ingest(&waypoint(name, namespace, 1, &route(0)), 1000);
+        assert_ne!(
+            hub.ingest(&waypoint(name, namespace, 1, &route(0)), 1000),
+            Ingested::Baseline
+        );
         assert_eq!(
             hub.ingest(&waypoint(name, namespace, 2, &route(10)), 2000),
             Ingested::Counted {
