@@ -2,7 +2,9 @@
 //!
 //! ```text
 //!  token? (401) -> content-length / body limit (413) -> JSON decode (400) -> validate (422)
-//!    -> SPIFFE namespace of x-forwarded-client-cert == proxy.namespace? (401/403) -> Hub
+//!    -> SPIFFE namespace of x-forwarded-client-cert == proxy.namespace? (401/403)
+//!    -> a waypoint's SPIFFE service account == proxy.workload? (403) -> Hub
+//!    -> a waypoint report naming only Services not bound to it (403)
 //!    -> instance over its report rate (429) or a tracking limit reached (503)
 //!    -> 200 {"outcome": ..., "targets": n, "cold": [destinations at zero or not yet ready]}
 //! ```
@@ -25,7 +27,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use http_body_util::BodyExt;
 use serde::Serialize;
-use surge_wire::{BodyError, Limits, Report, ReportBody, ValidationError};
+use surge_wire::{BodyError, Limits, Report, ReportBody, Role, ValidationError};
 
 use crate::cli::IdentityMode;
 use crate::clock::Clock;
@@ -114,6 +116,16 @@ pub enum IngestError {
     /// The instance id is tracked for another namespace.
     #[error("instance: already in use by a proxy of another namespace")]
     ForeignInstance,
+    /// A waypoint report from a ServiceAccount other than the waypoint's own.
+    #[error(
+        "proxy.workload: a waypoint reports as its own ServiceAccount ({actual}), not as {claimed:?}"
+    )]
+    WaypointAccount {
+        /// The report's workload (the waypoint's name).
+        claimed: String,
+        /// The service account in the client certificate.
+        actual: String,
+    },
     /// A waypoint report whose routes name only Services that SurgeScalers select and that are
     /// bound to another waypoint (or to none).
     #[error(
@@ -164,7 +176,8 @@ impl IngestError {
             Self::NamespaceMismatch { .. }
             | Self::ForeignInstance
             | Self::GatewayNamespace
-            | Self::WaypointNotServing { .. } => StatusCode::FORBIDDEN,
+            | Self::WaypointNotServing { .. }
+            | Self::WaypointAccount { .. } => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
             Self::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -179,7 +192,8 @@ impl IngestError {
             Self::NamespaceMismatch { .. }
             | Self::ForeignInstance
             | Self::GatewayNamespace
-            | Self::WaypointNotServing { .. } => Outcome::forbidden,
+            | Self::WaypointNotServing { .. }
+            | Self::WaypointAccount { .. } => Outcome::forbidden,
             Self::TooLarge { .. } => Outcome::too_large,
             Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
             Self::Invalid(_) => Outcome::invalid,
@@ -201,6 +215,7 @@ impl IngestError {
             Self::Invalid(BodyError::Hold(e)) => Some(e.field().to_owned()),
             Self::Throttled { .. } | Self::ForeignInstance => Some("instance".into()),
             Self::WaypointNotServing { .. } => Some("routes[].cluster".into()),
+            Self::WaypointAccount { .. } => Some("proxy.workload".into()),
             Self::OverCapacity(Refusal::InstanceRoutes(_)) => Some("routes".into()),
             Self::OverCapacity(_) => Some("instance".into()),
         }
@@ -343,9 +358,19 @@ async fn receive_inner(
         let xfcc = headers
             .get("x-forwarded-client-cert")
             .and_then(|v| v.to_str().ok());
-        match xfcc.and_then(spiffe_namespace) {
-            Some(actual) if actual == report.proxy.namespace => {}
-            Some(actual) => {
+        match xfcc.and_then(spiffe_identity) {
+            // A waypoint runs as the ServiceAccount Istio names after its Gateway, which is also
+            // its workload name: one waypoint cannot report as another of its namespace.
+            Some((_, account))
+                if report.proxy.role == Role::Waypoint && account != report.proxy.workload =>
+            {
+                return Err(IngestError::WaypointAccount {
+                    claimed: report.proxy.workload.clone(),
+                    actual: account.to_owned(),
+                });
+            }
+            Some((actual, _)) if actual == report.proxy.namespace => {}
+            Some((actual, _)) => {
                 return Err(IngestError::NamespaceMismatch {
                     claimed: report.proxy.namespace.clone(),
                     actual: actual.to_owned(),
@@ -453,9 +478,10 @@ pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The namespace of the SPIFFE URI of the client closest to us in `x-forwarded-client-cert`
-/// (Envoy appends one element per hop, comma-separated; the last is the direct peer).
-fn spiffe_namespace(xfcc: &str) -> Option<&str> {
+/// The namespace and service account of the SPIFFE URI of the client closest to us in
+/// `x-forwarded-client-cert` (Envoy appends one element per hop, comma-separated; the last is
+/// the direct peer).
+fn spiffe_identity(xfcc: &str) -> Option<(&str, &str)> {
     let element = split_unquoted(xfcc, ',').last()?;
     let uri = split_unquoted(element, ';').find_map(|pair| {
         let (key, value) = pair.split_once('=')?;
@@ -466,8 +492,10 @@ fn spiffe_namespace(xfcc: &str) -> Option<&str> {
     // spiffe://<trust domain>/ns/<namespace>/sa/<service account>
     let path = uri.strip_prefix("spiffe://")?.split_once('/')?.1;
     let mut parts = path.split('/');
-    match (parts.next(), parts.next(), parts.next()) {
-        (Some("ns"), Some(namespace), Some("sa")) if !namespace.is_empty() => Some(namespace),
+    match (parts.next(), parts.next(), parts.next(), parts.next()) {
+        (Some("ns"), Some(namespace), Some("sa"), Some(account)) if !namespace.is_empty() => {
+            Some((namespace, account))
+        }
         _ => None,
     }
 }

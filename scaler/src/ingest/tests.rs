@@ -263,11 +263,55 @@ async fn identity_off_ignores_the_header() {
 #[test]
 fn the_direct_peer_is_the_last_xfcc_element() {
     let chained = format!("URI=spiffe://cluster.local/ns/other/sa/x,{XFCC_WEB}");
-    assert_eq!(spiffe_namespace(&chained), Some("web"));
-    assert_eq!(spiffe_namespace(XFCC_EVIL), Some("evil"));
-    assert_eq!(spiffe_namespace("URI=\"spiffe://td/ns/q/sa/s\""), Some("q"));
-    assert_eq!(spiffe_namespace("URI=https://example.com/ns/q/sa/s"), None);
-    assert_eq!(spiffe_namespace(""), None);
+    let namespace = |xfcc| spiffe_identity(xfcc).map(|(ns, _)| ns);
+    assert_eq!(spiffe_identity(&chained), Some(("web", "api")));
+    assert_eq!(namespace(XFCC_EVIL), Some("evil"));
+    assert_eq!(
+        spiffe_identity("URI=\"spiffe://td/ns/q/sa/s\""),
+        Some(("q", "s"))
+    );
+    assert_eq!(namespace("URI=https://example.com/ns/q/sa/s"), None);
+    assert_eq!(namespace("URI=spiffe://td/ns/q/sa"), None);
+    assert_eq!(namespace(""), None);
+}
+
+#[tokio::test]
+async fn a_waypoint_reports_only_as_its_own_service_account() {
+    let state = state(None, IdentityMode::WhenPresent);
+    let waypoint = |seq: u64, workload: &str| {
+        let mut r = report(seq);
+        r["proxy"]["role"] = "waypoint".into();
+        r["proxy"]["workload"] = workload.into();
+        r["instance"] = format!("{workload}-0/1").into();
+        r
+    };
+    // What a 1.30 waypoint in front of the scaler writes (`By` the scaler's waypoint, `URI` the
+    // caller): the caller is waypoint `waypoint` of namespace web.
+    let xfcc = "By=spiffe://cluster.local/ns/surge-system/sa/surge-waypoint;\
+                URI=spiffe://cluster.local/ns/web/sa/waypoint";
+    let (status, _) = post(
+        &state,
+        json(&waypoint(1, "waypoint")),
+        &[("x-forwarded-client-cert", xfcc)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = post(
+        &state,
+        json(&waypoint(1, "other-waypoint")),
+        &[("x-forwarded-client-cert", xfcc)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["field"], "proxy.workload");
+    // A sidecar's workload is not its service account: not checked.
+    let (status, _) = post(
+        &state,
+        json(&report(1)),
+        &[("x-forwarded-client-cert", xfcc)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
 }
 
 #[test]
