@@ -115,3 +115,92 @@ async fn a_waypoint_counts_each_service_and_route_exactly_under_its_own_identity
         reports.iter().map(|r| r.report.instance.as_str()).collect();
     assert_eq!(instances.len(), 1, "{instances:?}");
 }
+
+/// At zero the waypoint is where a Service's requests arrive: one to a Service the scaler lists
+/// cold (by its `outbound|...` name, as for any caller) is held at its headers and named in an
+/// activation report by the waypoint's own cluster name, while the other Service's requests
+/// pass; it is answered once the scaler says warm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_holds_a_request_to_a_cold_service_and_lets_the_others_pass() {
+    use surge_e2e::cold_scaler::ColdScaler;
+    use surge_e2e::waypoint::{get, tunnel};
+
+    let (api, cart) = (
+        Upstream::start().await.unwrap(),
+        Upstream::start().await.unwrap(),
+    );
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_cold(&["outbound|8080||api.shop.svc.cluster.local"]);
+    let services = vec![
+        WaypointService {
+            name: "api".into(),
+            namespace: "shop".into(),
+            vip: API_VIP,
+            port: 8080,
+            upstream: api.addr(),
+            routes: Vec::new(),
+        },
+        WaypointService {
+            name: "cart".into(),
+            namespace: "shop".into(),
+            vip: CART_VIP,
+            port: 80,
+            upstream: cart.addr(),
+            routes: Vec::new(),
+        },
+    ];
+    let config = json!({"role": "waypoint", "report_interval_ms": 200});
+    let bootstrap = WaypointBootstrap::new("shop", services, scaler.addr())
+        .filter(WasmFilter::surge(locate_filter_wasm().unwrap(), &config));
+    let dir = std::env::temp_dir().join(format!("surge-e2e-waypoint-hold-{}", std::process::id()));
+    let mut options = EnvoyOptions::new(dir).unwrap();
+    options.concurrency = 2;
+    let envoy = tokio::task::block_in_place(|| Envoy::start_config(&bootstrap.to_json(), &options))
+        .unwrap();
+    let waypoint = envoy.listener_addr();
+    // Two answers: every VM has read the cold list.
+    assert!(
+        scaler
+            .wait_until(Duration::from_secs(5), |r| r.len() >= 3)
+            .await
+    );
+
+    let mut to_api = tunnel(waypoint, API_VIP, 8080).await.unwrap();
+    let held =
+        tokio::spawn(async move { get(&mut to_api, "api.shop.svc.cluster.local", "/").await });
+    let activated = scaler
+        .wait_until(Duration::from_secs(2), |r| {
+            r.iter().any(|r| r.held(API) == 1)
+        })
+        .await;
+    assert!(
+        activated,
+        "no activation report naming {API}: {:?}",
+        scaler.reports().last()
+    );
+    // The warm Service is not held.
+    let mut to_cart = tunnel(waypoint, CART_VIP, 80).await.unwrap();
+    let cart_status = tokio::time::timeout(
+        Duration::from_secs(2),
+        get(&mut to_cart, "cart.shop.svc.cluster.local", "/"),
+    )
+    .await
+    .expect("a request to the warm Service waited")
+    .unwrap();
+    assert_eq!(cart_status, 200);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        !held.is_finished(),
+        "the request to the cold Service went through"
+    );
+    assert_eq!(api.requests(), 0);
+
+    scaler.set_cold(&[]);
+    let status = tokio::time::timeout(Duration::from_secs(3), held)
+        .await
+        .expect("not resumed within 3 s of warm")
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!((api.requests(), cart.requests()), (1, 1));
+}

@@ -88,13 +88,29 @@ fn an_activation_report_wakes_its_target_at_once() {
 }
 
 #[test]
-fn a_hold_counts_for_the_target_whose_host_and_port_it_names_subsets_included() {
+fn a_hold_counts_for_the_target_whose_host_and_port_it_names_subsets_and_waypoints_included() {
     let cases = [
         (APP, Some(8080), 1),
         ("outbound|8080|v1|app.web.svc.cluster.local", Some(8080), 1),
         ("outbound|9090||app.web.svc.cluster.local", Some(8080), 0),
         ("outbound|9090||app.web.svc.cluster.local", None, 1),
         ("outbound|8080||app.shop.svc.cluster.local", Some(8080), 0),
+        // A waypoint's name for the same Service port.
+        (
+            "inbound-vip|8080|http|app.web.svc.cluster.local",
+            Some(8080),
+            1,
+        ),
+        (
+            "inbound-vip|8080|http/v1|app.web.svc.cluster.local",
+            Some(8080),
+            1,
+        ),
+        (
+            "inbound-vip|9090|http|app.web.svc.cluster.local",
+            Some(8080),
+            0,
+        ),
         ("inbound|8080||", Some(8080), 0),
         ("not a cluster", None, 0),
     ];
