@@ -668,6 +668,24 @@ mod tests {
     }
 
     #[test]
+    fn the_waypoint_example_parses() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../deploy/examples/surgescaler-waypoint.yaml"
+        );
+        let text = std::fs::read_to_string(path).unwrap();
+        let scaler: SurgeScaler = serde_yaml::from_str(&text).unwrap();
+        assert!(!scaler.spec.sources.sidecars);
+        assert_eq!(
+            scaler.spec.sources.waypoint,
+            Some(WaypointSource {
+                service: "api".into(),
+                port: Some(8080)
+            })
+        );
+    }
+
+    #[test]
     fn the_headroom_example_parses_and_headroom_has_its_defaults() {
         let path = concat!(
             env!("CARGO_MANIFEST_DIR"),
