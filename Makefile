@@ -4,7 +4,7 @@
 CARGO ?= cargo
 WASM := target/wasm/surge_filter.wasm
 
-.PHONY: sandbox test tools classic-tools node-tools lint wasm bins manifests crd bench bench-filter bench-scaler bench-sandbox bench-cold-start bench-ha bench-nodes compare compare-real fuzz
+.PHONY: sandbox test tools classic-tools node-tools lint wasm bins manifests crd bench bench-filter bench-waypoint bench-scaler bench-sandbox bench-cold-start bench-ha bench-nodes compare compare-real fuzz
 
 ## The whole burst path on this machine: real Envoy + filter, real scaler, on the real control
 ## plane built by `make tools` (KUBE=embedded: the quick embedded API instead).
@@ -60,6 +60,9 @@ bench: bench-filter bench-scaler bench-sandbox
 
 bench-filter: tools wasm
 	./filter/bench/run.sh
+
+bench-waypoint: tools wasm bins
+	./filter/bench/waypoint.sh
 
 bench-scaler: tools
 	$(CARGO) build --release -p surge-scaler --bin surge-scaler --example ingest_load --example ingest_floor --example patch_floor

@@ -169,6 +169,32 @@ enum Command {
         #[arg(long)]
         api_only: bool,
     },
+    /// Print an Envoy bootstrap shaped like an Istio sidecar or ambient waypoint, on loopback,
+    /// with the filter or none (`filter/bench/waypoint.sh` runs them side by side).
+    Bootstrap {
+        /// `sidecar`: one inbound listener; `waypoint`: `connect_terminate` and the internal
+        /// listener `main_internal` with one Service `bench.bench` (VIP 10.96.0.10:8080).
+        #[arg(long, value_enum)]
+        shape: Shape,
+        /// Listener port (the waypoint's `connect_terminate`).
+        #[arg(long)]
+        listen: u16,
+        /// Admin port.
+        #[arg(long)]
+        admin: u16,
+        /// Port of the upstream on 127.0.0.1.
+        #[arg(long)]
+        upstream: u16,
+        /// Port of the scaler (or whatever takes the reports) on 127.0.0.1.
+        #[arg(long)]
+        scaler: u16,
+        /// The filter's .wasm; no filter when absent.
+        #[arg(long)]
+        wasm: Option<PathBuf>,
+        /// The filter's pluginConfig (JSON).
+        #[arg(long, default_value = "{}")]
+        plugin_config: String,
+    },
     /// Check a scenario file and print it back as read.
     Check {
         /// Scenario file (YAML).
@@ -357,6 +383,15 @@ async fn main() -> ExitCode {
             }
         }
         Command::Cluster { dir, api_only } => cluster(dir, api_only).await,
+        Command::Bootstrap {
+            shape,
+            listen,
+            admin,
+            upstream,
+            scaler,
+            wasm,
+            plugin_config,
+        } => bootstrap(shape, (listen, admin, upstream, scaler), wasm, &plugin_config),
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
         }),
@@ -445,6 +480,52 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The shape of [`Command::Bootstrap`]'s Envoy.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Shape {
+    Sidecar,
+    Waypoint,
+}
+
+fn bootstrap(
+    shape: Shape,
+    (listen, admin, upstream, scaler): (u16, u16, u16, u16),
+    wasm: Option<PathBuf>,
+    plugin_config: &str,
+) -> Result<(), String> {
+    use surge_sandbox::envoy::{Bootstrap, WasmFilter, WaypointBootstrap, WaypointService};
+    let loopback = |port| std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let config: serde_json::Value =
+        serde_json::from_str(plugin_config).map_err(|e| format!("--plugin-config: {e}"))?;
+    let filter = wasm.map(|path| WasmFilter::surge(path, &config));
+    let json = match shape {
+        Shape::Sidecar => {
+            let mut b = Bootstrap::new(loopback(upstream), loopback(scaler))
+                .listener_port(listen)
+                .admin_port(admin);
+            b.filter = filter;
+            b.to_json()
+        }
+        Shape::Waypoint => {
+            let service = WaypointService {
+                name: "bench".into(),
+                namespace: "bench".into(),
+                vip: std::net::IpAddr::from([10, 96, 0, 10]),
+                port: 8080,
+                upstream: loopback(upstream),
+                routes: Vec::new(),
+            };
+            let mut b = WaypointBootstrap::new("bench", vec![service], loopback(scaler));
+            b.listener_port = listen;
+            b.admin_port = admin;
+            b.filter = filter;
+            b.to_json()
+        }
+    };
+    use std::io::Write as _;
+    writeln!(std::io::stdout(), "{json:#}").map_err(|e| format!("stdout: {e}"))
 }
 
 fn redraw(result_path: &std::path::Path) -> Result<(), String> {

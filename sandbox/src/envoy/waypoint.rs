@@ -21,8 +21,8 @@
 //!     `envoyfilter.istio.io/referenced-services` annotation names (istio/waypoint-scaler.yaml)
 //! ```
 //!
-//! What differs from Istio, because it needs what does not run here: the tunnel is HTTP/1.1
-//! CONNECT in plaintext (Istio: HTTP/2 CONNECT over mTLS from ztunnel), so there is no
+//! What differs from Istio, because it needs what does not run here: the tunnel is CONNECT in
+//! plaintext, HTTP/2 or HTTP/1.1 (Istio: HTTP/2 CONNECT over mTLS from ztunnel), so there is no
 //! `io.istio.peer_principal`; the `inbound-vip` clusters reach the app directly (Istio: an
 //! internal address through `connect_originate`, HBONE to the pod); the main_internal matcher
 //! leaves out the HTTP inspector's protocol branch (every chain here is HTTP); Istio's own HTTP
@@ -78,6 +78,10 @@ pub struct WaypointBootstrap {
     pub scaler: SocketAddr,
     /// The node: a waypoint's pod (`WORKLOAD_NAME` is the Gateway's name).
     pub node: NodeIdentity,
+    /// `connect_terminate`'s port on 127.0.0.1 (Istio: 15008); 0: any free port.
+    pub listener_port: u16,
+    /// The admin port on 127.0.0.1; 0: any free port.
+    pub admin_port: u16,
 }
 
 impl WaypointBootstrap {
@@ -96,6 +100,8 @@ impl WaypointBootstrap {
                     "kubernetes://apis/apps/v1/namespaces/{namespace}/deployments/waypoint"
                 ),
             },
+            listener_port: 0,
+            admin_port: 0,
         }
     }
 
@@ -149,7 +155,7 @@ impl WaypointBootstrap {
                     "SERVICE_ACCOUNT": node.workload, "CLUSTER_ID": "Kubernetes",
                 },
             },
-            "admin": {"address": socket("127.0.0.1", 0)},
+            "admin": {"address": socket("127.0.0.1", self.admin_port)},
             "bootstrap_extensions": [{
                 "name": "envoy.bootstrap.internal_listener",
                 "typed_config": {
@@ -166,7 +172,7 @@ impl WaypointBootstrap {
     fn connect_terminate(&self) -> Value {
         json!({
             "name": "connect_terminate",
-            "address": socket("127.0.0.1", 0),
+            "address": socket("127.0.0.1", self.listener_port),
             "enable_reuse_port": false,
             "filter_chains": [{
                 "name": "default",
@@ -186,6 +192,8 @@ impl WaypointBootstrap {
                             }]
                         }]},
                         "upgrade_configs": [{"upgrade_type": "CONNECT"}],
+                        // HTTP/2 CONNECT as ztunnel sends it, or HTTP/1.1 CONNECT (codec AUTO).
+                        "http2_protocol_options": {"allow_connect": true},
                         "stream_idle_timeout": "0s",
                         "http_filters": [
                             {
