@@ -391,7 +391,12 @@ async fn main() -> ExitCode {
             scaler,
             wasm,
             plugin_config,
-        } => bootstrap(shape, (listen, admin, upstream, scaler), wasm, &plugin_config),
+        } => bootstrap(
+            shape,
+            (listen, admin, upstream, scaler),
+            wasm,
+            &plugin_config,
+        ),
         Command::Check { scenario } => load_scenario(Some(&scenario)).map(|s| {
             println!("{}", serde_yaml::to_string(&s).unwrap_or_default());
         }),

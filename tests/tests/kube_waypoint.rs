@@ -235,3 +235,130 @@ async fn each_service_behind_a_waypoint_scales_on_its_own_traffic_and_unbound_on
     assert_eq!(post_report(&kube, &client, &intruder(2, 5000)).await, 403);
     drop(envoy);
 }
+
+/// At zero a Service's requests arrive at its waypoint, whose filter holds them: the first
+/// request to `app` (0 replicas) is held, its activation report makes the scaler write 0 -> 1 on
+/// the real API server, and the request is answered once the pod is Ready and its endpoint has
+/// reached the EndpointSlice, with nothing failed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_zero_the_waypoint_holds_the_first_request_until_the_service_is_back() {
+    use surge_e2e::waypoint::{get, tunnel};
+
+    let kube = install("waypoint-zero", &["shop"], &[]).await;
+    kubectl_ok(
+        &kube,
+        &[
+            "label",
+            "namespace",
+            "shop",
+            "istio.io/use-waypoint=waypoint",
+        ],
+        None,
+    );
+    apply(
+        &kube,
+        &format!(
+            "{deployment}---
+apiVersion: v1
+kind: Service
+metadata: {{name: app, namespace: shop}}
+spec:
+  selector: {{app: app}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: surge.dev/v1alpha1
+kind: SurgeScaler
+metadata: {{name: app, namespace: shop}}
+spec:
+  scaleTargetRef: {{kind: Deployment, name: app}}
+  minReplicas: 0
+  maxReplicas: 3
+  metric: {{type: rps, target: 20}}
+  sources: {{sidecars: false, waypoint: {{service: app}}}}
+  scaleToZero: {{service: app, port: 8080, idleSeconds: 10}}
+",
+            deployment = pause_deployment("shop", "app", 0)
+        ),
+    );
+    let upstream = Upstream::start().await.unwrap();
+    let vip = IpAddr::V4(Ipv4Addr::new(10, 96, 0, 20));
+    let service = WaypointService {
+        name: "app".into(),
+        namespace: "shop".into(),
+        vip,
+        port: 8080,
+        upstream: upstream.addr(),
+        routes: Vec::new(),
+    };
+    let ingest = kube.scaler_ingest().expect("the scaler pod's ingest");
+    let config = json!({"role": "waypoint", "token": TOKEN, "report_interval_ms": 500,
+                        "hold": {"timeout_ms": 30000}});
+    let bootstrap = WaypointBootstrap::new("shop", vec![service], ingest)
+        .filter(WasmFilter::surge(locate_filter_wasm().unwrap(), &config));
+    let mut options = EnvoyOptions::new(surge_e2e::installed::dir("waypoint-zero-envoy")).unwrap();
+    options.concurrency = 2;
+    let envoy = tokio::task::block_in_place(|| Envoy::start_config(&bootstrap.to_json(), &options))
+        .unwrap();
+    let stat = |suffix: &str| -> i64 {
+        envoy
+            .stats()
+            .unwrap()
+            .into_iter()
+            .filter(|(name, _)| name.ends_with(suffix))
+            .map(|(_, v)| v)
+            .sum()
+    };
+    // The scaler lists app cold (0 replicas) in its answers; the waypoint learns it.
+    eventually(
+        "the waypoint learns that app is cold",
+        Duration::from_secs(30),
+        || async { (stat("surge.cold_destinations") == 1).then_some(()) },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let sent = std::time::Instant::now();
+    let mut to_app = tunnel(envoy.listener_addr(), vip, 8080).await.unwrap();
+    let request =
+        tokio::spawn(async move { get(&mut to_app, "app.shop.svc.cluster.local", "/").await });
+    let woken = eventually(
+        "a scale write from zero",
+        Duration::from_secs(5),
+        || async {
+            scale_writes(&kube, "shop", "app")
+                .iter()
+                .filter_map(replicas)
+                .max()
+                .filter(|&r| r >= 1)
+        },
+    )
+    .await;
+    let written_after = sent.elapsed();
+    assert_eq!(
+        upstream.requests(),
+        0,
+        "the request passed while app was at zero"
+    );
+    let status = tokio::time::timeout(Duration::from_secs(30), request)
+        .await
+        .expect("the held request was not answered within 30 s")
+        .unwrap()
+        .unwrap();
+    let answered_after = sent.elapsed();
+    eprintln!(
+        "scale write 0 -> {woken} {written_after:?} after the request; answered {answered_after:?} after it"
+    );
+    assert_eq!(status, 200);
+    assert_eq!(upstream.requests(), 1);
+    assert_eq!(woken, 1, "one held request wakes one replica");
+    assert!(
+        written_after < Duration::from_secs(2),
+        "the activation took {written_after:?}"
+    );
+    assert_eq!(stat("surge.held_total"), 1);
+    assert_eq!(stat("surge.held_resumed_total"), 1);
+    assert_eq!(
+        stat("surge.held_timed_out_total") + stat("surge.held_rejected_total"),
+        0
+    );
+}
