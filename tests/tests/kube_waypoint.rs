@@ -9,8 +9,10 @@
 //!                       | reports (routes keyed inbound-vip|<port>|http|<host>)
 //!                       v
 //!                  scaler pod: counts api's and cart's routes, refuses ledger's
-//!                       --> PATCH deployments/api/scale only
+//!                       --> PATCH deployments/{api,cart}/scale, each to its own load
 //! ```
+//!
+//! And scale from zero through the waypoint: a Service at zero whose first request it holds.
 
 // Tests fail loudly.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -148,7 +150,8 @@ async fn each_service_behind_a_waypoint_scales_on_its_own_traffic_and_unbound_on
         .unwrap();
     let waypoint = envoy.listener_addr();
 
-    // 100 rps to api (5 replicas' worth), 10 to cart (within its one), 100 to ledger (refused).
+    // 100 rps to api (5 replicas' worth), 40 to cart (2 replicas' worth), 100 to ledger
+    // (refused): each scales to its own traffic, ledger not at all.
     let (a, c, l) = tokio::join!(
         send(
             waypoint,
@@ -162,8 +165,8 @@ async fn each_service_behind_a_waypoint_scales_on_its_own_traffic_and_unbound_on
             waypoint,
             ("cart.shop.svc.cluster.local", vip(11), 80),
             "/",
-            80,
-            10,
+            320,
+            40,
             2
         ),
         send(
@@ -192,11 +195,24 @@ async fn each_service_behind_a_waypoint_scales_on_its_own_traffic_and_unbound_on
     )
     .await;
     assert!(up <= 10, "api scaled to {up}");
-    // Let the reports of the load's last seconds arrive, then: only api was written.
+    // Let the reports of the load's last seconds arrive.
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let peak = |name| {
+        scale_writes(&kube, "shop", name)
+            .iter()
+            .filter_map(replicas)
+            .max()
+    };
+    let (api_peak, cart_peak) = (peak("api"), peak("cart"));
+    eprintln!("peaks: api {api_peak:?}, cart {cart_peak:?}");
+    // Each on its own traffic: api's 100 rps are not cart's, nor the other way round.
     assert!(
-        scale_writes(&kube, "shop", "cart").is_empty(),
-        "cart scaled on 10 rps"
+        api_peak.is_some_and(|p| (4..=7).contains(&p)),
+        "api peaked at {api_peak:?} on 100 rps"
+    );
+    assert!(
+        cart_peak.is_some_and(|p| (2..=3).contains(&p)),
+        "cart peaked at {cart_peak:?} on 40 rps"
     );
     assert!(
         scale_writes(&kube, "shop", "ledger").is_empty(),
