@@ -514,6 +514,11 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         .iter()
         .map(|r| (since(c.start, r.at), r.held))
         .collect();
+    let answers: Vec<_> = c
+        .reports
+        .iter()
+        .map(|r| (since(c.start, r.answered), r.cold))
+        .collect();
     let writes: Vec<_> = accepted.iter().map(|w| (w.t, w.replicas)).collect();
     let ready_timeline: Vec<_> = played_timeline
         .iter()
@@ -523,6 +528,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         step_at,
         firsts: &firsts,
         reports: &reports,
+        answers: &answers,
         writes: &writes,
         timeline: &ready_timeline,
         hold: c.hold,
@@ -973,6 +979,8 @@ load:
                 surge: true,
                 held: 0,
                 status: 200,
+                answered: at(start, 5.0),
+                cold: Some(0),
             }],
             hold: None,
             failure: None,

@@ -35,6 +35,11 @@ pub struct ReportSeen {
     pub held: u64,
     /// Status the scaler answered (502: unreachable).
     pub status: u16,
+    /// When the answer went back to the proxy (the scaler may keep a holding report's
+    /// answer until the destination turns warm).
+    pub answered: Instant,
+    /// How many destinations the answer listed cold (`None`: no `cold` list read).
+    pub cold: Option<usize>,
 }
 
 struct TapState {
@@ -82,6 +87,7 @@ async fn forward(State(state): State<Arc<TapState>>, request: Request) -> Respon
             at,
             &report,
             status_only(StatusCode::SERVICE_UNAVAILABLE),
+            None,
         );
     };
     let mut upstream = http::Request::builder()
@@ -103,18 +109,39 @@ async fn forward(State(state): State<Arc<TapState>>, request: Request) -> Respon
                         .await
                         .map(|b| b.to_bytes())
                         .unwrap_or_default();
-                    Response::from_parts(parts, Body::from(bytes))
+                    let cold = serde_json::from_slice::<Value>(&bytes)
+                        .ok()
+                        .filter(|answer| answer.is_object())
+                        .map(|answer| {
+                            answer
+                                .get("cold")
+                                .and_then(Value::as_array)
+                                .map_or(0, Vec::len)
+                        });
+                    return note(
+                        &state,
+                        at,
+                        &report,
+                        Response::from_parts(parts, Body::from(bytes)),
+                        cold,
+                    );
                 }
                 _ => status_only(StatusCode::BAD_GATEWAY),
             }
         }
         Err(_) => status_only(StatusCode::BAD_REQUEST),
     };
-    note(&state, at, &report, reply)
+    note(&state, at, &report, reply, None)
 }
 
 /// Notes a report and what it was answered.
-fn note(state: &TapState, at: Instant, report: &Value, reply: Response) -> Response {
+fn note(
+    state: &TapState,
+    at: Instant,
+    report: &Value,
+    reply: Response,
+    cold: Option<usize>,
+) -> Response {
     state
         .seen
         .lock()
@@ -139,6 +166,8 @@ fn note(state: &TapState, at: Instant, report: &Value, reply: Response) -> Respo
                         .sum()
                 }),
             status: reply.status().as_u16(),
+            answered: Instant::now(),
+            cold,
         });
     reply
 }

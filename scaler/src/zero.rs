@@ -142,6 +142,23 @@ pub fn temperature(replicas: Option<i32>, ready_endpoints: Option<usize>) -> Tem
     }
 }
 
+/// [`temperature`], knowing whether a ready endpoint appeared after the replicas were last seen
+/// at zero (`ready_since_zero`). Then the target was scaled up since, by another replica (the
+/// one that owns it; this one reads the scale only every few seconds) or by hand, and it is
+/// warm whatever the stale `replicas` says: without this, a replica that does not own the
+/// target would keep listing it cold, and keep a holding proxy's answer parked, until its next
+/// read of the scale.
+pub fn temperature_seen(
+    replicas: Option<i32>,
+    ready_endpoints: Option<usize>,
+    ready_since_zero: bool,
+) -> Temperature {
+    if ready_since_zero && ready_endpoints.is_some_and(|r| r > 0) {
+        return Temperature::Warm;
+    }
+    temperature(replicas, ready_endpoints)
+}
+
 /// A Service's ready endpoints as the callers' proxies likely see them: a new ready endpoint
 /// counts only `delay` after the EndpointSlice showed it (Istio's EDS reaches the proxies after
 /// istiod's debounce and push), a lost one at once.

@@ -60,6 +60,11 @@ struct Shared {
     /// How long each answer is kept before it goes out, in milliseconds (the real scaler keeps
     /// a holding report's answer until the destination turns warm or its wait runs out).
     keep_ms: AtomicU64,
+    /// As the real scaler does: the answer to a report holding requests is kept until the cold
+    /// list changes, for at most this long in milliseconds (0: not kept).
+    keep_holding_ms: AtomicU64,
+    /// Signalled on every `set_cold`.
+    changed: tokio::sync::Notify,
     cold: Mutex<Vec<String>>,
     reports: Mutex<Vec<Received>>,
     malformed: Mutex<Vec<String>>,
@@ -97,6 +102,14 @@ impl ColdScaler {
         if let Ok(mut cold) = self.shared.cold.lock() {
             *cold = clusters.iter().map(|c| c.to_string()).collect();
         }
+        self.shared.changed.notify_waiters();
+    }
+
+    /// Keeps the answer to a report that holds requests until the cold list changes, for at
+    /// most `wait` (the real scaler's `--answer-wait-ms`); `Duration::ZERO`: off.
+    pub fn set_keep_holding(&self, wait: Duration) {
+        let ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX);
+        self.shared.keep_holding_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Switches how it answers.
@@ -197,8 +210,10 @@ async fn answer(
         Ok(body) => body.to_bytes(),
         Err(_) => Bytes::new(),
     };
+    let mut holding = false;
     match serde_json::from_slice::<ReportBody>(&body) {
         Ok(body) => {
+            holding = !body.held.is_empty();
             if let Ok(mut reports) = shared.reports.lock() {
                 reports.push(Received { at, body });
             }
@@ -212,6 +227,23 @@ async fn answer(
     let keep = shared.keep_ms.load(Ordering::SeqCst);
     if keep > 0 {
         tokio::time::sleep(Duration::from_millis(keep)).await;
+    }
+    let keep_holding = shared.keep_holding_ms.load(Ordering::SeqCst);
+    if holding && keep_holding > 0 {
+        let seen = shared.cold.lock().map(|c| c.clone()).unwrap_or_default();
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(keep_holding);
+        loop {
+            // Registered before the list is read: a change in between is not missed.
+            let changed = shared.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if shared.cold.lock().map(|c| *c != seen).unwrap_or(true) {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                break;
+            }
+        }
     }
     let cold = shared.cold.lock().map(|c| c.clone()).unwrap_or_default();
     let text = match shared.answering.load(Ordering::SeqCst) {

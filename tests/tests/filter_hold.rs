@@ -1040,3 +1040,122 @@ async fn a_sidecar_with_both_plugins_keeps_one_report_stream_and_holds_outbound(
     );
     assert_eq!(proxy.hold_counters(), [1, 1, 0, 0, 0]);
 }
+
+/// Issue 14's slow mode, the filter's part alone: with a scaler that parks a holding report's
+/// answer until the destination turns warm (as the real one does), how long from "warm" to the
+/// held request's answer, over many cold starts on a proxy with two worker VMs (a fresh
+/// connection each time, so the held request lands on either VM). A benchmark, not a test: run
+/// with `cargo test -p surge-e2e --test filter_hold -- --ignored --nocapture resume_latency`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: run explicitly, see docs/benchmarks/cold-start.md"]
+async fn resume_latency_after_warm() {
+    let upstream = OrderedUpstream::start().await.unwrap();
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_keep_holding(Duration::from_millis(250));
+    let proxy = Proxy::start(
+        "resume-latency",
+        upstream.addr(),
+        scaler.addr(),
+        json!({"role": "gateway"}),
+        2,
+        1,
+    )
+    .await;
+    let cycles: u32 = std::env::var("CYCLES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(40);
+    let mut resumed = Vec::new();
+    for cycle in 0..cycles {
+        scaler.set_cold(&[APP]);
+        assert!(
+            proxy.learned_cold(1).await,
+            "cycle {cycle}: cold list not learned"
+        );
+        let sent = Instant::now();
+        let addr = proxy.addr;
+        let request = tokio::spawn(async move { get(addr, &format!("/c{cycle}"), PATIENCE).await });
+        assert!(
+            scaler
+                .wait_until(Duration::from_secs(2), |r| first_holding(r, sent, 1)
+                    .is_some())
+                .await
+        );
+        // The target turns warm at some point after the activation, as a pod's start-up ends.
+        tokio::time::sleep(Duration::from_millis(300 + u64::from(cycle % 7) * 37)).await;
+        let warm = Instant::now();
+        scaler.set_cold(&[]);
+        let answered = request.await.unwrap().unwrap();
+        assert_eq!(answered.status, 200);
+        resumed.push(
+            (sent + answered.elapsed)
+                .saturating_duration_since(warm)
+                .as_millis(),
+        );
+        // Let the proxy learn "nothing cold" everywhere before the next cycle.
+        assert!(proxy.learned_cold(0).await);
+    }
+    let mut sorted = resumed.clone();
+    sorted.sort_unstable();
+    eprintln!("warm -> answered, ms, in cycle order: {resumed:?}");
+    eprintln!(
+        "sorted: {sorted:?}; p50 {} ms, max {} ms",
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1]
+    );
+}
+
+/// Issue 14's slow mode: with two worker VMs, is the global arrival order kept when held
+/// requests resume? Each VM resumes its own in order; across VMs nothing orders them. A probe,
+/// not a test (it prints what it sees): `cargo test -p surge-e2e --test filter_hold --
+/// --ignored --nocapture order_across`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "probe: run explicitly"]
+async fn order_across_two_vms() {
+    let upstream = OrderedUpstream::start().await.unwrap();
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_keep_holding(Duration::from_millis(250));
+    let proxy = Proxy::start(
+        "order-two",
+        upstream.addr(),
+        scaler.addr(),
+        json!({"role": "gateway"}),
+        2,
+        1,
+    )
+    .await;
+    let mut first_late = 0;
+    let rounds = 10;
+    for round in 0..rounds {
+        scaler.set_cold(&[APP]);
+        assert!(proxy.learned_cold(1).await);
+        let sent = Instant::now();
+        let n = 12;
+        let tasks = send_staggered(
+            proxy.addr,
+            &format!("r{round}"),
+            n,
+            Duration::from_millis(15),
+        );
+        assert!(
+            scaler
+                .wait_until(Duration::from_secs(3), |r| first_holding(r, sent, n as u64)
+                    .is_some())
+                .await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = upstream.paths().len();
+        scaler.set_cold(&[]);
+        answers(tasks).await;
+        let seen: Vec<String> = upstream.paths()[before..].to_vec();
+        let position = seen.iter().position(|p| p.ends_with("/0")).unwrap();
+        if position > 0 {
+            first_late += 1;
+        }
+        eprintln!("round {round}: first request reached the upstream {position}th: {seen:?}");
+        assert!(proxy.learned_cold(0).await);
+    }
+    eprintln!(
+        "the first held request was not the first resumed in {first_late} of {rounds} rounds"
+    );
+}

@@ -45,6 +45,11 @@ pub struct Split {
     pub warm_ms: Option<f64>,
     /// `overhead_ms - warm_ms`: what the cold start added beyond an answer from a warm app.
     pub overhead_net_ms: Option<f64>,
+    /// First ready endpoint -> the first answer saying warm left the scaler (the scaler's
+    /// EndpointSlice watch, its warm delay and its parked answer).
+    pub to_warm_answer_ms: Option<f64>,
+    /// That answer -> the response (the proxy's resume, the way to the new pod, the app).
+    pub warm_answer_to_response_ms: Option<f64>,
 }
 
 impl Split {
@@ -67,6 +72,8 @@ impl Split {
             overhead_ms: to_write_ms + to_answer_ms,
             warm_ms,
             overhead_net_ms: warm_ms.map(|w| to_write_ms + to_answer_ms - w),
+            to_warm_answer_ms: cold.warm_answer_ms.map(|w| w - ready),
+            warm_answer_to_response_ms: cold.warm_answer_ms.map(|w| latency_ms - w),
         })
     }
 }
@@ -244,6 +251,7 @@ mod tests {
             activation_report_ms: Some(write / 2.0),
             scale_from_zero_ms: Some(write),
             pod_ready_ms: Some(ready),
+            warm_answer_ms: None,
             hold: HoldCounts::default(),
         }
     }

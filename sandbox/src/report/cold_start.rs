@@ -6,6 +6,7 @@
 //!   -> activation report at the scaler   (the report tap: the first report carrying held requests)
 //!   -> scale write from zero             (the API server's audit log)
 //!   -> first ready endpoint              (the app Service's EndpointSlices)
+//!   -> the first answer saying warm      (the report tap: an answer listing nothing cold)
 //!   -> its response                      (the load generator: resumed and answered)
 //! ```
 
@@ -28,6 +29,10 @@ pub struct ColdStart {
     pub scale_from_zero_ms: Option<f64>,
     /// -> the app Service's first ready endpoint.
     pub pod_ready_ms: Option<f64>,
+    /// -> the first answer to a proxy, after the activation, that lists nothing cold (the
+    /// proxy resumes on it).
+    #[serde(default)]
+    pub warm_answer_ms: Option<f64>,
     /// What the proxy in front of the app counted: held, resumed, timed out, 503 at once
     /// (`held_rejected`), cancelled.
     pub hold: HoldCounts,
@@ -42,6 +47,8 @@ pub(super) struct Inputs<'a> {
     pub(super) firsts: &'a [Option<(f64, u64, bool)>],
     /// Reports at the scaler: (seconds from the start, requests held).
     pub(super) reports: &'a [(f64, u64)],
+    /// Their answers: (seconds from the start the answer went back, destinations listed cold).
+    pub(super) answers: &'a [(f64, Option<usize>)],
     /// Accepted scale writes: (seconds from the start, replicas written).
     pub(super) writes: &'a [(f64, Option<i64>)],
     /// Ready endpoints over time: (seconds from the start, ready, desired).
@@ -97,6 +104,11 @@ fn cold_start_between(
     let sent = first.map_or(step, |(at, _, _)| at.max(step));
     let within = |t: f64| t >= step && t < until;
     let after = |t: f64| within(t).then_some((t - sent) * 1000.0);
+    let activation = c
+        .reports
+        .iter()
+        .find(|(t, held)| within(*t) && *held > 0)
+        .map(|(t, _)| *t);
     Some(ColdStart {
         zero_at_s,
         cold_start_ms: first.map(|(_, latency_us, _)| latency_us as f64 / 1000.0),
@@ -116,6 +128,14 @@ fn cold_start_between(
             .iter()
             .find(|(t, ready, _)| within(*t) && *ready > 0)
             .and_then(|(t, _, _)| after(*t)),
+        warm_answer_ms: activation.and_then(|activated| {
+            c.answers
+                .iter()
+                .filter(|(t, cold)| *t >= activated && within(*t) && *cold == Some(0))
+                .map(|(t, _)| *t)
+                .min_by(f64::total_cmp)
+                .and_then(after)
+        }),
         hold,
     })
 }
@@ -156,6 +176,8 @@ mod tests {
             step_at: Some(3.0),
             firsts: &firsts,
             reports: &[(1.0, 0), (3.002, 1), (3.1, 4)],
+            // The activation's answer is kept until warm; an answer before it says nothing.
+            answers: &[(1.0, Some(0)), (3.002, Some(1)), (4.81, Some(0))],
             writes: &[(1.5, Some(0)), (3.010, Some(1))],
             timeline: &[(0.0, 1, 1), (1.6, 0, 0), (3.011, 0, 1), (4.8, 1, 1)],
             hold: Some(HoldCounts {
@@ -172,6 +194,7 @@ mod tests {
         assert!(near(cold.activation_report_ms, 2.0));
         assert!(near(cold.scale_from_zero_ms, 10.0));
         assert!(near(cold.pod_ready_ms, 1800.0));
+        assert!(near(cold.warm_answer_ms, 1810.0));
         assert!(text(&cold).contains("held 12 (resumed 12"));
     }
 
@@ -187,6 +210,7 @@ mod tests {
             step_at: Some(3.0),
             firsts: &firsts,
             reports: &[(3.01, 1), (9.02, 2)],
+            answers: &[],
             writes: &[
                 (1.0, Some(0)),
                 (3.02, Some(1)),
@@ -224,6 +248,7 @@ mod tests {
             step_at: Some(3.0),
             firsts: &[],
             reports: &[],
+            answers: &[],
             writes: &[],
             timeline: &[(0.0, 1, 1), (2.0, 1, 1)],
             hold: None,

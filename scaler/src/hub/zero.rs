@@ -87,6 +87,9 @@ struct ZeroEntry {
     ports: Vec<u16>,
     replicas: Option<i32>,
     ready_endpoints: Option<usize>,
+    /// A ready endpoint appeared while `replicas` still read 0 (after the endpoints had gone to
+    /// zero): the target was scaled up since that read (see [`zero::temperature_seen`]).
+    ready_since_zero: bool,
     /// Latest held count per proxy instance.
     held: HashMap<Arc<str>, HeldBy>,
     /// When a report last held requests for it.
@@ -97,7 +100,7 @@ struct ZeroEntry {
 
 impl ZeroEntry {
     fn temperature(&self) -> Temperature {
-        zero::temperature(self.replicas, self.ready_endpoints)
+        zero::temperature_seen(self.replicas, self.ready_endpoints, self.ready_since_zero)
     }
 }
 
@@ -142,6 +145,7 @@ impl ZeroTable {
                         ports,
                         replicas: previous.as_ref().and_then(|p| p.replicas),
                         ready_endpoints: None,
+                        ready_since_zero: false,
                         held: HashMap::new(),
                         last_held_at: None,
                         hold_ttl_ms,
@@ -190,6 +194,8 @@ impl ZeroTable {
             && entry.replicas != replicas
         {
             entry.replicas = replicas;
+            // A fresh value of the scale: nothing to infer from the endpoints any more.
+            entry.ready_since_zero = false;
             self.rebuild();
         }
     }
@@ -199,6 +205,13 @@ impl ZeroTable {
         if let Some(entry) = self.targets.get_mut(key)
             && entry.ready_endpoints != ready
         {
+            // Only a rise from a known zero with the scale read at zero: a first listing
+            // (from unknown) may still show the endpoints of pods being scaled away.
+            let rose_from_zero = entry.ready_endpoints == Some(0) && ready.is_some_and(|r| r > 0);
+            entry.ready_since_zero = match ready {
+                Some(0) | None => false,
+                Some(_) => entry.ready_since_zero || (rose_from_zero && entry.replicas == Some(0)),
+            };
             entry.ready_endpoints = ready;
             self.rebuild();
         }

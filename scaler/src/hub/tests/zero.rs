@@ -154,6 +154,38 @@ fn the_cold_list_follows_the_replicas_and_the_ready_endpoints() {
 }
 
 #[test]
+fn a_replica_that_read_zero_replicas_lists_the_target_warm_once_an_endpoint_is_ready() {
+    // A replica that does not own the target reads its scale every few seconds: it still
+    // reads 0 when the owner's scale-up brings the first ready endpoint.
+    let hub = Hub::default();
+    zero_target(&hub, "app", Some(8080));
+    hub.set_replicas(&key("app"), Some(1));
+    hub.set_ready_endpoints(&key("app"), Some(1));
+    hub.set_replicas(&key("app"), Some(0));
+    // The pods going away still show ready endpoints for a while: cold all the same.
+    assert_eq!(&*hub.cold(), [APP]);
+    hub.set_ready_endpoints(&key("app"), Some(0));
+    assert_eq!(&*hub.cold(), [APP]);
+    // The owner scales up; this replica sees only the endpoint.
+    hub.set_ready_endpoints(&key("app"), Some(1));
+    assert!(hub.cold().is_empty(), "a ready endpoint after zero: warm");
+    // Its stale read, written again by its next step, changes nothing.
+    hub.set_replicas(&key("app"), Some(0));
+    assert!(hub.cold().is_empty());
+    // A fresh read that differs: the scale decides again.
+    hub.set_replicas(&key("app"), Some(1));
+    hub.set_replicas(&key("app"), Some(0));
+    assert_eq!(&*hub.cold(), [APP], "scaled to zero again: cold");
+    // A first listing (from unknown) with ready endpoints while the scale reads 0 proves
+    // nothing: those may be the pods being scaled away.
+    let fresh = Hub::default();
+    zero_target(&fresh, "app", Some(8080));
+    fresh.set_replicas(&key("app"), Some(0));
+    fresh.set_ready_endpoints(&key("app"), Some(2));
+    assert_eq!(&*fresh.cold(), [APP]);
+}
+
+#[test]
 fn without_a_port_the_destination_is_named_by_the_services_ports() {
     let hub = Hub::default();
     zero_target(&hub, "app", None);
