@@ -416,6 +416,10 @@ impl TargetLoop {
         self.policy = Policy::from_spec(&scaler.spec);
         self.zero = ZeroLoop::update(self.zero.take(), &scaler.spec);
         let target_changed = scaler.spec.scale_target_ref != self.scaler.spec.scale_target_ref;
+        if scaler.spec.sources.waypoint != self.scaler.spec.sources.waypoint {
+            // Another Service (or none): its binding is read at the next step.
+            self.waypoint = WaypointLoop::default();
+        }
         if generation_changed || target_changed {
             self.conflict_checked_at = None;
             self.scale = None;
@@ -449,7 +453,6 @@ impl TargetLoop {
             return;
         }
         self.refresh_destination().await;
-        self.refresh_waypoint().await;
         let mut conflicts = 0;
         loop {
             let Some(scale) = self.scale.clone() else {
@@ -494,6 +497,8 @@ impl TargetLoop {
             self.sync_headroom(now).await;
             self.publish_replicas();
             self.write_status(Some((observation, sources))).await;
+            // After the write: a read of the Service (every 30 s) never delays a scale-up.
+            self.refresh_waypoint().await;
             return;
         }
     }

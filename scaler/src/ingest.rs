@@ -4,7 +4,7 @@
 //!  token? (401) -> content-length / body limit (413) -> JSON decode (400) -> validate (422)
 //!    -> SPIFFE namespace of x-forwarded-client-cert == proxy.namespace? (401/403)
 //!    -> a waypoint's SPIFFE service account == proxy.workload? (403) -> Hub
-//!    -> a waypoint report naming only Services not bound to it (403)
+//!    -> a waypoint report whose traffic went only to Services not bound to it: 200 "refused"
 //!    -> instance over its report rate (429) or a tracking limit reached (503)
 //!    -> 200 {"outcome": ..., "targets": n, "cold": [destinations at zero or not yet ready]}
 //! ```
@@ -126,16 +126,6 @@ pub enum IngestError {
         /// The service account in the client certificate.
         actual: String,
     },
-    /// A waypoint report whose routes name only Services that SurgeScalers select and that are
-    /// bound to another waypoint (or to none).
-    #[error(
-        "routes[].cluster: names {refused} Service route(s) not bound to this waypoint \
-         (istio.io/use-waypoint); none counted"
-    )]
-    WaypointNotServing {
-        /// Routes refused.
-        refused: usize,
-    },
     /// A tracking limit is reached; nothing new is tracked until sources expire.
     #[error("{}", over_capacity_message(.0))]
     OverCapacity(Refusal),
@@ -176,7 +166,6 @@ impl IngestError {
             Self::NamespaceMismatch { .. }
             | Self::ForeignInstance
             | Self::GatewayNamespace
-            | Self::WaypointNotServing { .. }
             | Self::WaypointAccount { .. } => StatusCode::FORBIDDEN,
             Self::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::Body(_) | Self::Malformed { .. } => StatusCode::BAD_REQUEST,
@@ -192,7 +181,6 @@ impl IngestError {
             Self::NamespaceMismatch { .. }
             | Self::ForeignInstance
             | Self::GatewayNamespace
-            | Self::WaypointNotServing { .. }
             | Self::WaypointAccount { .. } => Outcome::forbidden,
             Self::TooLarge { .. } => Outcome::too_large,
             Self::Body(_) | Self::Malformed { .. } => Outcome::malformed,
@@ -214,7 +202,6 @@ impl IngestError {
             Self::Invalid(BodyError::Report(e)) => Some(validation_field(e)),
             Self::Invalid(BodyError::Hold(e)) => Some(e.field().to_owned()),
             Self::Throttled { .. } | Self::ForeignInstance => Some("instance".into()),
-            Self::WaypointNotServing { .. } => Some("routes[].cluster".into()),
             Self::WaypointAccount { .. } => Some("proxy.workload".into()),
             Self::OverCapacity(Refusal::InstanceRoutes(_)) => Some("routes".into()),
             Self::OverCapacity(_) => Some("instance".into()),
@@ -282,7 +269,11 @@ async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Bod
             // resume the moment the target is warm, not one report period later. Meanwhile the
             // proxy's next reports wait for this one; its counters are cumulative, so they only
             // arrive later, whole.
-            if !state.answer_wait.is_zero() && holding.iter().any(|cluster| cold.contains(cluster))
+            if !state.answer_wait.is_zero()
+                && holding.iter().any(|cluster| {
+                    cold.iter()
+                        .any(|entry| surge_wire::cold_entry_covers(entry, cluster))
+                })
             {
                 cold = state.hub.cold_after(&cold, state.answer_wait).await;
             }
@@ -291,6 +282,7 @@ async fn receive(State(state): State<IngestState>, headers: HeaderMap, body: Bod
                 Outcome::accepted => "accepted",
                 Outcome::baseline => "baseline",
                 Outcome::duplicate => "duplicate",
+                Outcome::refused => "refused",
                 _ => "unmatched",
             };
             (
@@ -395,12 +387,14 @@ async fn receive_inner(
         Ingested::OverCapacity(refusal) => return Err(IngestError::OverCapacity(refusal)),
         Ingested::ForeignInstance => return Err(IngestError::ForeignInstance),
         Ingested::GatewayNamespace => return Err(IngestError::GatewayNamespace),
+        // Answered 200 all the same, with the cold list: the waypoint must keep learning which
+        // of the Services it does serve are cold.
         Ingested::Counted {
             targets: 0,
             refused_routes: refused @ 1..,
         } => {
             state.metrics.waypoint_routes_refused(refused);
-            return Err(IngestError::WaypointNotServing { refused });
+            (Outcome::refused, 0)
         }
         Ingested::Counted {
             targets: 0,

@@ -20,6 +20,9 @@ pub enum Outcome {
     accepted,
     /// Valid, but no SurgeScaler selects it.
     unmatched,
+    /// A waypoint report whose traffic went only to Services that are not bound to that
+    /// waypoint: nothing counted (answered 200 with the cold list all the same).
+    refused,
     /// First report of an instance or a counter reset.
     baseline,
     /// `seq` not above the last one.
@@ -244,8 +247,8 @@ impl Default for Metrics {
         let waypoint_refused = Counter::default();
         registry.register(
             "surge_waypoint_routes_refused",
-            "Routes of waypoint reports not counted because the Service they name is not bound to \
-             that waypoint",
+            "Routes of waypoint reports that carried traffic to a Service not bound to that \
+             waypoint, not counted",
             waypoint_refused.clone(),
         );
         let activations = Family::default();

@@ -56,10 +56,13 @@ pub fn bound_waypoint(
     if name.is_empty() || name == "none" {
         return None;
     }
-    let waypoint_namespace = labels
-        .get(USE_WAYPOINT_NAMESPACE)
-        .filter(|ns| !ns.is_empty())
-        .map_or(namespace, String::as_str);
+    // Absent: the object's own namespace. Present but empty names no namespace, and Istio
+    // finds no waypoint there.
+    let waypoint_namespace = match labels.get(USE_WAYPOINT_NAMESPACE) {
+        None => namespace,
+        Some(ns) if ns.is_empty() => return None,
+        Some(ns) => ns.as_str(),
+    };
     Some(WaypointRef {
         namespace: waypoint_namespace.to_owned(),
         name: name.clone(),
@@ -127,5 +130,8 @@ mod tests {
             bound_waypoint("shop", &labels(&[(USE_WAYPOINT, "")]), None),
             None
         );
+        // An empty namespace label names no namespace: no waypoint, as Istio reads it.
+        let empty_namespace = labels(&[(USE_WAYPOINT, "wp"), (USE_WAYPOINT_NAMESPACE, "")]);
+        assert_eq!(bound_waypoint("shop", &empty_namespace, None), None);
     }
 }

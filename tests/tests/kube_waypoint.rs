@@ -22,8 +22,7 @@ use std::time::Duration;
 
 use serde_json::json;
 use surge_e2e::installed::{
-    TOKEN, apply, eventually, install, kubectl_ok, pause_deployment, post_report, replicas,
-    scale_writes,
+    TOKEN, apply, eventually, install, kubectl_ok, pause_deployment, replicas, scale_writes,
 };
 use surge_e2e::scaler::http_client;
 use surge_e2e::upstream::Upstream;
@@ -233,7 +232,8 @@ async fn each_service_behind_a_waypoint_scales_on_its_own_traffic_and_unbound_on
         .unwrap_or(0.0);
     assert!(refused >= 1.0, "no refused waypoint route:\n{metrics}");
 
-    // Another proxy of the namespace claiming to be a waypoint for api: refused outright.
+    // Another proxy of the namespace claiming to be a waypoint for api: its traffic to api is
+    // refused (not counted, said so), and it is still answered, with the cold list.
     let intruder = |seq: u64, total: u64| {
         json!({
             "version": 1,
@@ -247,8 +247,28 @@ async fn each_service_behind_a_waypoint_scales_on_its_own_traffic_and_unbound_on
                         "duration_us_total": 0, "inflight": 0}]
         })
     };
-    assert_eq!(post_report(&kube, &client, &intruder(1, 0)).await, 403);
-    assert_eq!(post_report(&kube, &client, &intruder(2, 5000)).await, 403);
+    let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
+    let posted = |body: serde_json::Value| {
+        let (client, url) = (&client, &url);
+        async move {
+            let answer = surge_e2e::scaler::request(client, "POST", url, TOKEN, Some(&body)).await;
+            (answer.status, answer.body)
+        }
+    };
+    let (status, _) = posted(intruder(1, 0)).await;
+    assert_eq!(status, 200);
+    let writes_before = scale_writes(&kube, "shop", "api").len();
+    let (status, body) = posted(intruder(2, 5000)).await;
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(answer["outcome"], "refused", "{body}");
+    assert_eq!(answer["targets"], 0, "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        scale_writes(&kube, "shop", "api").len(),
+        writes_before,
+        "api was scaled on the intruder's report"
+    );
     drop(envoy);
 }
 

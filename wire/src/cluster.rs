@@ -70,6 +70,24 @@ impl<'a> ServiceCluster<'a> {
     }
 }
 
+/// Whether a cold-list `entry` covers the cluster a proxy routes a request to (and names in its
+/// `held[]`): the same name, or, for an entry without a subset (`outbound|<port>||<host>`), any
+/// cluster of that Service port, a subset's or a waypoint's (`inbound-vip|...`): a Service port
+/// with no ready endpoint has none in any subset, whichever proxy routes to it.
+pub fn cold_entry_covers(entry: &str, cluster: &str) -> bool {
+    if entry == cluster {
+        return true;
+    }
+    match (ServiceCluster::parse(entry), ServiceCluster::parse(cluster)) {
+        (Some(entry), Some(cluster)) => {
+            entry.kind == ClusterKind::Outbound
+                && entry.subset.is_empty()
+                && entry.same_port(&cluster)
+        }
+        _ => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +123,37 @@ mod tests {
         let vip =
             ServiceCluster::parse("inbound-vip|80|http/v2|app.web.svc.cluster.local").unwrap();
         assert!(vip.same_port(&out) && out.same_port(&vip));
+    }
+
+    #[test]
+    fn a_cold_entry_covers_its_service_ports_clusters_only() {
+        let entry = "outbound|8080||app.web.svc.cluster.local";
+        assert!(cold_entry_covers(entry, entry));
+        assert!(cold_entry_covers(
+            entry,
+            "outbound|8080|v1|app.web.svc.cluster.local"
+        ));
+        assert!(cold_entry_covers(
+            entry,
+            "inbound-vip|8080|http|app.web.svc.cluster.local"
+        ));
+        assert!(!cold_entry_covers(
+            entry,
+            "inbound-vip|9090|http|app.web.svc.cluster.local"
+        ));
+        assert!(!cold_entry_covers(
+            entry,
+            "outbound|8080||api.web.svc.cluster.local"
+        ));
+        let subset = "outbound|8080|v1|app.web.svc.cluster.local";
+        assert!(!cold_entry_covers(
+            subset,
+            "outbound|8080|v2|app.web.svc.cluster.local"
+        ));
+        assert!(!cold_entry_covers(
+            subset,
+            "inbound-vip|8080|http/v1|app.web.svc.cluster.local"
+        ));
     }
 
     #[test]

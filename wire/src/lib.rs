@@ -30,7 +30,7 @@
 mod cluster;
 mod validate;
 
-pub use cluster::{ClusterKind, ServiceCluster};
+pub use cluster::{ClusterKind, ServiceCluster, cold_entry_covers};
 pub use validate::{BodyError, HoldError, Limits, ValidationError};
 
 use serde::{Deserialize, Serialize};

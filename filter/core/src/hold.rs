@@ -23,7 +23,7 @@
 //!
 //! Pure: the glue does the shared-data I/O and the host calls, and passes `now` in.
 
-use surge_wire::{Answer, ClusterKind, Held, Limits, ServiceCluster};
+use surge_wire::{Answer, Held, Limits, cold_entry_covers};
 
 use crate::config::HoldConfig;
 use crate::inflight::GONE_AFTER_MS;
@@ -112,19 +112,10 @@ impl ColdSet {
         if self.clusters.iter().any(|c| c.as_bytes() == cluster) {
             return true;
         }
-        let Some(cluster) = std::str::from_utf8(cluster)
-            .ok()
-            .and_then(ServiceCluster::parse)
-        else {
+        let Ok(cluster) = std::str::from_utf8(cluster) else {
             return false;
         };
-        self.clusters.iter().any(|c| {
-            ServiceCluster::parse(c).is_some_and(|entry| {
-                entry.kind == ClusterKind::Outbound
-                    && entry.subset.is_empty()
-                    && entry.same_port(&cluster)
-            })
-        })
+        self.clusters.iter().any(|c| cold_entry_covers(c, cluster))
     }
 
     /// True when nothing is cold.

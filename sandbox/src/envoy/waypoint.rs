@@ -18,7 +18,8 @@
 //!     --> cluster `inbound-vip|<port>|http|<host>` (metadata istio.services [{host,name,namespace}])
 //!  outbound|8080||surge-scaler.surge-system.svc.cluster.local: the cluster the filter reports to,
 //!     which Istio builds on a waypoint for a Service an EnvoyFilter's
-//!     `envoyfilter.istio.io/referenced-services` annotation names (istio/waypoint-scaler.yaml)
+//!     `envoyfilter.istio.io/referenced-services` annotation names
+//!     (istio/envoyfilter-waypoint-scaler.yaml)
 //! ```
 //!
 //! What differs from Istio, because it needs what does not run here: the tunnel is CONNECT in

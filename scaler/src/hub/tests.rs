@@ -273,63 +273,54 @@ fn a_waypoint_counts_each_service_for_its_own_target_only() {
 }
 
 #[test]
-fn a_waypoint_not_serving_the_service_is_refused_its_routes() {
+fn a_waypoint_not_serving_the_service_is_refused_its_traffic_and_nothing_else() {
     let hub = Hub::default();
-    register(
-        &hub,
-        "api",
-        &spec(serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api"}}})),
-    );
+    let api = serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api"}}});
+    register(&hub, "api", &spec(api.clone()));
+    let counted = |targets, refused_routes| Ingested::Counted {
+        targets,
+        refused_routes,
+    };
     let route = |n| [("r", "inbound-vip|8080|http|api.web.svc.cluster.local", n)];
-    // Not read yet: nothing counts, not even a first report.
-    assert_eq!(
-        hub.ingest(&waypoint("waypoint", "web", 1, &route(0)), 1000),
-        Ingested::Counted {
-            targets: 0,
-            refused_routes: 1
-        }
-    );
-    assert_eq!(
-        hub.ingest(&waypoint("waypoint", "web", 2, &route(10)), 2000),
-        Ingested::Counted {
-            targets: 0,
-            refused_routes: 1
-        }
-    );
+    // Not read yet: neither counted nor refused.
+    let ours = |seq, n| waypoint("waypoint", "web", seq, &route(n));
+    assert_eq!(hub.ingest(&ours(1, 0), 1000), Ingested::Baseline);
+    assert_eq!(hub.ingest(&ours(2, 10), 2000), counted(0, 0));
     hub.set_waypoint(&key("api"), bound("web", "waypoint"));
-    // Another waypoint, or one of the same name in another namespace.
+    // Another waypoint, or one of the same name in another namespace: its traffic to api is
+    // refused; a route of its that carries nothing now is not (cumulative counters keep every
+    // route a proxy ever counted, also after a relabel moved the Service away from it).
     for (name, namespace) in [("other", "web"), ("waypoint", "mesh")] {
-        assert_ne!(
-            hub.ingest(&waypoint(name, namespace, 1, &route(0)), 1000),
-            Ingested::Baseline
-        );
-        assert_eq!(
-            hub.ingest(&waypoint(name, namespace, 2, &route(10)), 2000),
-            Ingested::Counted {
-                targets: 0,
-                refused_routes: 1
-            }
-        );
+        let theirs = |seq, n| waypoint(name, namespace, seq, &route(n));
+        assert_eq!(hub.ingest(&theirs(1, 0), 1000), Ingested::Baseline);
+        assert_eq!(hub.ingest(&theirs(2, 10), 2000), counted(0, 1));
+        assert_eq!(hub.ingest(&theirs(3, 10), 3000), counted(0, 0), "idle");
     }
-    assert_eq!(
-        hub.ingest(&waypoint("waypoint", "web", 3, &route(20)), 3000),
-        Ingested::Counted {
-            targets: 1,
-            refused_routes: 0
-        }
-    );
+    assert_eq!(hub.ingest(&ours(3, 20), 3000), counted(1, 0));
     // Re-registering (a status update) keeps the binding.
-    register(
-        &hub,
-        "api",
-        &spec(serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api"}}})),
-    );
+    register(&hub, "api", &spec(api.clone()));
+    assert_eq!(hub.ingest(&ours(4, 30), 4000), counted(1, 0));
+    // A second target on the same Service, bound (as read for it) to another waypoint: the
+    // route counts for the first, so it is not refused, and counted once.
+    let twin = serde_json::json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": "twin"},
+        "sources": {"sidecars": false, "waypoint": {"service": "api"}}
+    });
+    register(&hub, "twin", &spec(twin));
+    hub.set_waypoint(&key("twin"), bound("web", "other"));
+    assert_eq!(hub.ingest(&ours(5, 40), 5000), counted(1, 0));
+    // Another Service for `api`: the binding read for the old one is dropped until read again.
+    let moved =
+        serde_json::json!({"sources": {"sidecars": false, "waypoint": {"service": "api-v2"}}});
+    register(&hub, "api", &spec(moved));
+    let route_v2 = [(
+        "r",
+        "inbound-vip|8080|http|api-v2.web.svc.cluster.local",
+        50,
+    )];
     assert_eq!(
-        hub.ingest(&waypoint("waypoint", "web", 4, &route(30)), 4000),
-        Ingested::Counted {
-            targets: 1,
-            refused_routes: 0
-        }
+        hub.ingest(&waypoint("waypoint", "web", 6, &route_v2), 6000),
+        counted(0, 0)
     );
 }
 

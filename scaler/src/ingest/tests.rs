@@ -104,6 +104,65 @@ async fn a_valid_report_is_accepted_and_counted_for_its_target() {
 }
 
 #[tokio::test]
+async fn a_waypoints_traffic_to_a_service_it_does_not_serve_is_refused_but_answered() {
+    let state = state(None, IdentityMode::Off);
+    let key = TargetKey {
+        namespace: "web".into(),
+        name: "api".into(),
+    };
+    let spec = serde_json::from_value(serde_json::json!({
+        "scaleTargetRef": {"kind": "Deployment", "name": "api"},
+        "maxReplicas": 5, "metric": {"type": "rps", "target": 10},
+        "sources": {"sidecars": false, "waypoint": {"service": "api"}}
+    }))
+    .unwrap();
+    state.hub.register(
+        &key,
+        Selector::from_spec("web", &spec),
+        MetricType::Rps,
+        WindowConfig {
+            stable_ms: 60_000,
+            panic_ms: 6_000,
+            stale_ms: 10_000,
+        },
+    );
+    state.hub.set_waypoint(
+        &key,
+        Some(crate::waypoint::WaypointRef {
+            namespace: "web".into(),
+            name: "waypoint".into(),
+        }),
+    );
+    let intruder = |seq: u64| {
+        let mut r = report(seq);
+        r["proxy"]["role"] = "waypoint".into();
+        r["proxy"]["workload"] = "intruder".into();
+        r["routes"][0]["cluster"] = "inbound-vip|8080|http|api.web.svc.cluster.local".into();
+        r["routes"][0]["inflight"] = 0.into();
+        r
+    };
+    let (_, body) = post(&state, json(&intruder(1)), &[]).await;
+    assert_eq!(body["outcome"], "baseline");
+    // Its traffic to api is not counted, and said so; the answer still carries what a proxy
+    // needs (the cold list), as a 403 would not.
+    let (status, body) = post(&state, json(&intruder(2)), &[]).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        serde_json::json!({"outcome": "refused", "targets": 0})
+    );
+    let text = state.metrics.encode();
+    assert!(
+        text.contains("surge_waypoint_routes_refused_total 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("surge_ingest_reports_total{outcome=\"refused\"} 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
 async fn malformed_json_is_a_400_naming_the_field() {
     let state = state(None, IdentityMode::Off);
     let mut bad_type = report(1);
@@ -285,9 +344,9 @@ async fn a_waypoint_reports_only_as_its_own_service_account() {
         r["instance"] = format!("{workload}-0/1").into();
         r
     };
-    // What a 1.30 waypoint in front of the scaler writes (`By` the scaler's waypoint, `URI` the
-    // caller): the caller is waypoint `waypoint` of namespace web.
-    let xfcc = "By=spiffe://cluster.local/ns/surge-system/sa/surge-waypoint;\
+    // What the scaler's sidecar appends for a waypoint's mTLS connection (`By` the scaler,
+    // `URI` the caller): the caller is waypoint `waypoint` of namespace web.
+    let xfcc = "By=spiffe://cluster.local/ns/surge-system/sa/surge-scaler;\
                 URI=spiffe://cluster.local/ns/web/sa/waypoint";
     let (status, _) = post(
         &state,
