@@ -34,7 +34,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use serde_json::{Value, json};
 
-use super::{NodeIdentity, SCALER_CLUSTER, WasmFilter, socket, static_cluster, wasm_http_filter};
+use super::bootstrap::{socket, static_cluster, wasm_http_filter};
+use super::{NodeIdentity, SCALER_CLUSTER, WasmFilter};
 
 /// A Service bound to the waypoint: its VIP and port, the app behind it, and its HTTPRoute's
 /// rules (matched in order, before the catch-all).
