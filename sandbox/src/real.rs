@@ -14,18 +14,15 @@
 //!  audit log --> the scaler's API calls, timed by the API server
 //! ```
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DynamicObject, Patch, PatchParams, PostParams};
-use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::{Value, json};
 use surge_cluster::audit::{AuditLog, AuditRecord};
 use surge_cluster::{ControlPlane, Options as PlaneOptions};
@@ -36,16 +33,14 @@ use crate::endpoints::ServiceEndpoints;
 use crate::envoy::workspace_root;
 use crate::karpenter::NodeElasticity;
 use crate::kubeapi::RequestRecord;
-use crate::node::containers::{
-    APP_IMAGE, ENV_CONCURRENCY, ENV_QUEUE, ENV_SERVICE_TIME_MS, ENV_STARTUP_DELAY_MS,
-    ISTIO_STATS_PORT, PROXY_IMAGE,
-};
 use crate::node::network::{LoopbackRange, NODE_IP, PodIps};
 use crate::node::{AppRuntime, Node, NodeOptions, RunningPods};
 use crate::pods::{Endpoints, PodCounts};
 use crate::run::{NAMESPACE, RunError, WORKLOAD};
 use crate::scenario::Scenario;
 use surge_nodes::nodepool::PoolSettings;
+
+mod app;
 
 /// The chart's release, namespace and objects' name, as INSTALL.md installs them.
 pub const RELEASE: &str = "surge";
@@ -381,19 +376,12 @@ impl RealKube {
     ) -> Result<(), RunError> {
         let deployments: Api<Deployment> = Api::namespaced(self.client.clone(), NAMESPACE);
         deployments
-            .create(&PostParams::default(), &app_deployment(scenario)?)
+            .create(&PostParams::default(), &app::deployment(scenario)?)
             .await
             .map_err(kube_setup("create the app's Deployment"))?;
         let services: Api<k8s_openapi::api::core::v1::Service> =
             Api::namespaced(self.client.clone(), NAMESPACE);
-        let service = serde_json::from_value(json!({
-            "metadata": {"name": WORKLOAD, "namespace": NAMESPACE},
-            "spec": {
-                "selector": {"app": WORKLOAD},
-                "ports": [{"name": "http", "port": 80, "targetPort": "http"}],
-            },
-        }))
-        .map_err(|e| setup("the app's Service")(e.to_string()))?;
+        let service = app::service()?;
         services
             .create(&PostParams::default(), &service)
             .await
@@ -426,7 +414,7 @@ impl RealKube {
             Some("http"),
             self.network.network(),
         );
-        self.observer = Some(tokio::spawn(observe(
+        self.observer = Some(tokio::spawn(app::observe(
             self.client.clone(),
             app.endpoints(),
             app.changes(),
@@ -554,131 +542,6 @@ impl RealKube {
 
 /// The app's Deployment: the app container (its capacity in its env) and the sidecar Istio's
 /// injector would add.
-fn app_deployment(scenario: &Scenario) -> Result<Deployment, RunError> {
-    let pods = &scenario.pods;
-    let value = json!({
-        "metadata": {"name": WORKLOAD, "namespace": NAMESPACE, "labels": {"app": WORKLOAD}},
-        "spec": {
-            // At least one, so that a scale-to-zero scenario starts warm and goes to zero.
-            "replicas": scenario.scaler.min_replicas.max(1),
-            "selector": {"matchLabels": {"app": WORKLOAD}},
-            "template": {
-                "metadata": {"labels": {"app": WORKLOAD}},
-                "spec": {
-                    "terminationGracePeriodSeconds": 5,
-                    "containers": [
-                        {
-                            "name": "app",
-                            "image": APP_IMAGE,
-                            "ports": [{"name": "http", "containerPort": APP_PORT}],
-                            "env": [
-                                {"name": ENV_CONCURRENCY, "value": pods.concurrency.to_string()},
-                                {"name": ENV_SERVICE_TIME_MS, "value": pods.service_time_ms.to_string()},
-                                {"name": ENV_QUEUE, "value": pods.queue.to_string()},
-                                {"name": ENV_STARTUP_DELAY_MS, "value": pods.startup_delay_ms.to_string()},
-                            ],
-                            "resources": {"requests": {"cpu": scenario.pods.cpu, "memory": "64Mi"}},
-                        },
-                        {
-                            "name": "istio-proxy",
-                            "image": PROXY_IMAGE,
-                            "ports": [{"name": "http-envoy-prom", "containerPort": ISTIO_STATS_PORT}],
-                            "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
-                        },
-                    ],
-                },
-            },
-        },
-    });
-    serde_json::from_value(value).map_err(|e| RunError::Setup(format!("the app's Deployment: {e}")))
-}
-
-/// Follows desired replicas (the Deployment's spec), replicas (its pods not being deleted),
-/// ready (the Service's ready endpoints) and running (pods with processes on any node), and
-/// notes each change.
-async fn observe(
-    client: Client,
-    endpoints: Endpoints,
-    mut endpoint_changes: tokio::sync::watch::Receiver<u64>,
-    running: RunningPods,
-    history: Arc<Mutex<Vec<PodCounts>>>,
-) {
-    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
-    let pods: Api<Pod> = Api::namespaced(client, NAMESPACE);
-    let mut deployment_events = watcher(
-        deployments,
-        watcher::Config::default().fields(&format!("metadata.name={WORKLOAD}")),
-    )
-    .default_backoff()
-    .applied_objects()
-    .boxed();
-    let mut pod_events = watcher(
-        pods,
-        watcher::Config::default().labels(&format!("app={WORKLOAD}")),
-    )
-    .default_backoff()
-    .boxed();
-    let mut desired = 0u32;
-    let mut live: BTreeSet<String> = BTreeSet::new();
-    // A relist in progress: counted once it is whole, so no false dip shows meanwhile.
-    let mut relisted: Option<BTreeSet<String>> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(50));
-    let mut last = None;
-    loop {
-        tokio::select! {
-            Some(event) = deployment_events.next() => {
-                if let Ok(deployment) = event {
-                    desired = deployment.spec.and_then(|s| s.replicas).unwrap_or(0).max(0) as u32;
-                }
-            }
-            Some(event) = pod_events.next() => match event {
-                Ok(watcher::Event::Apply(pod)) => {
-                    if let Some(name) = pod.metadata.name {
-                        if pod.metadata.deletion_timestamp.is_some() {
-                            live.remove(&name);
-                        } else {
-                            live.insert(name);
-                        }
-                    }
-                }
-                Ok(watcher::Event::InitApply(pod)) => {
-                    if let (Some(relisted), Some(name)) = (&mut relisted, pod.metadata.name)
-                        && pod.metadata.deletion_timestamp.is_none()
-                    {
-                        relisted.insert(name);
-                    }
-                }
-                Ok(watcher::Event::Delete(pod)) => {
-                    if let Some(name) = pod.metadata.name {
-                        live.remove(&name);
-                    }
-                }
-                Ok(watcher::Event::Init) => relisted = Some(BTreeSet::new()),
-                Ok(watcher::Event::InitDone) => live = relisted.take().unwrap_or_default(),
-                Err(_) => {}
-            },
-            _ = endpoint_changes.changed() => {}
-            _ = tick.tick() => {}
-        }
-        let ready = endpoints.read().unwrap_or_else(|e| e.into_inner()).len() as u32;
-        let running = running.total();
-        let counts = (desired, live.len() as u32, ready, running);
-        if last != Some(counts) {
-            last = Some(counts);
-            history
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(PodCounts {
-                    at: Instant::now(),
-                    desired,
-                    replicas: counts.1,
-                    ready,
-                    running,
-                });
-        }
-    }
-}
-
 /// The scaler replica (pod name) holding the shard Lease of SurgeScaler `namespace/name`, as
 /// the API server has it; `None` while no replica holds it. Assumes the chart's default number
 /// of shards (`sharing.shards`).
