@@ -58,6 +58,27 @@ pub const MAX_HELD_PER_VM: usize = 4096;
 /// Most lines of the held table (VMs times destinations with held requests).
 pub const MAX_HELD_LINES: usize = 1024;
 
+/// Destinations and cold sets the hold modules' tests share.
+#[cfg(test)]
+mod fixtures {
+    use surge_wire::Answer;
+
+    use super::ColdSet;
+
+    pub(super) const APP: &str = "outbound|8080||app.default.svc.cluster.local";
+    pub(super) const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+
+    /// The cold set an answer listing `clusters` gives at `now_ms`.
+    pub(super) fn cold(now_ms: u64, clusters: &[&str]) -> ColdSet {
+        ColdSet::new(
+            now_ms,
+            Answer {
+                cold: clusters.iter().map(|c| c.to_string()).collect(),
+            },
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

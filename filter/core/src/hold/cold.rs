@@ -212,18 +212,7 @@ pub fn parse_answer(body: &[u8], limits: &Limits) -> Result<Answer, AnswerError>
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const APP: &str = "outbound|8080||app.default.svc.cluster.local";
-    const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
-
-    fn cold(now_ms: u64, clusters: &[&str]) -> ColdSet {
-        ColdSet::new(
-            now_ms,
-            Answer {
-                cold: clusters.iter().map(|c| c.to_string()).collect(),
-            },
-        )
-    }
+    use crate::hold::fixtures::{APP, WEB, cold};
 
     #[test]
     fn the_cold_set_round_trips_and_garbage_is_nothing_cold() {

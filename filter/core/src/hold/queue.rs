@@ -140,21 +140,8 @@ impl HoldQueue {
 
 #[cfg(test)]
 mod tests {
-    use surge_wire::Answer;
-
     use super::*;
-
-    const APP: &str = "outbound|8080||app.default.svc.cluster.local";
-    const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
-
-    fn cold(now_ms: u64, clusters: &[&str]) -> ColdSet {
-        ColdSet::new(
-            now_ms,
-            Answer {
-                cold: clusters.iter().map(|c| c.to_string()).collect(),
-            },
-        )
-    }
+    use crate::hold::fixtures::{APP, WEB, cold};
 
     fn config(max_requests: u64) -> HoldConfig {
         HoldConfig {

@@ -163,9 +163,7 @@ impl HeldTable {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const APP: &str = "outbound|8080||app.default.svc.cluster.local";
-    const WEB: &str = "outbound|80||web.shop.svc.cluster.local";
+    use crate::hold::fixtures::{APP, WEB};
 
     #[test]
     fn the_held_table_sums_live_vms_and_settles_gone_ones_once() {
