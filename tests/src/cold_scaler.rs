@@ -263,7 +263,7 @@ async fn answer(
 #[derive(Debug)]
 pub struct OrderedUpstream {
     addr: SocketAddr,
-    paths: Arc<Mutex<Vec<String>>>,
+    paths: Arc<Mutex<Vec<(String, Instant)>>>,
     task: JoinHandle<()>,
 }
 
@@ -272,13 +272,13 @@ impl OrderedUpstream {
     pub async fn start() -> Result<Self> {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
-        let paths: Arc<Mutex<Vec<String>>> = Arc::default();
+        let paths: Arc<Mutex<Vec<(String, Instant)>>> = Arc::default();
         let seen = paths.clone();
         let app = axum::Router::new().fallback(move |uri: http::Uri| {
             let seen = seen.clone();
             async move {
                 if let Ok(mut seen) = seen.lock() {
-                    seen.push(uri.path().to_string());
+                    seen.push((uri.path().to_string(), Instant::now()));
                 }
                 "ok"
             }
@@ -296,6 +296,11 @@ impl OrderedUpstream {
 
     /// The paths requested so far, in arrival order.
     pub fn paths(&self) -> Vec<String> {
+        self.arrivals().into_iter().map(|(path, _)| path).collect()
+    }
+
+    /// The paths requested so far with when each arrived, in arrival order.
+    pub fn arrivals(&self) -> Vec<(String, Instant)> {
         self.paths.lock().map(|p| p.clone()).unwrap_or_default()
     }
 }

@@ -487,6 +487,57 @@ async fn held_requests_resume_in_arrival_order() {
     assert_eq!(proxy.hold_counters(), [n as i64, n as i64, 0, 0, 0]);
 }
 
+/// Two worker threads: each VM sends its oldest held request on alone when the destination
+/// turns warm, and the rest `HEAD_START_MS` (10 ms) later. Released together, the requests of
+/// the two VMs reached the upstream in no set order (`order_across_two_vms`); with the head
+/// start the first request is among the heads, which reach the upstream before the crowd.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_held_requests_reach_the_upstream_ahead_of_the_rest() {
+    let upstream = OrderedUpstream::start().await.unwrap();
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_cold(&[APP]);
+    let proxy = Proxy::start(
+        "head",
+        upstream.addr(),
+        scaler.addr(),
+        json!({"role": "gateway"}),
+        2,
+        1,
+    )
+    .await;
+    assert!(proxy.learned_cold(1).await);
+    let sent = Instant::now();
+    let n = 12;
+    let tasks = send_staggered(proxy.addr, "head", n, Duration::from_millis(15));
+    let all_held = scaler
+        .wait_until(Duration::from_secs(3), |r| {
+            first_holding(r, sent, n as u64).is_some()
+        })
+        .await;
+    scaler.set_cold(&[]);
+    let answered = answers(tasks).await;
+    let arrivals = upstream.arrivals();
+    let (_, first_at) = arrivals[0];
+    let after_first: Vec<(String, u128)> = arrivals
+        .iter()
+        .map(|(path, at)| (path.clone(), at.duration_since(first_at).as_micros()))
+        .collect();
+    eprintln!("head: upstream saw (path, us after the first arrival) {after_first:?}");
+    assert!(all_held);
+    assert!(answered.iter().all(|a| a.status == 200), "{answered:?}");
+    assert_eq!(arrivals.len(), n);
+    // One head per VM at most, the first request among them.
+    let position = arrivals.iter().position(|(p, _)| p == "/head/0").unwrap();
+    assert!(position < 2, "the first held request arrived {position}th");
+    // The rest came after the head start, not with the heads (3 ms of the 10 ms: a loaded
+    // machine may forward a head late).
+    let third = after_first[2].1;
+    assert!(
+        third >= 3_000,
+        "the third request came {third} us after the first"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_cap_get_a_503_at_once_with_retry_after() {
     let upstream = OrderedUpstream::start().await.unwrap();

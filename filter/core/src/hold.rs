@@ -15,8 +15,9 @@
 //!                       makes no host call for holding at all)
 //!  request to a cold cluster: HoldQueue::admit (cap per destination, proxy-wide via
 //!                       "surge.v1.held") --> Held: pause | Full: 503 + Retry-After
-//!  every VM, each tick: HoldQueue::sweep: warm again -> resume, in arrival order;
-//!                       past the timeout -> 503 + Retry-After; HeldTable line refreshed
+//!  every VM, each tick: HoldQueue::sweep: warm again -> resume, in arrival order (the
+//!                       oldest at once, the rest HEAD_START_MS later, the glue ticking
+//!                       then); past the timeout -> 503 + Retry-After; HeldTable refreshed
 //!  reporter: "surge.v1.held" --> report `held` (an activation report, every check period
 //!            while anything is held)
 //! ```
@@ -49,6 +50,12 @@ pub fn wake_queue(vm: u64) -> String {
 /// timeout would turn a scaler outage into an outage of the destinations. Without it, requests
 /// go to Envoy as they would without Surge.
 pub const COLD_TTL_MS: u64 = 30_000;
+
+/// How long a destination's oldest held request goes on alone when the destination turns warm
+/// before the VM releases the rest. Long enough for that request to reach the new pod first
+/// (a new upstream connection and a forward, a few ms in a cluster); short beside the pod's
+/// own answer, so the others lose little: the new pod is busy with the heads meanwhile.
+pub const HEAD_START_MS: u64 = 10;
 
 /// Most requests one VM holds, all destinations together: with `hold.max_requests` (at most
 /// [`crate::config::MAX_HOLD_REQUESTS`] per destination) and the cold set's cap it bounds the

@@ -214,6 +214,12 @@ impl VmHold {
         self.publish(vm, now_ms);
     }
 
+    /// When this VM next releases held requests of a destination that turned warm (the end of
+    /// a head start), if it has any waiting.
+    pub(crate) fn next_release_ms(&self) -> Option<u64> {
+        self.queue.next_release_ms()
+    }
+
     /// The plugin shuts down: every held request is answered now (warm: resumed; cold: `503`),
     /// rather than left to Envoy.
     pub(crate) fn shut_down(&mut self, vm: u64, root: u32, config: &Config, now_ms: u64) {

@@ -108,6 +108,11 @@ pub(crate) struct SurgeRoot {
     wake_queue: Option<u32>,
     /// A client plugin on a gateway: it neither holds nor reports (the gateway's plugin does).
     standing_aside: bool,
+    /// Whether the timer runs at the head start's pace (held requests wait for their turn)
+    /// rather than every check period.
+    quick_ticks: bool,
+    /// When the next check is due: ticks before it, at the head start's pace, only release.
+    next_check_ms: u64,
 }
 
 impl SurgeRoot {
@@ -128,7 +133,27 @@ impl SurgeRoot {
             answer_readable: None,
             wake_queue: None,
             standing_aside: false,
+            quick_ticks: false,
+            next_check_ms: 0,
         }
+    }
+
+    /// Sets the timer to the head start's pace while this VM has held requests waiting for
+    /// their turn behind a head (`hold::HEAD_START_MS`), and back to the check period after.
+    /// Only the release runs on the quick ticks: the reporter's schedule and the surge window
+    /// keep their samples a check period apart.
+    fn pace_ticks(&mut self, config: &Config) {
+        let quick = self.vm.borrow().hold.next_release_ms().is_some();
+        if quick == self.quick_ticks {
+            return;
+        }
+        self.quick_ticks = quick;
+        let period = if quick {
+            hold_rules::HEAD_START_MS.min(config.surge.check_period_ms)
+        } else {
+            config.surge.check_period_ms
+        };
+        let _ = hostcalls::set_tick_period(Duration::from_millis(period));
     }
 
     fn config(&self) -> Option<Rc<Config>> {
@@ -285,10 +310,13 @@ impl SurgeRoot {
                 {
                     // This VM takes the change up now, and wakes the others that hold requests,
                     // rather than leave it to their next ticks.
-                    let mut vm = self.vm.borrow_mut();
-                    let id = vm.vm_id;
-                    vm.hold.tick(id, self.context_id, &config, now_ms);
-                    vm.hold.wake_holders(id);
+                    {
+                        let mut vm = self.vm.borrow_mut();
+                        let id = vm.vm_id;
+                        vm.hold.tick(id, self.context_id, &config, now_ms);
+                        vm.hold.wake_holders(id);
+                    }
+                    self.pace_ticks(&config);
                 }
             }
             Err(_) => host::add(metrics.answers_malformed, 1),
@@ -432,6 +460,7 @@ impl RootContext for SurgeRoot {
             config.surge.check_period_ms
         };
         let _ = hostcalls::set_tick_period(Duration::from_millis(period));
+        self.quick_ticks = false;
         self.scheduler = None;
         self.vm.borrow_mut().config = Some(Rc::new(config));
         true
@@ -444,6 +473,17 @@ impl RootContext for SurgeRoot {
         // Every VM, reporter or not, hands its tallied counts to the process-wide metrics, and
         // publishes its in-flight counts (also unchanged: the time it writes says it is alive).
         let now_ms = host::now_ms();
+        if self.quick_ticks && now_ms < self.next_check_ms {
+            // A tick of the head start's pace: the held requests' turn, nothing else.
+            {
+                let mut vm = self.vm.borrow_mut();
+                let id = vm.vm_id;
+                vm.hold.tick(id, self.context_id, &config, now_ms);
+            }
+            self.pace_ticks(&config);
+            return;
+        }
+        self.next_check_ms = now_ms.saturating_add(config.surge.check_period_ms);
         {
             let mut vm = self.vm.borrow_mut();
             let id = vm.vm_id;
@@ -453,6 +493,7 @@ impl RootContext for SurgeRoot {
             }
             vm.hold.tick(id, self.context_id, &config, now_ms);
         }
+        self.pace_ticks(&config);
         if !self.hold_lease(now_ms, config.lease_ms()) {
             // A follower keeps no history: when it takes over it starts afresh, and the shared
             // sequence record keeps the schedule.
@@ -478,6 +519,7 @@ impl RootContext for SurgeRoot {
             let id = vm.vm_id;
             vm.hold.tick(id, self.context_id, &config, now_ms);
         }
+        self.pace_ticks(&config);
         if self.scheduler.is_some() && self.is_reporter(now_ms) {
             self.report(&config, now_ms);
         }

@@ -1,6 +1,6 @@
 //! The requests one VM holds, in arrival order, and the rules that end each hold.
 
-use super::{ColdSet, MAX_HELD_PER_VM};
+use super::{ColdSet, HEAD_START_MS, MAX_HELD_PER_VM};
 use crate::config::HoldConfig;
 
 /// One held request of this VM.
@@ -38,6 +38,9 @@ pub struct HoldQueue {
     /// Oldest first. A vector rather than a deque: removals from the front shift at most
     /// [`MAX_HELD_PER_VM`] small entries, on the cold path only, and save the deque's code.
     entries: Vec<HeldRequest>,
+    /// Destinations that turned warm while this VM held requests for them, and when their
+    /// oldest held request went on (the rest follow [`HEAD_START_MS`] later).
+    opened: Vec<(String, u64)>,
 }
 
 impl HoldQueue {
@@ -85,14 +88,57 @@ impl HoldQueue {
         }
     }
 
-    /// Takes the requests whose hold ends at `now_ms`, in arrival order: those whose destination
-    /// is no longer in `cold` (resumed, even when their timeout passed too) and those held for
-    /// `timeout_ms` or longer.
+    /// Takes the requests whose hold ends at `now_ms`, in arrival order: those held for
+    /// `timeout_ms` or longer while their destination is cold (a `503`), and those whose
+    /// destination is no longer in `cold` (resumed, even when their timeout passed too).
+    ///
+    /// A destination that turns warm gets its oldest held request first, alone, and the rest
+    /// [`HEAD_START_MS`] later: released together, they would reach the new pod as one crowd
+    /// in whatever order the connections happen to open (measured: the first request landed
+    /// up to 5 batches deep), and the request that waited longest would wait longest again.
     pub fn sweep(&mut self, now_ms: u64, cold: &ColdSet, timeout_ms: u64) -> Vec<(u32, Release)> {
+        self.take(now_ms, cold, timeout_ms, HEAD_START_MS)
+    }
+
+    /// Takes every held request (the plugin shuts down): warm destinations resume, cold ones
+    /// end with a `503`, in arrival order, with no head start (the VM is going away).
+    pub fn drain(&mut self, cold: &ColdSet) -> Vec<(u32, Release)> {
+        self.take(0, cold, 0, 0)
+    }
+
+    /// When the next held request of a destination that turned warm is due (the end of its
+    /// head start): the glue ticks then rather than at its next check.
+    pub fn next_release_ms(&self) -> Option<u64> {
+        self.opened
+            .iter()
+            .map(|(_, at)| at.saturating_add(HEAD_START_MS))
+            .min()
+    }
+
+    fn take(
+        &mut self,
+        now_ms: u64,
+        cold: &ColdSet,
+        timeout_ms: u64,
+        head_start_ms: u64,
+    ) -> Vec<(u32, Release)> {
+        // A destination cold again starts over: its next warm turn has a head of its own.
+        self.opened.retain(|(c, _)| !cold.contains(c.as_bytes()));
+        let opened = &mut self.opened;
         let mut out = Vec::new();
         self.entries.retain(|e| {
             let release = if !cold.contains(e.cluster.as_bytes()) {
-                Some(Release::Resume)
+                match opened.iter().find(|(c, _)| *c == e.cluster) {
+                    // The oldest held request of a destination just warm: it goes alone.
+                    None => {
+                        opened.push((e.cluster.clone(), now_ms));
+                        Some(Release::Resume)
+                    }
+                    Some(&(_, at)) if now_ms >= at.saturating_add(head_start_ms) => {
+                        Some(Release::Resume)
+                    }
+                    Some(_) => None,
+                }
             } else if now_ms.saturating_sub(e.since_ms) >= timeout_ms {
                 Some(Release::TimedOut)
             } else {
@@ -106,13 +152,10 @@ impl HoldQueue {
                 None => true,
             }
         });
+        let entries = &self.entries;
+        self.opened
+            .retain(|(c, _)| entries.iter().any(|e| e.cluster == *c));
         out
-    }
-
-    /// Takes every held request (the plugin shuts down): warm destinations resume, cold ones
-    /// end with a `503`, in arrival order.
-    pub fn drain(&mut self, cold: &ColdSet) -> Vec<(u32, Release)> {
-        self.sweep(0, cold, 0)
     }
 
     /// Held requests per destination, in order of each destination's first held request.
@@ -163,18 +206,62 @@ mod tests {
         // Still cold: nothing moves before the timeout.
         let both = cold(100, &[APP, WEB]);
         assert_eq!(queue.sweep(200, &both, 10_000), []);
-        // APP warms: its requests resume in arrival order; WEB's stays.
-        let released = queue.sweep(300, &cold(300, &[WEB]), 10_000);
+        // APP warms: its oldest request resumes at once, the rest after the head start, in
+        // arrival order; WEB's stays.
+        let web = cold(300, &[WEB]);
+        assert_eq!(queue.sweep(300, &web, 10_000), [(7, Release::Resume)]);
+        assert_eq!(queue.next_release_ms(), Some(300 + HEAD_START_MS));
+        assert_eq!(queue.sweep(300 + HEAD_START_MS - 1, &web, 10_000), []);
         assert_eq!(
-            released,
-            [
-                (7, Release::Resume),
-                (9, Release::Resume),
-                (4, Release::Resume)
-            ]
+            queue.sweep(300 + HEAD_START_MS, &web, 10_000),
+            [(9, Release::Resume), (4, Release::Resume)]
         );
+        assert_eq!(queue.next_release_ms(), None);
         assert_eq!(queue.counts(), [(WEB.to_string(), 1)]);
         assert!(queue.contains(3) && !queue.contains(7));
+    }
+
+    #[test]
+    fn each_destination_warm_gets_a_head_of_its_own() {
+        let mut queue = HoldQueue::default();
+        for (id, cluster) in [(1, APP), (2, WEB), (3, APP), (4, WEB)] {
+            queue.admit(id, cluster, 0, 0, &config(10));
+        }
+        // Both warm in one sweep: each destination's oldest goes at once.
+        let none = ColdSet::default();
+        assert_eq!(
+            queue.sweep(50, &none, 10_000),
+            [(1, Release::Resume), (2, Release::Resume)]
+        );
+        assert_eq!(
+            queue.sweep(50 + HEAD_START_MS, &none, 10_000),
+            [(3, Release::Resume), (4, Release::Resume)]
+        );
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_destination_cold_again_within_its_head_start_keeps_the_rest_held() {
+        let mut queue = HoldQueue::default();
+        for id in 1..=3 {
+            queue.admit(id, APP, 0, 0, &config(10));
+        }
+        assert_eq!(
+            queue.sweep(50, &ColdSet::default(), 10_000),
+            [(1, Release::Resume)]
+        );
+        // Cold again before the rest went: they stay held, and the next warm turn starts with
+        // a head of its own.
+        assert_eq!(queue.sweep(55, &cold(55, &[APP]), 10_000), []);
+        assert_eq!(queue.next_release_ms(), None);
+        assert_eq!(
+            queue.sweep(500, &ColdSet::default(), 10_000),
+            [(2, Release::Resume)]
+        );
+        assert_eq!(
+            queue.sweep(500 + HEAD_START_MS, &ColdSet::default(), 10_000),
+            [(3, Release::Resume)]
+        );
     }
 
     #[test]
@@ -245,9 +332,15 @@ mod tests {
         let mut queue = HoldQueue::default();
         queue.admit(1, APP, 0, 0, &config(10));
         queue.admit(2, WEB, 0, 0, &config(10));
+        queue.admit(3, APP, 0, 0, &config(10));
+        // No head start at shutdown: every warm request goes now.
         assert_eq!(
             queue.drain(&cold(0, &[WEB])),
-            [(1, Release::Resume), (2, Release::TimedOut)]
+            [
+                (1, Release::Resume),
+                (2, Release::TimedOut),
+                (3, Release::Resume)
+            ]
         );
         assert!(queue.is_empty());
     }
