@@ -18,6 +18,7 @@
 //! `sandbox/README.md`.
 
 mod patch;
+mod reads;
 pub mod resources;
 mod server;
 mod status;
