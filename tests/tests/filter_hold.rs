@@ -325,6 +325,39 @@ async fn answers(tasks: Vec<tokio::task::JoinHandle<anyhow::Result<Answered>>>) 
     out
 }
 
+/// Holds 12 requests `/<test>/<i>` sent 15 ms apart on a gateway with `concurrency` worker VMs,
+/// then turns [`APP`] warm. Returns the upstream (what reached it, when), the answers, whether
+/// all 12 were held at once, and the proxy (for its counters).
+async fn hold_twelve_then_warm(
+    test: &str,
+    concurrency: u32,
+) -> (OrderedUpstream, Vec<Answered>, bool, Proxy) {
+    let upstream = OrderedUpstream::start().await.unwrap();
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_cold(&[APP]);
+    let proxy = Proxy::start(
+        test,
+        upstream.addr(),
+        scaler.addr(),
+        json!({"role": "gateway"}),
+        concurrency,
+        1,
+    )
+    .await;
+    assert!(proxy.learned_cold(1).await);
+    let sent = Instant::now();
+    let n = 12;
+    let tasks = send_staggered(proxy.addr, test, n, Duration::from_millis(15));
+    let all_held = scaler
+        .wait_until(Duration::from_secs(3), |r| {
+            first_holding(r, sent, n as u64).is_some()
+        })
+        .await;
+    scaler.set_cold(&[]);
+    let answered = answers(tasks).await;
+    (upstream, answered, all_held, proxy)
+}
+
 /// The first report after `since` that says at least `n` requests are held for [`APP`].
 fn first_holding(reports: &[Received], since: Instant, n: u64) -> Option<Received> {
     reports
@@ -452,29 +485,8 @@ async fn a_client_sidecar_holds_a_request_to_a_cold_destination_until_it_is_warm
 /// One worker thread: one VM holds every request, and resumes them in the order they came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn held_requests_resume_in_arrival_order() {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
-    let proxy = Proxy::start(
-        "order",
-        upstream.addr(),
-        scaler.addr(),
-        json!({"role": "gateway"}),
-        1,
-        1,
-    )
-    .await;
-    assert!(proxy.learned_cold(1).await);
-    let sent = Instant::now();
+    let (upstream, answered, all_held, proxy) = hold_twelve_then_warm("order", 1).await;
     let n = 12;
-    let tasks = send_staggered(proxy.addr, "order", n, Duration::from_millis(15));
-    let all_held = scaler
-        .wait_until(Duration::from_secs(3), |r| {
-            first_holding(r, sent, n as u64).is_some()
-        })
-        .await;
-    scaler.set_cold(&[]);
-    let answered = answers(tasks).await;
     let expected: Vec<String> = (0..n).map(|i| format!("/order/{i}")).collect();
     eprintln!(
         "order: upstream saw {:?}; elapsed {:?}",
@@ -493,29 +505,8 @@ async fn held_requests_resume_in_arrival_order() {
 /// start the first request is among the heads, which reach the upstream before the crowd.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oldest_held_requests_reach_the_upstream_ahead_of_the_rest() {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
-    let proxy = Proxy::start(
-        "head",
-        upstream.addr(),
-        scaler.addr(),
-        json!({"role": "gateway"}),
-        2,
-        1,
-    )
-    .await;
-    assert!(proxy.learned_cold(1).await);
-    let sent = Instant::now();
+    let (upstream, answered, all_held, _proxy) = hold_twelve_then_warm("head", 2).await;
     let n = 12;
-    let tasks = send_staggered(proxy.addr, "head", n, Duration::from_millis(15));
-    let all_held = scaler
-        .wait_until(Duration::from_secs(3), |r| {
-            first_holding(r, sent, n as u64).is_some()
-        })
-        .await;
-    scaler.set_cold(&[]);
-    let answered = answers(tasks).await;
     let arrivals = upstream.arrivals();
     let (_, first_at) = arrivals[0];
     let after_first: Vec<(String, u128)> = arrivals

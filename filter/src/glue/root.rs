@@ -138,12 +138,18 @@ impl SurgeRoot {
         }
     }
 
-    /// Sets the timer to the head start's pace while this VM has held requests waiting for
-    /// their turn behind a head (`hold::HEAD_START_MS`), and back to the check period after.
-    /// Only the release runs on the quick ticks: the reporter's schedule and the surge window
-    /// keep their samples a check period apart.
-    fn pace_ticks(&mut self, config: &Config) {
-        let quick = self.vm.borrow().hold.next_release_ms().is_some();
+    /// Releases (or ends) this VM's held requests as the cold set now allows, then sets the
+    /// timer to the head start's pace while some wait for their turn behind a head
+    /// (`hold::HEAD_START_MS`), and back to the check period after. Only the release runs on
+    /// the quick ticks: the reporter's schedule and the surge window keep their samples a
+    /// check period apart.
+    fn release_held(&mut self, config: &Config, now_ms: u64) {
+        let quick = {
+            let mut vm = self.vm.borrow_mut();
+            let id = vm.vm_id;
+            vm.hold.tick(id, self.context_id, config, now_ms);
+            vm.hold.next_release_ms().is_some()
+        };
         if quick == self.quick_ticks {
             return;
         }
@@ -310,13 +316,8 @@ impl SurgeRoot {
                 {
                     // This VM takes the change up now, and wakes the others that hold requests,
                     // rather than leave it to their next ticks.
-                    {
-                        let mut vm = self.vm.borrow_mut();
-                        let id = vm.vm_id;
-                        vm.hold.tick(id, self.context_id, &config, now_ms);
-                        vm.hold.wake_holders(id);
-                    }
-                    self.pace_ticks(&config);
+                    self.release_held(&config, now_ms);
+                    self.vm.borrow().hold.wake_holders(self.vm_id);
                 }
             }
             Err(_) => host::add(metrics.answers_malformed, 1),
@@ -470,30 +471,21 @@ impl RootContext for SurgeRoot {
         let Some(config) = self.config().filter(|_| !self.standing_aside) else {
             return;
         };
-        // Every VM, reporter or not, hands its tallied counts to the process-wide metrics, and
-        // publishes its in-flight counts (also unchanged: the time it writes says it is alive).
         let now_ms = host::now_ms();
         if self.quick_ticks && now_ms < self.next_check_ms {
             // A tick of the head start's pace: the held requests' turn, nothing else.
-            {
-                let mut vm = self.vm.borrow_mut();
-                let id = vm.vm_id;
-                vm.hold.tick(id, self.context_id, &config, now_ms);
-            }
-            self.pace_ticks(&config);
+            self.release_held(&config, now_ms);
             return;
         }
         self.next_check_ms = now_ms.saturating_add(config.surge.check_period_ms);
-        {
+        // Every VM, reporter or not, hands its tallied counts to the process-wide metrics, and
+        // publishes its in-flight counts (also unchanged: the time it writes says it is alive).
+        if config.role.counts() {
             let mut vm = self.vm.borrow_mut();
-            let id = vm.vm_id;
-            if config.role.counts() {
-                let _ = vm.routes.flush();
-                vm.routes.publish(id, now_ms);
-            }
-            vm.hold.tick(id, self.context_id, &config, now_ms);
+            let _ = vm.routes.flush();
+            vm.routes.publish(self.vm_id, now_ms);
         }
-        self.pace_ticks(&config);
+        self.release_held(&config, now_ms);
         if !self.hold_lease(now_ms, config.lease_ms()) {
             // A follower keeps no history: when it takes over it starts afresh, and the shared
             // sequence record keeps the schedule.
@@ -514,12 +506,7 @@ impl RootContext for SurgeRoot {
             return;
         };
         let now_ms = host::now_ms();
-        {
-            let mut vm = self.vm.borrow_mut();
-            let id = vm.vm_id;
-            vm.hold.tick(id, self.context_id, &config, now_ms);
-        }
-        self.pace_ticks(&config);
+        self.release_held(&config, now_ms);
         if self.scheduler.is_some() && self.is_reporter(now_ms) {
             self.report(&config, now_ms);
         }
