@@ -80,6 +80,12 @@ pub struct SurgeScalerSpec {
     #[serde(default = "default_tolerance")]
     #[schemars(range(min = 0.0, max = 1.0))]
     pub tolerance: f64,
+    /// Outside panic, a burst estimate scales the target at once only when it asks for more
+    /// than `1 + burstTolerance` times the current replicas' worth of the target (default 0.2);
+    /// a smaller rise is left to the stable window, which follows it if it lasts.
+    #[serde(default = "default_burst_tolerance")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub burst_tolerance: f64,
     /// A proxy that has not reported for this long is dropped from the target's sources; when
     /// every source is gone the scale is held (condition MetricsStale) instead of read as zero.
     #[serde(default = "default_stale_after_seconds")]
@@ -501,6 +507,9 @@ fn default_panic_threshold() -> f64 {
 fn default_tolerance() -> f64 {
     0.1
 }
+fn default_burst_tolerance() -> f64 {
+    0.2
+}
 fn default_stale_after_seconds() -> u32 {
     10
 }
@@ -544,6 +553,7 @@ mod tests {
         assert_eq!(spec.windows.panic_seconds, 6);
         assert_eq!(spec.panic_threshold, 2.0);
         assert_eq!(spec.tolerance, 0.1);
+        assert_eq!(spec.burst_tolerance, 0.2);
         assert!(spec.sources.sidecars);
         assert_eq!(spec.behavior.scale_down.stabilization_window_seconds, 300);
         assert!(spec.behavior.scale_up.policies.is_empty());

@@ -32,6 +32,9 @@ pub struct Policy {
     pub target: f64,
     /// Relative band around the current scale in which the stable recommendation keeps it.
     pub tolerance: f64,
+    /// Relative rise above the current replicas' worth of the target that a burst estimate must
+    /// ask for before it scales the target outside panic.
+    pub burst_tolerance: f64,
     /// `fast / ready` ratio that starts panic.
     pub panic_threshold: f64,
     /// Stable window; also how long the load must stay below the threshold to leave panic.
@@ -101,6 +104,7 @@ impl Policy {
                 1.0
             },
             tolerance: spec.tolerance.clamp(0.0, 1.0),
+            burst_tolerance: spec.burst_tolerance.clamp(0.0, 1.0),
             panic_threshold: spec.panic_threshold.max(1.0),
             stable_window_ms: u64::from(spec.windows.stable_seconds.max(1)) * 1000,
             scale_up: Rules::from_spec(&spec.behavior.scale_up),
@@ -283,7 +287,18 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
         }
     }
     let fast_value = obs.panic.max(obs.burst.unwrap_or(0.0));
-    let dbpc = obs.burst.map_or(0, |b| ceil_replicas(b, policy.target));
+    // A burst acts on its own only when it is large enough to matter before the stable window
+    // could follow it: a rise of a few percent leaves the pods well inside their capacity,
+    // while a replica added for it is kept for the whole scale-down window. Noisy load (one
+    // second 20 % above the minute's average) would otherwise buy a replica per peak.
+    let dbpc = obs.burst.map_or(0, |b| {
+        let usage = b / policy.target / f64::from(current.max(1));
+        if current > 0 && usage <= 1.0 + policy.burst_tolerance + 1e-9 {
+            0
+        } else {
+            ceil_replicas(b, policy.target)
+        }
+    });
     let mut fast = ceil_replicas(fast_value, policy.target);
     if current > 0 {
         let usage = fast_value / policy.target / f64::from(current);

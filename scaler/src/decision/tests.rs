@@ -300,6 +300,56 @@ fn within_the_tolerance_the_stable_recommendation_keeps_the_scale() {
 }
 
 #[test]
+fn a_burst_acts_on_its_own_only_beyond_the_burst_tolerance() {
+    let policy = spec_policy();
+    assert_eq!(policy.burst_tolerance, 0.2);
+    // Stable average at the target of 4 replicas (400 rps, target 100); a clear burst estimate
+    // (the window gives it only once it stands 4 sigmas out) of each size:
+    let table = [
+        (460.0, 4), // 1.15 of 4 replicas' worth: left to the stable window
+        (480.0, 4), // 1.20: still inside
+        (500.0, 5), // 1.25: acted on at once, for all of it
+        (700.0, 7), // 1.75: the same, below the panic threshold
+    ];
+    for (burst, expected) in table {
+        let mut state = settled(&policy);
+        let mut observation = fresh(400.0, 400.0);
+        observation.burst = Some(burst);
+        let d = decide(&policy, &mut state, &input(4, observation), 100_000);
+        assert_eq!(d.desired, expected, "burst {burst}");
+        assert!(!d.panic, "burst {burst}");
+    }
+}
+
+#[test]
+fn one_second_peaks_of_a_noisy_load_buy_no_replica() {
+    // 20 % noise per second around 350 rps (4 replicas at target 100, usage 0.875), each peak
+    // seen as a burst estimate: the scale stays, as the minute's average asks.
+    let mut sim = Sim::new(spec_policy(), 4, 0);
+    sim.run(120, 350.0);
+    let mut seed = 11u64;
+    for second in 0..600u32 {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let noise = ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.4;
+        let load = 350.0 * (1.0 + noise);
+        for tick in 0..10 {
+            let d = sim.step(load, tick == 0 && noise > 0.1, Freshness::Fresh);
+            assert_eq!(d.desired, 4, "second {second}: load {load:.0}");
+        }
+    }
+}
+
+#[test]
+fn a_burst_on_a_cold_target_always_counts() {
+    let policy = spec_policy();
+    let mut state = settled(&policy);
+    let mut observation = fresh(0.0, 0.0);
+    observation.burst = Some(30.0);
+    let d = decide(&policy, &mut state, &input(0, observation), 100_000);
+    assert_eq!(d.desired, 1);
+}
+
+#[test]
 fn hpa_default_scale_up_policies_limit_growth_per_period() {
     let mut policy = spec_policy();
     policy.scale_up.policies = vec![

@@ -149,6 +149,7 @@ fn policy() -> Policy {
         max: 10,
         target: 1.0,
         tolerance: 0.1,
+        burst_tolerance: 0.2,
         panic_threshold: 2.0,
         stable_window_ms: 60_000,
         scale_up: Rules {

@@ -98,7 +98,7 @@ pub struct SurgeReplay {
 
 /// The SurgeScaler spec a user writes for `target`: min, max and an RPS target, the rest
 /// defaulted by the CRD's serde defaults (windows 60 s / 6 s, panic threshold 2, tolerance 0.1,
-/// scale-down stabilization 300 s, ...).
+/// burst tolerance 0.2, scale-down stabilization 300 s, ...).
 pub fn default_spec(target: &ScaleTarget) -> Result<SurgeScalerSpec, serde_json::Error> {
     serde_json::from_value(serde_json::json!({
         "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": WORKLOAD},
