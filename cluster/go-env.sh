@@ -12,6 +12,16 @@ export GOMODCACHE=$tools/go/mod GOCACHE=$tools/go/cache GOTMPDIR=$tools/go/tmp \
   GOFLAGS="-buildvcs=false -modcacherw" GOTOOLCHAIN=local CGO_ENABLED=0 \
   GOPROXY=${GOPROXY:-https://proxy.golang.org} GONOSUMDB= GOPRIVATE=
 mkdir -p "$GOTMPDIR"
+# One Go build at a time. Every script drops the shared caches when it is done, and
+# build-components.sh does so even when it finds everything built (validate-manifests.sh runs it
+# that way): beside a running build that pulled the module cache from under it ("open
+# .tools/go/mod/...: no such file or directory" in `make classic-tools`). The lock is held
+# until the sourcing script exits; two builds at once gain nothing on 2 cores anyway.
+exec 9>"$tools/go/.lock"
+if ! flock -n 9; then
+  echo "go-env: another Go build holds .tools/go; waiting for it" >&2
+  flock 9
+fi
 
 # Called once a script's binaries are in place: drops the module and build caches. They reach
 # ~13 GB after Kubernetes, etcd, helm, Prometheus and KEDA, and nothing reads them again (the
