@@ -286,19 +286,17 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
             dspc = current;
         }
     }
-    let fast_value = obs.panic.max(obs.burst.unwrap_or(0.0));
     // A burst acts on its own only when it is large enough to matter before the stable window
     // could follow it: a rise of a few percent leaves the pods well inside their capacity,
     // while a replica added for it is kept for the whole scale-down window. Noisy load (one
-    // second 20 % above the minute's average) would otherwise buy a replica per peak.
-    let dbpc = obs.burst.map_or(0, |b| {
-        let usage = b / policy.target / f64::from(current.max(1));
-        if current > 0 && usage <= 1.0 + policy.burst_tolerance + 1e-9 {
-            0
-        } else {
-            ceil_replicas(b, policy.target)
-        }
+    // second 20 % above the minute's average) would otherwise buy a replica per peak. The bar
+    // holds in panic too, where the panic window's average still follows a rise that lasts: a
+    // scaler starts in panic, and there a burst 14 % over one replica's worth scaled up.
+    let acting_burst = obs.burst.filter(|&b| {
+        current == 0 || b / policy.target / f64::from(current) > 1.0 + policy.burst_tolerance + 1e-9
     });
+    let dbpc = acting_burst.map_or(0, |b| ceil_replicas(b, policy.target));
+    let fast_value = obs.panic.max(acting_burst.unwrap_or(0.0));
     let mut fast = ceil_replicas(fast_value, policy.target);
     if current > 0 {
         let usage = fast_value / policy.target / f64::from(current);
@@ -310,8 +308,11 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
     // Panic mode (Knative): enter when the fast estimate asks for `threshold` times the pods
     // there are; leave only after a whole stable window without that. Unlike Knative the ratio
     // is taken before rounding up, so one pod at 1.01x its target is not "twice" its capacity.
+    // The trigger takes the whole burst estimate: while the pods of a scale-up start, the
+    // burst that asked for them stands far above the ready ones, and panic keeps them.
+    let trigger = obs.panic.max(obs.burst.unwrap_or(0.0));
     let ready = input.ready.max(1);
-    if fast_value / policy.target / f64::from(ready) >= policy.panic_threshold {
+    if trigger / policy.target / f64::from(ready) >= policy.panic_threshold {
         if state.panic_since.is_none() {
             state.panic_since = Some(now);
             state.panic_high_water = 0;

@@ -322,6 +322,22 @@ fn a_burst_acts_on_its_own_only_beyond_the_burst_tolerance() {
 }
 
 #[test]
+fn a_scaler_just_started_in_panic_keeps_the_burst_tolerance() {
+    // A scaler starts in panic (no scale-down before a stable window of data). Seen on the real
+    // control plane: one replica at 35 rps of its 35, a burst estimate of 40, and 1 -> 2.
+    let mut policy = spec_policy();
+    policy.target = 35.0;
+    for (burst, expected) in [(40.0, 1), (45.0, 2)] {
+        let mut state = DecisionState::after_restart(0);
+        let mut observation = fresh(33.0, 34.0);
+        observation.burst = Some(burst);
+        let d = decide(&policy, &mut state, &input(1, observation), 5_000);
+        assert!(d.panic);
+        assert_eq!(d.desired, expected, "burst {burst}");
+    }
+}
+
+#[test]
 fn one_second_peaks_of_a_noisy_load_buy_no_replica() {
     // 20 % noise per second around 350 rps (4 replicas at target 100, usage 0.875), each peak
     // seen as a burst estimate: the scale stays, as the minute's average asks.
