@@ -6,7 +6,9 @@
 //!  stable avg -> dspc = ceil(stable / target)   (kept at current within the tolerance)
 //!  panic avg  -> dppc = ceil(panic / target)  \
 //!  burst est. -> dbpc = ceil(burst / target)  -+-> fast = max(dppc, dbpc)
-//!  panic:  fast / ready >= threshold  ->  enter (or stay); leave after a stable window below
+//!                (0 unless burst > (1 + burstTolerance) x current replicas' worth)
+//!  panic:  max(panic, burst) / ready >= threshold  ->  enter (or stay); leave after a stable
+//!          window below
 //!  raw:    panicking ? max(current, dspc, fast, high-water) : max(dspc, dbpc)
 //!  clamp [min, max] -> stabilization (HPA) -> rate policies (HPA) -> clamp [min, max]
 //! ```
