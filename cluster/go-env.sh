@@ -17,10 +17,13 @@ mkdir -p "$GOTMPDIR"
 # that way): beside a running build that pulled the module cache from under it ("open
 # .tools/go/mod/...: no such file or directory" in `make classic-tools`). The lock is held
 # until the sourcing script exits; two builds at once gain nothing on 2 cores anyway.
-exec 9>"$tools/go/.lock"
-if ! flock -n 9; then
-  echo "go-env: another Go build holds .tools/go; waiting for it" >&2
-  flock 9
+# (flock is util-linux's; a machine without it runs unlocked, as before.)
+if command -v flock >/dev/null; then
+  exec 9>"$tools/go/.lock"
+  if ! flock -n 9; then
+    echo "go-env: another Go build holds .tools/go; waiting for it" >&2
+    flock 9
+  fi
 fi
 
 # Called once a script's binaries are in place: drops the module and build caches. They reach
