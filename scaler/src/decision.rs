@@ -202,6 +202,10 @@ pub struct DecisionState {
     panic_since: Option<Millis>,
     last_panic_trigger: Millis,
     panic_high_water: i32,
+    /// Whether the load triggered the current panic. The panic a restart begins with only
+    /// guards against scale-down: there the 6 s panic average, noisy at a steady load, does
+    /// not scale up; the stable average and a burst past its tolerance still do.
+    load_panic: bool,
     /// (last seen, recommendation), consecutive repeats merged.
     recommendations: VecDeque<(Millis, i32)>,
     scale_events: VecDeque<(Millis, i32)>,
@@ -218,6 +222,7 @@ impl DecisionState {
             panic_since: Some(now),
             last_panic_trigger: now,
             panic_high_water: 0,
+            load_panic: false,
             recommendations: VecDeque::new(),
             scale_events: VecDeque::new(),
         }
@@ -320,14 +325,17 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
             state.panic_high_water = 0;
         }
         state.last_panic_trigger = now;
+        state.load_panic = true;
     } else if state.panic_since.is_some()
         && now.saturating_sub(state.last_panic_trigger) >= policy.stable_window_ms
     {
         state.panic_since = None;
         state.panic_high_water = 0;
+        state.load_panic = false;
     }
 
     let raw = if state.panicking() {
+        let fast = if state.load_panic { fast } else { dbpc };
         let raw = current.max(dspc).max(fast).max(state.panic_high_water);
         state.panic_high_water = raw;
         raw

@@ -335,6 +335,14 @@ fn a_scaler_just_started_in_panic_keeps_the_burst_tolerance() {
         assert!(d.panic);
         assert_eq!(d.desired, expected, "burst {burst}");
     }
+    // Nor does the 6 s panic average, noisy at a steady load, scale up in that panic (seen
+    // too: 39.5 rps against 35, 1 -> 2); the stable average does.
+    for (stable, panic, expected) in [(33.0, 39.5, 1), (40.0, 40.0, 2)] {
+        let mut state = DecisionState::after_restart(0);
+        let d = decide(&policy, &mut state, &input(1, fresh(stable, panic)), 5_000);
+        assert!(d.panic);
+        assert_eq!(d.desired, expected, "stable {stable}, panic {panic}");
+    }
 }
 
 #[test]
