@@ -431,9 +431,16 @@ pub(super) fn rescale_reason(
     metric: MetricType,
 ) -> String {
     let name = metric_name(metric);
+    // Outside panic a scale-up the stable average cannot ask for (it is within the tolerance of
+    // one replica fewer) is the burst estimate's: name it, not the stable value.
+    let stable_below = observation.stable / policy.target
+        <= f64::from(decision.desired - 1) * (1.0 + policy.tolerance);
     let (value, window) = match (decision.panic, observation.burst) {
         (true, Some(burst)) if burst >= observation.panic => (burst, "surge burst estimate"),
         (true, _) => (observation.panic, "panic window"),
+        (false, Some(burst)) if decision.reason == Reason::ScaleUp && stable_below => {
+            (burst, "surge burst estimate")
+        }
         (false, _) => (observation.stable, "stable window"),
     };
     let direction = if decision.reason == Reason::ScaleDown {
