@@ -35,7 +35,7 @@ pub struct Policy {
     /// Relative band around the current scale in which the stable recommendation keeps it.
     pub tolerance: f64,
     /// Relative rise above the current replicas' worth of the target that a burst estimate must
-    /// ask for before it scales the target outside panic.
+    /// ask for before it counts for a recommendation, in panic or not.
     pub burst_tolerance: f64,
     /// `fast / ready` ratio that starts panic.
     pub panic_threshold: f64,
