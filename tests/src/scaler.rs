@@ -66,6 +66,20 @@ pub async fn request(
     token: &str,
     body: Option<&Value>,
 ) -> Answer {
+    try_request(client, method, url, token, body)
+        .await
+        .expect("the scaler answers")
+}
+
+/// As [`request`], but a connection that fails (a scaler going away) is an `Err`, for tests
+/// that send elsewhere then, as a Service would.
+pub async fn try_request(
+    client: &HttpClient,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> Result<Answer, String> {
     let mut builder = http::Request::builder()
         .method(method)
         .uri(url)
@@ -80,7 +94,10 @@ pub async fn request(
         None => Full::new(Bytes::new()),
     };
     let request = builder.body(body).expect("a well-formed request");
-    let response = client.request(request).await.expect("the scaler answers");
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
     let status = response.status().as_u16();
     let retry_after = response
         .headers()
@@ -93,11 +110,11 @@ pub async fn request(
         .await
         .expect("a complete body")
         .to_bytes();
-    Answer {
+    Ok(Answer {
         status,
         retry_after,
         body: String::from_utf8_lossy(&bytes).into_owned(),
-    }
+    })
 }
 
 /// Whether the scaler's `/readyz` answers 200 (within 500 ms).

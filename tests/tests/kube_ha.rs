@@ -23,7 +23,7 @@ use surge_e2e::installed::{
     TOKEN, apply, eventually, install, kubectl, pause_deployment, replicas, report, scale_writes,
     wait_ready_replicas,
 };
-use surge_e2e::scaler::{HttpClient, http_client, request};
+use surge_e2e::scaler::{HttpClient, http_client, try_request};
 use surge_sandbox::kubeapi::RequestRecord;
 use surge_sandbox::nft::NftTable;
 use surge_sandbox::real::RealKube;
@@ -121,9 +121,10 @@ impl Sidecar {
             surge,
         );
         let url = format!("http://{ingest}{}", surge_wire::REPORTS_PATH);
-        request(client, "POST", &url, TOKEN, Some(&body))
+        // A replica going away may refuse the connection: 0, and the caller sends elsewhere.
+        try_request(client, "POST", &url, TOKEN, Some(&body))
             .await
-            .status
+            .map_or(0, |answer| answer.status)
     }
 }
 
