@@ -9,12 +9,14 @@
 //!                (0 unless burst > (1 + burstTolerance) x current replicas' worth)
 //!  panic:  max(panic, burst) / ready >= threshold  ->  enter (or stay); leave after a stable
 //!          window below
-//!  raw:    panicking ? max(current, dspc, fast, high-water) : max(dspc, dbpc)
+//!  raw:    panicking ? max(current, dspc, fast, high-water)
+//!          : restart guard ? max(current, dspc, dbpc) : max(dspc, dbpc)
 //!  clamp [min, max] -> stabilization (HPA) -> rate policies (HPA) -> clamp [min, max]
 //! ```
 //!
 //! Fail-static: with stale or no data the current scale is held (clamped into the bounds), and a
-//! freshly started scaler begins in panic, so the history it lost cannot cause a scale-down.
+//! freshly started scaler holds at least the current scale for a stable window (the restart
+//! guard), so the history it lost cannot cause a scale-down.
 
 use std::collections::VecDeque;
 
@@ -202,10 +204,10 @@ pub struct DecisionState {
     panic_since: Option<Millis>,
     last_panic_trigger: Millis,
     panic_high_water: i32,
-    /// Whether the load triggered the current panic. The panic a restart begins with only
-    /// guards against scale-down: there the 6 s panic average, noisy at a steady load, does
-    /// not scale up; the stable average and a burst past its tolerance still do.
-    load_panic: bool,
+    /// When these decisions began (a restart, a takeover, a new resource): for a stable window
+    /// from then nothing scales down, since the history that could justify it was lost. Unlike
+    /// panic it does not scale up on the 6 s panic average, which a steady noisy load passes.
+    guard_since: Millis,
     /// (last seen, recommendation), consecutive repeats merged.
     recommendations: VecDeque<(Millis, i32)>,
     scale_events: VecDeque<(Millis, i32)>,
@@ -215,14 +217,15 @@ pub struct DecisionState {
 const MAX_HISTORY: usize = 4096;
 
 impl DecisionState {
-    /// The state of a target the scaler has just started tracking (process start, new resource):
-    /// in panic since `now`, so nothing scales down before a full stable window of fresh data.
+    /// The state of a target the scaler has just started tracking (process start, takeover,
+    /// new resource): guarded since `now`, so nothing scales down before a full stable window
+    /// of fresh data.
     pub fn after_restart(now: Millis) -> Self {
         Self {
-            panic_since: Some(now),
+            panic_since: None,
             last_panic_trigger: now,
             panic_high_water: 0,
-            load_panic: false,
+            guard_since: now,
             recommendations: VecDeque::new(),
             scale_events: VecDeque::new(),
         }
@@ -297,8 +300,7 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
     // could follow it: a rise of a few percent leaves the pods well inside their capacity,
     // while a replica added for it is kept for the whole scale-down window. Noisy load (one
     // second 20 % above the minute's average) would otherwise buy a replica per peak. The bar
-    // holds in panic too, where the panic window's average still follows a rise that lasts: a
-    // scaler starts in panic, and there a burst 14 % over one replica's worth scaled up.
+    // holds in panic too, where the panic window's average still follows a rise that lasts.
     let acting_burst = obs.burst.filter(|&b| {
         current == 0 || b / policy.target / f64::from(current) > 1.0 + policy.burst_tolerance + 1e-9
     });
@@ -325,20 +327,22 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
             state.panic_high_water = 0;
         }
         state.last_panic_trigger = now;
-        state.load_panic = true;
     } else if state.panic_since.is_some()
         && now.saturating_sub(state.last_panic_trigger) >= policy.stable_window_ms
     {
         state.panic_since = None;
         state.panic_high_water = 0;
-        state.load_panic = false;
     }
+    let guarded = now.saturating_sub(state.guard_since) < policy.stable_window_ms;
 
     let raw = if state.panicking() {
-        let fast = if state.load_panic { fast } else { dbpc };
         let raw = current.max(dspc).max(fast).max(state.panic_high_water);
         state.panic_high_water = raw;
         raw
+    } else if guarded {
+        // Recorded as the recommendation, the current scale is also kept by the scale-down
+        // stabilization after the guard ends, as if this scaler had decided it.
+        current.max(dspc).max(dbpc)
     } else {
         dspc.max(dbpc)
     };
@@ -392,7 +396,7 @@ pub fn decide(policy: &Policy, state: &mut DecisionState, input: &Input, now: Mi
     if stabilized > down {
         stabilized = down;
     }
-    if obs.freshness == Freshness::Incomplete || state.panicking() {
+    if obs.freshness == Freshness::Incomplete || state.panicking() || guarded {
         stabilized = stabilized.max(current);
     }
 
