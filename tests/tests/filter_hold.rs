@@ -332,19 +332,7 @@ async fn hold_twelve_then_warm(
     test: &str,
     concurrency: u32,
 ) -> (OrderedUpstream, Vec<Answered>, bool, Proxy) {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
-    let proxy = Proxy::start(
-        test,
-        upstream.addr(),
-        scaler.addr(),
-        json!({"role": "gateway"}),
-        concurrency,
-        1,
-    )
-    .await;
-    assert!(proxy.learned_cold(1).await);
+    let (upstream, scaler, proxy) = cold_proxy(test, json!({"role": "gateway"}), concurrency).await;
     let sent = Instant::now();
     let n = 12;
     let tasks = send_staggered(proxy.addr, test, n, Duration::from_millis(15));
@@ -358,6 +346,21 @@ async fn hold_twelve_then_warm(
     (upstream, answered, all_held, proxy)
 }
 
+/// An upstream, a scaler that says [`APP`] is cold, and a proxy (`config`, `concurrency` worker
+/// VMs) that has learned so.
+async fn cold_proxy(
+    test: &str,
+    config: Value,
+    concurrency: u32,
+) -> (OrderedUpstream, ColdScaler, Proxy) {
+    let upstream = OrderedUpstream::start().await.unwrap();
+    let scaler = ColdScaler::start().await.unwrap();
+    scaler.set_cold(&[APP]);
+    let proxy = Proxy::start(test, upstream.addr(), scaler.addr(), config, concurrency, 1).await;
+    assert!(proxy.learned_cold(1).await, "the cold list never arrived");
+    (upstream, scaler, proxy)
+}
+
 /// The first report after `since` that says at least `n` requests are held for [`APP`].
 fn first_holding(reports: &[Received], since: Instant, n: u64) -> Option<Received> {
     reports
@@ -367,19 +370,7 @@ fn first_holding(reports: &[Received], since: Instant, n: u64) -> Option<Receive
 }
 
 async fn held_until_warm(test: &str, role: &str) {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
-    let proxy = Proxy::start(
-        test,
-        upstream.addr(),
-        scaler.addr(),
-        json!({"role": role}),
-        2,
-        1,
-    )
-    .await;
-    assert!(proxy.learned_cold(1).await, "the cold list never arrived");
+    let (upstream, scaler, proxy) = cold_proxy(test, json!({"role": role}), 2).await;
 
     let sent = Instant::now();
     let request = tokio::spawn(get(proxy.addr, "/first", PATIENCE));
@@ -531,12 +522,8 @@ async fn the_oldest_held_requests_reach_the_upstream_ahead_of_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_cap_get_a_503_at_once_with_retry_after() {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
     let config = json!({"role": "gateway", "hold": {"max_requests": 4, "retry_after_s": 7}});
-    let proxy = Proxy::start("cap", upstream.addr(), scaler.addr(), config, 2, 1).await;
-    assert!(proxy.learned_cold(1).await);
+    let (upstream, scaler, proxy) = cold_proxy("cap", config, 2).await;
     // Four held, on connections both worker threads take: the cap is the proxy's.
     let sent = Instant::now();
     let held = send_staggered(proxy.addr, "held", 4, Duration::from_millis(20));
@@ -585,12 +572,8 @@ async fn requests_beyond_the_cap_get_a_503_at_once_with_retry_after() {
 /// (Envoy answers them as it would without Surge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_scaler_down_held_requests_end_at_the_timeout_and_the_cold_list_expires() {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
     let config = json!({"role": "gateway", "hold": {"timeout_ms": 1500}});
-    let proxy = Proxy::start("down", upstream.addr(), scaler.addr(), config, 2, 1).await;
-    assert!(proxy.learned_cold(1).await);
+    let (upstream, scaler, proxy) = cold_proxy("down", config, 2).await;
     scaler.stop();
     let learned_at = Instant::now();
     let answered = answers(send_staggered(
@@ -665,19 +648,7 @@ async fn holding_gaps(scaler: &ColdScaler, since: Instant, span: Duration) -> Ve
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_kept_answer_is_followed_at_once_by_the_next_holding_report() {
     const KEEP: Duration = Duration::from_millis(150);
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
-    let proxy = Proxy::start(
-        "kept-answer",
-        upstream.addr(),
-        scaler.addr(),
-        json!({"role": "gateway"}),
-        2,
-        1,
-    )
-    .await;
-    assert!(proxy.learned_cold(1).await, "the cold list never arrived");
+    let (_upstream, scaler, proxy) = cold_proxy("kept-answer", json!({"role": "gateway"}), 2).await;
 
     // Answers at once: the checks pace the holding reports.
     let followed_before = proxy.stat("surge.reports_followed_total");
@@ -765,19 +736,7 @@ async fn a_warm_destination_is_never_held() {
 /// until a readable answer says the destination is warm.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_answer_changes_nothing_and_is_counted() {
-    let upstream = OrderedUpstream::start().await.unwrap();
-    let scaler = ColdScaler::start().await.unwrap();
-    scaler.set_cold(&[APP]);
-    let proxy = Proxy::start(
-        "malformed",
-        upstream.addr(),
-        scaler.addr(),
-        json!({"role": "gateway"}),
-        2,
-        1,
-    )
-    .await;
-    assert!(proxy.learned_cold(1).await);
+    let (_upstream, scaler, proxy) = cold_proxy("malformed", json!({"role": "gateway"}), 2).await;
     scaler.set_answering(Answering::Malformed);
     scaler.set_cold(&[]);
     let request = tokio::spawn(get(proxy.addr, "/held", PATIENCE));
