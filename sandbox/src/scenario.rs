@@ -561,6 +561,20 @@ mod tests {
     use super::*;
 
     #[test]
+    fn every_shipped_scenario_loads() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                Scenario::from_file(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                loaded += 1;
+            }
+        }
+        assert!(loaded >= 6, "only {loaded} scenarios in {}", dir.display());
+    }
+
+    #[test]
     fn default_scenario_is_valid_and_has_a_tenfold_step() {
         let s = Scenario::parse(DEFAULT_SCENARIO).unwrap();
         let step = s.step_at().unwrap();

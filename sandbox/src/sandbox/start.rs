@@ -2,7 +2,7 @@
 //! the real control plane, the report path and the way in (gateway or caller's sidecar).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -35,15 +35,16 @@ async fn hanging_listener() -> std::io::Result<(SocketAddr, JoinHandle<()>)> {
     Ok((addr, task))
 }
 
-/// The report path: the tap in front of `scaler`, or the scenario's refusing or hanging
-/// stand-in.
+/// The report path: the tap in front of `scaler` (logging the reports to `reports.jsonl` in
+/// `out_dir`), or the scenario's refusing or hanging stand-in.
 async fn report_path(
     reachability: Reachability,
     scaler: Endpoints,
+    out_dir: &Path,
 ) -> Result<(Option<Tap>, SocketAddr, Option<JoinHandle<()>>), RunError> {
     Ok(match reachability {
         Reachability::Reachable => {
-            let tap = Tap::start(scaler)
+            let tap = Tap::start(scaler, &out_dir.join("reports.jsonl"))
                 .await
                 .map_err(io("start the report tap"))?;
             let addr = tap.addr();
@@ -145,6 +146,7 @@ impl Sandbox {
         let (tap, report_to, hanging) = report_path(
             scenario.scaler.reachability,
             fixed_endpoint("surge-scaler", ingest),
+            out_dir,
         )
         .await?;
         let pods = Pods::start(
@@ -218,8 +220,12 @@ impl Sandbox {
             .chain(options.helm_set.iter().cloned())
             .collect();
         real.install_chart(&helm_set).await?;
-        let (tap, report_to, hanging) =
-            report_path(scenario.scaler.reachability, real.scaler_endpoints()).await?;
+        let (tap, report_to, hanging) = report_path(
+            scenario.scaler.reachability,
+            real.scaler_endpoints(),
+            &options.out_dir,
+        )
+        .await?;
         real.start_node(scenario, pods_dir, report_to, envoy_binary, wasm)
             .await?;
         real.wait_scaler_ready(Duration::from_secs(60)).await?;
