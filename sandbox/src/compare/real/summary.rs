@@ -200,9 +200,20 @@ pub fn summary(comparison: &Comparison, load_scale: f64) -> Summary {
     }
 }
 
+/// A figure with two decimals, or two significant digits below 0.1: shares are fractions, and
+/// a 0.1 % share printed as "0.00" beside a modelled 0.0 % hid what the table flags.
+fn figure(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.1 {
+        let digits = (1 - v.abs().log10().floor() as i32).clamp(2, 6) as usize;
+        format!("{v:.digits$}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
 /// The model-against-measurement table and the goals, as markdown.
 pub fn markdown(summary: &Summary) -> String {
-    let value = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), |v| format!("{v:.2}"));
+    let value = |v: Option<f64>| v.map_or_else(|| "never".to_owned(), figure);
     let mut out = format!(
         "Played at load scale {} with {} s of lead-in; models: medians over {} phase seeds, \
          started as the real runs start (minReplicas, every window empty).\n\n\
@@ -243,6 +254,7 @@ pub fn markdown(summary: &Summary) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
     use crate::compare::models::surge::REPLAY_NAME;
     use crate::compare::real::{CLASSIC_MODEL, select};
     use crate::compare::scenarios::Trace;
@@ -366,5 +378,19 @@ mod tests {
         let text = markdown(&summary);
         assert!(text.contains("| step-10x | classic (real Prometheus+KEDA+HPA) | first_scale_up_s | 16.90 | 20.10 | -16 % |"), "{text}");
         assert!(text.contains("NOT met"), "{text}");
+    }
+
+    #[test]
+    fn small_figures_keep_two_significant_digits() {
+        let shown: Vec<String> = [0.0, 0.001, 0.0123, 0.05, 0.5, 13.4, 5726.0]
+            .into_iter()
+            .map(figure)
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "0.00", "0.0010", "0.012", "0.050", "0.50", "13.40", "5726.00"
+            ]
+        );
     }
 }
