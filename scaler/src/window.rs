@@ -17,7 +17,9 @@
 //! The burst estimate is the target's arrival rate *now*: each source's latest rate of requests
 //! reaching it, taken from the recent window its report carries (the filter's own 200 ms view)
 //! or, without one, from the arrivals (completions plus the growth of the in-flight count) over
-//! the interval since its previous report. Summed over the sources, with one correction: when a
+//! the interval since its previous report; while a rise is in progress, from the arrivals
+//! since the report that first showed it (`rise.rs`: a window right after a stalled proxy
+//! catches up reads far above the rate). Summed over the sources, with one correction: when a
 //! pod joins the traffic (a new replica turning ready), the load balancer moves part of the
 //! other pods' traffic to it, and their latest rates, reported before the move, still count
 //! that part. A joining source is therefore left out of the sum until every other source
@@ -43,6 +45,7 @@ use crate::decision::{Freshness, Millis, Observation};
 pub const BUCKET_MS: Millis = 100;
 
 mod counters;
+mod rise;
 
 #[cfg(test)]
 use counters::RouteLast;
@@ -74,6 +77,8 @@ struct Source {
     interval_evidence: Evidence,
     /// Start of the span that rate was measured over.
     rate_since: Millis,
+    /// The rise the source's rate is read over, if one is in progress (see `rise.rs`).
+    rise: Option<rise::Rise>,
     has_rate: bool,
     /// When the source started carrying traffic while others already did (see the module
     /// docs); cleared once every other source has reported since.
@@ -161,6 +166,8 @@ pub struct TargetWindow {
     sources: HashMap<Arc<str>, Source>,
     /// Since when every source's latest report has been quiet (`None`: some source's is not).
     quiet_since: Option<Millis>,
+    /// When a source last joined the traffic: a rise that began before it ends.
+    last_join: Millis,
 }
 
 /// What a report did to a target's window, for deciding whether to wake the decision.
@@ -185,6 +192,7 @@ impl TargetWindow {
             first_data: None,
             sources: HashMap::new(),
             quiet_since: None,
+            last_join: 0,
         }
     }
 
@@ -214,6 +222,7 @@ impl TargetWindow {
                     rate_evidence: Evidence::default(),
                     interval_evidence: Evidence::default(),
                     rate_since: now,
+                    rise: None,
                     has_rate: false,
                     joined_at: None,
                     quiet: false,
@@ -253,7 +262,20 @@ impl TargetWindow {
                 span_ms: span_ms.max(1),
             })
             .or(interval_arrivals);
-        if let Some(evidence) = measured {
+        if let Some(measured) = measured {
+            let reading = rise::Reading {
+                measured,
+                interval: interval_arrivals,
+                previous_rate: entry.arrivals_rps,
+            };
+            let (evidence, rise) = rise::read(
+                entry.rise,
+                reading,
+                now,
+                self.last_join,
+                self.config.panic_ms,
+            );
+            entry.rise = rise;
             entry.arrivals_rps = evidence.rate();
             entry.rate_evidence = evidence;
             entry.rate_since = now.saturating_sub(evidence.span_ms);
@@ -266,6 +288,7 @@ impl TargetWindow {
             // its share. (Pods that turn ready together wait for each other's next report,
             // within an interval: their first windows reach back before they joined.)
             entry.joined_at = Some(now);
+            self.last_join = now;
         }
         let Some((delta, interval_ms)) = report.delta else {
             return if report.surge { Change::Surge } else { change };

@@ -367,6 +367,45 @@ fn calm(window: &mut TargetWindow, source: &Arc<str>, rps: u64) -> Millis {
 }
 
 #[test]
+fn a_window_after_a_stall_is_read_over_the_span_since_the_rise() {
+    // One sidecar during a 30 -> 300 rps step on the real control plane (2026-12-05, the third
+    // run of compare.md's trace): its event loop stalled while new pods' proxies started on the
+    // same cores, and the windows after the stall read 545 and 705 rps. Each row: time after
+    // the calm, arrivals and interval since the last report, the window's arrivals (200 ms),
+    // and the burst (rounded).
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let t0 = calm(&mut window, &a, 30);
+    let rows: [(Millis, u64, Millis, u64, Option<f64>); 4] = [
+        // The first window of the rise stands.
+        (700, 40, 700, 30, Some(150.0)),
+        // The stall: 40 arrivals in the 310 ms since.
+        (1_010, 40, 310, 25, Some(129.0)),
+        // The catch-up: 124 arrivals in 406 ms, not the window's 545 rps.
+        (1_106, 84, 96, 109, Some(305.0)),
+        (1_613, 150, 507, 141, Some(300.0)),
+    ];
+    for (at, arrivals, interval_ms, recent, burst) in rows {
+        let delta = RouteDelta {
+            requests: arrivals,
+            busy_us: 0,
+        };
+        window.record(
+            t0 + at,
+            &a,
+            SourceReport {
+                delta: Some((delta, interval_ms)),
+                inflight: 0,
+                window: Some((recent, 200)),
+                surge: true,
+            },
+        );
+        let read = window.observe(t0 + at, MetricType::Rps).burst;
+        assert_eq!(read.map(f64::round), burst, "at {at}");
+    }
+}
+
+#[test]
 fn a_pod_joining_the_traffic_is_not_counted_on_top_of_the_share_it_took_over() {
     // `a` carries a 300 rps surge alone; two new replicas turn ready together at 3 s and the
     // load balancer gives each a third. Until `a` reports again, its 300 still holds their
@@ -378,7 +417,7 @@ fn a_pod_joining_the_traffic_is_not_counted_on_top_of_the_share_it_took_over() {
     record_window(&mut window, t0 + 1_500, &a, delta(60, 0), 60, true);
     record_window(&mut window, t0 + 2_000, &b, None, 0, false);
     record_window(&mut window, t0 + 2_000, &c, None, 0, false);
-    record_window(&mut window, t0 + 2_500, &a, delta(150, 0), 60, false);
+    record_window(&mut window, t0 + 2_500, &a, delta(300, 0), 60, false);
     assert_eq!(
         window.observe(t0 + 2_500, MetricType::Rps).burst,
         Some(300.0)
@@ -396,8 +435,8 @@ fn a_pod_joining_the_traffic_is_not_counted_on_top_of_the_share_it_took_over() {
         window.observe(t0 + 3_500, MetricType::Rps).burst,
         Some(100.0)
     );
-    record_window(&mut window, t0 + 3_600, &b, delta(30, 0), 20, false);
-    record_window(&mut window, t0 + 3_600, &c, delta(30, 0), 20, false);
+    record_window(&mut window, t0 + 3_600, &b, delta(40, 0), 20, false);
+    record_window(&mut window, t0 + 3_600, &c, delta(40, 0), 20, false);
     assert_eq!(
         window.observe(t0 + 3_600, MetricType::Rps).burst,
         Some(300.0)
