@@ -599,13 +599,7 @@ mod zero;
 #[test]
 fn a_rescale_names_what_asked_for_it() {
     use crate::decision::{Decision, Observation, Policy, Reason};
-    let spec: SurgeScalerSpec = serde_json::from_value(serde_json::json!({
-        "scaleTargetRef": {"kind": "Deployment", "name": "web"},
-        "maxReplicas": 10,
-        "metric": {"type": "rps", "target": 35}
-    }))
-    .unwrap();
-    let policy = Policy::from_spec(&spec);
+    let policy = Policy::from_spec(&scaler().spec);
     let up = |desired| Decision {
         desired,
         reason: Reason::ScaleUp,
@@ -620,14 +614,15 @@ fn a_rescale_names_what_asked_for_it() {
     };
     let reason =
         |d: &Decision, o: &Observation| status::rescale_reason(d, o, &policy, MetricType::Rps);
-    // The stable average asks for 1 replica (35.4 within the tolerance): a scale-up to 2 outside
-    // panic was the burst's. Seen on the real control plane as "rps 35.4 (stable window)".
+    // The stable average asks for 1 replica (101 within the tolerance): a scale-up to 2 outside
+    // panic was the burst's. Seen on the real control plane as "rps 35.4 (stable window)"
+    // against a target of 35.
     assert_eq!(
-        reason(&up(2), &observation(35.4, Some(45.0))),
-        "rps 45.0 (surge burst estimate) above target 35 per replica"
+        reason(&up(2), &observation(101.0, Some(130.0))),
+        "rps 130.0 (surge burst estimate) above target 100 per replica"
     );
     assert_eq!(
-        reason(&up(3), &observation(80.0, Some(45.0))),
-        "rps 80.0 (stable window) above target 35 per replica"
+        reason(&up(3), &observation(230.0, Some(130.0))),
+        "rps 230.0 (stable window) above target 100 per replica"
     );
 }

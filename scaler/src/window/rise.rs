@@ -32,6 +32,16 @@ pub(super) struct Rise {
     count: f64,
 }
 
+impl Rise {
+    /// A rise beginning at `now`: what arrives from then on counts.
+    fn starting(now: Millis) -> Self {
+        Self {
+            since: now,
+            count: 0.0,
+        }
+    }
+}
+
 /// What one report of a source gives.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Reading {
@@ -58,13 +68,7 @@ pub(super) fn read(
         rise.filter(|r| r.since >= last_join && now.saturating_sub(r.since) <= longest_ms);
     let Some(mut rise) = ongoing else {
         let rose = measured.count > 0.0 && measured.rate() >= 2.0 * reading.previous_rate;
-        return (
-            measured,
-            rose.then_some(Rise {
-                since: now,
-                count: 0.0,
-            }),
-        );
+        return (measured, rose.then(|| Rise::starting(now)));
     };
     let Some(interval) = reading.interval else {
         // A baseline: the proxy restarted, its arrivals since the rise are unknown.
@@ -79,13 +83,7 @@ pub(super) fn read(
         return (measured, Some(rise));
     }
     if measured.rate() >= RISE_AGAIN * since.rate() {
-        return (
-            measured,
-            Some(Rise {
-                since: now,
-                count: 0.0,
-            }),
-        );
+        return (measured, Some(Rise::starting(now)));
     }
     (since, Some(rise))
 }
@@ -98,6 +96,10 @@ mod tests {
         Evidence { count, span_ms }
     }
 
+    fn rise(since: Millis, count: f64) -> Option<Rise> {
+        Some(Rise { since, count })
+    }
+
     fn reading(window: f64, interval: (f64, Millis), previous_rate: f64) -> Reading {
         Reading {
             measured: evidence(window, 200),
@@ -108,68 +110,55 @@ mod tests {
 
     #[test]
     fn a_doubling_starts_a_rise_and_its_reading_stands() {
-        let (read_as, rise) = read(None, reading(25.0, (40.0, 700), 30.0), 1_000, 0, 6_000);
+        let (read_as, left) = read(None, reading(25.0, (40.0, 700), 30.0), 1_000, 0, 6_000);
         assert_eq!(read_as, evidence(25.0, 200));
-        assert_eq!(
-            rise,
-            Some(Rise {
-                since: 1_000,
-                count: 0.0
-            })
-        );
+        assert_eq!(left, rise(1_000, 0.0));
         // Less than twice the last reading: no rise.
-        let (_, rise) = read(None, reading(11.0, (50.0, 1_000), 30.0), 1_000, 0, 6_000);
-        assert_eq!(rise, None);
+        let (_, left) = read(None, reading(11.0, (50.0, 1_000), 30.0), 1_000, 0, 6_000);
+        assert_eq!(left, None);
     }
 
     #[test]
     fn a_rise_reads_its_arrivals_once_it_spans_a_window() {
-        let rise = Some(Rise {
-            since: 1_000,
-            count: 0.0,
-        });
         // 100 ms in: too short, the window stands.
-        let (read_as, rise) = read(rise, reading(52.0, (39.0, 100), 125.0), 1_100, 0, 6_000);
+        let (read_as, left) = read(
+            rise(1_000, 0.0),
+            reading(52.0, (39.0, 100), 125.0),
+            1_100,
+            0,
+            6_000,
+        );
         assert_eq!(read_as, evidence(52.0, 200));
         // 400 ms in, after a window of twice the rate: the 120 arrivals of those 400 ms.
-        let (read_as, _) = read(rise, reading(120.0, (81.0, 300), 260.0), 1_400, 0, 6_000);
+        let (read_as, _) = read(left, reading(120.0, (81.0, 300), 260.0), 1_400, 0, 6_000);
         assert_eq!(read_as, evidence(120.0, 400));
     }
 
     #[test]
     fn a_rise_ends_at_a_join_after_it_began_and_when_it_is_old() {
-        let rise = Some(Rise {
-            since: 1_000,
-            count: 100.0,
-        });
-        let (read_as, left) = read(
-            rise,
+        let begun = rise(1_000, 100.0);
+        let joined = read(
+            begun,
             reading(20.0, (60.0, 1_000), 300.0),
             2_000,
             1_500,
             6_000,
         );
-        assert_eq!(read_as, evidence(20.0, 200));
-        assert_eq!(left, None);
-        let (_, left) = read(rise, reading(60.0, (300.0, 1_000), 300.0), 8_000, 0, 6_000);
+        assert_eq!(joined, (evidence(20.0, 200), None));
+        let (_, left) = read(begun, reading(60.0, (300.0, 1_000), 300.0), 8_000, 0, 6_000);
         assert_eq!(left, None);
     }
 
     #[test]
     fn three_times_the_rise_starts_it_anew() {
-        let rise = Some(Rise {
-            since: 1_000,
-            count: 200.0,
-        });
         // 300 arrivals over 1 s, then a window at 1000 rps.
-        let (read_as, left) = read(rise, reading(200.0, (100.0, 100), 300.0), 2_000, 0, 6_000);
-        assert_eq!(read_as, evidence(200.0, 200));
-        assert_eq!(
-            left,
-            Some(Rise {
-                since: 2_000,
-                count: 0.0
-            })
+        let again = read(
+            rise(1_000, 200.0),
+            reading(200.0, (100.0, 100), 300.0),
+            2_000,
+            0,
+            6_000,
         );
+        assert_eq!(again, (evidence(200.0, 200), rise(2_000, 0.0)));
     }
 }
