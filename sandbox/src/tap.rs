@@ -4,8 +4,8 @@
 //! unchanged and answers with the scaler's answer (502 when the scaler cannot be reached,
 //! which the filter treats like any other failed report).
 //!
-//! It also writes every report to a log, one JSON line each (`{"at_s":..,"report":{..}}`,
-//! seconds since the tap started), so that what the scaler decided can be traced back to what
+//! It also writes every report to a log, one JSON line each once the scaler has answered it
+//! (`{"at_s":..,"report":{..}}`, when it arrived, in seconds since the tap started), so that what the scaler decided can be traced back to what
 //! the proxies said: their recent windows, intervals and in-flight counts.
 
 use std::io::Write as _;
@@ -57,21 +57,21 @@ struct TapState {
     seen: Mutex<Vec<ReportSeen>>,
     started: Instant,
     /// The report log; `None` once a write failed (logged once: the run goes on without it).
-    log: Mutex<Option<std::io::BufWriter<std::fs::File>>>,
+    log: Mutex<Option<std::fs::File>>,
 }
 
 impl TapState {
     fn log(&self, at: Instant, report: &Value) {
         let mut log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(writer) = log.as_mut() else {
+        let Some(file) = log.as_mut() else {
             return;
         };
         let line = serde_json::json!({
             "at_s": (at - self.started).as_secs_f64(),
             "report": report,
         });
-        // Flushed per line: a run cut short keeps what came before.
-        if let Err(error) = writeln!(writer, "{line}").and_then(|()| writer.flush()) {
+        // One unbuffered write per line: a run cut short keeps what came before.
+        if let Err(error) = file.write_all(format!("{line}\n").as_bytes()) {
             tracing::warn!(%error, "report log not written; going on without it");
             *log = None;
         }
@@ -100,7 +100,6 @@ async fn forward(State(state): State<Arc<TapState>>, request: Request) -> Respon
         .map(|b| b.to_bytes())
         .unwrap_or_default();
     let report: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    state.log(at, &report);
     let scaler = {
         let endpoints = state.scaler.read().unwrap_or_else(|e| e.into_inner());
         let next = state
@@ -170,6 +169,8 @@ fn note(
     reply: Response,
     cold: Option<usize>,
 ) -> Response {
+    // Logged once the scaler has answered, so the write never delays a report on its way.
+    state.log(at, report);
     state
         .seen
         .lock()
@@ -210,7 +211,7 @@ impl Tap {
     /// Starts a tap on 127.0.0.1 forwarding to the ready `scaler` endpoints (round-robin),
     /// logging every report to `log` (created, or truncated).
     pub async fn start(scaler: Endpoints, log: &Path) -> std::io::Result<Self> {
-        let log = std::io::BufWriter::new(std::fs::File::create(log)?);
+        let log = std::fs::File::create(log)?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut connector = HttpConnector::new();
