@@ -9,6 +9,12 @@
 //!  TargetWindow::quiet_since(now) --> since when every source's reports say zero (scale to zero)
 //! ```
 //!
+//! The request-rate averages (stable and panic) count arrivals: completions plus the growth
+//! of the in-flight gauges, which over a window telescopes to completions + in flight at its
+//! end - in flight at its start. Completions alone read low while a saturated pod queues and
+//! high while its queue drains once new pods turn ready: that backlog is served once, it is not
+//! load to size for.
+//!
 //! Concurrency is measured by Little's law on the counters: the busy time (sum of request
 //! durations) completed per second is the average number of requests in flight, so it survives
 //! lost and duplicated reports as the request counts do. The reported `inflight` gauge only
@@ -53,8 +59,21 @@ pub use counters::{Applied, Capacity, Counters, RouteDelta, SourceLimits};
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bucket {
+    /// Requests completed.
     requests: u64,
     busy_us: u64,
+    /// Sum of the sources' changes of their in-flight gauges: with the completions, the
+    /// arrivals (a window's sum telescopes to completions + in flight at its end - at its start).
+    queue_change: i64,
+}
+
+impl Bucket {
+    /// Requests that arrived: completions plus the growth of the queues. A queue that drains
+    /// completes more than arrives, and a saturated pod completes less.
+    fn arrivals(self) -> u64 {
+        let requests = i64::try_from(self.requests).unwrap_or(i64::MAX);
+        requests.saturating_add(self.queue_change).max(0) as u64
+    }
 }
 
 /// One proxy feeding a target.
@@ -245,6 +264,7 @@ impl TargetWindow {
             return change;
         };
         let previous_inflight = entry.inflight;
+        let queue_change = report.inflight as i64 - previous_inflight as i64;
         entry.inflight = report.inflight;
         let was_idle = entry.arrivals_rps <= 0.0;
         let interval_arrivals = report.delta.map(|(delta, interval_ms)| Evidence {
@@ -310,6 +330,7 @@ impl TargetWindow {
         let bucket = self.bucket_mut(now);
         bucket.requests = bucket.requests.saturating_add(delta.requests);
         bucket.busy_us = bucket.busy_us.saturating_add(delta.busy_us);
+        bucket.queue_change = bucket.queue_change.saturating_add(queue_change);
         if report.surge { Change::Surge } else { change }
     }
 
@@ -437,6 +458,7 @@ impl TargetWindow {
                 let b = &self.buckets[(i % len) as usize];
                 total.requests += b.requests;
                 total.busy_us += b.busy_us;
+                total.queue_change += b.queue_change;
             }
         }
         let covered = match self.first_data {
@@ -485,7 +507,7 @@ impl TargetWindow {
         let value = |bucket: Bucket, covered: Millis| -> f64 {
             let seconds = covered as f64 / 1000.0;
             match metric {
-                MetricType::Rps => bucket.requests as f64 / seconds,
+                MetricType::Rps => bucket.arrivals() as f64 / seconds,
                 MetricType::Concurrency => bucket.busy_us as f64 / 1e6 / seconds,
             }
         };
@@ -494,9 +516,9 @@ impl TargetWindow {
         let stable = value(stable_sum, stable_covered);
 
         let seconds = stable_covered as f64 / 1000.0;
-        let stable_rps = stable_sum.requests as f64 / seconds;
+        let stable_rps = stable_sum.arrivals() as f64 / seconds;
         let panic_evidence = Evidence {
-            count: panic_sum.requests as f64,
+            count: panic_sum.arrivals() as f64,
             span_ms: panic_covered,
         };
         let burst = self.burst(

@@ -406,6 +406,46 @@ fn a_window_after_a_stall_is_read_over_the_span_since_the_rise() {
 }
 
 #[test]
+fn the_panic_average_counts_arrivals_not_a_draining_queue() {
+    // A pod saturated at 100 completions a second under 300 rps has queued 200 requests; then
+    // new pods take their share and the queue drains. Over the next 6 s (the panic window)
+    // 1800 requests arrive and 2000 complete: the backlog is served once, it is not load.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let mut t = calm(&mut window, &a, 30);
+    // Each report: completions over the last second, in flight at the report.
+    let reports: [(u64, u64); 7] = [
+        (100, 200),
+        (400, 100),
+        (400, 0),
+        (300, 0),
+        (300, 0),
+        (300, 0),
+        (300, 0),
+    ];
+    for (completed, inflight) in reports {
+        t += 1_000;
+        let delta = RouteDelta {
+            requests: completed,
+            busy_us: 0,
+        };
+        window.record(
+            t,
+            &a,
+            SourceReport {
+                delta: Some((delta, 1_000)),
+                inflight,
+                window: Some((60, 200)),
+                surge: false,
+            },
+        );
+    }
+    let obs = window.observe(t, MetricType::Rps);
+    // Completions alone would read 333 rps here (10 replicas of 35, not 9).
+    assert!((obs.panic - 300.0).abs() < 1.0, "{obs:?}");
+}
+
+#[test]
 fn a_pod_joining_the_traffic_is_not_counted_on_top_of_the_share_it_took_over() {
     // `a` carries a 300 rps surge alone; two new replicas turn ready together at 3 s and the
     // load balancer gives each a third. Until `a` reports again, its 300 still holds their
