@@ -4,7 +4,8 @@
 //!  report (instance, seq, routes[]) --> Counters (counters.rs): seq <= last? drop. first?
 //!                                       baseline. counter went down? reset: new baseline, no
 //!                                       traffic. else per-route deltas (requests, busy us)
-//!  deltas of the routes a target selects --> TargetWindow: 100 ms buckets (ring), sources
+//!  deltas of the routes a target selects --> TargetWindow: 100 ms buckets (ring.rs: a report
+//!                                       spread over its interval), sources
 //!  TargetWindow::observe(now) --> stable / panic averages, burst estimate, freshness
 //!  TargetWindow::quiet_since(now) --> since when every source's reports say zero (scale to zero)
 //! ```
@@ -13,7 +14,10 @@
 //! of the in-flight gauges, which over a window telescopes to completions + in flight at its
 //! end - in flight at its start. Completions alone read low while a saturated pod queues and
 //! high while its queue drains once new pods turn ready: that backlog is served once, it is not
-//! load to size for.
+//! load to size for. A window holds each report's share of its interval that falls inside it,
+//! plus, for the time since each source's last report, that source's latest rates: a 6 s panic
+//! window spans only six 1 s report intervals, so one interval counted whole or left out moves
+//! it by a sixth of a source.
 //!
 //! Concurrency is measured by Little's law on the counters: the busy time (sum of request
 //! durations) completed per second is the average number of requests in flight, so it survives
@@ -51,30 +55,13 @@ use crate::decision::{Freshness, Millis, Observation};
 pub const BUCKET_MS: Millis = 100;
 
 mod counters;
+mod ring;
 mod rise;
 
 #[cfg(test)]
 use counters::RouteLast;
 pub use counters::{Applied, Capacity, Counters, RouteDelta, SourceLimits};
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Bucket {
-    /// Requests completed.
-    requests: u64,
-    busy_us: u64,
-    /// Sum of the sources' changes of their in-flight gauges: with the completions, the
-    /// arrivals (a window's sum telescopes to completions + in flight at its end - at its start).
-    queue_change: i64,
-}
-
-impl Bucket {
-    /// Requests that arrived: completions plus the growth of the queues. A queue that drains
-    /// completes more than arrives, and a saturated pod completes less.
-    fn arrivals(self) -> u64 {
-        let requests = i64::try_from(self.requests).unwrap_or(i64::MAX);
-        requests.saturating_add(self.queue_change).max(0) as u64
-    }
-}
+use ring::{Ring, Totals, Traffic};
 
 /// One proxy feeding a target.
 #[derive(Debug, Clone, Copy)]
@@ -178,9 +165,7 @@ pub struct WindowConfig {
 #[derive(Debug)]
 pub struct TargetWindow {
     config: WindowConfig,
-    buckets: Vec<Bucket>,
-    /// Absolute index (`time / BUCKET_MS`) of the newest bucket written.
-    newest: u64,
+    buckets: Ring,
     first_data: Option<Millis>,
     sources: HashMap<Arc<str>, Source>,
     /// Since when every source's latest report has been quiet (`None`: some source's is not).
@@ -203,11 +188,11 @@ pub enum Change {
 impl TargetWindow {
     /// An empty window.
     pub fn new(config: WindowConfig) -> Self {
-        let len = (config.stable_ms.max(config.panic_ms) / BUCKET_MS).max(1) as usize;
+        // One bucket more than the longest window: a window rarely starts on a bucket's edge.
+        let len = (config.stable_ms.max(config.panic_ms) / BUCKET_MS).max(1) as usize + 1;
         Self {
             config,
-            buckets: vec![Bucket::default(); len],
-            newest: 0,
+            buckets: Ring::new(len),
             first_data: None,
             sources: HashMap::new(),
             quiet_since: None,
@@ -326,11 +311,12 @@ impl TargetWindow {
 
         let start = now.saturating_sub(interval_ms);
         self.first_data = Some(self.first_data.map_or(start, |t| t.min(start)));
-        self.advance(now);
-        let bucket = self.bucket_mut(now);
-        bucket.requests = bucket.requests.saturating_add(delta.requests);
-        bucket.busy_us = bucket.busy_us.saturating_add(delta.busy_us);
-        bucket.queue_change = bucket.queue_change.saturating_add(queue_change);
+        let traffic = Traffic {
+            requests: delta.requests,
+            busy_us: delta.busy_us,
+            queue_change,
+        };
+        self.buckets.add(now, interval_ms, traffic);
         if report.surge { Change::Surge } else { change }
     }
 
@@ -426,46 +412,30 @@ impl TargetWindow {
         clear.then_some(total)
     }
 
-    fn advance(&mut self, now: Millis) {
-        let index = now / BUCKET_MS;
-        if index <= self.newest {
-            return;
-        }
-        let len = self.buckets.len() as u64;
-        let from = self.newest.max(index.saturating_sub(len)) + 1;
-        for i in from..=index {
-            self.buckets[(i % len) as usize] = Bucket::default();
-        }
-        self.newest = index;
-    }
-
-    fn bucket_mut(&mut self, now: Millis) -> &mut Bucket {
-        let len = self.buckets.len() as u64;
-        // `advance` made `now` the newest bucket, or `now` is older and still in the ring.
-        let index = (now / BUCKET_MS).max(self.newest.saturating_sub(len - 1));
-        &mut self.buckets[(index % len) as usize]
-    }
-
-    /// Sum of the buckets within `window_ms` before `now`, and the time the data covers.
-    fn sum(&self, now: Millis, window_ms: Millis) -> (Bucket, Millis) {
-        let len = self.buckets.len() as u64;
-        let index = now / BUCKET_MS;
-        let count = (window_ms / BUCKET_MS).clamp(1, len);
-        let oldest = index.saturating_sub(count - 1);
-        let mut total = Bucket::default();
-        for i in oldest..=index.min(self.newest) {
-            if i + len > self.newest {
-                let b = &self.buckets[(i % len) as usize];
-                total.requests += b.requests;
-                total.busy_us += b.busy_us;
-                total.queue_change += b.queue_change;
-            }
-        }
+    /// Sums of the window's last `window_ms` before `now`, the time the data covers, and
+    /// what the sources' reports have not carried yet: each current source's latest rates
+    /// over the time since its last report (its traffic is known only up to its report; left
+    /// out, every average would read low by the sources' mean report age, a twelfth of a 6 s
+    /// window at 1 s reports). A source late past half an interval is not extended (erring
+    /// low: it is most likely gone).
+    fn sum(&self, now: Millis, window_ms: Millis) -> (Totals, Totals, Millis) {
+        let total = self.buckets.sum(now, window_ms);
         let covered = match self.first_data {
             Some(first) => now.saturating_sub(first).clamp(BUCKET_MS, window_ms),
             None => window_ms,
         };
-        (total, covered)
+        let mut pending = Totals::default();
+        for s in self.sources.values().filter(|s| s.has_rate) {
+            let age = now.saturating_sub(s.last_seen);
+            if age > s.last_interval_ms + s.last_interval_ms / 2 {
+                continue;
+            }
+            let seconds = age.min(covered) as f64 / 1000.0;
+            // Arrivals as completions: the queue's growth since the last report is unknown.
+            pending.requests += s.interval_evidence.rate() * seconds;
+            pending.busy_us += s.concurrency * 1e6 * seconds;
+        }
+        (total, pending, covered)
     }
 
     /// Drops sources silent for longer than the staleness bound; returns how many were dropped.
@@ -504,21 +474,23 @@ impl TargetWindow {
     /// The metric as the decision sees it at `now`.
     pub fn observe(&mut self, now: Millis, metric: MetricType) -> Observation {
         self.expire(now);
-        let value = |bucket: Bucket, covered: Millis| -> f64 {
+        let value = |totals: Totals, covered: Millis| -> f64 {
             let seconds = covered as f64 / 1000.0;
             match metric {
-                MetricType::Rps => bucket.arrivals() as f64 / seconds,
-                MetricType::Concurrency => bucket.busy_us as f64 / 1e6 / seconds,
+                MetricType::Rps => totals.arrivals() / seconds,
+                MetricType::Concurrency => totals.busy_us / 1e6 / seconds,
             }
         };
-        let (stable_sum, stable_covered) = self.sum(now, self.config.stable_ms);
-        let (panic_sum, panic_covered) = self.sum(now, self.config.panic_ms);
+        let (stable_sum, stable_pending, stable_covered) = self.sum(now, self.config.stable_ms);
+        let (panic_sum, panic_pending, panic_covered) = self.sum(now, self.config.panic_ms);
+        let stable_sum = stable_sum.plus(stable_pending);
         let stable = value(stable_sum, stable_covered);
 
         let seconds = stable_covered as f64 / 1000.0;
-        let stable_rps = stable_sum.arrivals() as f64 / seconds;
+        let stable_rps = stable_sum.arrivals() / seconds;
+        // Evidence is what was counted, not the extension to the present.
         let panic_evidence = Evidence {
-            count: panic_sum.arrivals() as f64,
+            count: panic_sum.arrivals(),
             span_ms: panic_covered,
         };
         let burst = self.burst(
@@ -526,7 +498,7 @@ impl TargetWindow {
             metric,
             Baseline {
                 rps: stable_rps,
-                concurrency: stable_sum.busy_us as f64 / 1e6 / seconds,
+                concurrency: stable_sum.busy_us / 1e6 / seconds,
             },
             panic_evidence,
         );
@@ -549,7 +521,7 @@ impl TargetWindow {
         };
         Observation {
             stable,
-            panic: value(panic_sum, panic_covered),
+            panic: value(panic_sum.plus(panic_pending), panic_covered),
             burst,
             freshness,
         }

@@ -446,6 +446,53 @@ fn the_panic_average_counts_arrivals_not_a_draining_queue() {
 }
 
 #[test]
+fn a_report_straddling_the_panic_window_counts_only_its_share_inside() {
+    // `a` carried 300 rps alone; at t0 `b` (reporting zero until then) turns ready and each
+    // carries 150. `a`'s report 150 ms after t0 covers the second before, at the old rate:
+    // counted whole inside a window that starts at t0 + 50 ms, it read 312.7 rps (on the
+    // real control plane's 10x step, 317-330 where 300 arrived: a tenth replica).
+    let mut window = TargetWindow::new(config());
+    let [a, b]: [Arc<str>; 2] = ["a", "b"].map(Arc::from);
+    let t0 = 100_000;
+    record(&mut window, t0 - 60_850, &a, None, 0, false);
+    record(&mut window, t0 - 60_350, &b, None, 0, false);
+    for k in (1..=60).rev() {
+        record(
+            &mut window,
+            t0 + 150 - k * 1_000,
+            &a,
+            delta(300, 0),
+            0,
+            false,
+        );
+        record(&mut window, t0 + 650 - k * 1_000, &b, delta(0, 0), 0, false);
+    }
+    // 850 ms at 300 rps and 150 ms at 150; then a second at 150 each.
+    record(&mut window, t0 + 150, &a, delta(278, 0), 0, false);
+    record(&mut window, t0 + 650, &b, delta(98, 0), 0, false);
+    for k in 1..=5 {
+        record(
+            &mut window,
+            t0 + 150 + k * 1_000,
+            &a,
+            delta(150, 0),
+            0,
+            false,
+        );
+        record(
+            &mut window,
+            t0 + 650 + k * 1_000,
+            &b,
+            delta(150, 0),
+            0,
+            false,
+        );
+    }
+    let obs = window.observe(t0 + 6_050, MetricType::Rps);
+    assert!((obs.panic - 300.0).abs() < 6.0, "{obs:?}");
+}
+
+#[test]
 fn a_pod_joining_the_traffic_is_not_counted_on_top_of_the_share_it_took_over() {
     // `a` carries a 300 rps surge alone; two new replicas turn ready together at 3 s and the
     // load balancer gives each a third. Until `a` reports again, its 300 still holds their
