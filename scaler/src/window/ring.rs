@@ -97,16 +97,17 @@ impl Ring {
             }
             return;
         }
-        let mut done = 0;
-        for index in start / BUCKET_MS..=now.saturating_sub(1) / BUCKET_MS {
+        // The time before the oldest bucket kept is skipped, not walked: an interval can be
+        // long (a proxy's first report after a pause), the ring is not.
+        let first = (start / BUCKET_MS).max(oldest_kept);
+        let mut done = (first * BUCKET_MS).saturating_sub(start).min(span);
+        for index in first..=now.saturating_sub(1) / BUCKET_MS {
             let from = (index * BUCKET_MS).max(start);
             let to = ((index + 1) * BUCKET_MS).min(now);
             let before = done;
             done += to.saturating_sub(from);
-            if index >= oldest_kept {
-                let bucket = &mut self.buckets[(index % len) as usize];
-                add_share(bucket, traffic, span, done, before);
-            }
+            let bucket = &mut self.buckets[(index % len) as usize];
+            add_share(bucket, traffic, span, done, before);
         }
     }
 
@@ -210,6 +211,9 @@ mod tests {
         // A late report about time the ring no longer holds changes nothing.
         ring.add(2_000, 1_000, traffic(50));
         assert_eq!(ring.sum(5_000, 1_000).requests, 101.0);
+        // An interval of days costs the ring's length, and keeps its last second's share.
+        ring.add(6_000_000_000, 3_000_000_000, traffic(3_000_000_000));
+        assert_eq!(ring.sum(6_000_000_000, 1_000).requests, 1_000.0);
     }
 
     #[test]
