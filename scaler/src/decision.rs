@@ -261,8 +261,14 @@ impl DecisionState {
     }
 }
 
+/// Relative slack below which a value counts as a whole number of targets.
+const ROUNDING: f64 = 1e-9;
+
 fn ceil_replicas(value: f64, target: f64) -> i32 {
-    let replicas = (value.max(0.0) / target).ceil();
+    // A load of exactly N targets' worth needs N replicas: averages are sums over spans, so
+    // one that is exact on paper can come out a rounding error above it, which `ceil` alone
+    // would turn into a replica more.
+    let replicas = (value.max(0.0) / target - ROUNDING).ceil();
     if replicas.is_finite() {
         // `as` saturates for floats out of range, which is what a replica count needs.
         replicas as i32

@@ -57,9 +57,12 @@ async fn the_default_burst_scales_real_pods_through_real_envoys_and_the_installe
         s.enough_capacity_ms.is_some(),
         "the ready endpoints never caught up with the load"
     );
-    // 300 rps at 70 rps per replica: 5, or one more if the queue that built up meanwhile shows.
+    // 300 rps at 70 rps per replica: 5, or one more if the queue that built up meanwhile shows;
+    // or 4, when the first write lands there: 300 rps is then 1.07 of 4 replicas' worth,
+    // inside the HPA's 10 % tolerance that Surge keeps (since the averages count arrivals over
+    // the time each report covers, nothing lifts them past it; 2026-12-05).
     assert!(
-        (5..=7).contains(&s.max_desired),
+        (4..=7).contains(&s.max_desired),
         "max desired {}",
         s.max_desired
     );
@@ -184,13 +187,14 @@ async fn the_ha_failover_scenario_reports_the_takeover_and_no_scale_down() {
     // The chart's Lease duration is 4 s.
     assert!(takeover <= 5000.0, "takeover after {takeover} ms");
     assert_eq!(s.scale_downs, 0, "a scale-down during the failover");
-    // 450 rps at 70 per replica: at least 7. No upper bound: on a saturated app the survivor's
-    // burst estimate overshoots (9-10 written in most runs on 2026-12-04, with the scaler of
-    // before this stop too; RELIABILITY.md), which is an estimate's error, not a lost or
-    // doubled scale-up (`kube_ha` shows each report counted once across the replicas).
+    // 450 rps at 70 per replica: 7, or 6, which carries it at 1.07 of its worth, inside the
+    // HPA's 10 % tolerance that Surge keeps. No upper bound: on a saturated app the survivor's
+    // burst estimate overshot (9-10 written in most runs on 2026-12-04; RELIABILITY.md), which
+    // is an estimate's error, not a lost or doubled scale-up (`kube_ha` shows each report
+    // counted once across the replicas).
     eprintln!("max desired after the takeover: {}", s.max_desired);
     assert!(
-        s.max_desired >= 7,
+        s.max_desired >= 6,
         "max desired {}: the survivor did not carry the scale-up on",
         s.max_desired
     );

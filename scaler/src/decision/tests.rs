@@ -117,6 +117,25 @@ impl Sim {
 }
 
 #[test]
+fn a_load_of_exactly_n_targets_needs_n_replicas_despite_rounding() {
+    // 300 requests over a second and a few milliseconds, plus the few milliseconds since the
+    // report at the same rate: exactly 300 rps on paper, a rounding error above in floats.
+    let stable = (300.0 + 300.0 * 0.007) / 1.007;
+    assert!(stable > 300.0, "{stable}");
+    assert_eq!(ceil_replicas(stable, 100.0), 3);
+    assert_eq!(ceil_replicas(300.001, 100.0), 4);
+    let policy = spec_policy();
+    let mut state = settled(&policy);
+    let decision = decide(
+        &policy,
+        &mut state,
+        &input(1, fresh(stable, stable)),
+        200_000,
+    );
+    assert_eq!(decision.desired, 3);
+}
+
+#[test]
 fn a_10x_step_with_a_surge_report_is_acted_on_at_the_first_decision() {
     let mut sim = Sim::new(spec_policy(), 1, 0);
     sim.run(120, 80.0);
