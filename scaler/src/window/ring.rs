@@ -11,26 +11,15 @@
 use super::BUCKET_MS;
 use crate::decision::Millis;
 
-/// What the reports of one bucket's time carried.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Bucket {
-    /// Requests completed.
-    requests: u64,
-    /// Their summed durations.
-    busy_us: u64,
-    /// Sum of the sources' changes of their in-flight gauges: with the completions, the
-    /// arrivals (over a window, completions + in flight at its end - at its start).
-    queue_change: i64,
-}
-
-/// A report's traffic over its interval.
+/// A report's traffic over its interval; a bucket holds the shares of its time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(super) struct Traffic {
     /// Requests completed.
     pub(super) requests: u64,
     /// Their summed durations.
     pub(super) busy_us: u64,
-    /// Change of the in-flight gauge since the previous report.
+    /// Change of the in-flight gauge since the previous report (in a bucket, summed over the
+    /// sources: with the completions, the arrivals).
     pub(super) queue_change: i64,
 }
 
@@ -66,7 +55,7 @@ impl Totals {
 /// Buckets of [`BUCKET_MS`], indexed by absolute time; the oldest are overwritten.
 #[derive(Debug)]
 pub(super) struct Ring {
-    buckets: Vec<Bucket>,
+    buckets: Vec<Traffic>,
     /// Absolute index (`time / BUCKET_MS`) of the newest bucket written.
     newest: u64,
 }
@@ -75,7 +64,7 @@ impl Ring {
     /// A ring of `len` buckets (at least one).
     pub(super) fn new(len: usize) -> Self {
         Self {
-            buckets: vec![Bucket::default(); len.max(1)],
+            buckets: vec![Traffic::default(); len.max(1)],
             newest: 0,
         }
     }
@@ -142,7 +131,7 @@ impl Ring {
         let len = self.buckets.len() as u64;
         let from = self.newest.max(index.saturating_sub(len)) + 1;
         for i in from..=index {
-            self.buckets[(i % len) as usize] = Bucket::default();
+            self.buckets[(i % len) as usize] = Traffic::default();
         }
         self.newest = index;
     }
@@ -150,7 +139,7 @@ impl Ring {
 
 /// Adds to `bucket` the share of `traffic` between the cumulative fractions `before / span`
 /// and `done / span`.
-fn add_share(bucket: &mut Bucket, traffic: Traffic, span: Millis, done: Millis, before: Millis) {
+fn add_share(bucket: &mut Traffic, traffic: Traffic, span: Millis, done: Millis, before: Millis) {
     let cut = |total: i128, upto: Millis| total * i128::from(upto) / i128::from(span);
     let share = |total: i128| cut(total, done) - cut(total, before);
     let unsigned = |total: u64| u64::try_from(share(i128::from(total))).unwrap_or(0);
