@@ -271,7 +271,7 @@ impl TargetWindow {
             let reading = rise::Reading {
                 measured,
                 interval: interval_arrivals,
-                previous_rate: entry.arrivals_rps,
+                previous_rate: (entry.rate_evidence.span_ms > 0).then_some(entry.arrivals_rps),
             };
             let (evidence, rise) = rise::read(
                 entry.rise,

@@ -10,6 +10,7 @@
 //!
 //! ```text
 //!  no rise:   reading >= 2x the last one          -> a rise starts now; the reading stands
+//!             (a source's first reading has no last one: not a rise)
 //!  in a rise: span since it < the reading's span  -> the reading stands (too short yet)
 //!             reading >= 3x the rise's rate       -> a further rise: starts anew
 //!             otherwise                           -> arrivals since it began / its span
@@ -49,8 +50,9 @@ pub(super) struct Reading {
     pub(super) measured: Evidence,
     /// Arrivals since the source's previous report (`None` for a baseline).
     pub(super) interval: Option<Evidence>,
-    /// The rate the source's previous report read as.
-    pub(super) previous_rate: f64,
+    /// The rate the source's previous report read as; `None` when no report of it has been
+    /// read yet (a new source, or every source at a replica that just started).
+    pub(super) previous_rate: Option<f64>,
 }
 
 /// The rate a report reads as, and the rise it leaves. `last_join` is when a source last
@@ -67,7 +69,14 @@ pub(super) fn read(
     let ongoing =
         rise.filter(|r| r.since >= last_join && now.saturating_sub(r.since) <= longest_ms);
     let Some(mut rise) = ongoing else {
-        let rose = measured.count > 0.0 && measured.rate() >= 2.0 * reading.previous_rate;
+        // A first reading rose from nothing known: were it a rise, the source's next 6 s
+        // would read as the average since it, and a step within them (up to 3x) would be
+        // diluted by the calm before it. A replica that starts (a rollout) or takes a
+        // target over sees every source for the first time.
+        let rose = measured.count > 0.0
+            && reading
+                .previous_rate
+                .is_some_and(|previous| measured.rate() >= 2.0 * previous);
         return (measured, rose.then(|| Rise::starting(now)));
     };
     let Some(interval) = reading.interval else {
@@ -104,7 +113,7 @@ mod tests {
         Reading {
             measured: evidence(window, 200),
             interval: Some(evidence(interval.0, interval.1)),
-            previous_rate,
+            previous_rate: Some(previous_rate),
         }
     }
 
@@ -116,6 +125,20 @@ mod tests {
         // Less than twice the last reading: no rise.
         let (_, left) = read(None, reading(11.0, (50.0, 1_000), 30.0), 1_000, 0, 6_000);
         assert_eq!(left, None);
+    }
+
+    #[test]
+    fn a_first_reading_is_not_a_rise_but_one_from_idle_is() {
+        let first = Reading {
+            previous_rate: None,
+            ..reading(10.0, (50.0, 1_000), 0.0)
+        };
+        assert_eq!(
+            read(None, first, 1_000, 0, 6_000),
+            (evidence(10.0, 200), None)
+        );
+        let (_, left) = read(None, reading(10.0, (50.0, 1_000), 0.0), 1_000, 0, 6_000);
+        assert_eq!(left, rise(1_000, 0.0));
     }
 
     #[test]

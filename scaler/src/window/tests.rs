@@ -340,6 +340,42 @@ fn without_a_window_the_burst_is_the_arrivals_over_the_interval() {
 }
 
 #[test]
+fn a_step_soon_after_a_source_is_first_seen_reads_at_its_own_rate() {
+    // As at a scaler replica that just started (a rollout): a sidecar at 50 rps, one report
+    // each 250 ms, seen for 2 s; then a step to 180 rps over a 600 ms interval. Read as a
+    // rise begun at the first report (from "nothing" to 50 rps), the step would be averaged
+    // with the calm before it: 86 rps, no scale-up (kube_ha's rolling restart saw this).
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let mut t = 30_000;
+    record(&mut window, t, &a, None, 3, false);
+    let quarter = |requests| {
+        Some((
+            RouteDelta {
+                requests,
+                busy_us: 0,
+            },
+            250,
+        ))
+    };
+    for requests in [12, 13, 13, 12, 13, 13, 13] {
+        t += 250;
+        record(&mut window, t, &a, quarter(requests), 3, false);
+    }
+    t += 600;
+    let step = Some((
+        RouteDelta {
+            requests: 108,
+            busy_us: 0,
+        },
+        600,
+    ));
+    record(&mut window, t, &a, step, 3, true);
+    let burst = window.observe(t, MetricType::Rps).burst;
+    assert_eq!(burst, Some(180.0));
+}
+
+#[test]
 fn a_periodic_report_during_a_surge_counts_at_its_own_rate() {
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
