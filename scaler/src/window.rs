@@ -40,9 +40,11 @@
 //!
 //! A burst estimate is given only while it stands [`BURST_SIGMAS`] standard deviations above
 //! the stable average, judged on the arrivals counted in the sources' recent windows, in their
-//! last intervals, or in the panic window, whichever is clearest: one noisy 200 ms window must
-//! not scale a target, while a real step clears the bar in its first window (a 10x step) or
-//! its first interval (a doubling). Once the stable average has caught up the estimate is no
+//! last intervals, in their newest intervals back to a second (`evidence.rs`: a proxy that
+//! reports every 250 ms shows a step of half again its rate as clearly as one that reports each
+//! second), or in the panic window, whichever is clearest: one noisy 200 ms window must not
+//! scale a target, while a real step clears the bar in its first window (a 10x step) or its
+//! first interval (a doubling). Once the stable average has caught up the estimate is no
 //! longer needed and is not given.
 
 use std::collections::HashMap;
@@ -55,12 +57,14 @@ use crate::decision::{Freshness, Millis, Observation};
 pub const BUCKET_MS: Millis = 100;
 
 mod counters;
+mod evidence;
 mod ring;
 mod rise;
 
 #[cfg(test)]
 use counters::RouteLast;
 pub use counters::{Applied, Capacity, Counters, RouteDelta, SourceLimits};
+use evidence::{Evidence, Recent};
 use ring::{Ring, Totals, Traffic};
 
 /// One proxy feeding a target.
@@ -81,6 +85,8 @@ struct Source {
     /// Arrivals over the source's last interval, as evidence (longer than a window, so a
     /// moderate rise shows with more confidence there).
     interval_evidence: Evidence,
+    /// Arrivals over its newest intervals, for evidence over a second when they are short.
+    recent_intervals: Recent,
     /// Start of the span that rate was measured over.
     rate_since: Millis,
     /// The rise the source's rate is read over, if one is in progress (see `rise.rs`).
@@ -92,33 +98,6 @@ struct Source {
     /// Its latest report said zero: no request completed since the one before, none in flight,
     /// none arriving in its window. A baseline is not quiet: its completions are unknown.
     quiet: bool,
-}
-
-/// A rate's evidence: requests counted over a span. Arrivals are close to a Poisson process
-/// over short spans, so the rate's variance is about `count / span^2`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-struct Evidence {
-    count: f64,
-    span_ms: Millis,
-}
-
-impl Evidence {
-    fn rate(self) -> f64 {
-        if self.span_ms == 0 {
-            0.0
-        } else {
-            self.count * 1000.0 / self.span_ms as f64
-        }
-    }
-
-    fn variance(self) -> f64 {
-        if self.span_ms == 0 {
-            0.0
-        } else {
-            let seconds = self.span_ms as f64 / 1000.0;
-            self.count / (seconds * seconds)
-        }
-    }
 }
 
 /// How many standard deviations a target's burst estimate must stand above its stable average
@@ -225,6 +204,7 @@ impl TargetWindow {
                     arrivals_rps: 0.0,
                     rate_evidence: Evidence::default(),
                     interval_evidence: Evidence::default(),
+                    recent_intervals: Recent::default(),
                     rate_since: now,
                     rise: None,
                     has_rate: false,
@@ -287,6 +267,7 @@ impl TargetWindow {
         }
         if let Some(evidence) = interval_arrivals {
             entry.interval_evidence = evidence;
+            entry.recent_intervals.push(evidence);
         }
         if was_idle && entry.arrivals_rps > 0.0 && carrying {
             // Its traffic began at the latest now: a rate measured from then on cannot hold
@@ -366,6 +347,7 @@ impl TargetWindow {
         let mut total = 0.0;
         let (mut recent, mut recent_var) = (0.0, 0.0);
         let (mut interval, mut interval_var) = (0.0, 0.0);
+        let (mut second, mut second_var) = (0.0, 0.0);
         let mut inflight = 0.0;
         for (key, s) in &self.sources {
             if !current(s) {
@@ -385,6 +367,9 @@ impl TargetWindow {
             recent_var += s.rate_evidence.variance();
             interval += s.interval_evidence.rate();
             interval_var += s.interval_evidence.variance();
+            let over_second = s.recent_intervals.over(evidence::SPAN_MS);
+            second += over_second.rate();
+            second_var += over_second.variance();
             inflight += s.inflight as f64;
         }
         for key in settled {
@@ -399,6 +384,7 @@ impl TargetWindow {
         };
         let arrivals_rose = stands_out(recent, recent_var)
             || stands_out(interval, interval_var)
+            || stands_out(second, second_var)
             || stands_out(panic.rate(), panic.variance());
         let clear = match metric {
             MetricType::Rps => arrivals_rose,
@@ -436,6 +422,30 @@ impl TargetWindow {
             pending.busy_us += s.concurrency * 1e6 * seconds;
         }
         (total, pending, covered)
+    }
+
+    /// What a burst must stand out from: the stable window's traffic before its last second.
+    /// The evidence a burst is judged on reaches back a second; a baseline that held it would
+    /// follow the step it is tested against, little over a full minute of history but much
+    /// at a replica whose window covers seconds (one that just started, in a rollout). With
+    /// too little history before that second, the whole stable window (`stable`, extended to
+    /// the present, over `covered`).
+    fn baseline(&self, now: Millis, stable: Totals, covered: Millis) -> Baseline {
+        let before = covered.saturating_sub(evidence::SPAN_MS);
+        let (totals, span) = if before >= evidence::SPAN_MS {
+            let older = self
+                .buckets
+                .sum(now, self.config.stable_ms)
+                .minus(self.buckets.sum(now, evidence::SPAN_MS));
+            (older, before)
+        } else {
+            (stable, covered)
+        };
+        let seconds = span as f64 / 1000.0;
+        Baseline {
+            rps: totals.arrivals() / seconds,
+            concurrency: totals.busy_us / 1e6 / seconds,
+        }
     }
 
     /// Drops sources silent for longer than the staleness bound; returns how many were dropped.
@@ -486,22 +496,13 @@ impl TargetWindow {
         let stable_sum = stable_sum.plus(stable_pending);
         let stable = value(stable_sum, stable_covered);
 
-        let seconds = stable_covered as f64 / 1000.0;
-        let stable_rps = stable_sum.arrivals() / seconds;
         // Evidence is what was counted, not the extension to the present.
         let panic_evidence = Evidence {
             count: panic_sum.arrivals(),
             span_ms: panic_covered,
         };
-        let burst = self.burst(
-            now,
-            metric,
-            Baseline {
-                rps: stable_rps,
-                concurrency: stable_sum.busy_us / 1e6 / seconds,
-            },
-            panic_evidence,
-        );
+        let baseline = self.baseline(now, stable_sum, stable_covered);
+        let burst = self.burst(now, metric, baseline, panic_evidence);
 
         let with_rate = self.sources.values().filter(|s| s.has_rate).count();
         let late = self.sources.values().any(|s| {

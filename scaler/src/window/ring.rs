@@ -42,6 +42,15 @@ impl Totals {
         (self.requests + self.queue_change).max(0.0)
     }
 
+    /// These less `other` (a sub-span of the same ring's sum).
+    pub(super) fn minus(self, other: Totals) -> Totals {
+        Totals {
+            requests: self.requests - other.requests,
+            busy_us: self.busy_us - other.busy_us,
+            queue_change: self.queue_change - other.queue_change,
+        }
+    }
+
     /// These and `other`, added.
     pub(super) fn plus(self, other: Totals) -> Totals {
         Totals {

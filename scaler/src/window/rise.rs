@@ -18,7 +18,7 @@
 //!  would hold the joiner's share: see the module docs of `window`)
 //! ```
 
-use super::Evidence;
+use super::evidence::Evidence;
 use crate::decision::Millis;
 
 /// How much above the rise's own rate a reading must be to start a rise anew. Windows after a

@@ -376,6 +376,66 @@ fn a_step_soon_after_a_source_is_first_seen_reads_at_its_own_rate() {
 }
 
 #[test]
+fn a_moderate_step_is_judged_over_a_second_of_short_intervals() {
+    // A proxy reporting every 250 ms, at 280 rps for a minute, then at 380 rps. One interval
+    // of the step (95 requests) stands only 2.6 standard deviations above the stable 280; a
+    // second of them stands 5.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let quarter = |requests| {
+        Some((
+            RouteDelta {
+                requests,
+                busy_us: 0,
+            },
+            250,
+        ))
+    };
+    let mut t = 1_000;
+    record(&mut window, t, &a, None, 0, false);
+    for _ in 0..240 {
+        t += 250;
+        record(&mut window, t, &a, quarter(70), 0, false);
+    }
+    let mut bursts = Vec::new();
+    for _ in 0..4 {
+        t += 250;
+        record(&mut window, t, &a, quarter(95), 0, false);
+        bursts.push(window.observe(t, MetricType::Rps).burst);
+    }
+    assert_eq!(bursts, [None, None, None, Some(380.0)]);
+}
+
+#[test]
+fn a_burst_is_judged_against_the_load_before_its_evidence() {
+    // A window that covers 3 s of 280 rps (a replica that just started), then a second at
+    // 380 rps. Over the whole 4 s the stable average (305) holds a quarter of the step, and
+    // 380 stands only 3.8 standard deviations above it; above the 280 before, 5.1.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let quarter = |requests| {
+        Some((
+            RouteDelta {
+                requests,
+                busy_us: 0,
+            },
+            250,
+        ))
+    };
+    let mut t = 1_000;
+    record(&mut window, t, &a, None, 0, false);
+    for _ in 0..12 {
+        t += 250;
+        record(&mut window, t, &a, quarter(70), 0, false);
+    }
+    for _ in 0..4 {
+        t += 250;
+        record(&mut window, t, &a, quarter(95), 0, false);
+    }
+    assert_eq!(window.observe(t, MetricType::Rps).burst, Some(380.0));
+}
+
+#[test]
 fn a_periodic_report_during_a_surge_counts_at_its_own_rate() {
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
