@@ -82,10 +82,9 @@ struct Source {
     arrivals_rps: f64,
     /// Requests counted for that rate, and the span they were counted over: its evidence.
     rate_evidence: Evidence,
-    /// Arrivals over the source's last interval, as evidence (longer than a window, so a
-    /// moderate rise shows with more confidence there).
-    interval_evidence: Evidence,
-    /// Arrivals over its newest intervals, for evidence over a second when they are short.
+    /// Arrivals over its newest intervals, as evidence: the last one (longer than a window,
+    /// so a moderate rise shows with more confidence there), and those back to a second when
+    /// they are short.
     recent_intervals: Recent,
     /// Start of the span that rate was measured over.
     rate_since: Millis,
@@ -203,7 +202,6 @@ impl TargetWindow {
                     inflight: report.inflight,
                     arrivals_rps: 0.0,
                     rate_evidence: Evidence::default(),
-                    interval_evidence: Evidence::default(),
                     recent_intervals: Recent::default(),
                     rate_since: now,
                     rise: None,
@@ -266,7 +264,6 @@ impl TargetWindow {
             entry.rate_since = now.saturating_sub(evidence.span_ms);
         }
         if let Some(evidence) = interval_arrivals {
-            entry.interval_evidence = evidence;
             entry.recent_intervals.push(evidence);
         }
         if was_idle && entry.arrivals_rps > 0.0 && carrying {
@@ -365,8 +362,9 @@ impl TargetWindow {
             };
             recent += s.rate_evidence.rate();
             recent_var += s.rate_evidence.variance();
-            interval += s.interval_evidence.rate();
-            interval_var += s.interval_evidence.variance();
+            let last = s.recent_intervals.last();
+            interval += last.rate();
+            interval_var += last.variance();
             let over_second = s.recent_intervals.over(evidence::SPAN_MS);
             second += over_second.rate();
             second_var += over_second.variance();
@@ -418,7 +416,7 @@ impl TargetWindow {
             }
             let seconds = age.min(covered) as f64 / 1000.0;
             // Arrivals as completions: the queue's growth since the last report is unknown.
-            pending.requests += s.interval_evidence.rate() * seconds;
+            pending.requests += s.recent_intervals.last().rate() * seconds;
             pending.busy_us += s.concurrency * 1e6 * seconds;
         }
         (total, pending, covered)
@@ -429,14 +427,11 @@ impl TargetWindow {
     /// follow the step it is tested against, little over a full minute of history but much
     /// at a replica whose window covers seconds (one that just started, in a rollout). With
     /// too little history before that second, the whole stable window (`stable`, extended to
-    /// the present, over `covered`).
-    fn baseline(&self, now: Millis, stable: Totals, covered: Millis) -> Baseline {
+    /// the present, over `covered`). `counted` is the stable window's sum of the reports alone.
+    fn baseline(&self, now: Millis, counted: Totals, stable: Totals, covered: Millis) -> Baseline {
         let before = covered.saturating_sub(evidence::SPAN_MS);
         let (totals, span) = if before >= evidence::SPAN_MS {
-            let older = self
-                .buckets
-                .sum(now, self.config.stable_ms)
-                .minus(self.buckets.sum(now, evidence::SPAN_MS));
+            let older = counted.minus(self.buckets.sum(now, evidence::SPAN_MS));
             (older, before)
         } else {
             (stable, covered)
@@ -491,9 +486,9 @@ impl TargetWindow {
                 MetricType::Concurrency => totals.busy_us / 1e6 / seconds,
             }
         };
-        let (stable_sum, stable_pending, stable_covered) = self.sum(now, self.config.stable_ms);
+        let (stable_counted, stable_pending, stable_covered) = self.sum(now, self.config.stable_ms);
         let (panic_sum, panic_pending, panic_covered) = self.sum(now, self.config.panic_ms);
-        let stable_sum = stable_sum.plus(stable_pending);
+        let stable_sum = stable_counted.plus(stable_pending);
         let stable = value(stable_sum, stable_covered);
 
         // Evidence is what was counted, not the extension to the present.
@@ -501,7 +496,7 @@ impl TargetWindow {
             count: panic_sum.arrivals(),
             span_ms: panic_covered,
         };
-        let baseline = self.baseline(now, stable_sum, stable_covered);
+        let baseline = self.baseline(now, stable_counted, stable_sum, stable_covered);
         let burst = self.burst(now, metric, baseline, panic_evidence);
 
         let with_rate = self.sources.values().filter(|s| s.has_rate).count();

@@ -54,6 +54,11 @@ impl Recent {
         self.next = (self.next + 1) % KEPT;
     }
 
+    /// The newest interval (empty before the first).
+    pub(super) fn last(&self) -> Evidence {
+        self.intervals[(self.next + KEPT - 1) % KEPT]
+    }
+
     /// The newest intervals summed back until they span `span_ms`, or all that are kept.
     pub(super) fn over(&self, span_ms: Millis) -> Evidence {
         let mut sum = Evidence::default();
@@ -84,11 +89,13 @@ mod tests {
     fn the_newest_intervals_are_summed_back_to_a_second() {
         let mut recent = Recent::default();
         assert_eq!(recent.over(SPAN_MS), Evidence::default());
+        assert_eq!(recent.last(), Evidence::default());
         recent.push(evidence(5.0, 1_000));
         for count in [10.0, 20.0, 30.0, 40.0, 50.0] {
             recent.push(evidence(count, 250));
         }
         assert_eq!(recent.over(SPAN_MS), evidence(140.0, 1_000));
+        assert_eq!(recent.last(), evidence(50.0, 250));
         // One long interval covers the second by itself.
         recent.push(evidence(70.0, 1_200));
         assert_eq!(recent.over(SPAN_MS), evidence(70.0, 1_200));
