@@ -163,6 +163,34 @@ fn delta(requests: u64, busy_us: u64) -> Option<(RouteDelta, Millis)> {
     Some((RouteDelta { requests, busy_us }, 1000))
 }
 
+/// `requests` completed over `interval_ms`.
+fn over(requests: u64, interval_ms: Millis) -> Option<(RouteDelta, Millis)> {
+    Some((
+        RouteDelta {
+            requests,
+            busy_us: 0,
+        },
+        interval_ms,
+    ))
+}
+
+/// A proxy reporting every 250 ms with `inflight` in flight: a baseline at `t`, then one
+/// report of each of `counts`. The time of the last.
+fn every_250_ms(
+    window: &mut TargetWindow,
+    source: &Arc<str>,
+    mut t: Millis,
+    counts: impl IntoIterator<Item = u64>,
+    inflight: u64,
+) -> Millis {
+    record(window, t, source, None, inflight, false);
+    for requests in counts {
+        t += 250;
+        record(window, t, source, over(requests, 250), inflight, false);
+    }
+    t
+}
+
 /// Three sources at 100 rps each, reporting once a second at staggered phases, for `seconds`.
 fn steady(window: &mut TargetWindow, from: Millis, seconds: u64) -> Millis {
     let sources: Vec<Arc<str>> = ["a", "b", "c"].iter().map(|s| Arc::from(*s)).collect();
@@ -347,30 +375,8 @@ fn a_step_soon_after_a_source_is_first_seen_reads_at_its_own_rate() {
     // with the calm before it: 86 rps, no scale-up (kube_ha's rolling restart saw this).
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
-    let mut t = 30_000;
-    record(&mut window, t, &a, None, 3, false);
-    let quarter = |requests| {
-        Some((
-            RouteDelta {
-                requests,
-                busy_us: 0,
-            },
-            250,
-        ))
-    };
-    for requests in [12, 13, 13, 12, 13, 13, 13] {
-        t += 250;
-        record(&mut window, t, &a, quarter(requests), 3, false);
-    }
-    t += 600;
-    let step = Some((
-        RouteDelta {
-            requests: 108,
-            busy_us: 0,
-        },
-        600,
-    ));
-    record(&mut window, t, &a, step, 3, true);
+    let t = every_250_ms(&mut window, &a, 30_000, [12, 13, 13, 12, 13, 13, 13], 3) + 600;
+    record(&mut window, t, &a, over(108, 600), 3, true);
     let burst = window.observe(t, MetricType::Rps).burst;
     assert_eq!(burst, Some(180.0));
 }
@@ -382,25 +388,11 @@ fn a_moderate_step_is_judged_over_a_second_of_short_intervals() {
     // second of them stands 5.
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
-    let quarter = |requests| {
-        Some((
-            RouteDelta {
-                requests,
-                busy_us: 0,
-            },
-            250,
-        ))
-    };
-    let mut t = 1_000;
-    record(&mut window, t, &a, None, 0, false);
-    for _ in 0..240 {
-        t += 250;
-        record(&mut window, t, &a, quarter(70), 0, false);
-    }
+    let mut t = every_250_ms(&mut window, &a, 1_000, [70; 240], 0);
     let mut bursts = Vec::new();
     for _ in 0..4 {
         t += 250;
-        record(&mut window, t, &a, quarter(95), 0, false);
+        record(&mut window, t, &a, over(95, 250), 0, false);
         bursts.push(window.observe(t, MetricType::Rps).burst);
     }
     assert_eq!(bursts, [None, None, None, Some(380.0)]);
@@ -413,25 +405,8 @@ fn a_burst_is_judged_against_the_load_before_its_evidence() {
     // 380 stands only 3.8 standard deviations above it; above the 280 before, 5.1.
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
-    let quarter = |requests| {
-        Some((
-            RouteDelta {
-                requests,
-                busy_us: 0,
-            },
-            250,
-        ))
-    };
-    let mut t = 1_000;
-    record(&mut window, t, &a, None, 0, false);
-    for _ in 0..12 {
-        t += 250;
-        record(&mut window, t, &a, quarter(70), 0, false);
-    }
-    for _ in 0..4 {
-        t += 250;
-        record(&mut window, t, &a, quarter(95), 0, false);
-    }
+    let calm_then_step = [[70; 12].as_slice(), &[95; 4]].concat();
+    let t = every_250_ms(&mut window, &a, 1_000, calm_then_step, 0);
     assert_eq!(window.observe(t, MetricType::Rps).burst, Some(380.0));
 }
 
