@@ -123,7 +123,7 @@ pub struct SecondSample {
     pub capacity_rps: f64,
     /// Requests served during the second.
     pub served_rps: f64,
-    /// Share of the second (0..=1) spent overloaded (offered above capacity, or a backlog).
+    /// Share of the second (0..=1) spent overloaded (offered load above ready capacity).
     pub overloaded: f64,
     /// Requests queued at the end of the second.
     pub backlog: f64,
@@ -139,7 +139,9 @@ pub struct Metrics {
     /// first moment (at or after the event) it fell short; 0 if it never fell short, `None` if
     /// it never caught up.
     pub enough_capacity_s: Option<f64>,
-    /// Seconds with offered load above ready capacity or with a backlog.
+    /// Seconds with offered load above ready capacity: what a measured run can see (the
+    /// sandbox's report counts the same). A backlog still draining once capacity is enough is
+    /// not counted here; its cost is in `over_objective`.
     pub overloaded_s: f64,
     /// Share (0..=1) of the requests whose approximate latency is over the objective, refused
     /// ones included.
@@ -314,7 +316,10 @@ pub fn simulate(
             )
         };
         let served = (backlog + arrivals).min(capacity_rps * dt);
-        let overloaded = offered > capacity_rps || backlog + arrivals - served > 1e-9;
+        // The measured runs' rule (report::build): short of ready capacity. Counting a draining
+        // backlog too, as this once did, made the model's row differ from the measured one by
+        // definition (the 5x step's chain: 54 s modelled, 35 s measured, from the same climb).
+        let overloaded = offered > capacity_rps;
         backlog = (backlog + arrivals - served).max(0.0);
         // What does not fit in the ready pods' queues is refused at once.
         let queue_limit = pod
@@ -488,10 +493,15 @@ mod tests {
         assert_eq!(out.metrics.first_scale_up_s, Some(10.0));
         assert_eq!(out.metrics.enough_capacity_s, Some(15.0));
         assert_eq!(out.metrics.scale_events, 1);
-        // Overloaded from 0 s on: the backlog built over 15 s (200 rps short) never drains,
-        // since 3 pods serve exactly the 300 rps offered.
-        assert!(out.metrics.overloaded_s >= 15.0);
+        // Short of capacity for 15 s; the backlog built then (200 rps short) never drains, since
+        // 3 pods serve exactly the 300 rps offered: not overloaded, but slow to the end.
+        assert!(
+            (out.metrics.overloaded_s - 15.0).abs() < 1e-6,
+            "{}",
+            out.metrics.overloaded_s
+        );
         assert!(out.metrics.over_objective > 0.4);
+        assert!(out.series[29].backlog > 0.0);
     }
 
     #[test]
