@@ -7,9 +7,8 @@
 //! inbound connection manager's `downstream_rq_completed`, which Istio's proxy also exports.
 //! Both count a request when its response is done (an app's 503 included). The nearer name,
 //! `downstream_rq_total`, counts it when it arrives: while a saturated pod's queue drains, the
-//! two part by the backlog, and near the HPA's tolerance that moves where the chain stops (the
-//! 5x step: 5 replicas counted at completion in 19 of 21 of the model's phases, 4 in 16 of 21
-//! counted at arrival).
+//! two part by the backlog, and near the HPA's tolerance that can move where the chain stops
+//! (docs/benchmarks/compare.md, "One overload rule, and the chain counting as Istio counts").
 
 use serde_json::{Value, json};
 
