@@ -93,9 +93,10 @@ bench-nodes: tools classic-tools node-tools wasm bins
 compare: tools wasm bins
 	./target/debug/surge-sandbox compare --out target/compare
 
-## The same comparison measured: the standard set's 10x and 5x steps, spike and noisy curve on
+## The same comparison measured: the standard set's 10x and 3x steps, spike and noisy curve on
 ## the real control plane, under Surge and under the real classic chain, beside the models
-## (about an hour; SCENARIOS="--scenario step-10x" for one).
+## (about an hour; SCENARIOS="--scenario step-10x" for one, add "--play surge" to play one system
+## and take the other's row from the last run in target/compare-real).
 compare-real: tools classic-tools wasm bins
 	./target/debug/surge-sandbox compare-real --out target/compare-real $(SCENARIOS)
 

@@ -114,7 +114,7 @@ enum Command {
         seeds: u64,
         /// Also play each scenario in the live sandbox (as long as the scenario, one after the
         /// other) and cross-check the replayed decisions against it: the default for scenario
-        /// files given here; the built-in set (seven scenarios of 11-20 minutes) only with it.
+        /// files given here; the built-in set (eight scenarios of 11-20 minutes) only with it.
         #[arg(long, conflicts_with = "models_only")]
         live: bool,
         /// Only the models and the replay, no live sandbox run.
@@ -130,7 +130,7 @@ enum Command {
     /// and charts of `compare`, measured, plus summary.json and compare-real.md (model against
     /// measurement, issue 15's goals). About an hour for the default four scenarios.
     CompareReal {
-        /// A scenario of the standard set (repeatable); by default step-10x, step-5x,
+        /// A scenario of the standard set (repeatable); by default step-10x, step-3x,
         /// spike-20s and diurnal-noisy.
         #[arg(long = "scenario")]
         scenarios: Vec<String>,
@@ -151,6 +151,10 @@ enum Command {
         /// and load scale), recomputing the models and the summary only.
         #[arg(long)]
         reuse: bool,
+        /// Play only this system (`surge` or `classic`); the other's row comes from an earlier
+        /// run in the output folder, or is left out when there is none.
+        #[arg(long, value_enum)]
+        play: Option<surge_sandbox::classic::Autoscaler>,
     },
     /// Draw `chart.svg` (and `chart.png` when rsvg-convert is installed) again from a
     /// `result.json`, next to it.
@@ -217,6 +221,7 @@ async fn compare_real(
     load_scale: f64,
     progress: bool,
     reuse: bool,
+    play: Option<surge_sandbox::classic::Autoscaler>,
 ) -> Result<(), String> {
     use surge_sandbox::compare::{real, report};
     let scenarios = real::select(names).map_err(|e| e.to_string())?;
@@ -226,6 +231,7 @@ async fn compare_real(
         load_scale,
         progress,
         reuse,
+        play,
     };
     let (comparison, summary, written) = real::compare_real(&scenarios, &options, shutdown_signal)
         .await
@@ -325,7 +331,8 @@ async fn main() -> ExitCode {
             load_scale,
             progress,
             reuse,
-        } => compare_real(&scenarios, out, seeds, load_scale, progress, reuse).await,
+            play,
+        } => compare_real(&scenarios, out, seeds, load_scale, progress, reuse, play).await,
         Command::Chart { result } => redraw(&result),
         Command::BenchStartup { runs, out } => {
             match surge_sandbox::bench::bench_startup(runs, &out).await {
