@@ -390,6 +390,17 @@ pub fn integrate(points: &[(f64, f64)], a: f64, b: f64) -> f64 {
     total + v * (b - t)
 }
 
+/// How far the offered load must exceed the ready capacity for a second to count as
+/// overloaded, in requests per second: a measured second's offered rate is a count of whole
+/// requests, so a second at exactly the capacity can read a fraction above it.
+pub const OVERLOAD_SLACK_RPS: f64 = 0.5;
+
+/// Whether a second offered `offered_rps` against `capacity_rps` of ready pods is overloaded:
+/// the one rule of the measured summary, the measured rows' series and the models.
+pub fn overloaded(offered_rps: f64, capacity_rps: f64) -> bool {
+    offered_rps > capacity_rps + OVERLOAD_SLACK_RPS
+}
+
 /// Builds the result from what a run collected.
 pub fn build(c: &Collected<'_>) -> RunResult {
     let scenario = c.scenario;
@@ -545,7 +556,7 @@ pub fn build(c: &Collected<'_>) -> RunResult {
         enough_capacity_ms,
         overloaded_seconds: rows
             .iter()
-            .filter(|r| r.offered_rps > r.ready_capacity_rps + 0.5)
+            .filter(|r| overloaded(r.offered_rps, r.ready_capacity_rps))
             .count() as u32,
         requests: outcomes.requests(),
         slow: outcomes.slow,

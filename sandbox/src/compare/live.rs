@@ -128,7 +128,7 @@ pub fn measured_row(run: &RunResult, event_s: f64, system: &str) -> SystemResult
             ready: s.ready.round() as u32,
             capacity_rps: s.ready_capacity_rps,
             served_rps: s.ok as f64,
-            overloaded: if s.offered_rps > s.ready_capacity_rps {
+            overloaded: if crate::report::overloaded(s.offered_rps, s.ready_capacity_rps) {
                 1.0
             } else {
                 0.0

@@ -316,10 +316,10 @@ pub fn simulate(
             )
         };
         let served = (backlog + arrivals).min(capacity_rps * dt);
-        // The measured runs' rule (report::build): short of ready capacity. Counting a draining
-        // backlog too, as this once did, made the model's row differ from the measured one by
-        // definition (the 5x step's chain: 54 s modelled, 35 s measured, from the same climb).
-        let overloaded = offered > capacity_rps;
+        // The measured runs' rule: short of ready capacity. Counting a draining backlog too, as
+        // this once did, made the model's row differ from the measured one by definition (the
+        // 5x step's chain: 54 s modelled, 35 s measured, from the same climb).
+        let overloaded = crate::report::overloaded(offered, capacity_rps);
         backlog = (backlog + arrivals - served).max(0.0);
         // What does not fit in the ready pods' queues is refused at once.
         let queue_limit = pod
