@@ -74,6 +74,9 @@ pub enum CompareError {
         /// What went wrong.
         message: String,
     },
+    /// `--play` named a system `compare-real` does not play.
+    #[error("--play {0}: compare-real plays surge and classic only")]
+    NotPlayed(String),
     /// The output could not be written.
     #[error("cannot write the comparison to {dir}: {source}")]
     Write {

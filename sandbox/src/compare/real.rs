@@ -165,6 +165,7 @@ pub async fn compare_real<F: Future<Output = ()>>(
     options: &RealOptions,
     cancel: impl Fn() -> F,
 ) -> Result<(Comparison, Summary, Vec<PathBuf>), CompareError> {
+    check_play(options.play)?;
     let seeds: Vec<u64> = (1..=options.seeds.max(1)).collect();
     let mut comparison = Comparison {
         seeds: seeds.clone(),
@@ -250,6 +251,19 @@ enum Source {
     Saved,
     /// Left out: not played now, and no earlier run.
     Skip,
+}
+
+/// Refuses a `--play` that names none of [`PLAYED`] (it would play nothing at all).
+fn check_play(play: Option<Autoscaler>) -> Result<(), CompareError> {
+    match play {
+        Some(only) if !PLAYED.iter().any(|(a, _, _)| *a == only) => {
+            // Named as on the command line (`classic-literal`).
+            let name = clap::ValueEnum::to_possible_value(&only)
+                .map_or_else(|| format!("{only:?}"), |v| v.get_name().to_owned());
+            Err(CompareError::NotPlayed(name))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn source(options: &RealOptions, autoscaler: Autoscaler, saved: bool) -> Source {
@@ -346,6 +360,9 @@ mod tests {
             source(&options(true, None), Autoscaler::Classic, false),
             Source::Play
         );
+        assert!(check_play(Some(Autoscaler::Classic)).is_ok() && check_play(None).is_ok());
+        let err = check_play(Some(Autoscaler::ClassicLiteral)).unwrap_err();
+        assert!(err.to_string().contains("--play classic-literal"), "{err}");
         let surge_only = options(false, Some(Autoscaler::Surge));
         assert_eq!(source(&surge_only, Autoscaler::Surge, true), Source::Play);
         assert_eq!(
