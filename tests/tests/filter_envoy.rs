@@ -391,6 +391,78 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_threefold_step_is_reported_every_window_until_the_periodic_report() {
+    let upstream = Upstream::start().await.unwrap();
+    let capture = Capture::start().await.unwrap();
+    let envoy = start_envoy("surge", upstream.addr(), capture.addr(), json!({}), 2)
+        .await
+        .unwrap();
+    let addr = envoy.listener_addr();
+
+    // As above, the step falls between two periodic reports. 60 -> 180 rps: one 200 ms window
+    // of it is too little for the scaler to act on, so the filter keeps reporting it, a
+    // window apart, until its next periodic report carries the new rate.
+    let baseline = upstream::paced(addr, "/search", 60, Duration::from_millis(3400), 3)
+        .await
+        .unwrap();
+    assert_eq!(baseline.failed, 0);
+    let step_at = Instant::now();
+    let step = upstream::paced(addr, "/search", 180, Duration::from_millis(2000), 4)
+        .await
+        .unwrap();
+    assert_eq!(step.failed, 0);
+
+    let reports = capture.reports();
+    let after: Vec<&Captured> = reports.iter().filter(|r| r.at >= step_at).collect();
+    let at_ms = |r: &Captured| (r.at - step_at).as_millis();
+    for r in &after {
+        eprintln!(
+            "report seq {} at +{} ms surge {} window {:?}",
+            r.report.seq,
+            at_ms(r),
+            r.report.surge,
+            r.report.window_ms
+        );
+    }
+    let first = after
+        .iter()
+        .position(|r| r.report.surge)
+        .expect("an early report after the step");
+    let closed = after[first..]
+        .iter()
+        .position(|r| !r.report.surge)
+        .map(|k| first + k)
+        .expect("a periodic report after the early ones");
+    let surge_reports = &after[first..closed];
+    assert!(
+        surge_reports.len() >= 2,
+        "one early report only: {:?}",
+        after
+            .iter()
+            .map(|r| (at_ms(r), r.report.surge))
+            .collect::<Vec<_>>()
+    );
+    for pair in surge_reports.windows(2) {
+        let gap = pair[1].at - pair[0].at;
+        // At least the filter's min_gap_ms (one 100 ms check), less a little for the timer.
+        assert!(
+            gap >= Duration::from_millis(90),
+            "early reports {gap:?} apart"
+        );
+    }
+    // Once the periodic report carried the new rate, the steady 180 rps is no surge.
+    let steady_until = step_at + Duration::from_millis(1900);
+    assert!(
+        after[closed..]
+            .iter()
+            .filter(|r| r.at <= steady_until)
+            .all(|r| !r.report.surge),
+        "early report at the steady new rate"
+    );
+    assert_one_instance_and_increasing_seq(&reports);
+}
+
 /// Sends paced traffic while the scaler misbehaves; returns the load result and the Envoy.
 async fn traffic_while_scaler(
     test: &str,

@@ -7,9 +7,12 @@
 //! due when the report interval has passed since the last one (whichever VM sent it), or early
 //! when the arrival rate over the recent window surges: at least `min_rps`, at least `factor`
 //! times the rate the last report carried, and more above it than noise would be (see
-//! [`NOISE_SIGMAS`]). Early reports are at least `min_gap_ms` apart. Every report carries the
-//! recent window ([`Recent`]), so the scaler reads the current rate instead of an interval
-//! average. Pure: time is an argument.
+//! [`NOISE_SIGMAS`]). Early reports are at least `min_gap_ms` apart. While a surge lasts (the
+//! window still stands out from the rate before it) one follows every window until the next
+//! periodic report: each adds its window's arrivals to what the scaler has seen of the rise, so
+//! a moderate step is confirmed in a few hundred milliseconds instead of at the periodic report.
+//! Every report carries the recent window ([`Recent`]), so the scaler reads the current rate
+//! instead of an interval average. Pure: time is an argument.
 
 use std::collections::VecDeque;
 
@@ -144,6 +147,10 @@ pub struct Scheduler {
     /// Whether the last report was flagged as a surge (a follow-up needs only
     /// [`FOLLOW_UP_FACTOR`]).
     last_was_surge: bool,
+    /// While a surge lasts, the rate reported before it began: a further early report is due
+    /// every window for as long as the recent rate stands out from it (see the module docs).
+    /// Cleared by a periodic report that is not itself a surge.
+    surge_base: Option<f64>,
 }
 
 impl Scheduler {
@@ -157,6 +164,7 @@ impl Scheduler {
             last_reported_rate: None,
             last_early_ms: None,
             last_was_surge: false,
+            surge_base: None,
         }
     }
 
@@ -198,19 +206,42 @@ impl Scheduler {
         self.recent().map(|r| r.rate())
     }
 
+    /// Whether the recent rate has surged past the rate the last report carried.
     fn surging(&self) -> bool {
-        let (Some(baseline), Some(recent)) = (self.last_reported_rate, self.recent()) else {
+        let factor = if self.last_was_surge {
+            FOLLOW_UP_FACTOR.min(self.surge.factor)
+        } else {
+            self.surge.factor
+        };
+        self.last_reported_rate
+            .is_some_and(|baseline| self.stands_out(baseline, factor))
+    }
+
+    /// Whether a surge that an early report announced still lasts, one window after the last
+    /// early report: the recent rate stands out from the rate before the surge by the whole
+    /// factor. Such a report adds no news of a higher rate, only more evidence of the same
+    /// one, which the scaler needs before it acts on a moderate step (one 200 ms window of a
+    /// 3x step is under three standard deviations of its count).
+    fn lasting(&self, now_ms: u64) -> bool {
+        let spaced = self.last_early_ms.is_some_and(|t| {
+            now_ms.saturating_sub(t) >= self.surge.window_ms.max(self.surge.min_gap_ms)
+        });
+        spaced
+            && self
+                .surge_base
+                .is_some_and(|base| self.stands_out(base, self.surge.factor))
+    }
+
+    /// Whether the recent window's rate is at least `min_rps`, `factor` times `baseline`, and
+    /// [`NOISE_SIGMAS`] above it.
+    fn stands_out(&self, baseline: f64, factor: f64) -> bool {
+        let Some(recent) = self.recent() else {
             return false;
         };
         let rate = recent.rate();
         let seconds = recent.span_ms as f64 / 1000.0;
         let expected = baseline * seconds;
         let excess = (rate - baseline) * seconds;
-        let factor = if self.last_was_surge {
-            FOLLOW_UP_FACTOR.min(self.surge.factor)
-        } else {
-            self.surge.factor
-        };
         rate >= self.surge.min_rps
             && rate >= baseline * factor
             && excess >= NOISE_SIGMAS * expected.max(1.0).sqrt()
@@ -235,7 +266,7 @@ impl Scheduler {
         let gap_ok = self
             .last_early_ms
             .is_none_or(|t| now_ms.saturating_sub(t) >= self.surge.min_gap_ms);
-        (surging && gap_ok).then_some(Trigger::Surge)
+        ((surging && gap_ok) || self.lasting(now_ms)).then_some(Trigger::Surge)
     }
 
     /// The schedule to store after sending a report triggered by `trigger` at `now_ms`.
@@ -291,6 +322,13 @@ impl Scheduler {
             .samples
             .back()
             .map_or(0, |sample| sample.arrivals.total());
+        self.surge_base = match (trigger.is_surge(), self.last_was_surge) {
+            // The surge begins: the rate before it is what it must keep standing out from.
+            (true, false) => self.last_reported_rate,
+            (true, true) => self.surge_base,
+            // A periodic report closes the surge: the next one is judged against its rate.
+            (false, _) => None,
+        };
         self.last_reported_rate = if trigger.is_surge() {
             // The rate that triggered the report is what the scaler now acts on.
             self.recent_rate()
@@ -318,377 +356,4 @@ impl Scheduler {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn scheduler() -> Scheduler {
-        Scheduler::new(&Config::default())
-    }
-
-    fn arrivals(total: u64) -> Arrivals {
-        Arrivals {
-            indexed: vec![total],
-            other: 0,
-        }
-    }
-
-    /// Feeds `rps` for `ms` milliseconds in 100 ms ticks from (`t`, `total`), sending the
-    /// reports that fall due; returns the new (t, total) and the triggers seen with their times.
-    fn run(
-        s: &mut Scheduler,
-        schedule: &mut Option<u64>,
-        mut t: u64,
-        mut total: u64,
-        rps: u64,
-        ms: u64,
-    ) -> (u64, u64, Vec<(u64, Trigger)>) {
-        let mut sent = Vec::new();
-        let end = t + ms;
-        while t < end {
-            t += 100;
-            total += rps / 10;
-            s.observe(t, arrivals(total));
-            if let Some(trigger) = s.due(t, *schedule) {
-                s.sent(t, trigger);
-                *schedule = Some(s.next_schedule(t, *schedule, trigger));
-                sent.push((t, trigger));
-            }
-        }
-        (t, total, sent)
-    }
-
-    #[test]
-    fn an_interval_off_the_check_grid_holds_on_average() {
-        let config = Config {
-            report_interval_ms: 250,
-            surge: SurgeConfig {
-                min_rps: 1e9,
-                ..SurgeConfig::default()
-            },
-            ..Config::default()
-        };
-        let mut s = Scheduler::new(&config);
-        let mut schedule = None;
-        let (_, _, sent) = run(&mut s, &mut schedule, 0, 0, 100, 10_000);
-        // 10 s / 250 ms = 40 reports, although each one waits for a 100 ms check.
-        assert!((39..=41).contains(&sent.len()), "{}", sent.len());
-    }
-
-    #[test]
-    fn after_a_long_gap_the_schedule_restarts_instead_of_catching_up() {
-        let s = scheduler();
-        assert_eq!(s.next_schedule(1_100, Some(0), Trigger::Periodic), 1_000);
-        assert_eq!(s.next_schedule(9_000, Some(0), Trigger::Periodic), 9_000);
-        assert_eq!(s.next_schedule(1_500, Some(1_000), Trigger::Surge), 1_000);
-        assert_eq!(s.next_schedule(1_500, None, Trigger::Periodic), 1_500);
-    }
-
-    #[test]
-    fn while_holding_a_report_goes_out_at_every_check_without_moving_the_schedule() {
-        let mut s = scheduler();
-        let mut schedule = None;
-        let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 50, 3_050);
-        let baseline = s.last_reported_rate();
-        let at = schedule;
-        let mut triggers = Vec::new();
-        for k in 1..=5 {
-            let now = t + 10 * k;
-            s.observe(now, arrivals(total));
-            let trigger = s.due_holding(now, schedule, true);
-            if let Some(trigger) = trigger {
-                s.sent(now, trigger);
-                schedule = Some(s.next_schedule(now, schedule, trigger));
-            }
-            triggers.push(trigger);
-        }
-        assert!(
-            triggers.iter().all(|t| *t == Some(Trigger::Activation)),
-            "{triggers:?}"
-        );
-        assert_eq!(schedule, at);
-        assert_eq!(s.last_reported_rate(), baseline);
-        assert!(!Trigger::Activation.is_surge() && !Trigger::Activation.is_periodic());
-        // Not holding: nothing until the interval.
-        assert_eq!(s.due_holding(t + 60, schedule, false), None);
-        // A periodic report due while holding is the periodic one.
-        assert_eq!(
-            s.due_holding(t + 1_000, schedule, true),
-            Some(Trigger::Periodic)
-        );
-    }
-
-    #[test]
-    fn a_held_answer_is_followed_at_once_and_a_quick_one_waits_for_the_check() {
-        let s = scheduler();
-        let check = Config::default().surge.check_period_ms;
-        // Kept by the scaler for 250 ms, the proxy still holding: the next report goes now.
-        assert!(s.follows_answer(1_000, 1_250, true));
-        assert!(s.follows_answer(1_000, 1_000 + check, true));
-        // Answered within a check period (a scaler that does not keep answers, or one that
-        // answered "warm" at once): the checks pace the reports, so they never spin.
-        assert!(!s.follows_answer(1_000, 1_000 + check - 1, true));
-        assert!(!s.follows_answer(1_000, 1_002, true));
-        // Nothing held: nothing follows, however long the answer took.
-        assert!(!s.follows_answer(1_000, 1_250, false));
-        // A clock stepping back never follows.
-        assert!(!s.follows_answer(1_000, 900, true));
-    }
-
-    #[test]
-    fn first_report_goes_out_at_once() {
-        let s = scheduler();
-        assert_eq!(s.due(5, None), Some(Trigger::Periodic));
-    }
-
-    #[test]
-    fn steady_load_sends_one_report_per_interval() {
-        let mut s = scheduler();
-        let mut last = None;
-        let (_, _, sent) = run(&mut s, &mut last, 0, 0, 200, 10_000);
-        assert!(
-            sent.iter().all(|(_, t)| *t == Trigger::Periodic),
-            "{sent:?}"
-        );
-        assert_eq!(sent.len(), 10, "{sent:?}");
-    }
-
-    #[test]
-    fn a_tenfold_step_is_reported_within_one_check_period() {
-        let mut s = scheduler();
-        let mut last = None;
-        let (t, total, _) = run(&mut s, &mut last, 0, 0, 50, 3_050);
-        let (_, _, sent) = run(&mut s, &mut last, t, total, 500, 500);
-        let first = sent.first().copied();
-        assert_eq!(first, Some((t + 100, Trigger::Surge)), "{sent:?}");
-    }
-
-    #[test]
-    fn a_doubling_of_a_busy_proxy_is_a_surge() {
-        // 200 -> 400 rps: 40 expected in the window, 80 seen.
-        let mut s = scheduler();
-        let mut last = None;
-        let (t, total, _) = run(&mut s, &mut last, 0, 0, 200, 3_050);
-        let (_, _, sent) = run(&mut s, &mut last, t, total, 400, 300);
-        assert!(sent.iter().any(|(_, k)| *k == Trigger::Surge), "{sent:?}");
-    }
-
-    #[test]
-    fn a_doubling_at_a_few_requests_per_second_is_noise_not_a_surge() {
-        // 10 -> 20 rps: 2 expected in a 200 ms window, 4 seen: twice the baseline, but only
-        // 1.4 sigmas above it.
-        let mut s = scheduler();
-        let mut last = None;
-        let (t, total, _) = run(&mut s, &mut last, 0, 0, 10, 3_050);
-        let (_, _, sent) = run(&mut s, &mut last, t, total, 20, 900);
-        assert!(
-            sent.iter().all(|(_, k)| *k == Trigger::Periodic),
-            "{sent:?}"
-        );
-    }
-
-    #[test]
-    fn a_step_crossed_mid_window_is_followed_by_its_full_rate() {
-        // 60 -> 600 rps, 40 ms before a check: that check's window reads 60 + 540 * 40 / 200
-        // = 168 rps; the next checks see more of the step, and one window later the full 600,
-        // each going out early as it rises.
-        let mut s = scheduler();
-        let mut schedule = None;
-        let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 60, 3_050);
-        let step_at = t + 60;
-        let mut total = total;
-        let mut sent = Vec::new();
-        let mut now = t;
-        for _ in 0..6 {
-            now += 100;
-            let before = 100u64.min(step_at.saturating_sub(now - 100));
-            total += (60 * before + 600 * (100 - before)) / 1000;
-            s.observe(now, arrivals(total));
-            if let Some(trigger) = s.due(now, schedule) {
-                s.sent(now, trigger);
-                schedule = Some(s.next_schedule(now, schedule, trigger));
-                sent.push((now, trigger, s.last_reported_rate()));
-            }
-        }
-        let early: Vec<_> = sent
-            .iter()
-            .filter(|(_, k, _)| *k == Trigger::Surge)
-            .collect();
-        assert!((2..=3).contains(&early.len()), "{sent:?}");
-        assert!(early[0].2.is_some_and(|r| r < 300.0), "{sent:?}");
-        let last = early[early.len() - 1];
-        assert!(last.2.is_some_and(|r| r >= 590.0), "{sent:?}");
-        assert!(last.0 - early[0].0 <= 200, "{sent:?}");
-    }
-
-    #[test]
-    fn a_rise_after_a_periodic_report_needs_the_whole_factor() {
-        // 200 -> 280 rps is a rise of 1.4x: a follow-up's size, but no report before it was
-        // early.
-        let mut s = scheduler();
-        let mut schedule = None;
-        let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 200, 3_050);
-        let (_, _, sent) = run(&mut s, &mut schedule, t, total, 280, 900);
-        assert!(
-            sent.iter().all(|(_, k)| *k == Trigger::Periodic),
-            "{sent:?}"
-        );
-    }
-
-    #[test]
-    fn early_reports_are_rate_limited() {
-        let mut config = Config::default();
-        config.surge.min_gap_ms = 250;
-        let mut s = Scheduler::new(&config);
-        let mut last = None;
-        let (mut t, mut total, _) = run(&mut s, &mut last, 0, 0, 20, 3_050);
-        // Tripling every tick would trigger every tick without the gap.
-        let mut rps = 60;
-        let mut early = Vec::new();
-        for _ in 0..6 {
-            let (t2, total2, sent) = run(&mut s, &mut last, t, total, rps, 100);
-            early.extend(sent.into_iter().filter(|(_, k)| *k == Trigger::Surge));
-            (t, total, rps) = (t2, total2, rps * 3);
-        }
-        for pair in early.windows(2) {
-            assert!(pair[1].0 - pair[0].0 >= 250, "{early:?}");
-        }
-        assert!(!early.is_empty());
-    }
-
-    #[test]
-    fn low_traffic_noise_below_min_rps_sends_nothing_early() {
-        let mut config = Config::default();
-        config.surge.min_rps = 50.0;
-        let mut s = Scheduler::new(&config);
-        let mut last = None;
-        let (t, total, _) = run(&mut s, &mut last, 0, 0, 0, 2_050);
-        // 0 -> 40 rps is "infinitely" more, but below min_rps (50).
-        let (_, _, sent) = run(&mut s, &mut last, t, total, 40, 500);
-        assert!(
-            sent.iter().all(|(_, k)| *k == Trigger::Periodic),
-            "{sent:?}"
-        );
-    }
-
-    #[test]
-    fn traffic_from_zero_above_min_rps_is_a_surge() {
-        let mut s = scheduler();
-        let mut last = None;
-        let (t, total, _) = run(&mut s, &mut last, 0, 0, 0, 2_050);
-        let (_, _, sent) = run(&mut s, &mut last, t, total, 100, 300);
-        assert_eq!(sent.first().map(|(_, k)| *k), Some(Trigger::Surge));
-    }
-
-    #[test]
-    fn no_surge_is_called_before_a_rate_was_reported() {
-        let mut s = scheduler();
-        s.observe(100, arrivals(0));
-        s.sent(100, Trigger::Periodic);
-        assert_eq!(s.last_reported_rate(), None);
-        s.observe(200, arrivals(100));
-        assert_eq!(s.due(200, Some(100)), None);
-    }
-
-    #[test]
-    fn a_surge_when_the_periodic_report_falls_due_is_flagged() {
-        let mut s = scheduler();
-        let mut schedule = None;
-        let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 30, 3_000);
-        // The periodic report is due at the next check (t + 100), just as the load steps up.
-        let (_, _, sent) = run(&mut s, &mut schedule, t, total, 300, 100);
-        assert_eq!(sent, [(t + 100, Trigger::PeriodicSurge)]);
-        assert_eq!(schedule, Some(t + 100), "still advances the schedule");
-    }
-
-    #[test]
-    fn a_report_from_another_vm_keeps_the_schedule() {
-        let s = scheduler();
-        assert_eq!(s.due(10_500, Some(10_000)), None);
-        assert_eq!(s.due(11_000, Some(10_000)), Some(Trigger::Periodic));
-    }
-
-    #[test]
-    fn recent_rate_needs_two_samples() {
-        let mut s = scheduler();
-        s.observe(100, arrivals(10));
-        assert_eq!(s.recent_rate(), None);
-        s.observe(300, arrivals(50));
-        assert_eq!(s.recent_rate(), Some(200.0));
-    }
-
-    #[test]
-    fn the_window_spans_from_the_last_sample_before_its_start() {
-        let mut s = scheduler();
-        for (t, n) in [(100, 0), (200, 10), (300, 30), (400, 60), (500, 100)] {
-            s.observe(t, arrivals(n));
-        }
-        // Window 200 ms ending at 500: from the sample at 300.
-        let recent = s.recent().unwrap();
-        assert_eq!(recent.span_ms, 200);
-        assert_eq!(recent.arrivals.total(), 70);
-        assert_eq!(s.samples.len(), 3, "older samples are dropped");
-    }
-
-    #[test]
-    fn the_window_is_counted_per_route_and_new_routes_count_from_zero() {
-        let mut s = scheduler();
-        s.observe(
-            100,
-            Arrivals {
-                indexed: vec![5],
-                other: 1,
-            },
-        );
-        s.observe(
-            300,
-            Arrivals {
-                indexed: vec![9, 4],
-                other: 3,
-            },
-        );
-        let recent = s.recent().unwrap();
-        assert_eq!(recent.arrivals.indexed, [4, 4]);
-        assert_eq!(recent.arrivals.other, 2);
-    }
-
-    #[test]
-    fn a_count_read_below_its_base_counts_as_nothing() {
-        let now = Arrivals {
-            indexed: vec![7, 2],
-            other: 0,
-        };
-        let base = Arrivals {
-            indexed: vec![9, 1],
-            other: 5,
-        };
-        assert_eq!(
-            now.since(&base),
-            Arrivals {
-                indexed: vec![0, 1],
-                other: 0
-            }
-        );
-    }
-
-    #[test]
-    fn a_clock_step_back_is_ignored() {
-        let mut s = scheduler();
-        s.observe(1_000, arrivals(10));
-        s.observe(900, arrivals(20));
-        s.observe(1_100, arrivals(30));
-        assert_eq!(s.recent_rate(), Some(200.0));
-    }
-
-    #[test]
-    fn samples_stay_bounded_whatever_the_window() {
-        let mut config = Config::default();
-        config.surge.check_period_ms = 10;
-        config.surge.window_ms = 640;
-        let mut s = Scheduler::new(&config);
-        for k in 0..1_000 {
-            s.observe(k * 10, arrivals(k));
-        }
-        assert!(s.samples.len() <= MAX_SAMPLES);
-        assert_eq!(s.recent().map(|r| r.span_ms), Some(640));
-    }
-}
+mod tests;

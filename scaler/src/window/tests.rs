@@ -680,6 +680,29 @@ fn a_doubling_is_a_burst_once_an_interval_holds_it() {
 }
 
 #[test]
+fn a_moderate_step_is_a_burst_once_its_early_reports_add_up() {
+    // 30 -> 90 rps, as the filter reports it: the first early report's window straddled the
+    // step (11 requests in 200 ms, 55 rps), then one report every window while the surge
+    // lasts (18 each, 90 rps: 2.8 sigmas alone). Each adds its interval to the newest
+    // intervals back to a second: by the third follow-up, 90 arrivals in 1.7 s (the calm
+    // second before the step included), 4.1 sigmas. Without the follow-ups nothing would
+    // come before the periodic report, up to a second after the step.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let t = calm(&mut window, &a, 30) + 100;
+    record_window(&mut window, t, &a, over(6, 100), 11, true);
+    assert_eq!(window.observe(t, MetricType::Rps).burst, None);
+    let mut bursts = Vec::new();
+    for k in 1..=3 {
+        let now = t + 200 * k;
+        record_window(&mut window, now, &a, over(18, 200), 18, true);
+        bursts.push(window.observe(now, MetricType::Rps).burst);
+    }
+    assert_eq!(bursts[0], None);
+    assert_eq!(bursts[2], Some(90.0));
+}
+
+#[test]
 fn a_first_source_is_counted_at_once() {
     // Traffic from nothing (a target at its first replica): nobody else's rate holds it.
     let mut window = TargetWindow::new(config());

@@ -1,0 +1,443 @@
+//! The scheduler's timing, on synthetic arrivals.
+
+use super::*;
+
+fn scheduler() -> Scheduler {
+    Scheduler::new(&Config::default())
+}
+
+fn arrivals(total: u64) -> Arrivals {
+    Arrivals {
+        indexed: vec![total],
+        other: 0,
+    }
+}
+
+/// Feeds `rps` for `ms` milliseconds in 100 ms ticks from (`t`, `total`), sending the
+/// reports that fall due; returns the new (t, total) and the triggers seen with their times.
+fn run(
+    s: &mut Scheduler,
+    schedule: &mut Option<u64>,
+    mut t: u64,
+    mut total: u64,
+    rps: u64,
+    ms: u64,
+) -> (u64, u64, Vec<(u64, Trigger)>) {
+    let mut sent = Vec::new();
+    let end = t + ms;
+    while t < end {
+        t += 100;
+        total += rps / 10;
+        s.observe(t, arrivals(total));
+        if let Some(trigger) = s.due(t, *schedule) {
+            s.sent(t, trigger);
+            *schedule = Some(s.next_schedule(t, *schedule, trigger));
+            sent.push((t, trigger));
+        }
+    }
+    (t, total, sent)
+}
+
+#[test]
+fn an_interval_off_the_check_grid_holds_on_average() {
+    let config = Config {
+        report_interval_ms: 250,
+        surge: SurgeConfig {
+            min_rps: 1e9,
+            ..SurgeConfig::default()
+        },
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(&config);
+    let mut schedule = None;
+    let (_, _, sent) = run(&mut s, &mut schedule, 0, 0, 100, 10_000);
+    // 10 s / 250 ms = 40 reports, although each one waits for a 100 ms check.
+    assert!((39..=41).contains(&sent.len()), "{}", sent.len());
+}
+
+#[test]
+fn after_a_long_gap_the_schedule_restarts_instead_of_catching_up() {
+    let s = scheduler();
+    assert_eq!(s.next_schedule(1_100, Some(0), Trigger::Periodic), 1_000);
+    assert_eq!(s.next_schedule(9_000, Some(0), Trigger::Periodic), 9_000);
+    assert_eq!(s.next_schedule(1_500, Some(1_000), Trigger::Surge), 1_000);
+    assert_eq!(s.next_schedule(1_500, None, Trigger::Periodic), 1_500);
+}
+
+#[test]
+fn while_holding_a_report_goes_out_at_every_check_without_moving_the_schedule() {
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 50, 3_050);
+    let baseline = s.last_reported_rate();
+    let at = schedule;
+    let mut triggers = Vec::new();
+    for k in 1..=5 {
+        let now = t + 10 * k;
+        s.observe(now, arrivals(total));
+        let trigger = s.due_holding(now, schedule, true);
+        if let Some(trigger) = trigger {
+            s.sent(now, trigger);
+            schedule = Some(s.next_schedule(now, schedule, trigger));
+        }
+        triggers.push(trigger);
+    }
+    assert!(
+        triggers.iter().all(|t| *t == Some(Trigger::Activation)),
+        "{triggers:?}"
+    );
+    assert_eq!(schedule, at);
+    assert_eq!(s.last_reported_rate(), baseline);
+    assert!(!Trigger::Activation.is_surge() && !Trigger::Activation.is_periodic());
+    // Not holding: nothing until the interval.
+    assert_eq!(s.due_holding(t + 60, schedule, false), None);
+    // A periodic report due while holding is the periodic one.
+    assert_eq!(
+        s.due_holding(t + 1_000, schedule, true),
+        Some(Trigger::Periodic)
+    );
+}
+
+#[test]
+fn a_held_answer_is_followed_at_once_and_a_quick_one_waits_for_the_check() {
+    let s = scheduler();
+    let check = Config::default().surge.check_period_ms;
+    // Kept by the scaler for 250 ms, the proxy still holding: the next report goes now.
+    assert!(s.follows_answer(1_000, 1_250, true));
+    assert!(s.follows_answer(1_000, 1_000 + check, true));
+    // Answered within a check period (a scaler that does not keep answers, or one that
+    // answered "warm" at once): the checks pace the reports, so they never spin.
+    assert!(!s.follows_answer(1_000, 1_000 + check - 1, true));
+    assert!(!s.follows_answer(1_000, 1_002, true));
+    // Nothing held: nothing follows, however long the answer took.
+    assert!(!s.follows_answer(1_000, 1_250, false));
+    // A clock stepping back never follows.
+    assert!(!s.follows_answer(1_000, 900, true));
+}
+
+#[test]
+fn first_report_goes_out_at_once() {
+    let s = scheduler();
+    assert_eq!(s.due(5, None), Some(Trigger::Periodic));
+}
+
+#[test]
+fn steady_load_sends_one_report_per_interval() {
+    let mut s = scheduler();
+    let mut last = None;
+    let (_, _, sent) = run(&mut s, &mut last, 0, 0, 200, 10_000);
+    assert!(
+        sent.iter().all(|(_, t)| *t == Trigger::Periodic),
+        "{sent:?}"
+    );
+    assert_eq!(sent.len(), 10, "{sent:?}");
+}
+
+#[test]
+fn a_tenfold_step_is_reported_within_one_check_period() {
+    let mut s = scheduler();
+    let mut last = None;
+    let (t, total, _) = run(&mut s, &mut last, 0, 0, 50, 3_050);
+    let (_, _, sent) = run(&mut s, &mut last, t, total, 500, 500);
+    let first = sent.first().copied();
+    assert_eq!(first, Some((t + 100, Trigger::Surge)), "{sent:?}");
+}
+
+#[test]
+fn a_doubling_of_a_busy_proxy_is_a_surge() {
+    // 200 -> 400 rps: 40 expected in the window, 80 seen.
+    let mut s = scheduler();
+    let mut last = None;
+    let (t, total, _) = run(&mut s, &mut last, 0, 0, 200, 3_050);
+    let (_, _, sent) = run(&mut s, &mut last, t, total, 400, 300);
+    assert!(sent.iter().any(|(_, k)| *k == Trigger::Surge), "{sent:?}");
+}
+
+#[test]
+fn a_doubling_at_a_few_requests_per_second_is_noise_not_a_surge() {
+    // 10 -> 20 rps: 2 expected in a 200 ms window, 4 seen: twice the baseline, but only
+    // 1.4 sigmas above it.
+    let mut s = scheduler();
+    let mut last = None;
+    let (t, total, _) = run(&mut s, &mut last, 0, 0, 10, 3_050);
+    let (_, _, sent) = run(&mut s, &mut last, t, total, 20, 900);
+    assert!(
+        sent.iter().all(|(_, k)| *k == Trigger::Periodic),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_step_crossed_mid_window_is_followed_by_its_full_rate() {
+    // 60 -> 600 rps, 40 ms before a check: that check's window reads 60 + 540 * 40 / 200
+    // = 168 rps; the next checks see more of the step, and one window later the full 600,
+    // each going out early as it rises.
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 60, 3_050);
+    let step_at = t + 60;
+    let mut total = total;
+    let mut sent = Vec::new();
+    let mut now = t;
+    for _ in 0..6 {
+        now += 100;
+        let before = 100u64.min(step_at.saturating_sub(now - 100));
+        total += (60 * before + 600 * (100 - before)) / 1000;
+        s.observe(now, arrivals(total));
+        if let Some(trigger) = s.due(now, schedule) {
+            s.sent(now, trigger);
+            schedule = Some(s.next_schedule(now, schedule, trigger));
+            sent.push((now, trigger, s.last_reported_rate()));
+        }
+    }
+    // The reports that carry a higher rate than the one before them: the rise as it shows.
+    let rising: Vec<_> = sent
+        .iter()
+        .filter(|(_, k, _)| *k == Trigger::Surge)
+        .scan(0.0, |top, &(at, _, rate)| {
+            let rate = rate.unwrap_or(0.0);
+            let higher = rate > *top;
+            *top = top.max(rate);
+            Some(higher.then_some((at, rate)))
+        })
+        .flatten()
+        .collect();
+    assert!((2..=3).contains(&rising.len()), "{sent:?}");
+    assert!(rising[0].1 < 300.0, "{sent:?}");
+    let last = rising[rising.len() - 1];
+    assert!(last.1 >= 590.0, "{sent:?}");
+    assert!(last.0 - rising[0].0 <= 200, "{sent:?}");
+    // After it, the surge lasting: a window apart, nothing new to say but more of the same.
+    let after: Vec<_> = sent.iter().filter(|(at, _, _)| *at > last.0).collect();
+    assert!(
+        after
+            .windows(2)
+            .all(|w| w[1].0 - w[0].0 >= Config::default().surge.window_ms),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_surge_that_lasts_is_reported_every_window_until_the_periodic_report() {
+    // 30 -> 90 rps, a 3x step: the first early report's window holds a single reading of it,
+    // which the scaler cannot yet tell from noise (18 requests in 200 ms against 6); each
+    // window after it adds 18 more, until the periodic report closes the surge.
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 30, 3_050);
+    let (_, _, sent) = run(&mut s, &mut schedule, t, total, 90, 3_000);
+    let window = Config::default().surge.window_ms;
+    let first = sent.iter().position(|(_, k)| *k == Trigger::Surge);
+    let periodic = sent.iter().position(|(_, k)| k.is_periodic());
+    let (Some(first), Some(periodic)) = (first, periodic) else {
+        panic!("{sent:?}");
+    };
+    assert!(sent[first].0 <= t + 200, "{sent:?}");
+    let follow_ups = &sent[first..periodic];
+    assert!(follow_ups.len() >= 3, "{sent:?}");
+    assert!(
+        follow_ups
+            .windows(2)
+            .all(|w| w[1].1 == Trigger::Surge && w[1].0 - w[0].0 == window),
+        "{sent:?}"
+    );
+    // Once the periodic report carried the new rate, the steady 90 rps is not a surge.
+    assert!(
+        sent[periodic..]
+            .iter()
+            .all(|(_, k)| *k == Trigger::Periodic),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn a_surge_that_fades_sends_no_follow_up() {
+    // 300 ms at 90 rps, then back to 30: the window no longer stands out from the 30 before
+    // the surge once the 90 has left it, and nothing goes out until the periodic report.
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 30, 3_050);
+    let (t, total, burst) = run(&mut s, &mut schedule, t, total, 90, 300);
+    assert!(burst.iter().any(|(_, k)| *k == Trigger::Surge), "{burst:?}");
+    let (_, _, after) = run(&mut s, &mut schedule, t, total, 30, 2_000);
+    let calm = after
+        .iter()
+        .filter(|(at, _)| *at >= t + Config::default().surge.window_ms)
+        .collect::<Vec<_>>();
+    assert!(
+        calm.iter().all(|(_, k)| *k == Trigger::Periodic),
+        "{after:?}"
+    );
+}
+
+#[test]
+fn a_rise_after_a_periodic_report_needs_the_whole_factor() {
+    // 200 -> 280 rps is a rise of 1.4x: a follow-up's size, but no report before it was
+    // early.
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 200, 3_050);
+    let (_, _, sent) = run(&mut s, &mut schedule, t, total, 280, 900);
+    assert!(
+        sent.iter().all(|(_, k)| *k == Trigger::Periodic),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn early_reports_are_rate_limited() {
+    let mut config = Config::default();
+    config.surge.min_gap_ms = 250;
+    let mut s = Scheduler::new(&config);
+    let mut last = None;
+    let (mut t, mut total, _) = run(&mut s, &mut last, 0, 0, 20, 3_050);
+    // Tripling every tick would trigger every tick without the gap.
+    let mut rps = 60;
+    let mut early = Vec::new();
+    for _ in 0..6 {
+        let (t2, total2, sent) = run(&mut s, &mut last, t, total, rps, 100);
+        early.extend(sent.into_iter().filter(|(_, k)| *k == Trigger::Surge));
+        (t, total, rps) = (t2, total2, rps * 3);
+    }
+    for pair in early.windows(2) {
+        assert!(pair[1].0 - pair[0].0 >= 250, "{early:?}");
+    }
+    assert!(!early.is_empty());
+}
+
+#[test]
+fn low_traffic_noise_below_min_rps_sends_nothing_early() {
+    let mut config = Config::default();
+    config.surge.min_rps = 50.0;
+    let mut s = Scheduler::new(&config);
+    let mut last = None;
+    let (t, total, _) = run(&mut s, &mut last, 0, 0, 0, 2_050);
+    // 0 -> 40 rps is "infinitely" more, but below min_rps (50).
+    let (_, _, sent) = run(&mut s, &mut last, t, total, 40, 500);
+    assert!(
+        sent.iter().all(|(_, k)| *k == Trigger::Periodic),
+        "{sent:?}"
+    );
+}
+
+#[test]
+fn traffic_from_zero_above_min_rps_is_a_surge() {
+    let mut s = scheduler();
+    let mut last = None;
+    let (t, total, _) = run(&mut s, &mut last, 0, 0, 0, 2_050);
+    let (_, _, sent) = run(&mut s, &mut last, t, total, 100, 300);
+    assert_eq!(sent.first().map(|(_, k)| *k), Some(Trigger::Surge));
+}
+
+#[test]
+fn no_surge_is_called_before_a_rate_was_reported() {
+    let mut s = scheduler();
+    s.observe(100, arrivals(0));
+    s.sent(100, Trigger::Periodic);
+    assert_eq!(s.last_reported_rate(), None);
+    s.observe(200, arrivals(100));
+    assert_eq!(s.due(200, Some(100)), None);
+}
+
+#[test]
+fn a_surge_when_the_periodic_report_falls_due_is_flagged() {
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (t, total, _) = run(&mut s, &mut schedule, 0, 0, 30, 3_000);
+    // The periodic report is due at the next check (t + 100), just as the load steps up.
+    let (_, _, sent) = run(&mut s, &mut schedule, t, total, 300, 100);
+    assert_eq!(sent, [(t + 100, Trigger::PeriodicSurge)]);
+    assert_eq!(schedule, Some(t + 100), "still advances the schedule");
+}
+
+#[test]
+fn a_report_from_another_vm_keeps_the_schedule() {
+    let s = scheduler();
+    assert_eq!(s.due(10_500, Some(10_000)), None);
+    assert_eq!(s.due(11_000, Some(10_000)), Some(Trigger::Periodic));
+}
+
+#[test]
+fn recent_rate_needs_two_samples() {
+    let mut s = scheduler();
+    s.observe(100, arrivals(10));
+    assert_eq!(s.recent_rate(), None);
+    s.observe(300, arrivals(50));
+    assert_eq!(s.recent_rate(), Some(200.0));
+}
+
+#[test]
+fn the_window_spans_from_the_last_sample_before_its_start() {
+    let mut s = scheduler();
+    for (t, n) in [(100, 0), (200, 10), (300, 30), (400, 60), (500, 100)] {
+        s.observe(t, arrivals(n));
+    }
+    // Window 200 ms ending at 500: from the sample at 300.
+    let recent = s.recent().unwrap();
+    assert_eq!(recent.span_ms, 200);
+    assert_eq!(recent.arrivals.total(), 70);
+    assert_eq!(s.samples.len(), 3, "older samples are dropped");
+}
+
+#[test]
+fn the_window_is_counted_per_route_and_new_routes_count_from_zero() {
+    let mut s = scheduler();
+    s.observe(
+        100,
+        Arrivals {
+            indexed: vec![5],
+            other: 1,
+        },
+    );
+    s.observe(
+        300,
+        Arrivals {
+            indexed: vec![9, 4],
+            other: 3,
+        },
+    );
+    let recent = s.recent().unwrap();
+    assert_eq!(recent.arrivals.indexed, [4, 4]);
+    assert_eq!(recent.arrivals.other, 2);
+}
+
+#[test]
+fn a_count_read_below_its_base_counts_as_nothing() {
+    let now = Arrivals {
+        indexed: vec![7, 2],
+        other: 0,
+    };
+    let base = Arrivals {
+        indexed: vec![9, 1],
+        other: 5,
+    };
+    assert_eq!(
+        now.since(&base),
+        Arrivals {
+            indexed: vec![0, 1],
+            other: 0
+        }
+    );
+}
+
+#[test]
+fn a_clock_step_back_is_ignored() {
+    let mut s = scheduler();
+    s.observe(1_000, arrivals(10));
+    s.observe(900, arrivals(20));
+    s.observe(1_100, arrivals(30));
+    assert_eq!(s.recent_rate(), Some(200.0));
+}
+
+#[test]
+fn samples_stay_bounded_whatever_the_window() {
+    let mut config = Config::default();
+    config.surge.check_period_ms = 10;
+    config.surge.window_ms = 640;
+    let mut s = Scheduler::new(&config);
+    for k in 0..1_000 {
+        s.observe(k * 10, arrivals(k));
+    }
+    assert!(s.samples.len() <= MAX_SAMPLES);
+    assert_eq!(s.recent().map(|r| r.span_ms), Some(640));
+}
