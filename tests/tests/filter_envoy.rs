@@ -443,6 +443,17 @@ async fn a_threefold_step_is_reported_every_window_until_the_periodic_report() {
             .map(|r| (at_ms(r), r.report.surge))
             .collect::<Vec<_>>()
     );
+    let window_rate = |r: &Captured| {
+        let span = r.report.window_ms.unwrap_or(0).max(1);
+        let requests: u64 = r
+            .report
+            .routes
+            .iter()
+            .filter_map(|c| c.window_requests)
+            .sum();
+        requests as f64 * 1000.0 / span as f64
+    };
+    let mut lasting = 0;
     for pair in surge_reports.windows(2) {
         let gap = pair[1].at - pair[0].at;
         // At least the filter's min_gap_ms (one 100 ms check), less a little for the timer.
@@ -450,7 +461,21 @@ async fn a_threefold_step_is_reported_every_window_until_the_periodic_report() {
             gap >= Duration::from_millis(90),
             "early reports {gap:?} apart"
         );
+        // An early report that follows another without a further 1.25x rise: only a surge
+        // that lasts sends one (a first window that straddled the step is followed by a
+        // rising one either way).
+        if window_rate(pair[1]) < 1.25 * window_rate(pair[0]) {
+            lasting += 1;
+        }
     }
+    assert!(
+        lasting >= 1,
+        "no early report for a surge that lasts: {:?}",
+        surge_reports
+            .iter()
+            .map(|r| (at_ms(r), window_rate(r)))
+            .collect::<Vec<_>>()
+    );
     // Once the periodic report carried the new rate, the steady 180 rps is no surge.
     let steady_until = step_at + Duration::from_millis(1900);
     assert!(

@@ -8,10 +8,10 @@
 //! when the arrival rate over the recent window surges: at least `min_rps`, at least `factor`
 //! times the rate the last report carried, and more above it than noise would be (see
 //! [`NOISE_SIGMAS`]). Early reports are at least `min_gap_ms` apart. While a surge lasts (the
-//! window still stands out from the rate before it) one follows every window until the next
-//! periodic report: each adds its window's arrivals to what the scaler has seen of the rise, so
-//! a moderate step is confirmed in a few hundred milliseconds instead of at the periodic report.
-//! Every report carries the recent window ([`Recent`]), so the scaler reads the current rate
+//! window still stands out from the rate before it) one follows every window, at most
+//! [`MAX_LASTING_REPORTS`] and until a periodic report closes the surge: each adds its window's
+//! arrivals to what the scaler has seen of the rise, so a moderate step is confirmed in a few
+//! hundred milliseconds instead of at the periodic report. Every report carries the recent window ([`Recent`]), so the scaler reads the current rate
 //! instead of an interval average. Pure: time is an argument.
 
 use std::collections::VecDeque;
@@ -63,6 +63,17 @@ pub const NOISE_SIGMAS: f64 = 3.0;
 /// once the window has moved past the step the rest shows as a further rise, which this lets
 /// through, rate-limited by `min_gap_ms` like every early report.
 pub const FOLLOW_UP_FACTOR: f64 = 1.25;
+
+/// Most reports a lasting surge adds (see the module docs): five 200 ms windows reach
+/// the next periodic report at the default 1 s interval, and the count bounds them whatever
+/// the interval (up to 60 s). Every report of the surge after its first counts against it;
+/// those that rise a further [`FOLLOW_UP_FACTOR`] go out regardless, and are few.
+pub const MAX_LASTING_REPORTS: u32 = 5;
+
+/// Least time between two reports of a lasting surge, however short `window_ms` and
+/// `min_gap_ms` are set: with [`MAX_LASTING_REPORTS`], a lasting surge stays within the
+/// scaler's per-instance limit (a burst of 5, then one per 50 ms).
+pub const LASTING_MIN_GAP_MS: u64 = 100;
 
 /// Most samples kept. The configuration keeps `window_ms / check_period_ms` below this, so the
 /// window always has a sample at or before its start.
@@ -147,10 +158,18 @@ pub struct Scheduler {
     /// Whether the last report was flagged as a surge (a follow-up needs only
     /// [`FOLLOW_UP_FACTOR`]).
     last_was_surge: bool,
-    /// While a surge lasts, the rate reported before it began: a further early report is due
-    /// every window for as long as the recent rate stands out from it (see the module docs).
-    /// Cleared by a periodic report that is not itself a surge.
-    surge_base: Option<f64>,
+    /// The surge in progress, if any: cleared by a periodic report that is not itself one.
+    lasting: Option<Lasting>,
+}
+
+/// A surge in progress, after its first report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Lasting {
+    /// The rate the last report before the surge carried: a further early report is due every
+    /// window while the recent rate stands out from it (see [`Scheduler::lasting`]).
+    base: f64,
+    /// Reports it may still add, of [`MAX_LASTING_REPORTS`].
+    left: u32,
 }
 
 impl Scheduler {
@@ -164,7 +183,7 @@ impl Scheduler {
             last_reported_rate: None,
             last_early_ms: None,
             last_was_surge: false,
-            surge_base: None,
+            lasting: None,
         }
     }
 
@@ -217,19 +236,26 @@ impl Scheduler {
             .is_some_and(|baseline| self.stands_out(baseline, factor))
     }
 
-    /// Whether a surge that an early report announced still lasts, one window after the last
-    /// early report: the recent rate stands out from the rate before the surge by the whole
-    /// factor. Such a report adds no news of a higher rate, only more evidence of the same
-    /// one, which the scaler needs before it acts on a moderate step (one 200 ms window of a
-    /// 3x step is under three standard deviations of its count).
+    /// Whether a surge that an early report announced still lasts, a window after the last
+    /// early report (and at least `min_gap_ms` and [`LASTING_MIN_GAP_MS`]), with reports left
+    /// of [`MAX_LASTING_REPORTS`]: the recent rate stands out from the rate before the surge
+    /// (by the whole factor, [`NOISE_SIGMAS`], `min_rps`). Such a report adds no news of a
+    /// higher rate, only more evidence of the same one, which the scaler needs before it acts
+    /// on a moderate step: one 200 ms window of a 3x step at 30 rps (18 requests where 6 are
+    /// usual) is 2.8 standard deviations of its own count, under the scaler's four.
     fn lasting(&self, now_ms: u64) -> bool {
-        let spaced = self.last_early_ms.is_some_and(|t| {
-            now_ms.saturating_sub(t) >= self.surge.window_ms.max(self.surge.min_gap_ms)
-        });
+        let gap = self
+            .surge
+            .window_ms
+            .max(self.surge.min_gap_ms)
+            .max(LASTING_MIN_GAP_MS);
+        let spaced = self
+            .last_early_ms
+            .is_some_and(|t| now_ms.saturating_sub(t) >= gap);
         spaced
-            && self
-                .surge_base
-                .is_some_and(|base| self.stands_out(base, self.surge.factor))
+            && self.lasting.is_some_and(|lasting| {
+                lasting.left > 0 && self.stands_out(lasting.base, self.surge.factor)
+            })
     }
 
     /// Whether the recent window's rate is at least `min_rps`, `factor` times `baseline`, and
@@ -322,10 +348,17 @@ impl Scheduler {
             .samples
             .back()
             .map_or(0, |sample| sample.arrivals.total());
-        self.surge_base = match (trigger.is_surge(), self.last_was_surge) {
+        self.lasting = match (trigger.is_surge(), self.last_was_surge) {
             // The surge begins: the rate before it is what it must keep standing out from.
-            (true, false) => self.last_reported_rate,
-            (true, true) => self.surge_base,
+            (true, false) => self.last_reported_rate.map(|base| Lasting {
+                base,
+                left: MAX_LASTING_REPORTS,
+            }),
+            // Every further report of it counts against the cap, rising or not.
+            (true, true) => self.lasting.map(|lasting| Lasting {
+                left: lasting.left.saturating_sub(1),
+                ..lasting
+            }),
             // A periodic report closes the surge: the next one is judged against its rate.
             (false, _) => None,
         };

@@ -251,6 +251,51 @@ fn a_surge_that_lasts_is_reported_every_window_until_the_periodic_report() {
 }
 
 #[test]
+fn a_lasting_surge_is_capped_and_spaced_whatever_the_settings() {
+    // The shortest settings the configuration allows, and a 10 s interval: the windows (20 ms)
+    // would allow a report every other check, and nothing periodic closes the surge for
+    // seconds. The follow-ups stay 100 ms apart and stop after five.
+    let config = Config {
+        report_interval_ms: 10_000,
+        surge: SurgeConfig {
+            check_period_ms: 10,
+            window_ms: 20,
+            min_gap_ms: 0,
+            ..SurgeConfig::default()
+        },
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(&config);
+    let mut schedule = None;
+    let mut sent = Vec::new();
+    let (mut t, mut total) = (0, 0);
+    // 300 rps for 12 s (two periodic reports), then 900 rps for 8 s, in 10 ms checks.
+    for (rps, ms) in [(300, 12_000), (900, 8_000)] {
+        let end = t + ms;
+        while t < end {
+            t += 10;
+            total += rps / 100;
+            s.observe(t, arrivals(total));
+            if let Some(trigger) = s.due(t, schedule) {
+                s.sent(t, trigger);
+                schedule = Some(s.next_schedule(t, schedule, trigger));
+                sent.push((t, trigger));
+            }
+        }
+    }
+    let surges: Vec<u64> = sent
+        .iter()
+        .filter(|(_, k)| k.is_surge())
+        .map(|&(at, _)| at)
+        .collect();
+    assert_eq!(surges.len(), 1 + MAX_LASTING_REPORTS as usize, "{sent:?}");
+    assert!(
+        surges.windows(2).all(|w| w[1] - w[0] >= LASTING_MIN_GAP_MS),
+        "{sent:?}"
+    );
+}
+
+#[test]
 fn a_surge_that_fades_sends_no_follow_up() {
     // 300 ms at 90 rps, then back to 30: the window no longer stands out from the 30 before
     // the surge once the 90 has left it, and nothing goes out until the periodic report.
