@@ -152,14 +152,17 @@ pub struct TargetWindow {
     last_join: Millis,
 }
 
-/// What a report did to a target's window, for deciding whether to wake the decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a report did to a target's window, for deciding whether to wake the decision; ordered
+/// by urgency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Change {
     /// Nothing that can move the answer.
     Minor,
-    /// A new source, or a source's rate moved by more than 10 %: decide soon.
+    /// A new source, a source's rate moved by more than 10 %, or a report during a rise:
+    /// decide soon.
     Significant,
-    /// A report sent early because of a surge: decide at once.
+    /// A report sent early because of a surge that it is the first to show (not one adding to
+    /// a rise already read): decide at once.
     Surge,
 }
 
@@ -266,6 +269,15 @@ impl TargetWindow {
         if let Some(evidence) = interval_arrivals {
             entry.recent_intervals.push(evidence);
         }
+        // A surge report is news (decide at once) when it shows a rise, not when it adds to one
+        // already read: the filter sends one a window while a surge lasts, and with many
+        // sources deciding at each would run decisions back to back. Those wake the decision
+        // as a report during a rise does, below.
+        let surge = if report.surge && !entry.rise.is_some_and(|r| r.began_before(now)) {
+            Change::Surge
+        } else {
+            Change::Minor
+        };
         if was_idle && entry.arrivals_rps > 0.0 && carrying {
             // Its traffic began at the latest now: a rate measured from then on cannot hold
             // its share. (Pods that turn ready together wait for each other's next report,
@@ -274,12 +286,20 @@ impl TargetWindow {
             self.last_join = now;
         }
         let Some((delta, interval_ms)) = report.delta else {
-            return if report.surge { Change::Surge } else { change };
+            return surge.max(change);
         };
         let seconds = interval_ms.max(1) as f64 / 1000.0;
         let rps = delta.requests as f64 / seconds;
         let concurrency = delta.busy_us as f64 / 1e6 / seconds;
         if !entry.has_rate || (rps - entry.rps).abs() > 0.1 * entry.rps.max(1.0) {
+            change = Change::Significant;
+        }
+        if entry.rise.is_some() {
+            // Each report during a rise adds to its evidence (the arrivals since it began),
+            // which may stand out now where it did not before although no rate moved: a
+            // saturated pod completes at its capacity report after report, and the rise's
+            // rate holds as it grows surer. Left to the slow tick, a 3x step's write waited
+            // up to a second after the report that carried enough.
             change = Change::Significant;
         }
         entry.rps = rps;
@@ -295,7 +315,7 @@ impl TargetWindow {
             queue_change,
         };
         self.buckets.add(now, interval_ms, traffic);
-        if report.surge { Change::Surge } else { change }
+        surge.max(change)
     }
 
     /// The burst estimate: every source's latest rate, joining sources left out until the

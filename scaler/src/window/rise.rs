@@ -34,6 +34,11 @@ pub(super) struct Rise {
 }
 
 impl Rise {
+    /// Whether it began before `now` (rather than at the report read now).
+    pub(super) fn began_before(&self, now: Millis) -> bool {
+        self.since < now
+    }
+
     /// A rise beginning at `now`: what arrives from then on counts.
     fn starting(now: Millis) -> Self {
         Self {

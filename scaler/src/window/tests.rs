@@ -303,6 +303,29 @@ fn a_surge_on_one_source_raises_the_burst_estimate_at_once() {
 }
 
 #[test]
+fn a_report_during_a_rise_wakes_the_decision_though_it_is_no_news() {
+    // One pod at 30 rps, then a step: it completes its capacity (50 rps) in every interval
+    // from the step on, so its completions do not move between reports. The evidence of the
+    // rise grows, and with it whether the burst stands out: the report must wake the decision.
+    let mut window = TargetWindow::new(config());
+    let a: Arc<str> = Arc::from("a");
+    let t = calm(&mut window, &a, 30);
+    // A steady report moves nothing.
+    assert_eq!(
+        record_window(&mut window, t + 1_000, &a, delta(30, 0), 6, false),
+        Change::Minor
+    );
+    let t = t + 1_000;
+    let early = record_window(&mut window, t + 200, &a, over(10, 200), 18, true);
+    assert_eq!(early, Change::Surge);
+    // The filter's next report of the same surge adds to the rise: no news, but evidence.
+    let lasting = record_window(&mut window, t + 400, &a, over(10, 200), 18, true);
+    assert_eq!(lasting, Change::Significant);
+    let periodic = record_window(&mut window, t + 1_000, &a, over(30, 600), 18, false);
+    assert_eq!(periodic, Change::Significant);
+}
+
+#[test]
 fn buckets_older_than_the_ring_are_never_counted() {
     let mut window = TargetWindow::new(config());
     let a: Arc<str> = Arc::from("a");
