@@ -392,7 +392,7 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_threefold_step_is_reported_every_window_until_the_periodic_report() {
+async fn a_threefold_step_is_reported_again_while_it_lasts() {
     let upstream = Upstream::start().await.unwrap();
     let capture = Capture::start().await.unwrap();
     let envoy = start_envoy("surge", upstream.addr(), capture.addr(), json!({}), 2)
@@ -402,7 +402,7 @@ async fn a_threefold_step_is_reported_every_window_until_the_periodic_report() {
 
     // As above, the step falls between two periodic reports. 60 -> 180 rps: one 200 ms window
     // of it is too little for the scaler to act on, so the filter keeps reporting it, a
-    // window apart, until its next periodic report carries the new rate.
+    // window apart, up to five times more (a periodic report among them flagged as a surge).
     let baseline = upstream::paced(addr, "/search", 60, Duration::from_millis(3400), 3)
         .await
         .unwrap();
@@ -433,7 +433,7 @@ async fn a_threefold_step_is_reported_every_window_until_the_periodic_report() {
         .iter()
         .position(|r| !r.report.surge)
         .map(|k| first + k)
-        .expect("a periodic report after the early ones");
+        .expect("a report that is not the surge's after it");
     let surge_reports = &after[first..closed];
     assert!(
         surge_reports.len() >= 2,

@@ -9,9 +9,10 @@
 //! times the rate the last report carried, and more above it than noise would be (see
 //! [`NOISE_SIGMAS`]). Early reports are at least `min_gap_ms` apart. While a surge lasts (the
 //! window still stands out from the rate before it) one follows every window, at most
-//! [`MAX_LASTING_REPORTS`] and until a periodic report closes the surge: each adds its window's
-//! arrivals to what the scaler has seen of the rise, so a moderate step is confirmed in a few
-//! hundred milliseconds instead of at the periodic report. Every report carries the recent window ([`Recent`]), so the scaler reads the current rate
+//! [`MAX_LASTING_REPORTS`] (a periodic report falling due meanwhile is flagged as one of them):
+//! each adds its window's arrivals to what the scaler has seen of the rise, so a moderate step
+//! is confirmed in a few hundred milliseconds instead of at the next periodic report, up to a
+//! second later. Every report carries the recent window ([`Recent`]), so the scaler reads the current rate
 //! instead of an interval average. Pure: time is an argument.
 
 use std::collections::VecDeque;
@@ -26,8 +27,9 @@ pub enum Trigger {
     /// The recent rate surged past the last reported rate before the interval passed: an early
     /// report.
     Surge,
-    /// The interval passed while the rate surges: sent on schedule and flagged as a surge, so
-    /// that a periodic report falling due at the start of a surge does not hide it.
+    /// The interval passed while the rate surges, or while a surge lasts: sent on schedule and
+    /// flagged as a surge, so that a periodic report falling due at the start of a surge does
+    /// not hide it, nor one falling due during it end its follow-ups.
     PeriodicSurge,
     /// Nothing else is due, but the proxy holds requests for a cold destination: an activation
     /// report, sent at every check while anything is held, so that the scaler hears of the held
@@ -158,7 +160,8 @@ pub struct Scheduler {
     /// Whether the last report was flagged as a surge (a follow-up needs only
     /// [`FOLLOW_UP_FACTOR`]).
     last_was_surge: bool,
-    /// The surge in progress, if any: cleared by a periodic report that is not itself one.
+    /// The surge in progress, if any: cleared by a periodic report that is not one of its
+    /// reports.
     lasting: Option<Lasting>,
 }
 
@@ -236,13 +239,12 @@ impl Scheduler {
             .is_some_and(|baseline| self.stands_out(baseline, factor))
     }
 
-    /// Whether a surge that an early report announced still lasts, a window after the last
-    /// early report (and at least `min_gap_ms` and [`LASTING_MIN_GAP_MS`]), with reports left
-    /// of [`MAX_LASTING_REPORTS`]: the recent rate stands out from the rate before the surge
-    /// (by the whole factor, [`NOISE_SIGMAS`], `min_rps`). Such a report adds no news of a
-    /// higher rate, only more evidence of the same one, which the scaler needs before it acts
-    /// on a moderate step: one 200 ms window of a 3x step at 30 rps (18 requests where 6 are
-    /// usual) is 2.8 standard deviations of its own count, under the scaler's four.
+    /// Whether a report of a surge that lasts is due: a window after the last early report
+    /// (and at least `min_gap_ms` and [`LASTING_MIN_GAP_MS`]), while [`Self::lasts`]. Such a
+    /// report adds no news of a higher rate, only more evidence of the same one, which the
+    /// scaler needs before it acts on a moderate step: one 200 ms window of a 3x step at 30
+    /// rps (18 requests where 6 are usual) is 2.8 standard deviations of its own count, under
+    /// the scaler's four.
     fn lasting(&self, now_ms: u64) -> bool {
         let gap = self
             .surge
@@ -252,10 +254,16 @@ impl Scheduler {
         let spaced = self
             .last_early_ms
             .is_some_and(|t| now_ms.saturating_sub(t) >= gap);
-        spaced
-            && self.lasting.is_some_and(|lasting| {
-                lasting.left > 0 && self.stands_out(lasting.base, self.surge.factor)
-            })
+        spaced && self.lasts()
+    }
+
+    /// Whether the surge an early report announced still lasts, with reports left of
+    /// [`MAX_LASTING_REPORTS`]: the recent rate stands out from the rate before the surge (by
+    /// the whole factor, [`NOISE_SIGMAS`], `min_rps`).
+    fn lasts(&self) -> bool {
+        self.lasting.is_some_and(|lasting| {
+            lasting.left > 0 && self.stands_out(lasting.base, self.surge.factor)
+        })
     }
 
     /// Whether the recent window's rate is at least `min_rps`, `factor` times `baseline`, and
@@ -283,7 +291,11 @@ impl Scheduler {
         };
         let surging = self.surging();
         if periodic {
-            return Some(if surging {
+            // A periodic report falling due while a surge lasts is one of its reports: closing
+            // the surge there would end its follow-ups with one window of it told (on the real
+            // control plane a 3x step came 0.2 s before a periodic report, and the scaler had
+            // to wait for the next one, a second later).
+            return Some(if surging || self.lasts() {
                 Trigger::PeriodicSurge
             } else {
                 Trigger::Periodic
@@ -359,7 +371,8 @@ impl Scheduler {
                 left: lasting.left.saturating_sub(1),
                 ..lasting
             }),
-            // A periodic report closes the surge: the next one is judged against its rate.
+            // A periodic report that is not one of the surge's closes it: the next surge is
+            // judged against its rate.
             (false, _) => None,
         };
         self.last_reported_rate = if trigger.is_surge() {
