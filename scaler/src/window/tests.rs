@@ -791,6 +791,17 @@ fn an_instance_reporting_faster_than_its_limit_is_throttled() {
             ],
         ),
         (
+            "the filter's densest surge passes (early reports at each 100 ms check while the rate \
+             climbs, then five a lasting surge adds, 100 ms apart at the shortest settings)",
+            50,
+            5,
+            &[0, 1000, 1100, 1200, 1300, 1400, 1500, 1600, 1700, 2000],
+            &[
+                "baseline", "deltas", "deltas", "deltas", "deltas", "deltas", "deltas", "deltas",
+                "deltas", "deltas",
+            ],
+        ),
+        (
             "a flood of 1000 reports a second gets one in 50 ms through, after the burst",
             50,
             5,
