@@ -293,27 +293,9 @@ async fn one_report_per_interval_not_one_per_vm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenfold_step_is_reported_early_within_200_ms() {
-    let upstream = Upstream::start().await.unwrap();
-    let capture = Capture::start().await.unwrap();
-    // Defaults: 1 s interval, factor 1.5, checks every 100 ms over a 200 ms window.
-    let envoy = start_envoy("surge", upstream.addr(), capture.addr(), json!({}), 2)
-        .await
-        .unwrap();
-    let addr = envoy.listener_addr();
-
-    // 3.4 s of baseline puts the step between two periodic reports (the first goes out at
-    // start, then every second), so what follows it within 200 ms is an early report.
-    let baseline = upstream::paced(addr, "/search", 30, Duration::from_millis(3400), 3)
-        .await
-        .unwrap();
-    assert_eq!(baseline.failed, 0);
-    let step_at = Instant::now();
-    let step = upstream::paced(addr, "/search", 300, Duration::from_millis(1000), 6)
-        .await
-        .unwrap();
-    assert_eq!(step.failed, 0);
-
-    let reports = capture.reports();
+    // The step falls between two periodic reports, so what follows it within 200 ms is an
+    // early report.
+    let (reports, step_at) = step_through_the_filter((30, 3), (300, 6), 1000).await;
     for r in &reports {
         let total: u64 = r.report.routes.iter().map(|c| c.requests_total).sum();
         let offset = if r.at >= step_at {
@@ -354,16 +336,6 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
     assert_one_instance_and_increasing_seq(&reports);
 
     // Every report but the first carries the filter's recent window: the arrival rate now.
-    let window_rate = |r: &Captured| {
-        let span = r.report.window_ms?;
-        let requests: u64 = r
-            .report
-            .routes
-            .iter()
-            .filter_map(|c| c.window_requests)
-            .sum();
-        Some(requests as f64 * 1000.0 / span as f64)
-    };
     for r in reports.iter().skip(1) {
         let span = r
             .report
@@ -393,27 +365,10 @@ async fn a_tenfold_step_is_reported_early_within_200_ms() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_threefold_step_is_reported_again_while_it_lasts() {
-    let upstream = Upstream::start().await.unwrap();
-    let capture = Capture::start().await.unwrap();
-    let envoy = start_envoy("surge", upstream.addr(), capture.addr(), json!({}), 2)
-        .await
-        .unwrap();
-    let addr = envoy.listener_addr();
-
-    // As above, the step falls between two periodic reports. 60 -> 180 rps: one 200 ms window
-    // of it is too little for the scaler to act on, so the filter keeps reporting it, a
-    // window apart, up to five times more (a periodic report among them flagged as a surge).
-    let baseline = upstream::paced(addr, "/search", 60, Duration::from_millis(3400), 3)
-        .await
-        .unwrap();
-    assert_eq!(baseline.failed, 0);
-    let step_at = Instant::now();
-    let step = upstream::paced(addr, "/search", 180, Duration::from_millis(2000), 4)
-        .await
-        .unwrap();
-    assert_eq!(step.failed, 0);
-
-    let reports = capture.reports();
+    // 60 -> 180 rps: one 200 ms window of it is too little for the scaler to act on, so the
+    // filter keeps reporting it, a window apart, up to five times more (a periodic report
+    // among them flagged as a surge).
+    let (reports, step_at) = step_through_the_filter((60, 3), (180, 4), 2000).await;
     let after: Vec<&Captured> = reports.iter().filter(|r| r.at >= step_at).collect();
     let at_ms = |r: &Captured| (r.at - step_at).as_millis();
     for r in &after {
@@ -443,16 +398,7 @@ async fn a_threefold_step_is_reported_again_while_it_lasts() {
             .map(|r| (at_ms(r), r.report.surge))
             .collect::<Vec<_>>()
     );
-    let window_rate = |r: &Captured| {
-        let span = r.report.window_ms.unwrap_or(0).max(1);
-        let requests: u64 = r
-            .report
-            .routes
-            .iter()
-            .filter_map(|c| c.window_requests)
-            .sum();
-        requests as f64 * 1000.0 / span as f64
-    };
+    let window_rate = |r: &Captured| window_rate(r).unwrap_or(0.0);
     let mut lasting = 0;
     for pair in surge_reports.windows(2) {
         let gap = pair[1].at - pair[0].at;
@@ -476,7 +422,7 @@ async fn a_threefold_step_is_reported_again_while_it_lasts() {
             .map(|r| (at_ms(r), window_rate(r)))
             .collect::<Vec<_>>()
     );
-    // Once the periodic report carried the new rate, the steady 180 rps is no surge.
+    // Once the surge's reports are over, the steady 180 rps is no surge.
     let steady_until = step_at + Duration::from_millis(1900);
     assert!(
         after[closed..]
@@ -486,6 +432,57 @@ async fn a_threefold_step_is_reported_again_while_it_lasts() {
         "early report at the steady new rate"
     );
     assert_one_instance_and_increasing_seq(&reports);
+}
+
+/// Through an Envoy with the filter's defaults (1 s interval, factor 1.5, checks every 100 ms
+/// over a 200 ms window): `(rps, connections)` of `before` for 3.4 s, which puts the step
+/// between two periodic reports (the first goes out at start, then every second), then of
+/// `step` for `step_ms`. Returns the reports captured and when the step began.
+async fn step_through_the_filter(
+    before: (u64, u64),
+    step: (u64, u64),
+    step_ms: u64,
+) -> (Vec<Captured>, Instant) {
+    let upstream = Upstream::start().await.unwrap();
+    let capture = Capture::start().await.unwrap();
+    let envoy = start_envoy("surge", upstream.addr(), capture.addr(), json!({}), 2)
+        .await
+        .unwrap();
+    let addr = envoy.listener_addr();
+    let calm = upstream::paced(
+        addr,
+        "/search",
+        before.0,
+        Duration::from_millis(3400),
+        before.1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(calm.failed, 0);
+    let step_at = Instant::now();
+    let stepped = upstream::paced(
+        addr,
+        "/search",
+        step.0,
+        Duration::from_millis(step_ms),
+        step.1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stepped.failed, 0);
+    (capture.reports(), step_at)
+}
+
+/// The arrival rate a report's recent window carries (every report but the first has one).
+fn window_rate(r: &Captured) -> Option<f64> {
+    let span = r.report.window_ms?.max(1);
+    let requests: u64 = r
+        .report
+        .routes
+        .iter()
+        .filter_map(|c| c.window_requests)
+        .sum();
+    Some(requests as f64 * 1000.0 / span as f64)
 }
 
 /// Sends paced traffic while the scaler misbehaves; returns the load result and the Envoy.

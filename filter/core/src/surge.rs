@@ -12,8 +12,8 @@
 //! [`MAX_LASTING_REPORTS`] (a periodic report falling due meanwhile is flagged as one of them):
 //! each adds its window's arrivals to what the scaler has seen of the rise, so a moderate step
 //! is confirmed in a few hundred milliseconds instead of at the next periodic report, up to a
-//! second later. Every report carries the recent window ([`Recent`]), so the scaler reads the current rate
-//! instead of an interval average. Pure: time is an argument.
+//! second later. Every report carries the recent window ([`Recent`]), so the scaler reads the
+//! current rate instead of an interval average. Pure: time is an argument.
 
 use std::collections::VecDeque;
 
@@ -157,11 +157,9 @@ pub struct Scheduler {
     /// no history): without a baseline there is nothing to call a surge.
     last_reported_rate: Option<f64>,
     last_early_ms: Option<u64>,
-    /// Whether the last report was flagged as a surge (a follow-up needs only
-    /// [`FOLLOW_UP_FACTOR`]).
-    last_was_surge: bool,
-    /// The surge in progress, if any: cleared by a periodic report that is not one of its
-    /// reports.
+    /// The surge in progress, if any: set by a report flagged as a surge (after which a
+    /// follow-up needs only [`FOLLOW_UP_FACTOR`]), cleared by a periodic report that is not
+    /// one of its reports.
     lasting: Option<Lasting>,
 }
 
@@ -185,7 +183,6 @@ impl Scheduler {
             last_report: None,
             last_reported_rate: None,
             last_early_ms: None,
-            last_was_surge: false,
             lasting: None,
         }
     }
@@ -230,7 +227,7 @@ impl Scheduler {
 
     /// Whether the recent rate has surged past the rate the last report carried.
     fn surging(&self) -> bool {
-        let factor = if self.last_was_surge {
+        let factor = if self.lasting.is_some() {
             FOLLOW_UP_FACTOR.min(self.surge.factor)
         } else {
             self.surge.factor
@@ -360,14 +357,15 @@ impl Scheduler {
             .samples
             .back()
             .map_or(0, |sample| sample.arrivals.total());
-        self.lasting = match (trigger.is_surge(), self.last_was_surge) {
-            // The surge begins: the rate before it is what it must keep standing out from.
-            (true, false) => self.last_reported_rate.map(|base| Lasting {
+        self.lasting = match (trigger.is_surge(), self.lasting) {
+            // The surge begins: the rate before it is what it must keep standing out from (a
+            // surge is only ever called against a reported rate).
+            (true, None) => self.last_reported_rate.map(|base| Lasting {
                 base,
                 left: MAX_LASTING_REPORTS,
             }),
             // Every further report of it counts against the cap, rising or not.
-            (true, true) => self.lasting.map(|lasting| Lasting {
+            (true, Some(lasting)) => Some(Lasting {
                 left: lasting.left.saturating_sub(1),
                 ..lasting
             }),
@@ -391,7 +389,6 @@ impl Scheduler {
         if trigger.is_surge() {
             self.last_early_ms = Some(now_ms);
         }
-        self.last_was_surge = trigger.is_surge();
         self.last_report = Some((now_ms, total));
     }
 

@@ -18,16 +18,28 @@ fn arrivals(total: u64) -> Arrivals {
 fn run(
     s: &mut Scheduler,
     schedule: &mut Option<u64>,
-    mut t: u64,
-    mut total: u64,
+    t: u64,
+    total: u64,
     rps: u64,
     ms: u64,
+) -> (u64, u64, Vec<(u64, Trigger)>) {
+    run_in_checks(s, schedule, (t, total), rps, ms, 100)
+}
+
+/// [`run`] with checks every `check_ms`.
+fn run_in_checks(
+    s: &mut Scheduler,
+    schedule: &mut Option<u64>,
+    (mut t, mut total): (u64, u64),
+    rps: u64,
+    ms: u64,
+    check_ms: u64,
 ) -> (u64, u64, Vec<(u64, Trigger)>) {
     let mut sent = Vec::new();
     let end = t + ms;
     while t < end {
-        t += 100;
-        total += rps / 10;
+        t += check_ms;
+        total += rps * check_ms / 1000;
         s.observe(t, arrivals(total));
         if let Some(trigger) = s.due(t, *schedule) {
             s.sent(t, trigger);
@@ -279,22 +291,9 @@ fn a_lasting_surge_is_capped_and_spaced_whatever_the_settings() {
     };
     let mut s = Scheduler::new(&config);
     let mut schedule = None;
-    let mut sent = Vec::new();
-    let (mut t, mut total) = (0, 0);
     // 300 rps for 12 s (two periodic reports), then 900 rps for 8 s, in 10 ms checks.
-    for (rps, ms) in [(300, 12_000), (900, 8_000)] {
-        let end = t + ms;
-        while t < end {
-            t += 10;
-            total += rps / 100;
-            s.observe(t, arrivals(total));
-            if let Some(trigger) = s.due(t, schedule) {
-                s.sent(t, trigger);
-                schedule = Some(s.next_schedule(t, schedule, trigger));
-                sent.push((t, trigger));
-            }
-        }
-    }
+    let (t, total, _) = run_in_checks(&mut s, &mut schedule, (0, 0), 300, 12_000, 10);
+    let (_, _, sent) = run_in_checks(&mut s, &mut schedule, (t, total), 900, 8_000, 10);
     let surges: Vec<u64> = sent
         .iter()
         .filter(|(_, k)| k.is_surge())
