@@ -229,6 +229,79 @@ fn a_step_crossed_mid_window_is_followed_by_its_full_rate() {
     );
 }
 
+/// A scheduler checking every 50 ms, early reports a check apart, at 40 rps for three
+/// seconds (two requests a check), reports sent as they fall due; returns it, the time and the
+/// total so far.
+fn at_40_rps_in_50_ms_checks() -> (Scheduler, Option<u64>, u64, u64) {
+    let config = Config {
+        surge: SurgeConfig {
+            check_period_ms: 50,
+            min_gap_ms: 50,
+            ..SurgeConfig::default()
+        },
+        ..Config::default()
+    };
+    let mut s = Scheduler::new(&config);
+    let mut schedule = None;
+    let (t, total, _) = run_in_checks(&mut s, &mut schedule, (0, 0), 40, 3_050, 50);
+    (s, schedule, t, total)
+}
+
+/// Feeds `added` arrivals at each of the next checks 50 ms apart; returns the reports sent.
+fn feed_checks(
+    s: &mut Scheduler,
+    schedule: &mut Option<u64>,
+    (t, total): (&mut u64, &mut u64),
+    added: &[u64],
+) -> Vec<(u64, Trigger)> {
+    let mut sent = Vec::new();
+    for &n in added {
+        *t += 50;
+        *total += n;
+        s.observe(*t, arrivals(*total));
+        if let Some(trigger) = s.due(*t, *schedule) {
+            s.sent(*t, trigger);
+            *schedule = Some(s.next_schedule(*t, *schedule, trigger));
+            sent.push((*t, trigger));
+        }
+    }
+    sent
+}
+
+#[test]
+fn a_step_is_followed_at_the_next_check_within_noise_of_its_first_report() {
+    // A 10x step into a proxy that stalled: its first check takes the requests that waited (30),
+    // the next one the step's rate (18 in 50 ms). The first window reads 36 requests (180 rps),
+    // the next 52 (260 rps): 1.4x the first, but within three standard deviations of it (54
+    // needed), though far above the 40 rps before the step. It goes out at that check: the
+    // scaler can act on 52.
+    let (mut s, mut schedule, mut t, mut total) = at_40_rps_in_50_ms_checks();
+    let step = t;
+    let sent = feed_checks(&mut s, &mut schedule, (&mut t, &mut total), &[30, 18]);
+    let surges: Vec<u64> = sent
+        .iter()
+        .filter(|(_, k)| k.is_surge())
+        .map(|&(at, _)| at)
+        .collect();
+    assert_eq!(surges, vec![step + 50, step + 100], "{sent:?}");
+}
+
+#[test]
+fn past_the_cap_a_follow_up_needs_its_noise_margin_again() {
+    // 40 -> 240 rps: the window fills over four checks, each a rise within noise of the last
+    // report, sent as the surge's; with the two that follow a window apart, the cap is spent
+    // 600 ms after the step, before the next periodic report.
+    let (mut s, mut schedule, mut t, mut total) = at_40_rps_in_50_ms_checks();
+    let sent = feed_checks(&mut s, &mut schedule, (&mut t, &mut total), &[12; 12]);
+    let surges = sent.iter().filter(|(_, k)| k.is_surge()).count();
+    assert_eq!(surges, 1 + MAX_LASTING_REPORTS as usize, "{sent:?}");
+    assert!(sent.iter().all(|(_, k)| *k == Trigger::Surge), "{sent:?}");
+    // Then 320 rps: 64 in a window against the 48 last reported, 1.33x, within its noise (69
+    // needed). With no report left, nothing goes out early.
+    let after = feed_checks(&mut s, &mut schedule, (&mut t, &mut total), &[16; 5]);
+    assert!(after.is_empty(), "{after:?}");
+}
+
 #[test]
 fn a_surge_that_lasts_is_reported_a_window_apart_five_times_more() {
     // 30 -> 90 rps, a 3x step: the first early report's window holds a single reading of it,
@@ -338,6 +411,30 @@ fn a_rise_after_a_periodic_report_needs_the_whole_factor() {
         sent.iter().all(|(_, k)| *k == Trigger::Periodic),
         "{sent:?}"
     );
+}
+
+#[test]
+fn a_check_a_moment_early_still_comes_a_gap_later() {
+    // 50 -> 500 rps, the checks reading 99 ms apart (the tick's timer and the filter's clock
+    // disagree by a moment): the follow-up goes out at the next check, not a check later.
+    let mut s = scheduler();
+    let mut schedule = None;
+    let (mut t, mut total, _) = run(&mut s, &mut schedule, 0, 0, 50, 3_050);
+    let step = t;
+    let mut surges = Vec::new();
+    for _ in 0..3 {
+        t += 99;
+        total += 500 * 99 / 1000;
+        s.observe(t, arrivals(total));
+        if let Some(trigger) = s.due(t, schedule) {
+            s.sent(t, trigger);
+            schedule = Some(s.next_schedule(t, schedule, trigger));
+            if trigger.is_surge() {
+                surges.push(t);
+            }
+        }
+    }
+    assert_eq!(surges[..2], [step + 99, step + 198], "{surges:?}");
 }
 
 #[test]
