@@ -5,7 +5,7 @@
 #   target/wasm/surge_filter.wasm        the module Istio loads: optimized for size, no names
 #   target/wasm/surge_filter.names.wasm  the same code with its name section, to read an Envoy Wasm
 #                                        backtrace's function indexes
-#   target/wasm/{empty,floor}_filter.wasm  the filter benchmark's baselines, optimized alike
+#   target/wasm/{empty,floor,tick}_filter.wasm  the filter benchmarks' baselines, optimized alike
 #
 # Why: LLVM's `opt-level = "z"` reaches only the workspace's crates; the standard library comes
 # precompiled for speed. wasm-opt -Oz shrinks the whole module by ~17 % (filter/README.md, "Size
@@ -27,7 +27,8 @@ command -v wasm-opt >/dev/null || {
 }
 mkdir -p "$out"
 named=$in/wasm-names/surge_filter.wasm
-for f in "$named" "$in/release/examples/empty_filter.wasm" "$in/release/examples/floor_filter.wasm"; do
+for f in "$named" "$in/release/examples/empty_filter.wasm" "$in/release/examples/floor_filter.wasm" \
+  "$in/release/examples/tick_filter.wasm"; do
   [ -f "$f" ] || { echo "optimize: missing $f (make wasm builds it)" >&2; exit 1; }
 done
 
@@ -37,7 +38,7 @@ mv "$out/surge_filter.names.wasm.tmp" "$out/surge_filter.names.wasm"
 wasm-opt "${features[@]}" --strip-debug --strip-producers \
   "$out/surge_filter.names.wasm" -o "$out/surge_filter.wasm.tmp"
 mv "$out/surge_filter.wasm.tmp" "$out/surge_filter.wasm"
-for example in empty_filter floor_filter; do
+for example in empty_filter floor_filter tick_filter; do
   wasm-opt -Oz "${features[@]}" --strip-debug --strip-producers \
     "$in/release/examples/$example.wasm" -o "$out/$example.wasm.tmp"
   mv "$out/$example.wasm.tmp" "$out/$example.wasm"

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The filter's cost on an idle sidecar, where a mesh's thousands of proxies spend most of their
 # time: Envoy CPU per second of no traffic, without a filter and with surge-filter at each check
-# period in $CHECKS (its tick, on every worker VM), all idle at once and measured over the same
-# spans. Only the ticks and the periodic reports (one a second, to an upstream that takes them)
-# run, so the difference between check periods is the ticks' cost.
+# period in $CHECKS (its tick, on every worker VM), and with a filter that only ticks at the same
+# periods (examples/tick_filter.rs: the timer, the thread's wake-up and V8's entry, with nothing
+# done), all idle at once and measured over the same spans. Only the ticks and the filter's
+# periodic reports (one a second, to an upstream that takes them) run.
 #
 #   filter/bench/idle.sh                    # defaults: 10 rounds of 30 s, checks of 100 and 50 ms
 #   ROUNDS=3 DURATION=10 CHECKS="100 50 20" filter/bench/idle.sh
@@ -19,6 +20,7 @@ repo=$(cd "$(dirname "$0")/../.." && pwd)
 envoy=${SURGE_ENVOY:-$repo/.tools/envoy/bin/envoy}
 sandbox=${SURGE_SANDBOX:-$repo/target/debug/surge-sandbox}
 surge_wasm=${SURGE_FILTER_WASM:-$repo/target/wasm/surge_filter.wasm}
+tick_wasm=${SURGE_TICK_WASM:-$repo/target/wasm/tick_filter.wasm}
 rounds=${ROUNDS:-10}
 duration=${DURATION:-30}
 checks=${CHECKS:-100 50}
@@ -28,7 +30,7 @@ load_cpu=${LOAD_CPU:-1}
 out=$repo/target/bench/idle
 mkdir -p "$out"
 
-for f in "$envoy" "$sandbox" "$surge_wasm"; do
+for f in "$envoy" "$sandbox" "$surge_wasm" "$tick_wasm"; do
   if [ ! -f "$f" ]; then
     echo "bench: missing $f (run \`make tools wasm bins\`)" >&2
     exit 1
@@ -43,16 +45,18 @@ helper_bootstrap upstream "$upstream_port" "$admin" >"$out/upstream.json"
 run_envoy upstream "$load_cpu" "$out/upstream.json" "$admin"
 
 variants="none"
-for c in $checks; do variants+=" surge-$c"; done
+for c in $checks; do variants+=" tick-$c surge-$c"; done
 for v in $variants; do
   listen=$(free_port); admin=$(free_port)
   args=(bootstrap --shape sidecar --listen "$listen" --admin "$admin"
         --upstream "$upstream_port" --scaler "$upstream_port")
-  if [ "$v" != none ]; then
-    c=${v#surge-}
-    args+=(--wasm "$surge_wasm"
-           --plugin-config "{\"surge\":{\"check_period_ms\":$c,\"min_gap_ms\":$c}}")
-  fi
+  case $v in
+    surge-*)
+      c=${v#surge-}
+      args+=(--wasm "$surge_wasm"
+             --plugin-config "{\"surge\":{\"check_period_ms\":$c,\"min_gap_ms\":$c}}") ;;
+    tick-*) args+=(--wasm "$tick_wasm" --plugin-config "${v#tick-}") ;;
+  esac
   "$sandbox" "${args[@]}" >"$out/$v.json"
   run_envoy "$v" "$envoy_cpu" "$out/$v.json" "$admin" "$concurrency"
 done
@@ -76,7 +80,7 @@ done
 
 : >"$out/filter-stats.txt"
 for v in $variants; do
-  [ "$v" = none ] && continue
+  [ "${v%%-*}" = surge ] || continue
   admin=$(python3 -c "import json;print(json.load(open('$out/$v.json'))['admin']['address']['socket_address']['port_value'])")
   { echo "$v:"; http_get "http://127.0.0.1:$admin/stats" | grep -E 'surge\.reports_(sent|delivered)_total' || true; } >>"$out/filter-stats.txt"
 done
@@ -95,10 +99,16 @@ for v in variants:
     over = statistics.median(s - n for s, n in zip(by[v], by["none"]))
     print(f"| {v} | {statistics.median(by[v]):.3f} | {over:+.3f} | "
           f"{', '.join(f'{x:.3f}' for x in by[v])} |")
-surges = [v for v in variants if v != "none"]
+def over(b, a):
+    return statistics.median(y - x for x, y in zip(by[a], by[b]))
+surges = [v for v in variants if v.startswith("surge-")]
+print()
 for a, b in zip(surges, surges[1:]):
-    d = [y - x for x, y in zip(by[a], by[b])]
-    print(f"\n{b} over {a}, paired median: **{statistics.median(d):+.3f} ms** of CPU per second")
+    print(f"{b} over {a}, paired median: **{over(b, a):+.3f} ms** of CPU per second")
+for v in surges:
+    tick = "tick-" + v.split("-", 1)[1]
+    print(f"{v} over {tick} (what the filter does in its ticks and reports): "
+          f"**{over(v, tick):+.3f} ms** of CPU per second")
 print(f"\n{rounds} rounds of {duration} s, all variants idle at once; --concurrency {conc}")
 PY
 cat "$out/results.md"
