@@ -1,5 +1,5 @@
-# Shared by the filter's benchmark scripts that start Envoys from `surge-sandbox bootstrap`
-# (waypoint.sh, idle.sh): sourced, not run. The caller sets $envoy and $out.
+# Shared by the filter's benchmark scripts (run.sh, waypoint.sh, idle.sh): sourced, not run.
+# The caller sets $envoy and $out.
 
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }

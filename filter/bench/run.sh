@@ -41,12 +41,8 @@ for f in "$envoy" "$surge_wasm" "$empty_wasm" "$floor_wasm"; do
 done
 command -v wrk >/dev/null || { echo "bench: wrk not found (apt-get install -y wrk)" >&2; exit 1; }
 
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
-trap cleanup EXIT
-
-http_get() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=2).read().decode())' "$1"; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=filter/bench/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 # Writes an Envoy bootstrap (JSON) for one variant: none | empty | floor | surge | upstream.
 bootstrap() {
@@ -102,20 +98,11 @@ PY
 start_envoy() { # name cpu listen admin concurrency
   local name=$1 cpu=$2 listen=$3 admin=$4 conc=$5
   bootstrap "$name" "$listen" "$admin" "$upstream_port" "$surge_wasm" "$empty_wasm" "$floor_wasm" "$plugin_config" >"$out/$name.json"
-  taskset -c "$cpu" "$envoy" -c "$out/$name.json" --concurrency "$conc" --use-dynamic-base-id \
-    -l warning >"$out/$name.log" 2>&1 &
-  pids+=($!)
-  envoy_pid[$name]=$!
-  for _ in $(seq 1 200); do
-    if http_get "http://127.0.0.1:$admin/ready" >/dev/null 2>&1; then return 0; fi
-    sleep 0.05
-  done
-  echo "bench: envoy $name not ready; log:" >&2; tail -20 "$out/$name.log" >&2; exit 1
+  run_envoy "$name" "$cpu" "$out/$name.json" "$admin" "$conc"
 }
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 clk_tck=$(getconf CLK_TCK)
-declare -A envoy_pid
 upstream_port=$(free_port)
 start_envoy upstream "$load_cpu" "$upstream_port" "$(free_port)" 1
 declare -A port
