@@ -37,8 +37,9 @@ lint: tools
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
 ## The filter (stripped: the module Istio loads), the same with its name section (to read an
-## Envoy Wasm backtrace's function indexes), and the benchmarks' empty, floor and tick-only filters; then
-## wasm-opt makes the modules Surge ships and tests, in target/wasm/ (filter/optimize.sh).
+## Envoy Wasm backtrace's function indexes), and the benchmarks' empty, floor and tick-only
+## filters; then wasm-opt makes the modules Surge ships and tests, in target/wasm/
+## (filter/optimize.sh).
 wasm: tools
 	$(CARGO) build --release -p surge-filter --target wasm32-wasip1
 	$(CARGO) build --profile wasm-names -p surge-filter --target wasm32-wasip1

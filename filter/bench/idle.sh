@@ -62,16 +62,27 @@ for v in $variants; do
 done
 
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{s += $1} END {printf "%.0f\n", s}'; }
+# The threads, by id: a thread that exits takes its time out of the sum, so a round where the
+# set changed is flagged rather than trusted.
+threads() { ls /proc/"$1"/task 2>/dev/null | tr '\n' ' '; }
 sleep 5  # past start-up: the VMs loaded, the first reports sent
 : >"$out/raw.tsv"
+: >"$out/warnings.txt"
 for r in $(seq 1 "$rounds"); do
-  declare -A before=()
-  for v in $variants; do before[$v]=$(cpu_ns "${envoy_pid[$v]}"); done
+  declare -A before=() threads_before=()
+  for v in $variants; do
+    threads_before[$v]=$(threads "${envoy_pid[$v]}")
+    before[$v]=$(cpu_ns "${envoy_pid[$v]}")
+  done
   start=$(date +%s%N)
   sleep "$duration"
   end=$(date +%s%N)
   for v in $variants; do
     after=$(cpu_ns "${envoy_pid[$v]}")
+    if [ "$(threads "${envoy_pid[$v]}")" != "${threads_before[$v]}" ]; then
+      echo "round $r, $v: its threads changed during the round; its figure there is low" \
+        | tee -a "$out/warnings.txt" >&2
+    fi
     # CPU milliseconds per second of wall time.
     awk -v v="$v" -v r="$r" -v cpu=$((after - before[$v])) -v wall=$((end - start)) \
       'BEGIN {printf "%s\t%s\t%.4f\n", v, r, cpu / wall * 1000}' | tee -a "$out/raw.tsv" >&2
@@ -111,5 +122,6 @@ for v in surges:
           f"**{over(v, tick):+.3f} ms** of CPU per second")
 print(f"\n{rounds} rounds of {duration} s, all variants idle at once; --concurrency {conc}")
 PY
+cat "$out/warnings.txt" >>"$out/results.md"
 cat "$out/results.md"
 cat "$out/filter-stats.txt"

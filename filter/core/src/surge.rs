@@ -69,7 +69,8 @@ pub const FOLLOW_UP_FACTOR: f64 = 1.25;
 /// Most reports a lasting surge adds (see the module docs): five 200 ms windows reach
 /// the next periodic report at the default 1 s interval, and the count bounds them whatever
 /// the interval (up to 60 s). Every report of the surge after its first counts against it;
-/// those that rise a further [`FOLLOW_UP_FACTOR`] go out regardless, and are few.
+/// once they are spent, only a further [`FOLLOW_UP_FACTOR`] rise that also clears the noise
+/// margin goes out early (`Scheduler::surging`), and such rises are few.
 pub const MAX_LASTING_REPORTS: u32 = 5;
 
 /// Least time between two reports of a lasting surge (less [`TICK_SLACK_MS`]), however short
@@ -81,8 +82,8 @@ pub const LASTING_MIN_GAP_MS: u64 = 100;
 /// a plugin's tick once the tick has run, yet a tick one check period after an early report
 /// sometimes read the period less a millisecond on the filter's clock (the wall clock, in whole
 /// milliseconds), and the report due then waited a whole check more: on the real control plane
-/// the follow-up of a 10x step went out 200 ms after the first report instead of 100 in 4 of 20
-/// runs.
+/// the follow-up of a 10x step went out 200 ms after the first report instead of 100 in 5 of
+/// the 16 runs that needed one (two rounds of 20), in none with this slack.
 pub const TICK_SLACK_MS: u64 = 5;
 
 /// Most samples kept. The configuration keeps `window_ms / check_period_ms` below this, so the

@@ -40,14 +40,18 @@ fn run_in_checks(
     while t < end {
         t += check_ms;
         total += rps * check_ms / 1000;
-        s.observe(t, arrivals(total));
-        if let Some(trigger) = s.due(t, *schedule) {
-            s.sent(t, trigger);
-            *schedule = Some(s.next_schedule(t, *schedule, trigger));
-            sent.push((t, trigger));
-        }
+        sent.extend(check(s, schedule, t, total).map(|trigger| (t, trigger)));
     }
     (t, total, sent)
+}
+
+/// One check at `t` with `total` arrivals so far: the report due then, if any, sent.
+fn check(s: &mut Scheduler, schedule: &mut Option<u64>, t: u64, total: u64) -> Option<Trigger> {
+    s.observe(t, arrivals(total));
+    let trigger = s.due(t, *schedule)?;
+    s.sent(t, trigger);
+    *schedule = Some(s.next_schedule(t, *schedule, trigger));
+    Some(trigger)
 }
 
 #[test]
@@ -195,10 +199,7 @@ fn a_step_crossed_mid_window_is_followed_by_its_full_rate() {
         now += 100;
         let before = 100u64.min(step_at.saturating_sub(now - 100));
         total += (60 * before + 600 * (100 - before)) / 1000;
-        s.observe(now, arrivals(total));
-        if let Some(trigger) = s.due(now, schedule) {
-            s.sent(now, trigger);
-            schedule = Some(s.next_schedule(now, schedule, trigger));
+        if let Some(trigger) = check(&mut s, &mut schedule, now, total) {
             sent.push((now, trigger, s.last_reported_rate()));
         }
     }
@@ -258,12 +259,7 @@ fn feed_checks(
     for &n in added {
         *t += 50;
         *total += n;
-        s.observe(*t, arrivals(*total));
-        if let Some(trigger) = s.due(*t, *schedule) {
-            s.sent(*t, trigger);
-            *schedule = Some(s.next_schedule(*t, *schedule, trigger));
-            sent.push((*t, trigger));
-        }
+        sent.extend(check(s, schedule, *t, *total).map(|trigger| (*t, trigger)));
     }
     sent
 }
@@ -425,13 +421,8 @@ fn a_check_a_moment_early_still_comes_a_gap_later() {
     for _ in 0..3 {
         t += 99;
         total += 500 * 99 / 1000;
-        s.observe(t, arrivals(total));
-        if let Some(trigger) = s.due(t, schedule) {
-            s.sent(t, trigger);
-            schedule = Some(s.next_schedule(t, schedule, trigger));
-            if trigger.is_surge() {
-                surges.push(t);
-            }
+        if check(&mut s, &mut schedule, t, total).is_some_and(Trigger::is_surge) {
+            surges.push(t);
         }
     }
     assert_eq!(surges[..2], [step + 99, step + 198], "{surges:?}");
